@@ -1,0 +1,29 @@
+"""Dataset-scale Integrated Gradients on Apache Beam.
+
+Dataflow ships this package to workers with ``--setup_file ./setup.py``.
+"""
+import setuptools
+
+setuptools.setup(
+    name="beam-integrated-gradients",
+    version="0.1.0",
+    description="Integrated Gradients attributions for every image in a dataset, on Apache Beam.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["attribution", "attribution.*", "transforms",
+                                                "transforms.*", "pipeline", "pipeline.*"]),
+    package_data={"pipeline": ["configs/*.yaml"]},
+    install_requires=[
+        "apache-beam>=2.60",
+        "tensorflow>=2.16",
+        "tensorflow-hub>=0.16",
+        "numpy>=1.26",
+        "pyarrow>=14",
+        "Pillow>=10",
+        "matplotlib>=3.8",
+        "PyYAML>=6",
+    ],
+    extras_require={
+        "dataflow": ["apache-beam[gcp]>=2.60"],
+        "test": ["pytest>=8", "pytest-timeout>=2"],
+    },
+)
