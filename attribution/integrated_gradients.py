@@ -1,0 +1,310 @@
+"""Batched Integrated Gradients (Sundararajan et al., 2017) with completeness on every result.
+
+The model is reached only through one callable, ``fn(images [N, H, W, 3]) -> scores [N, C]``,
+so the math is testable with analytic functions. Work is cut into (image, alpha, target)
+rows that are packed across images into model calls of one fixed size: many small jobs share
+a call, one large job streams through many calls while its gradient integral is accumulated,
+so memory does not grow with the number of steps. Shapes never change (the last call is
+padded) and the target is a tensor, so the traced functions never retrace after warm-up.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from attribution import quadrature
+
+SCORES = ("probability", "logit")
+MODEL_OUTPUTS = ("logits", "probabilities")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Which classes to explain: the predicted one, a fixed class, or the top k."""
+    kind: str          # 'predicted' | 'class' | 'topk'
+    value: int = 1     # the class for 'class', k for 'topk'
+
+    @classmethod
+    def parse(cls, text: str | int) -> "Targets":
+        text = str(text).strip()
+        if text == "predicted":
+            return cls("predicted")
+        if re.fullmatch(r"\d+", text):
+            return cls("class", int(text))
+        match = re.fullmatch(r"topk:(\d+)", text)
+        if match and int(match.group(1)) >= 1:
+            return cls("topk", int(match.group(1)))
+        raise ValueError(f"--target must be 'predicted', a class index, or 'topk:K' with K >= 1; "
+                         f"got {text!r}")
+
+    def select(self, scores: np.ndarray) -> list[int]:
+        """Target classes for one image, given its class scores."""
+        if self.kind == "class":
+            if self.value >= scores.shape[-1]:
+                raise ValueError(f"--target {self.value} is out of range: the model has "
+                                 f"{scores.shape[-1]} classes")
+            return [self.value]
+        k = 1 if self.kind == "predicted" else min(self.value, scores.shape[-1])
+        return [int(c) for c in np.argsort(-scores, kind="stable")[:k]]
+
+
+@dataclass
+class Request:
+    """One image to explain. ``image`` and ``baseline`` are float32 [H, W, 3]."""
+    key: Any
+    image: np.ndarray
+    baseline: np.ndarray
+
+
+@dataclass
+class Attribution:
+    """IG for one (image, target), with its completeness check and the path's score curve."""
+    key: Any
+    target: int
+    predicted_class: int
+    predicted_score: float
+    target_score: float            # F(x)
+    baseline_score: float          # F(baseline)
+    baseline_predicts_target: bool  # the baseline's own top class is the target: IG is weak here
+    attributions: np.ndarray       # float32 [H, W, 3]
+    attribution_sum: float
+    completeness_error: float
+    relative_completeness_error: float
+    converged: bool
+    method: str
+    steps: int                     # points of the final rule
+    gradient_evaluations: int      # gradient rows spent on this result, refinements included
+    path_alphas: np.ndarray = field(repr=False)  # float32, sorted, 0 and 1 included
+    path_scores: np.ndarray = field(repr=False)  # F(baseline + alpha (x - baseline))
+
+
+@dataclass
+class _Job:
+    request: int
+    target: int
+    rule: quadrature.Rule
+    integral: np.ndarray           # float64 [H, W, 3]: sum of weights * gradients so far
+    evaluations: int = 0
+    path: dict = field(default_factory=dict)  # alpha -> score
+    pending: np.ndarray | None = None  # weights of the rows of the current round
+
+
+class IntegratedGradients:
+    """Integrated Gradients for any differentiable image classifier.
+
+    fn: float32 [N, H, W, 3] -> [N, C] scores as ``model_output`` says ('logits' or
+    'probabilities'). score: what is attributed: 'probability' (softmax of logits, as the TF
+    tutorial; a probability model is never softmaxed twice) or 'logit'.
+    method/steps: the quadrature rule. Results whose relative completeness error exceeds
+    ``tolerance`` are refined (reusing points where the rule nests) while the refined rule has
+    at most ``max_steps`` points; ``tolerance=None`` disables refinement. ``atol`` is an
+    absolute completeness error that always counts as converged (float32 noise floor).
+    batch_size: rows per model call. On an out-of-memory error the call size is halved and
+    the work retried.
+    """
+
+    def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], *, image_size: tuple[int, int],
+                 model_output: str = "logits", score: str = "probability",
+                 method: str = "gausslegendre", steps: int = 16, tolerance: float | None = 0.01,
+                 max_steps: int = 256, batch_size: int = 32, atol: float = 1e-6):
+        if model_output not in MODEL_OUTPUTS:
+            raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
+        if score not in SCORES:
+            raise ValueError(f"--score must be one of {SCORES}, got {score!r}")
+        if score == "logit" and model_output == "probabilities":
+            raise ValueError("--score logit needs a model that outputs logits; this model outputs "
+                             "probabilities: use --score probability")
+        quadrature.rule(method, steps)  # validates method and steps
+        if tolerance is not None and not tolerance > 0:
+            raise ValueError(f"--tolerance must be > 0, got {tolerance!r}")
+        if tolerance is not None and max_steps < steps:
+            raise ValueError(f"--max_steps ({max_steps}) must be >= --steps ({steps})")
+        if batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {batch_size!r}")
+        self.fn = fn
+        self.image_size = tuple(int(s) for s in image_size)
+        self.softmax = score == "probability" and model_output == "logits"
+        self.method, self.steps = method, int(steps)
+        self.tolerance, self.max_steps, self.atol = tolerance, int(max_steps), float(atol)
+        self.trace_count = 0
+        self.model_calls = 0
+        self._build(int(batch_size))
+
+    # -- traced functions ---------------------------------------------------------------
+    def _build(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        h, w = self.image_size
+        images = tf.TensorSpec([batch_size, h, w, 3], tf.float32)
+        vector = tf.TensorSpec([batch_size], tf.float32)
+        targets = tf.TensorSpec([batch_size], tf.int32)
+        self._forward = tf.function(self._forward_impl, input_signature=[images])
+        self._gradients = tf.function(self._gradients_impl,
+                                      input_signature=[images, images, vector, targets])
+
+    def _scores(self, images: tf.Tensor) -> tf.Tensor:
+        out = tf.cast(self.fn(images), tf.float32)
+        return tf.nn.softmax(out, axis=-1) if self.softmax else out
+
+    def _forward_impl(self, images):
+        self.trace_count += 1
+        return self._scores(images)
+
+    def _gradients_impl(self, images, baselines, alphas, targets):
+        self.trace_count += 1
+        path = baselines + alphas[:, None, None, None] * (images - baselines)
+        with tf.GradientTape() as tape:
+            tape.watch(path)
+            scores = tf.gather(self._scores(path), targets, axis=1, batch_dims=1)
+        return scores, tape.gradient(scores, path)
+
+    def _call(self, function, *arrays):
+        """Run one fixed-size call; on out-of-memory halve the call size and re-raise to retry."""
+        try:
+            self.model_calls += 1
+            return [t.numpy() for t in tf.nest.flatten(function(*arrays))]
+        except tf.errors.ResourceExhaustedError:
+            if self.batch_size == 1:
+                raise
+            self._build(self.batch_size // 2)
+            raise _Retry from None
+
+    # -- public API ---------------------------------------------------------------------
+    def scores(self, images: np.ndarray) -> np.ndarray:
+        """Scores (after the score transform) for float32 [N, H, W, 3], in packed calls."""
+        images = np.asarray(images, np.float32)
+        out, start = [], 0
+        while start < len(images):
+            chunk = images[start:start + self.batch_size]
+            padded = _pad(chunk, self.batch_size)
+            try:
+                (result,) = self._call(self._forward, padded)
+            except _Retry:
+                continue
+            out.append(result[:len(chunk)])
+            start += len(chunk)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def attribute(self, requests: Sequence[Request], targets: Targets | str = "predicted"
+                  ) -> list[Attribution]:
+        """IG for every request and each of its targets, in request order then target rank."""
+        if isinstance(targets, str):
+            targets = Targets.parse(targets)
+        if not requests:
+            return []
+        images = np.stack([self._checked(r.image, "image") for r in requests])
+        baselines = np.stack([self._checked(r.baseline, "baseline") for r in requests])
+        n = len(requests)
+        both = self.scores(np.concatenate([images, baselines]))
+        image_scores, baseline_scores = both[:n], both[n:]
+
+        jobs = []
+        for i in range(n):
+            for target in targets.select(image_scores[i]):
+                job = _Job(i, target, quadrature.rule(self.method, self.steps),
+                           np.zeros(images.shape[1:], np.float64))
+                job.pending = job.rule.weights
+                jobs.append((job, job.rule.alphas))
+        results: dict[int, tuple[int, int, Attribution]] = {}
+        while jobs:
+            self._integrate(jobs, images, baselines)
+            next_round = []
+            for job, _ in jobs:
+                result = self._finish(job, requests, images, baselines, image_scores,
+                                      baseline_scores)
+                results[id(job)] = (job.request, _rank(image_scores[job.request], job.target),
+                                    result)
+                if result.converged or self.tolerance is None:
+                    continue
+                refinement = quadrature.refine(job.rule)
+                if refinement.rule.steps > self.max_steps:
+                    continue
+                job.integral *= refinement.scale
+                job.rule, job.pending = refinement.rule, refinement.weights
+                next_round.append((job, refinement.alphas))
+            jobs = next_round
+        return [result for _, _, result in sorted(results.values(), key=lambda r: r[:2])]
+
+    # -- internals ----------------------------------------------------------------------
+    def _checked(self, array: np.ndarray, what: str) -> np.ndarray:
+        array = np.asarray(array, np.float32)
+        if array.shape != (*self.image_size, 3):
+            raise ValueError(f"{what} has shape {array.shape}, the model needs "
+                             f"{(*self.image_size, 3)}: resize it first")
+        return array
+
+    def _rows(self, jobs) -> Iterator[tuple[int, float, float]]:
+        for j, (job, alphas) in enumerate(jobs):
+            for alpha, weight in zip(alphas, job.pending):
+                yield j, float(alpha), float(weight)
+
+    def _integrate(self, jobs, images, baselines) -> None:
+        """Evaluate every pending row, packed into fixed-size calls, into the jobs' integrals."""
+        rows = list(self._rows(jobs))
+        start = 0
+        while start < len(rows):
+            chunk = rows[start:start + self.batch_size]
+            job_index = np.array([r[0] for r in chunk])
+            request = np.array([jobs[j][0].request for j in job_index])
+            alphas = np.array([r[1] for r in chunk], np.float32)
+            target = np.array([jobs[j][0].target for j in job_index], np.int32)
+            try:
+                scores, grads = self._call(
+                    self._gradients, _pad(images[request], self.batch_size),
+                    _pad(baselines[request], self.batch_size), _pad(alphas, self.batch_size),
+                    _pad(target, self.batch_size))
+            except _Retry:
+                continue
+            weights = np.array([r[2] for r in chunk])
+            # rows of one job are contiguous: one weighted sum per job segment
+            bounds = np.flatnonzero(np.diff(job_index)) + 1
+            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(chunk)]):
+                job = jobs[job_index[lo]][0]
+                job.integral += np.tensordot(weights[lo:hi], grads[lo:hi], axes=1)
+                job.evaluations += hi - lo
+                job.path.update(zip(np.float64(alphas[lo:hi]).tolist(),
+                                    scores[lo:hi].tolist()))
+            start += len(chunk)
+
+    def _finish(self, job, requests, images, baselines, image_scores, baseline_scores):
+        i, t = job.request, job.target
+        attributions = (images[i] - baselines[i]).astype(np.float64) * job.integral
+        total = float(attributions.sum())
+        fx, fb = float(image_scores[i, t]), float(baseline_scores[i, t])
+        error = abs(total - (fx - fb))
+        delta = abs(fx - fb)
+        relative = error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
+        converged = error <= self.atol or (self.tolerance is not None
+                                           and relative <= self.tolerance)
+        path = dict(job.path)
+        path.setdefault(0.0, fb)
+        path.setdefault(1.0, fx)
+        alphas = np.array(sorted(path), np.float32)
+        predicted = int(np.argmax(image_scores[i]))
+        return Attribution(
+            key=requests[i].key, target=t, predicted_class=predicted,
+            predicted_score=float(image_scores[i, predicted]), target_score=fx,
+            baseline_score=fb, baseline_predicts_target=int(np.argmax(baseline_scores[i])) == t,
+            attributions=attributions.astype(np.float32), attribution_sum=total,
+            completeness_error=error, relative_completeness_error=relative,
+            converged=bool(converged), method=self.method, steps=job.rule.steps,
+            gradient_evaluations=job.evaluations, path_alphas=alphas,
+            path_scores=np.array([path[a] for a in sorted(path)], np.float32))
+
+
+class _Retry(Exception):
+    """The call size was halved after an out-of-memory error: redo the same rows."""
+
+
+def _rank(scores: np.ndarray, target: int) -> int:
+    return int(np.flatnonzero(np.argsort(-scores, kind="stable") == target)[0])
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    if len(array) == size:
+        return array
+    pad = np.zeros((size - len(array), *array.shape[1:]), array.dtype)
+    return np.concatenate([array, pad])
