@@ -345,16 +345,17 @@ def test_region_masses_whole_fractional_outside_and_overlapping_boxes():
     assert all(type(r["mass_fraction"]) is float for r in results)
 
 
-def test_pointing_hit_uses_the_peak_pixel_centre_with_exclusive_far_edges():
+@pytest.mark.parametrize("box, hit", [
+    ((4.5, 3, 5, 4), True),     # near x edge on the centre: inclusive
+    ((4, 3.5, 5, 4), True),     # near y edge on the centre: inclusive
+    ((4, 3, 4.5, 4), False),    # far x edge on the centre: exclusive
+    ((4, 3, 5, 3.5), False),    # far y edge on the centre: exclusive
+    ((4.49, 3.49, 4.51, 3.51), True),  # covers the centre only
+    ((3, 2, 4.4, 4), False),    # covers part of the peak pixel, not its centre
+])
+def test_pointing_hit_uses_the_peak_pixel_centre_with_exclusive_far_edges(box, hit):
     # Peak pixel (3, 4) has centre (4.5, 3.5).
-    got = by_name(region_masses(region_map(), [
-        ("starts-at-centre", (4.5, 3.5, 5, 4)),
-        ("ends-at-centre", (4, 3, 4.5, 3.5)),
-        ("covers-centre-only", (4.49, 3.49, 4.51, 3.51)),
-    ]))
-    assert got["starts-at-centre"][1] is True
-    assert got["ends-at-centre"][1] is False
-    assert got["covers-centre-only"][1] is True
+    assert region_masses(region_map(), [("box", box)])[0]["pointing_hit"] is hit
 
 
 def test_region_masses_match_supersampling_on_random_fractional_boxes():
