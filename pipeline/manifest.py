@@ -1,0 +1,77 @@
+"""The run's record: counts read back from the written outputs, metrics, config, versions."""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import platform
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.records import NAMESPACE
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_column(output_dir: str, folder: str, column: str) -> list:
+    """One column of every Parquet file under ``output_dir/folder``."""
+    pattern = f"{output_dir.rstrip('/')}/{folder}/*.parquet"
+    values = []
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(match.path) as f:
+            values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
+    return values
+
+
+def metrics(result) -> dict[str, int]:
+    """The job's counters under our namespace (committed where the runner has them)."""
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    out = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        out[counter.key.metric.name] = out.get(counter.key.metric.name, 0) + int(value or 0)
+    return out
+
+
+def versions() -> dict[str, str]:
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    return {"python": platform.python_version(), "tensorflow": version("tensorflow"),
+            "apache_beam": version("apache-beam"), "numpy": version("numpy"),
+            "pyarrow": version("pyarrow"), "tensorflow_hub": version("tensorflow-hub"),
+            "beam_integrated_gradients": version("beam-integrated-gradients")}
+
+
+def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job_metrics: dict,
+          started_at: str, finished_at: str) -> dict:
+    attributed_uris = read_column(output_dir, "summaries", "image_uri")
+    failed_uris = read_column(output_dir, "errors", "image_uri")
+    attributed, failed = set(attributed_uris), set(failed_uris)
+    expected = set(matched)
+    accounted = attributed | failed
+    return {
+        "counts": {
+            "matched": len(expected), "attributed": len(attributed), "failed": len(failed),
+            "rows": len(attributed_uris), "error_rows": len(failed_uris),
+            "missing": len(expected - accounted), "in_both": len(attributed & failed),
+        },
+        "complete": expected == accounted and not (attributed & failed)
+                    and len(failed_uris) == len(failed),
+        "metrics": {"model_loads": job_metrics.get("model_loads", 0), **job_metrics},
+        "config": config, "model": model, "versions": versions(),
+        "started_at": started_at, "finished_at": finished_at,
+    }
+
+
+def write(output_dir: str, manifest: dict) -> str:
+    path = f"{output_dir.rstrip('/')}/manifest.json"
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    return path

@@ -1,0 +1,168 @@
+"""Command-line options: a PipelineOptions subclass, YAML profiles, validation before work."""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from attribution.baselines import BASELINES
+from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
+from attribution.quadrature import METHODS
+
+
+class UsageError(ValueError):
+    """A bad option: the message says what to do."""
+
+
+class AttributionOptions(PipelineOptions):
+    """The contract's options (../shared/DESIGN.md). Anything else is a Beam option.
+
+    ``--labels`` is parsed by ``parse`` and kept away from Beam, whose Dataflow options use
+    the same name for job labels.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        add = parser.add_argument
+        add("--input_pattern", help="Files to explain: a local glob or gs:// pattern.")
+        add("--output_dir", help="Run folder: summaries/, errors/, masks/, overlays/, raw/, "
+                                 "manifest.json, report.html.")
+        add("--model", help="SavedModel folder, .keras file, TF Hub / Kaggle URL, or gs:// "
+                            "SavedModel mapping float32 [N,H,W,3] in [0,1] to [N,C] scores.")
+        add("--model_output", default="logits", choices=MODEL_OUTPUTS,
+            help="What the model returns.")
+        add("--output_key", default=None,
+            help="Output name to use when the model's signature returns several.")
+        add("--score", default="probability", choices=SCORES,
+            help="What is attributed: softmax probability (as the TF tutorial) or the logit.")
+        add("--image_size", default=None,
+            help="H,W model input size; needed only when the signature has no static size.")
+        add("--target", default="predicted",
+            help="predicted | a class index | topk:K (one output row per target).")
+        add("--method", default="gausslegendre", choices=METHODS, help="Quadrature rule.")
+        add("--steps", type=int, default=16, help="Points of the initial rule.")
+        add("--tolerance", type=float, default=0.01,
+            help="Relative completeness error to reach by refining; 0 disables refinement.")
+        add("--max_steps", type=int, default=256, help="Most points refinement may use.")
+        add("--baseline", default="black", choices=BASELINES,
+            help="Path start (uniform_noise is seeded per image content: reruns reproduce).")
+        add("--seed", type=int, default=0, help="Seed for the noise baseline.")
+        add("--batch_size", type=int, default=32,
+            help="(image, alpha) rows per model call, packed across images.")
+        add("--image_batch_size", type=int, default=16,
+            help="Most images handed to the engine at once.")
+        add("--write_raw", action="store_true", help="Also write raw/<image_id>.npy.")
+        add("--max_failure_fraction", type=float, default=1.0,
+            help="Exit non-zero after writing everything when more than this fraction of "
+                 "inputs failed.")
+        add("--max_pixels", type=int, default=50_000_000,
+            help="Refuse images larger than this (decompression bombs), from the header.")
+        add("--grid_cells", type=int, default=14, help="Cells a side of the attribution grid.")
+        add("--clip_percentile", type=float, default=99.0, help="Mask clipping percentile.")
+        add("--jit_compile", action="store_true",
+            help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
+        add("--progress_interval", type=float, default=10.0,
+            help="Seconds between progress lines on DirectRunner; 0 turns them off.")
+
+
+def _config_flags(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path}: not valid YAML ({e})") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path}: expected a mapping of option: value")
+    flags = []
+    for key, value in config.items():
+        if value is None or value is False:
+            continue
+        flags.append(f"--{key}")
+        if value is not True:
+            flags.append(str(value))
+    return flags
+
+
+def help_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Integrated Gradients for every image matched by a pattern, on Apache Beam. "
+                    "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", help="YAML profile (configs/NAME.yaml); flags override it.")
+    parser.add_argument("--labels", default=None,
+                        help="Text file with one class label a line (line i = class i).")
+    AttributionOptions._add_argparse_args(parser)
+    return parser
+
+
+def _without_labels(flags: list[str]) -> list[str]:
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag == "--labels":
+            skip = True
+        elif not flag.startswith("--labels="):
+            out.append(flag)
+    return out
+
+
+def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
+    """argv -> (validated contract options, PipelineOptions with everything)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    flags = (_config_flags(known.config) if known.config else []) + rest
+    ours, _ = help_parser().parse_known_args(flags)  # --help and type errors exit here
+    ours.config = known.config
+    validate(ours)
+    return ours, PipelineOptions(_without_labels(flags))
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[,x]\s*(\d+)\s*", str(text))
+    if not match or 0 in (int(match.group(1)), int(match.group(2))):
+        raise UsageError(f"--image_size must be H,W with positive integers, e.g. 224,224; "
+                         f"got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def validate(o: argparse.Namespace) -> None:
+    for name, example in (("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
+                          ("output_dir", "'out/run-2026-11-26'"),
+                          ("model", "a SavedModel folder, a .keras file or a TF Hub URL")):
+        if not getattr(o, name):
+            raise UsageError(f"--{name} is required, e.g. {example}")
+    if o.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {o.steps}")
+    if o.method == "riemann_trapezoid" and o.steps < 2:
+        raise UsageError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
+    if o.tolerance < 0:
+        raise UsageError(f"--tolerance must be >= 0 (0 disables refinement), got {o.tolerance}")
+    if o.tolerance > 0 and o.max_steps < o.steps:
+        raise UsageError(f"--max_steps ({o.max_steps}) must be >= --steps ({o.steps})")
+    for name in ("batch_size", "image_batch_size", "max_pixels", "grid_cells"):
+        if getattr(o, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(o, name)}")
+    if not 0 <= o.max_failure_fraction <= 1:
+        raise UsageError(f"--max_failure_fraction must be in [0, 1], got {o.max_failure_fraction}")
+    if not 0 < o.clip_percentile <= 100:
+        raise UsageError(f"--clip_percentile must be in (0, 100], got {o.clip_percentile}")
+    if o.score == "logit" and o.model_output == "probabilities":
+        raise UsageError("--score logit needs a model that outputs logits; with "
+                         "--model_output probabilities use --score probability")
+    try:
+        Targets.parse(o.target)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    parse_image_size(o.image_size)
+    if o.labels and not os.path.isfile(o.labels):
+        raise UsageError(f"--labels {o.labels}: no such file")

@@ -1,0 +1,63 @@
+"""Match a file pattern, read and decode every file; broken files go to a dead-letter output."""
+from __future__ import annotations
+
+import hashlib
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from attribution.images import ImageError, decode_image, resize_with_pad
+from transforms.ids import image_id
+from transforms.records import NAMESPACE, DecodedImage, error_row
+
+ERRORS = "errors"
+
+
+class DecodeFn(beam.DoFn):
+    """FileMetadata -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
+
+    def __init__(self, image_size: tuple[int, int], max_pixels: int):
+        self.image_size = tuple(image_size)
+        self.max_pixels = max_pixels
+        self.matched = Metrics.counter(NAMESPACE, "matched")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, metadata):
+        uri = metadata.path
+        self.matched.inc()
+        stage = "read"
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                data = f.read()
+            stage = "decode"
+            pixels = decode_image(data, max_pixels=self.max_pixels)
+            stage = "preprocess"
+            height, width = pixels.shape[:2]
+            image = resize_with_pad(pixels, self.image_size)
+        except ImageError as e:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, e.stage, str(e), e.error_type))
+            return
+        except Exception as e:  # noqa: BLE001 - any unreadable input is a dead letter, not a crash
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, stage, e))
+            return
+        yield DecodedImage(uri, image_id(uri), int(width), int(height),
+                           hashlib.sha256(data).hexdigest(), image)
+
+
+class ReadImages(beam.PTransform):
+    """pattern -> (DecodedImage, errors). Local paths and gs:// alike, through Beam's file I/O."""
+
+    def __init__(self, pattern: str, image_size: tuple[int, int], max_pixels: int):
+        super().__init__()
+        self.pattern, self.image_size, self.max_pixels = pattern, image_size, max_pixels
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Match" >> fileio.MatchFiles(self.pattern)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "Decode" >> beam.ParDo(DecodeFn(self.image_size, self.max_pixels))
+                .with_outputs(ERRORS, main="images"))

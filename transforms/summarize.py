@@ -1,0 +1,105 @@
+"""Turn attributions into `summaries` rows and publish the mask, overlay and raw files."""
+from __future__ import annotations
+
+import io
+import uuid
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from attribution import masks
+from transforms.records import NAMESPACE, error_row
+from transforms.settings import Settings
+from transforms.write import STATISTICS
+
+ERRORS = "errors"
+
+
+def publish(path: str, data: bytes) -> None:
+    """Write to a temporary name beside ``path``, then rename: readers never see half a
+    file, and a retried bundle overwrites the same name instead of leaving a duplicate."""
+    directory, name = path.rsplit("/", 1)
+    temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
+    with FileSystems.create(temporary) as f:
+        f.write(data)
+    FileSystems.rename([temporary], [path])
+
+
+def artifact_name(image_id: str, target: int, rank: int) -> str:
+    """``<image_id>`` for the first target of an image, ``<image_id>--class<k>`` for others."""
+    return image_id if rank == 0 else f"{image_id}--class{target}"
+
+
+class SummarizeFn(beam.DoFn):
+    """(DecodedImage, [Attribution]) -> one row per target; files written first."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.written = Metrics.counter(NAMESPACE, "files_written")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, element):
+        image, results = element
+        try:
+            rows = [self._summarize(image, r, rank) for rank, r in enumerate(results)]
+        except Exception as e:  # noqa: BLE001 - a failed write is a dead letter, not a crash
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "write", e))
+            return
+        yield from rows
+
+    def _summarize(self, image, result, rank):
+        s = self.settings
+        out = s.output_dir.rstrip("/")
+        name = artifact_name(image.image_id, result.target, rank)
+        a = result.attributions
+        mask_uri, overlay_uri = f"{out}/masks/{name}.png", f"{out}/overlays/{name}.png"
+        publish(mask_uri, masks.mask_png(a, clip_percentile=s.clip_percentile))
+        publish(overlay_uri, masks.overlay_png(image.image, a, clip_percentile=s.clip_percentile))
+        raw_uri = None
+        if s.write_raw:
+            raw_uri = f"{out}/raw/{name}.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, a.astype(np.float32))
+            publish(raw_uri, buffer.getvalue())
+        self.written.inc(3 if s.write_raw else 2)
+        stats = masks.attribution_statistics(a)
+        return {
+            "image_uri": image.uri, "image_id": image.image_id,
+            "width": image.width, "height": image.height,
+            "content_sha256": image.content_sha256,
+            "target_class": result.target, "target_rank": rank,
+            "target_label": s.label(result.target),
+            "predicted_class": result.predicted_class,
+            "predicted_label": s.label(result.predicted_class),
+            "predicted_score": result.predicted_score,
+            "target_score": result.target_score, "baseline_score": result.baseline_score,
+            "baseline_predicts_target": result.baseline_predicts_target,
+            "attribution_sum": result.attribution_sum,
+            "completeness_error": result.completeness_error,
+            "relative_completeness_error": result.relative_completeness_error,
+            "converged": result.converged, "steps": result.steps,
+            "gradient_evaluations": result.gradient_evaluations,
+            "method": result.method, "baseline": s.baseline, "score": s.score,
+            "mask_uri": mask_uri, "overlay_uri": overlay_uri, "raw_uri": raw_uri,
+            "model_fingerprint": s.model_fingerprint, "settings_hash": s.settings_hash,
+            **{k: float(stats[k]) for k in STATISTICS},
+            "peak_x": int(stats["peak_x"]), "peak_y": int(stats["peak_y"]),
+            "grid_cells": s.grid_cells,
+            "grid": masks.attribution_grid(a, s.grid_cells).ravel().tolist(),
+            "path_alphas": result.path_alphas.tolist(),
+            "path_scores": result.path_scores.tolist(),
+            "regions": None,
+        }
+
+
+class Summarize(beam.PTransform):
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, attributed):
+        return attributed | "Summarize" >> beam.ParDo(SummarizeFn(self.settings)).with_outputs(
+            ERRORS, main="rows")
