@@ -62,6 +62,10 @@ class AttributionOptions(PipelineOptions):
             help="Refuse images larger than this (decompression bombs), from the header.")
         add("--grid_cells", type=int, default=14, help="Cells a side of the attribution grid.")
         add("--clip_percentile", type=float, default=99.0, help="Mask clipping percentile.")
+        add("--regions", default=None,
+            help="CSV or Parquet of boxes (image, region, x0, y0, x1, y1 in original pixels; "
+                 "image relative to the pattern's folder or a full uri): each row gets the "
+                 "share of positive attribution per region and a pointing-game hit.")
         add("--jit_compile", action="store_true",
             help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
         add("--progress_interval", type=float, default=10.0,
@@ -93,7 +97,7 @@ def help_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline",
         description="Integrated Gradients for every image matched by a pattern, on Apache Beam. "
                     "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--config", help="YAML profile (configs/NAME.yaml); flags override it.")
     parser.add_argument("--labels", default=None,
                         help="Text file with one class label a line (line i = class i).")
@@ -115,7 +119,7 @@ def _without_labels(flags: list[str]) -> list[str]:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     """argv -> (validated contract options, PipelineOptions with everything)."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     flags = (_config_flags(known.config) if known.config else []) + rest
@@ -164,5 +168,7 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     parse_image_size(o.image_size)
-    if o.labels and not os.path.isfile(o.labels):
-        raise UsageError(f"--labels {o.labels}: no such file")
+    for name in ("labels", "regions"):
+        path = getattr(o, name)
+        if path and "://" not in path and not os.path.isfile(path):
+            raise UsageError(f"--{name} {path}: no such file")

@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import (SetupOptions, StandardOptions,
 from attribution.models import ModelLoadError, load_model
 from pipeline import graph, manifest, options
 from pipeline.progress import ProgressReporter
+from transforms.regions import load_regions
 from transforms.settings import Settings
 
 REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -32,6 +33,11 @@ def match_inputs(pattern: str) -> list[str]:
         raise options.UsageError(f"--input_pattern {pattern} matches no file: check the path "
                                  f"and quote the pattern so the shell does not expand it")
     return paths
+
+
+def _local_absolute(path: str) -> str:
+    """Local paths absolute, so uris in the outputs resolve from anywhere and ids are stable."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def read_labels(path: str | None) -> tuple[str, ...]:
@@ -53,11 +59,17 @@ def remove_temporaries(output_dir: str) -> None:
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the job; the result carries ``manifest`` (None on a dry run)."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
+    opts.input_pattern, opts.output_dir = _local_absolute(opts.input_pattern), _local_absolute(
+        opts.output_dir)
     started_at = manifest.now()
     matched = match_inputs(opts.input_pattern)
     model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
                        model_output=opts.model_output, output_key=opts.output_key)
     labels = read_labels(opts.labels)
+    try:
+        regions = load_regions(opts.regions, opts.input_pattern) if opts.regions else None
+    except ValueError as e:
+        raise options.UsageError(str(e)) from None
     if labels and len(labels) != model.num_classes:
         logging.warning("--labels has %d lines, the model has %d classes", len(labels),
                         model.num_classes)
@@ -83,7 +95,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
                 if show_progress else None)
     try:
         p = beam.Pipeline(options=pipeline_options)
-        graph.build(p, settings, opts.input_pattern, progress_folder)
+        graph.build(p, settings, opts.input_pattern, progress_folder, regions)
         if reporter:
             reporter.start()
         result = p.run()

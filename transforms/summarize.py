@@ -10,7 +10,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from attribution import masks
+from attribution.images import pad_geometry
 from transforms.records import NAMESPACE, error_row
+from transforms.regions import Regions, region_key
 from transforms.settings import Settings
 from transforms.write import STATISTICS
 
@@ -35,37 +37,49 @@ def artifact_name(image_id: str, target: int, rank: int) -> str:
 class SummarizeFn(beam.DoFn):
     """(DecodedImage, [Attribution]) -> one row per target; files written first."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, regions: Regions | None = None):
         self.settings = settings
+        self.regions = regions or {}
         self.written = Metrics.counter(NAMESPACE, "files_written")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, element):
         image, results = element
+        files: dict[str, bytes] = {}
         try:
-            rows = [self._summarize(image, r, rank) for rank, r in enumerate(results)]
-        except Exception as e:  # noqa: BLE001 - a failed write is a dead letter, not a crash
+            rows = [self._summarize(image, r, rank, files) for rank, r in enumerate(results)]
+        except Exception as e:  # noqa: BLE001 - an image that cannot be drawn is a dead letter
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "write", e))
             return
+        # Storage errors are not the image's fault: they propagate so the runner retries the
+        # bundle (publishing is idempotent) instead of dead-lettering every image.
+        for path, data in files.items():
+            publish(path, data)
+        self.written.inc(len(files))
         yield from rows
 
-    def _summarize(self, image, result, rank):
+    def _summarize(self, image, result, rank, files):
         s = self.settings
         out = s.output_dir.rstrip("/")
         name = artifact_name(image.image_id, result.target, rank)
         a = result.attributions
         mask_uri, overlay_uri = f"{out}/masks/{name}.png", f"{out}/overlays/{name}.png"
-        publish(mask_uri, masks.mask_png(a, clip_percentile=s.clip_percentile))
-        publish(overlay_uri, masks.overlay_png(image.image, a, clip_percentile=s.clip_percentile))
+        files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
+        files[overlay_uri] = masks.overlay_png(image.image, a, clip_percentile=s.clip_percentile)
         raw_uri = None
         if s.write_raw:
             raw_uri = f"{out}/raw/{name}.npy"
             buffer = io.BytesIO()
             np.save(buffer, a.astype(np.float32))
-            publish(raw_uri, buffer.getvalue())
-        self.written.inc(3 if s.write_raw else 2)
+            files[raw_uri] = buffer.getvalue()
         stats = masks.attribution_statistics(a)
+        boxes = self.regions.get(region_key(image.uri))
+        regions = None
+        if boxes is not None:
+            geometry = pad_geometry((image.height, image.width), a.shape[:2])
+            regions = masks.region_masses(
+                a, [(name, geometry.box_to_model(box)) for name, box in boxes])
         return {
             "image_uri": image.uri, "image_id": image.image_id,
             "width": image.width, "height": image.height,
@@ -91,15 +105,17 @@ class SummarizeFn(beam.DoFn):
             "grid": masks.attribution_grid(a, s.grid_cells).ravel().tolist(),
             "path_alphas": result.path_alphas.tolist(),
             "path_scores": result.path_scores.tolist(),
-            "regions": None,
+            "regions": regions,
         }
 
 
 class Summarize(beam.PTransform):
-    def __init__(self, settings: Settings):
+    """(DecodedImage, [Attribution]) -> (summary rows, errors)."""
+
+    def __init__(self, settings: Settings, regions: Regions | None = None):
         super().__init__()
-        self.settings = settings
+        self.settings, self.regions = settings, regions
 
     def expand(self, attributed):
-        return attributed | "Summarize" >> beam.ParDo(SummarizeFn(self.settings)).with_outputs(
-            ERRORS, main="rows")
+        return attributed | "Summarize" >> beam.ParDo(
+            SummarizeFn(self.settings, self.regions)).with_outputs(ERRORS, main="rows")

@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny models made in the test session, image folders made by code."""
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A Keras 3 SavedModel (model.export) mapping [N, 16, 16, 3] in [0, 1] to 3 logits."""
+    import keras
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    model.export(str(path), verbose=False)
+    return str(path)
+
+
+def png_bomb(width=60000, height=60000) -> bytes:
+    """A valid PNG header claiming a huge image, with a tiny body."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+
+
+def _encoded(image, fmt, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def mixed_files(rng=None) -> tuple[dict[str, bytes], set[str]]:
+    """{file name: bytes} of good and broken images, and the names that must fail."""
+    rng = rng or np.random.default_rng(0)
+    rgb = Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8))
+    jpeg = _encoded(rgb, "JPEG")
+    frames = [Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8)) for _ in range(3)]
+    good = {
+        "rgb.png": _encoded(rgb, "PNG"),
+        "photo.jpg": jpeg,
+        "gray.png": _encoded(rgb.convert("L"), "PNG"),
+        "rgba.png": _encoded(rgb.convert("RGBA"), "PNG"),
+        "sixteen bit.png": _encoded(
+            Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)), "PNG"),
+        "cmyk.jpg": _encoded(rgb.convert("CMYK"), "JPEG"),
+        "animated.gif": _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
+        "one pixel.png": _encoded(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
+        "bitmap.bmp": _encoded(rgb, "BMP"),
+        "ünïcødé 名前.png": _encoded(rgb.rotate(90), "PNG"),
+        "..dots..png": _encoded(rgb.transpose(Image.FLIP_LEFT_RIGHT), "PNG"),
+    }
+    bad = {
+        "truncated.jpg": jpeg[: len(jpeg) // 2],
+        "zero bytes.png": b"",
+        "text.jpg": b"this is not an image\n" * 10,
+        "random.png": rng.bytes(500),
+        "bomb.png": png_bomb(),
+    }
+    return {**good, **bad}, set(bad)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    files, bad = mixed_files()
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return folder, set(files), bad
