@@ -84,11 +84,12 @@ def _config_flags(path: str) -> list[str]:
         raise UsageError(f"--config {path}: expected a mapping of option: value")
     flags = []
     for key, value in config.items():
-        if value is None or value is False:
-            continue
-        flags.append(f"--{key}")
-        if value is not True:
-            flags.append(str(value))
+        for item in value if isinstance(value, list) else [value]:
+            if item is None or item is False:
+                continue
+            flags.append(f"--{key}")
+            if item is not True:
+                flags.append(str(item))
     return flags
 
 

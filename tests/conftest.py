@@ -1,11 +1,14 @@
 """Shared fixtures: tiny models made in the test session, image folders made by code."""
 import io
+import os
 import struct
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up noise out of logs
 
 SIZE = 16
 
