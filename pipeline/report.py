@@ -406,12 +406,16 @@ def _region_findings(run: Run) -> list[str]:
                        key=lambda n: (-s.region_share(n), n))
         if not names:
             continue
-        parts = [f"{s.region_share(n):.0%} on `{n}` (peak there in {s.hit_rate(n):.0%} of "
-                 f"images)" for n in names]
-        parts[0] = f"{s.region_share(names[0]):.0%} of positive attribution falls on region " \
-                   f"`{names[0]}` (peak there in {s.hit_rate(names[0]):.0%} of images)"
-        out.append(f"class `{s.label}`: " + ", ".join(parts))
+        first, *rest = names
+        out.append(", ".join([
+            f"class `{s.label}`: {s.region_share(first):.0%} of positive attribution falls on "
+            f"region `{first}` {_peak(s, first)}",
+            *(f"{s.region_share(n):.0%} on `{n}` {_peak(s, n)}" for n in rest)]))
     return out
+
+
+def _peak(s: ClassStats, name: str) -> str:
+    return f"(peak there in {s.hit_rate(name):.0%} of images)"
 
 
 def _completeness_findings(run: Run) -> list[str]:
@@ -421,9 +425,11 @@ def _completeness_findings(run: Run) -> list[str]:
     tolerance = run.config("tolerance")
     target = f"the completeness tolerance {tolerance:g}" if tolerance else "completeness"
     if run.unconverged:
+        advice = "raise --max_steps" + (" or use --method gausslegendre"
+                                        if run.config("method") != "gausslegendre" else "")
         out.append(f"{run.unconverged} of {run.rows} rows ({run.unconverged / run.rows:.1%}) "
                    f"did not converge to {target}: their attributions do not add up to the "
-                   f"score change; raise --max_steps or use --method gausslegendre")
+                   f"score change; {advice}")
     finite = run.relative_errors[np.isfinite(run.relative_errors)]
     if finite.size:
         summary = (f"median relative completeness error {np.median(finite):.2g}, "
