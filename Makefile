@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench clean browser
 
 install: $(STAMP)
 
@@ -13,8 +13,11 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dataflow]'
 	touch $(STAMP)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q tests
+
+browser:
+	bash scripts/install_chromium.sh
 
 demo: install
 	$(PY) -m pipeline --config configs/demo.yaml
