@@ -7,23 +7,37 @@ from pipeline.progress import TallyFn
 from transforms.attribute import AttributeImages
 from transforms.read import ReadImages
 from transforms.regions import Regions
+from transforms.reuse import LazyAttributeImages, ReadWithReuse
 from transforms.settings import Settings
 from transforms.summarize import Summarize
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA, WriteParquet
 
 
 def build(p: beam.Pipeline, settings: Settings, input_pattern: str,
-          progress_folder: str | None = None, regions: Regions | None = None) -> None:
+          progress_folder: str | None = None, regions: Regions | None = None,
+          reuse_from: str | None = None) -> None:
     out = settings.output_dir
-    decoded = p | "ReadImages" >> ReadImages(input_pattern, settings.image_size,
-                                             settings.max_pixels)
-    attributed = decoded.images | "Attribute" >> AttributeImages(settings)
+    if reuse_from:  # hash, join with the previous run's rows, decode only what is new
+        read = p | "ReadImages" >> ReadWithReuse(input_pattern, settings, reuse_from, regions)
+        images, read_errors, reused = read["images"], read["errors"], read["reused"]
+        attributed = images | "Attribute" >> LazyAttributeImages(settings)
+    else:
+        decoded = p | "ReadImages" >> ReadImages(input_pattern, settings.image_size,
+                                                 settings.max_pixels)
+        read_errors, reused = decoded.errors, None
+        attributed = decoded.images | "Attribute" >> AttributeImages(settings)
     summarized = attributed.attributed | "Summarize" >> Summarize(settings, regions)
-    _ = summarized.rows | "WriteSummaries" >> WriteParquet(out, "summaries", SUMMARY_SCHEMA)
-    errors = ((decoded.errors, attributed.errors, summarized.errors)
+    rows = summarized.rows if reused is None else (
+        (summarized.rows, reused) | "CollectRows" >> beam.Flatten())
+    _ = rows | "WriteSummaries" >> WriteParquet(out, "summaries", SUMMARY_SCHEMA)
+    errors = ((read_errors, attributed.errors, summarized.errors)
               | "CollectErrors" >> beam.Flatten())
     _ = errors | "WriteErrors" >> WriteParquet(out, "errors", ERROR_SCHEMA)
     if progress_folder:
-        _ = ((attributed.attributed, errors)
+        finished = [attributed.attributed, errors]
+        if reused is not None:  # one element per reused image
+            finished.append(reused | "ReusedImages" >> beam.Filter(
+                lambda row: row["target_rank"] == 0))
+        _ = (tuple(finished)
              | "CollectFinished" >> beam.Flatten()
              | "Progress" >> beam.ParDo(TallyFn(progress_folder)))

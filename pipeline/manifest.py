@@ -50,23 +50,32 @@ def versions() -> dict[str, str]:
 
 
 def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job_metrics: dict,
-          started_at: str, finished_at: str) -> dict:
+          started_at: str, finished_at: str, run_id: str | None = None,
+          settings_hash: str | None = None, reuse_from: str | None = None,
+          previous: dict | None = None) -> dict:
+    """``previous``: the manifest found in ``reuse_from`` (--reuse_from), if any."""
     attributed_uris = read_column(output_dir, "summaries", "image_uri")
     failed_uris = read_column(output_dir, "errors", "image_uri")
     attributed, failed = set(attributed_uris), set(failed_uris)
     expected = set(matched)
     accounted = attributed | failed
+    reused = job_metrics.get("reused", 0)
     return {
         "counts": {
             "matched": len(expected), "attributed": len(attributed), "failed": len(failed),
             "rows": len(attributed_uris), "error_rows": len(failed_uris),
             "missing": len(expected - accounted), "in_both": len(attributed & failed),
+            "reused": reused, "computed": len(attributed) - reused,
         },
         "complete": expected == accounted and not (attributed & failed)
                     and len(failed_uris) == len(failed),
         "metrics": {"model_loads": job_metrics.get("model_loads", 0), **job_metrics},
         "config": config, "model": model, "versions": versions(),
         "started_at": started_at, "finished_at": finished_at,
+        "run_id": run_id, "settings_hash": settings_hash,
+        "reuse_from": reuse_from,
+        "previous_run_id": previous.get("run_id") if previous else None,
+        "previous_finished_at": previous.get("finished_at") if previous else None,
     }
 
 

@@ -13,6 +13,9 @@ from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
 from attribution.quadrature import METHODS
 
 
+RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+
+
 class UsageError(ValueError):
     """A bad option: the message says what to do."""
 
@@ -70,6 +73,13 @@ class AttributionOptions(PipelineOptions):
             help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
         add("--progress_interval", type=float, default=10.0,
             help="Seconds between progress lines on DirectRunner; 0 turns them off.")
+        add("--reuse_from", default=None,
+            help="A previous run's output folder (local or gs://): images whose content, "
+                 "model and settings are unchanged get its rows and files copied forward; "
+                 "only new or changed images are attributed (docs/audits.md).")
+        add("--run_id", default=None,
+            help="This run's name, recorded in the manifest (default: the UTC start time, "
+                 "e.g. 20260101T020000Z).")
 
 
 def _config_flags(path: str) -> list[str]:
@@ -106,14 +116,39 @@ def help_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _without_labels(flags: list[str]) -> list[str]:
-    out, skip = [], False
+JOB_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,62}=[^/\\]*")  # Dataflow's --labels key=value
+
+
+def _split_labels(flags: list[str]) -> tuple[list[str], list[str]]:
+    """(flags for us, flags for Beam): ``--labels FILE`` is ours (class labels), ``--labels
+    key=value`` is a Dataflow job label (Airflow's Beam operator always adds one) and Beam's."""
+    ours, beams, i = [], [], 0
+    while i < len(flags):
+        flag = flags[i]
+        if flag == "--labels" and i + 1 < len(flags):
+            pair, i = [flag, flags[i + 1]], i + 2
+            (beams if JOB_LABEL.fullmatch(pair[1]) else ours).extend(pair)
+            continue
+        if flag.startswith("--labels="):
+            (beams if JOB_LABEL.fullmatch(flag[len("--labels="):]) else ours).append(flag)
+        else:
+            ours.append(flag)
+            beams.append(flag)
+        i += 1
+    return ours, beams
+
+
+def _switch_values(flags: list[str]) -> list[str]:
+    """``--write_raw=true`` / ``=false`` (how Flex Templates pass booleans) -> the bare switch
+    or nothing."""
+    switches = {a.option_strings[0] for a in help_parser()._actions
+                if isinstance(a, argparse._StoreTrueAction)}
+    out = []
     for flag in flags:
-        if skip:
-            skip = False
-        elif flag == "--labels":
-            skip = True
-        elif not flag.startswith("--labels="):
+        name, equals, value = flag.partition("=")
+        if equals and name in switches and value.lower() in ("true", "false"):
+            out.extend([name] if value.lower() == "true" else [])
+        else:
             out.append(flag)
     return out
 
@@ -123,11 +158,12 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
-    flags = (_config_flags(known.config) if known.config else []) + rest
+    flags = _switch_values((_config_flags(known.config) if known.config else []) + rest)
+    flags, beam_flags = _split_labels(flags)
     ours, _ = help_parser().parse_known_args(flags)  # --help and type errors exit here
     ours.config = known.config
     validate(ours)
-    return ours, PipelineOptions(_without_labels(flags))
+    return ours, PipelineOptions(beam_flags)
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
@@ -169,6 +205,15 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     parse_image_size(o.image_size)
+    if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
+        raise UsageError(f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
+                         f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}")
+    if o.reuse_from:
+        same = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)
+        if same(o.reuse_from) == same(o.output_dir):
+            raise UsageError("--reuse_from must be a previous run's folder, not --output_dir "
+                             "itself: write each run to its own folder, e.g. "
+                             "--output_dir gs://bucket/audits/$(date +%F)")
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):

@@ -1,6 +1,7 @@
 """`python -m pipeline`: validate, load the model once to fail fast, run the graph, record."""
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import shutil
@@ -9,13 +10,14 @@ import tempfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (SetupOptions, StandardOptions,
-                                                  TestOptions)
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, SetupOptions,
+                                                  StandardOptions, TestOptions)
 
 from attribution.models import ModelLoadError, load_model
 from pipeline import graph, manifest, options
 from pipeline.progress import ProgressReporter
 from transforms.regions import load_regions
+from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
 
 REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -62,7 +64,16 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
     opts.input_pattern, opts.output_dir = _local_absolute(opts.input_pattern), _local_absolute(
         opts.output_dir)
     started_at = manifest.now()
+    opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
+        "%Y%m%dT%H%M%SZ")
     matched = match_inputs(opts.input_pattern)
+    previous = None
+    if opts.reuse_from:
+        opts.reuse_from = _local_absolute(opts.reuse_from).rstrip("/")
+        try:
+            previous = previous_run(opts.reuse_from)
+        except PreviousRunError as e:
+            raise options.UsageError(str(e)) from None
     model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
                        model_output=opts.model_output, output_key=opts.output_key)
     labels = read_labels(opts.labels)
@@ -82,12 +93,19 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
         seed=opts.seed, batch_size=opts.batch_size, image_batch_size=opts.image_batch_size,
         max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
         clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels)
+    if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
+                     or previous.get("settings_hash") != settings.settings_hash):
+        logging.warning("--reuse_from %s was made with another model or other settings: "
+                        "every image is attributed again", opts.reuse_from)
 
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     runner = pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
     if "Dataflow" in runner and not pipeline_options.view_as(SetupOptions).setup_file:
         pipeline_options.view_as(SetupOptions).setup_file = REPO_SETUP
-    dry_run = bool(pipeline_options.view_as(TestOptions).dry_run)
+    # Building a template (what a Flex Template launcher does) only stages the graph: no job
+    # has run when run() returns, so there is nothing to count yet, as on a dry run.
+    dry_run = bool(pipeline_options.view_as(TestOptions).dry_run
+                   or pipeline_options.view_as(GoogleCloudOptions).template_location)
     show_progress = "Direct" in runner and opts.progress_interval > 0 and not dry_run
 
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
@@ -95,7 +113,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
                 if show_progress else None)
     try:
         p = beam.Pipeline(options=pipeline_options)
-        graph.build(p, settings, opts.input_pattern, progress_folder, regions)
+        graph.build(p, settings, opts.input_pattern, progress_folder, regions,
+                    reuse_from=opts.reuse_from)
         if reporter:
             reporter.start()
         result = p.run()
@@ -117,7 +136,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
                "input_size": list(model.image_size), "num_classes": model.num_classes,
                "output": model.output, "fingerprint": model.fingerprint},
         job_metrics=manifest.metrics(result), started_at=started_at,
-        finished_at=manifest.now())
+        finished_at=manifest.now(), run_id=opts.run_id, settings_hash=settings.settings_hash,
+        reuse_from=opts.reuse_from, previous=previous)
     manifest.write(settings.output_dir, record)
     result.manifest = record
     return result
@@ -145,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({counts['rows']} rows), {counts['failed']} failed; model loaded "
           f"{record['metrics']['model_loads']} time(s). Outputs in {out} "
           f"(manifest: {out.rstrip('/')}/manifest.json)")
+    if record.get("reuse_from"):
+        print(f"reused {counts['reused']} image(s) from {record['reuse_from']}, computed "
+              f"{counts['computed']}")
     if not record["complete"]:
         print(f"error: outputs do not account for every matched input: {counts}",
               file=sys.stderr)

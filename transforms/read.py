@@ -18,15 +18,17 @@ ERRORS = "errors"
 class DecodeFn(beam.DoFn):
     """FileMetadata -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
 
-    def __init__(self, image_size: tuple[int, int], max_pixels: int):
+    def __init__(self, image_size: tuple[int, int], max_pixels: int, count_matched: bool = True):
         self.image_size = tuple(image_size)
         self.max_pixels = max_pixels
+        self.count_matched = count_matched  # False where an earlier step counted the input
         self.matched = Metrics.counter(NAMESPACE, "matched")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, metadata):
-        uri = metadata.path
-        self.matched.inc()
+        uri = metadata if isinstance(metadata, str) else metadata.path  # FileMetadata or uri
+        if self.count_matched:
+            self.matched.inc()
         stage = "read"
         try:
             with FileSystems.open(uri, compression_type="uncompressed") as f:

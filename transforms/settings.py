@@ -37,8 +37,17 @@ class Settings:
 
     @property
     def settings_hash(self) -> str:
-        """Hash of everything that decides an attribution besides the image and the model."""
+        """Hash of everything that decides a row and its files besides the image and the model.
+
+        Rows of a previous run are reused only when this hash matches (docs/audits.md). It
+        covers the attribution (method, rule sizes, baseline, seed, score, target policy,
+        input size, model output) and what is drawn from it (``grid_cells``: the grid column;
+        ``clip_percentile``: the mask and overlay PNGs). Left out on purpose: labels (relabelled
+        on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
+        asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
+        numbers are computed, equal to float rounding).
+        """
         keys = ("model_output", "output_key", "score", "target", "method", "steps", "tolerance",
-                "max_steps", "baseline", "seed", "image_size")
+                "max_steps", "baseline", "seed", "image_size", "grid_cells", "clip_percentile")
         values = {k: asdict(self)[k] for k in keys}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,299 @@
+"""Incremental runs (``--reuse_from DIR``): copy forward what a previous run already computed.
+
+An image is identified by the sha256 of its bytes, not by its uri. The graph hashes every
+matched file (reading it, not decoding it), joins the hashes with the previous run's summary
+rows whose model fingerprint and settings hash equal this run's, and splits:
+
+- **reuse**: the previous rows of an identical image are copied forward with this run's
+  uri, id and file names (a renamed file is reused under its new id), labels re-applied,
+  region masses recomputed from the previous raw attributions, masks / overlays / raw files
+  copied (read + publish, so readers never see half a file);
+- **compute**: new or changed images, images the previous run failed on (errors are never
+  reused), and images whose previous files are gone are read again, decoded and attributed.
+
+The model is loaded in a worker only when the first image needs computing, so a rerun where
+nothing changed never loads it (``metrics.model_loads == 0``).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.utils import shared
+
+from attribution import masks
+from attribution.images import pad_geometry
+from transforms.attribute import AttributeFn, AttributeImages, ERRORS as ATTRIBUTE_ERRORS
+from transforms.ids import image_id
+from transforms.read import DecodeFn
+from transforms.records import NAMESPACE, error_row
+from transforms.regions import Regions, region_key
+from transforms.settings import Settings
+from transforms.summarize import artifact_name, publish
+from transforms.write import SUMMARY_SCHEMA
+
+ERRORS = "errors"
+COMPUTE = "compute"
+PREVIOUS, CURRENT = "previous", "current"
+_CHUNK = 1 << 20
+# Rewritten for the new run's location; every other column of a reused row is copied as is
+# (labels re-applied from this run's --labels, regions recomputed).
+LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
+
+
+class PreviousRunError(ValueError):
+    """--reuse_from does not name a finished run."""
+
+
+def previous_run(folder: str) -> dict:
+    """The previous run's manifest, read in the launcher. A run launched from a template has
+    none (its launcher does not wait for the job): its published summaries are enough, since
+    Beam's Parquet sink publishes them only once the write finished."""
+    path = f"{folder.rstrip('/')}/manifest.json"
+    try:
+        with FileSystems.open(path) as f:
+            record = json.loads(f.read().decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - any failure means: no manifest we can use
+        if has_summaries(folder):
+            logging.warning("--reuse_from %s has no readable manifest.json (%s): reusing its "
+                            "summaries without it", folder, e)
+            return {}
+        raise PreviousRunError(
+            f"--reuse_from {folder}: neither {path} nor summaries/*.parquet can be read "
+            f"({type(e).__name__}: {e}); pass the output folder of a finished run") from None
+    if not isinstance(record, dict) or "finished_at" not in record:
+        raise PreviousRunError(f"--reuse_from {folder}: {path} is not a run manifest")
+    return record
+
+
+def has_summaries(folder: str) -> bool:
+    pattern = f"{folder.rstrip('/')}/summaries/*.parquet"
+    return bool(FileSystems.match([pattern])[0].metadata_list)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A matched file, hashed but not decoded: all that goes through the join."""
+    uri: str
+    image_id: str
+    content_sha256: str
+
+
+class HashFn(beam.DoFn):
+    """FileMetadata -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
+
+    def __init__(self):
+        self.matched = Metrics.counter(NAMESPACE, "matched")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, metadata):
+        uri = metadata.path
+        self.matched.inc()
+        digest = hashlib.sha256()
+        try:
+            with FileSystems.open(uri, compression_type="uncompressed") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+        except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e))
+            return
+        sha = digest.hexdigest()
+        yield sha, ImageRef(uri, image_id(uri), sha)
+
+
+def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
+    """Previous rows made by this model with these settings, keyed by content hash. Rows of
+    an older schema (a column missing) are not reused: they could not be copied as they are."""
+    if (row.get("model_fingerprint") == model_fingerprint
+            and row.get("settings_hash") == settings_hash and row.get("content_sha256")
+            and all(name in row for name in SUMMARY_SCHEMA.names)):
+        yield row["content_sha256"], row
+
+
+def previous_images(rows) -> dict[str, list[dict]]:
+    """{previous image_uri: its rows by target_rank}, only images whose rows are complete."""
+    by_uri: dict[str, list[dict]] = {}
+    for row in rows:
+        by_uri.setdefault(row["image_uri"], []).append(row)
+    complete = {}
+    for uri, group in by_uri.items():
+        group.sort(key=lambda r: r["target_rank"])
+        if [r["target_rank"] for r in group] == list(range(len(group))):
+            complete[uri] = group
+    return complete
+
+
+class SplitFn(beam.DoFn):
+    """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
+    compute (tagged COMPUTE). Deleted images (no current ref) produce nothing."""
+
+    def __init__(self, settings: Settings, regions: Regions | None = None):
+        self.settings = settings
+        self.regions = regions or {}
+
+    def process(self, element):
+        _, groups = element
+        refs = sorted(groups[CURRENT], key=lambda r: r.uri)
+        if not refs:
+            return
+        candidates = previous_images(groups[PREVIOUS])
+        first = candidates[min(candidates)] if candidates else None
+        for ref in refs:
+            rows = candidates.get(ref.uri, first)  # same uri first, else a renamed copy
+            if rows is not None and self._usable(ref, rows):
+                yield ref, rows
+            else:
+                yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+
+    def _usable(self, ref: ImageRef, rows: list[dict]) -> bool:
+        s = self.settings
+        if rows[0]["width"] * rows[0]["height"] > s.max_pixels:
+            return False  # this run refuses it: let Decode say so in errors
+        needs_raw = s.write_raw or self.regions.get(region_key(ref.uri)) is not None
+        return not needs_raw or all(r["raw_uri"] for r in rows)
+
+
+def _read(path: str) -> bytes:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read()
+
+
+def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=None) -> tuple[
+        dict, dict[str, str]]:
+    """The previous ``row`` moved to this run: (new row, {new file: previous file})."""
+    out = settings.output_dir.rstrip("/")
+    name = artifact_name(ref.image_id, row["target_class"], row["target_rank"])
+    new = {column: row[column] for column in SUMMARY_SCHEMA.names}
+    new.update(image_uri=ref.uri, image_id=ref.image_id,
+               mask_uri=f"{out}/masks/{name}.png", overlay_uri=f"{out}/overlays/{name}.png",
+               raw_uri=f"{out}/raw/{name}.npy" if settings.write_raw else None,
+               target_label=settings.label(row["target_class"]),
+               predicted_label=settings.label(row["predicted_class"]), regions=None)
+    copies = {new["mask_uri"]: row["mask_uri"], new["overlay_uri"]: row["overlay_uri"]}
+    if settings.write_raw:
+        copies[new["raw_uri"]] = row["raw_uri"]
+    if boxes is not None:  # as SummarizeFn: boxes in original pixels mapped to model input
+        geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
+        new["regions"] = masks.region_masses(
+            raw, [(n, geometry.box_to_model(box)) for n, box in boxes])
+    return new, copies
+
+
+class CopyForwardFn(beam.DoFn):
+    """(ImageRef, previous rows) -> this run's rows, files copied first. When a previous file
+    is gone the image is sent to COMPUTE instead; other storage errors propagate so the
+    runner retries the bundle (publishing is idempotent)."""
+
+    def __init__(self, settings: Settings, regions: Regions | None = None):
+        self.settings = settings
+        self.regions = regions or {}
+        self.reused = Metrics.counter(NAMESPACE, "reused")
+        self.reused_rows = Metrics.counter(NAMESPACE, "reused_rows")
+        self.copied = Metrics.counter(NAMESPACE, "files_copied")
+        self.missing = Metrics.counter(NAMESPACE, "reuse_files_missing")
+
+    def process(self, element):
+        ref, rows = element
+        boxes = self.regions.get(region_key(ref.uri))
+        keys = ("mask_uri", "overlay_uri") + (
+            ("raw_uri",) if self.settings.write_raw or boxes is not None else ())
+        sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
+        try:
+            contents = {path: _read(path) for path in sources}
+        except Exception:
+            if all(FileSystems.exists(path) for path in sources):
+                raise  # a storage error, not a missing file: let the runner retry
+            self.missing.inc()
+            yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+            return
+        try:
+            rows_out, copies = [], {}
+            for row in rows:
+                raw = (np.load(io.BytesIO(contents[row["raw_uri"]]))
+                       if boxes is not None else None)
+                new, files = reused_row(row, ref, self.settings, raw, boxes)
+                rows_out.append(new)
+                copies.update(files)
+        except Exception:  # noqa: BLE001 - e.g. an unreadable raw file: compute it afresh
+            self.missing.inc()
+            yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+            return
+        for target, source in copies.items():
+            publish(target, contents[source])
+        self.copied.inc(len(copies))
+        self.reused.inc()
+        self.reused_rows.inc(len(rows_out))
+        yield from rows_out
+
+
+class LazyAttributeFn(AttributeFn):
+    """AttributeFn that loads the model at its first batch instead of at setup: a worker that
+    gets no image to compute never loads it."""
+
+    def setup(self):
+        self._ready = False
+
+    def process(self, images):
+        if not self._ready:
+            AttributeFn.setup(self)
+            self._ready = True
+        yield from AttributeFn.process(self, images)
+
+
+class LazyAttributeImages(AttributeImages):
+    """AttributeImages with the model loaded on first use (same labels and outputs)."""
+
+    def expand(self, images):
+        size = self.settings.image_batch_size
+        return (images
+                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
+                | "IntegratedGradients" >> beam.ParDo(
+                    LazyAttributeFn(self.settings, shared.Shared()))
+                .with_outputs(ATTRIBUTE_ERRORS, main="attributed"))
+
+
+class ReadWithReuse(beam.PTransform):
+    """pattern -> {"images": DecodedImage to attribute, "reused": summary rows copied
+    forward, "errors": read/decode dead letters}."""
+
+    def __init__(self, pattern: str, settings: Settings, reuse_from: str,
+                 regions: Regions | None = None):
+        super().__init__()
+        self.pattern, self.settings, self.regions = pattern, settings, regions
+        self.reuse_from = reuse_from.rstrip("/")
+
+    def expand(self, pbegin):
+        s = self.settings
+        hashed = (pbegin
+                  | "Match" >> fileio.MatchFiles(self.pattern)
+                  | "Reshuffle" >> beam.Reshuffle()
+                  | "Hash" >> beam.ParDo(HashFn()).with_outputs(ERRORS, main="hashes"))
+        if has_summaries(self.reuse_from):
+            previous = pbegin | "ReadPrevious" >> beam.io.ReadFromParquet(
+                f"{self.reuse_from}/summaries/*.parquet")
+        else:  # the previous run attributed nothing
+            previous = pbegin | "ReadPrevious" >> beam.Create([])
+        keyed = previous | "KeyPrevious" >> beam.FlatMap(
+            key_reusable, s.model_fingerprint, s.settings_hash)
+        split = ({PREVIOUS: keyed, CURRENT: hashed.hashes}
+                 | "JoinByContent" >> beam.CoGroupByKey()
+                 | "Split" >> beam.ParDo(SplitFn(s, self.regions)).with_outputs(
+                     COMPUTE, main="reuse"))
+        copied = split.reuse | "CopyForward" >> beam.ParDo(
+            CopyForwardFn(s, self.regions)).with_outputs(COMPUTE, main="rows")
+        decoded = ((split[COMPUTE], copied[COMPUTE])
+                   | "ToCompute" >> beam.Flatten()
+                   | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
+                                                     count_matched=False))
+                   .with_outputs(ERRORS, main="images"))
+        errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
+        return {"images": decoded.images, "reused": copied.rows, "errors": errors}
