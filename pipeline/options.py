@@ -69,6 +69,8 @@ class AttributionOptions(PipelineOptions):
             help="CSV or Parquet of boxes (image, region, x0, y0, x1, y1 in original pixels; "
                  "image relative to the pattern's folder or a full uri): each row gets the "
                  "share of positive attribution per region and a pointing-game hit.")
+        add("--no_report", action="store_true",
+            help="Do not write DIR/report.html at the end of the run.")
         add("--jit_compile", action="store_true",
             help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
         add("--progress_interval", type=float, default=10.0,

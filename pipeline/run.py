@@ -140,7 +140,18 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
         reuse_from=opts.reuse_from, previous=previous)
     manifest.write(settings.output_dir, record)
     result.manifest = record
+    result.report = None if opts.no_report else _write_report(settings.output_dir)
     return result
+
+
+def _write_report(output_dir: str) -> str | None:
+    """The HTML report; a failure to draw it is logged, never fails the finished run."""
+    from pipeline.report import write_report
+    try:
+        return write_report(output_dir)
+    except Exception:  # noqa: BLE001 - the run's outputs are complete without the report
+        logging.exception("could not write the report for %s", output_dir)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     if record.get("reuse_from"):
         print(f"reused {counts['reused']} image(s) from {record['reuse_from']}, computed "
               f"{counts['computed']}")
+    if getattr(result, "report", None):
+        print(f"report: {result.report}")
     if not record["complete"]:
         print(f"error: outputs do not account for every matched input: {counts}",
               file=sys.stderr)

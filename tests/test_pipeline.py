@@ -81,6 +81,7 @@ def test_mixed_folder_every_file_accounted_once_and_nothing_written_outside(
     for key in ("python", "tensorflow", "apache_beam", "numpy", "pyarrow"):
         assert manifest["versions"][key]
     assert manifest["config"]["steps"] == 4 and manifest["started_at"] <= manifest["finished_at"]
+    assert "<html" in (out / "report.html").read_text()[:500].lower()
 
 
 def test_parquet_schemas_hold_the_contract_columns(tiny_model, tmp_path):
