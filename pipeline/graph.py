@@ -7,7 +7,7 @@ from pipeline.progress import TallyFn
 from transforms.attribute import AttributeImages
 from transforms.read import ReadImages
 from transforms.regions import Regions
-from transforms.reuse import LazyAttributeImages, ReadWithReuse
+from transforms.reuse import ReadWithReuse
 from transforms.settings import Settings
 from transforms.summarize import Summarize
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA, WriteParquet
@@ -20,12 +20,11 @@ def build(p: beam.Pipeline, settings: Settings, input_pattern: str,
     if reuse_from:  # hash, join with the previous run's rows, decode only what is new
         read = p | "ReadImages" >> ReadWithReuse(input_pattern, settings, reuse_from, regions)
         images, read_errors, reused = read["images"], read["errors"], read["reused"]
-        attributed = images | "Attribute" >> LazyAttributeImages(settings)
     else:
         decoded = p | "ReadImages" >> ReadImages(input_pattern, settings.image_size,
                                                  settings.max_pixels)
-        read_errors, reused = decoded.errors, None
-        attributed = decoded.images | "Attribute" >> AttributeImages(settings)
+        images, read_errors, reused = decoded.images, decoded.errors, None
+    attributed = images | "Attribute" >> AttributeImages(settings)
     summarized = attributed.attributed | "Summarize" >> Summarize(settings, regions)
     rows = summarized.rows if reused is None else (
         (summarized.rows, reused) | "CollectRows" >> beam.Flatten())

@@ -45,13 +45,17 @@ class AttributeFn(beam.DoFn):
         self.unconverged = Metrics.counter(NAMESPACE, "unconverged_rows")
 
     def setup(self):
-        self.loads_to_report = 0
+        self.model = None  # loaded at the first batch: a worker with nothing to compute never loads
+        self.targets = Targets.parse(self.settings.target)
+
+    def _load(self):
+        loads = []
 
         def load():
-            self.loads_to_report += 1  # counted in process(): counters need a step context
+            loads.append(1)
             return _ProcessModel(self.settings)
         self.model = self.shared_handle.acquire(load, tag=self.settings.model_fingerprint)
-        self.targets = Targets.parse(self.settings.target)
+        self.model_loads.inc(len(loads))  # 0 when another DoFn in this process loaded it
 
     def _requests(self, images):
         return [Request(i, d.image, make_baseline(self.settings.baseline, d.image,
@@ -59,9 +63,8 @@ class AttributeFn(beam.DoFn):
                 for i, d in enumerate(images)]
 
     def process(self, images):
-        if self.loads_to_report:
-            self.model_loads.inc(self.loads_to_report)
-            self.loads_to_report = 0
+        if self.model is None:
+            self._load()
         try:
             results = self.model.engine.attribute(self._requests(images), self.targets)
             groups = [[r for r in results if r.key == i] for i in range(len(images))]

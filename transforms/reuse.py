@@ -27,11 +27,9 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.utils import shared
 
 from attribution import masks
 from attribution.images import pad_geometry
-from transforms.attribute import AttributeFn, AttributeImages, ERRORS as ATTRIBUTE_ERRORS
 from transforms.ids import image_id
 from transforms.read import DecodeFn
 from transforms.records import NAMESPACE, error_row
@@ -233,32 +231,6 @@ class CopyForwardFn(beam.DoFn):
         self.reused.inc()
         self.reused_rows.inc(len(rows_out))
         yield from rows_out
-
-
-class LazyAttributeFn(AttributeFn):
-    """AttributeFn that loads the model at its first batch instead of at setup: a worker that
-    gets no image to compute never loads it."""
-
-    def setup(self):
-        self._ready = False
-
-    def process(self, images):
-        if not self._ready:
-            AttributeFn.setup(self)
-            self._ready = True
-        yield from AttributeFn.process(self, images)
-
-
-class LazyAttributeImages(AttributeImages):
-    """AttributeImages with the model loaded on first use (same labels and outputs)."""
-
-    def expand(self, images):
-        size = self.settings.image_batch_size
-        return (images
-                | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
-                | "IntegratedGradients" >> beam.ParDo(
-                    LazyAttributeFn(self.settings, shared.Shared()))
-                .with_outputs(ATTRIBUTE_ERRORS, main="attributed"))
 
 
 class ReadWithReuse(beam.PTransform):
