@@ -20,7 +20,7 @@ browser:
 	bash scripts/install_chromium.sh
 
 demo: install
-	$(PY) -m pipeline --config configs/demo.yaml
+	$(PY) -m demo
 
 bench: install
 	$(PY) -m benchmarks.run

@@ -11,7 +11,6 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["attribution", "attribution.*", "transforms",
                                                 "transforms.*", "pipeline", "pipeline.*"]),
-    package_data={"pipeline": ["configs/*.yaml"]},
     install_requires=[
         "apache-beam>=2.60",
         "tensorflow>=2.16",

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from pipeline.progress import TallyFn
 from transforms.attribute import AttributeImages
 from transforms.read import ReadImages
 from transforms.regions import Regions
@@ -14,15 +13,14 @@ from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA, WriteParquet
 
 
 def build(p: beam.Pipeline, settings: Settings, input_pattern: str,
-          progress_folder: str | None = None, regions: Regions | None = None,
-          reuse_from: str | None = None) -> None:
+          regions: Regions | None = None, reuse_from: str | None = None) -> None:
     out = settings.output_dir
     if reuse_from:  # hash, join with the previous run's rows, decode only what is new
         read = p | "ReadImages" >> ReadWithReuse(input_pattern, settings, reuse_from, regions)
         images, read_errors, reused = read["images"], read["errors"], read["reused"]
     else:
         decoded = p | "ReadImages" >> ReadImages(input_pattern, settings.image_size,
-                                                 settings.max_pixels)
+                                                 settings.max_pixels, settings.progress_folder)
         images, read_errors, reused = decoded.images, decoded.errors, None
     attributed = images | "Attribute" >> AttributeImages(settings)
     summarized = attributed.attributed | "Summarize" >> Summarize(settings, regions)
@@ -32,11 +30,3 @@ def build(p: beam.Pipeline, settings: Settings, input_pattern: str,
     errors = ((read_errors, attributed.errors, summarized.errors)
               | "CollectErrors" >> beam.Flatten())
     _ = errors | "WriteErrors" >> WriteParquet(out, "errors", ERROR_SCHEMA)
-    if progress_folder:
-        finished = [attributed.attributed, errors]
-        if reused is not None:  # one element per reused image
-            finished.append(reused | "ReusedImages" >> beam.Filter(
-                lambda row: row["target_rank"] == 0))
-        _ = (tuple(finished)
-             | "CollectFinished" >> beam.Flatten()
-             | "Progress" >> beam.ParDo(TallyFn(progress_folder)))

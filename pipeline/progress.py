@@ -1,53 +1,13 @@
-"""Progress lines on DirectRunner: workers tally finished images into small files in a local
-folder; a thread in the launcher sums them and prints done / matched, rate and ETA."""
+"""Progress lines on DirectRunner: the steps that finish images tally them into a local folder
+(transforms/progress.py); a thread in the launcher sums them and prints done / matched, rate
+and ETA."""
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
-import uuid
 
-import apache_beam as beam
-
-
-class TallyFn(beam.DoFn):
-    """Counts the elements it sees into ``folder/<pid>-<id>`` (rewritten at most once a second)."""
-
-    def __init__(self, folder: str):
-        self.folder = folder
-
-    def setup(self):
-        self.path = os.path.join(self.folder, f"{os.getpid()}-{uuid.uuid4().hex}")
-        self.count, self.last = 0, 0.0
-
-    def process(self, _):
-        self.count += 1
-        if time.monotonic() - self.last > 1.0:
-            self._flush()
-
-    def finish_bundle(self):
-        self._flush()
-
-    def _flush(self):
-        self.last = time.monotonic()
-        temporary = f"{self.path}.tmp"
-        with open(temporary, "w") as f:
-            f.write(str(self.count))
-        os.replace(temporary, self.path)
-
-
-def tally(folder: str) -> int:
-    total = 0
-    for name in os.listdir(folder):
-        if name.endswith(".tmp"):
-            continue
-        try:
-            with open(os.path.join(folder, name)) as f:
-                total += int(f.read() or 0)
-        except (OSError, ValueError):
-            continue
-    return total
+from transforms.progress import tally
 
 
 class ProgressReporter(threading.Thread):
@@ -73,4 +33,6 @@ class ProgressReporter(threading.Thread):
             print(self.line(), file=self.stream, flush=True)
 
     def stop(self):
+        """Stop, and print the final line."""
         self.stopped.set()
+        print(self.line(), file=self.stream, flush=True)

@@ -1,6 +1,7 @@
 """`python -m pipeline`: validate, load the model once to fail fast, run the graph, record."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -113,8 +114,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.r
                 if show_progress else None)
     try:
         p = beam.Pipeline(options=pipeline_options)
-        graph.build(p, settings, opts.input_pattern, progress_folder, regions,
-                    reuse_from=opts.reuse_from)
+        graph.build(p, dataclasses.replace(settings, progress_folder=progress_folder),
+                    opts.input_pattern, regions, reuse_from=opts.reuse_from)
         if reporter:
             reporter.start()
         result = p.run()

@@ -208,10 +208,12 @@ def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*.png", "--output_dir",
-         str(out), "--model", tiny_model, *FAST], cwd=REPO, capture_output=True, text=True,
+         str(out), "--model", tiny_model, *FAST, "--progress_interval", "0.5"], cwd=REPO,
+        capture_output=True, text=True,
         timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "attributed 1 of 1 images" in result.stdout
+    assert "progress: 1/1 images (100%)" in result.stderr
     assert (out / "manifest.json").exists()
 
 

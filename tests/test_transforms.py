@@ -15,10 +15,11 @@ from PIL import Image
 from attribution.images import pad_geometry
 from attribution.integrated_gradients import Attribution
 from attribution.models import load_model
-from pipeline.progress import ProgressReporter, TallyFn, tally
+from pipeline.progress import ProgressReporter
 from transforms.attribute import AttributeImages
 from transforms.ids import image_id
 from transforms.read import ReadImages
+from transforms.progress import CountsProgress, tally
 from transforms.records import NAMESPACE, DecodedImage
 from transforms.regions import load_regions, pattern_root
 from transforms.settings import Settings
@@ -184,11 +185,12 @@ def test_bad_region_files_say_what_is_wrong(tmp_path, text, message):
 
 def test_progress_tallies_across_workers_and_prints_rate_and_eta(tmp_path):
     for count in (3, 4):
-        fn = TallyFn(str(tmp_path))
-        fn.setup()
+        counting = CountsProgress()
+        counting.progress_folder = str(tmp_path)
         for _ in range(count):
-            fn.process(None)
-        fn.finish_bundle()
+            counting.progress()
+        counting.finish_bundle()
+    CountsProgress().progress()  # no folder: counts nothing, writes nothing
     assert tally(str(tmp_path)) == 7
     stream = io.StringIO()
     line = ProgressReporter(str(tmp_path), matched=10, interval=1, stream=stream).line()

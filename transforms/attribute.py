@@ -8,6 +8,7 @@ from apache_beam.utils import shared
 from attribution.baselines import make_baseline
 from attribution.integrated_gradients import IntegratedGradients, Request, Targets
 from attribution.models import load_model
+from transforms.progress import CountsProgress
 from transforms.records import NAMESPACE, error_row
 from transforms.settings import Settings
 
@@ -31,12 +32,13 @@ class _ProcessModel:
             batch_size=settings.batch_size, jit_compile=settings.jit_compile)
 
 
-class AttributeFn(beam.DoFn):
+class AttributeFn(CountsProgress, beam.DoFn):
     """[DecodedImage] -> (DecodedImage, [Attribution]) per image; failures to ERRORS."""
 
     def __init__(self, settings: Settings, shared_handle: shared.Shared):
         self.settings = settings
         self.shared_handle = shared_handle
+        self.progress_folder = settings.progress_folder
         self.model_loads = Metrics.counter(NAMESPACE, "model_loads")
         self.attributed = Metrics.counter(NAMESPACE, "attributed")
         self.rows = Metrics.counter(NAMESPACE, "rows")
@@ -76,6 +78,7 @@ class AttributeFn(beam.DoFn):
                                                               self.targets))
                 except Exception as e:  # noqa: BLE001
                     groups.append(e)
+        self.progress(len(images))
         for image, group in zip(images, groups):
             if isinstance(group, Exception):
                 self.failed.inc()

@@ -10,16 +10,19 @@ from apache_beam.metrics import Metrics
 
 from attribution.images import ImageError, decode_image, resize_with_pad
 from transforms.ids import image_id
+from transforms.progress import CountsProgress
 from transforms.records import NAMESPACE, DecodedImage, error_row
 
 ERRORS = "errors"
 
 
-class DecodeFn(beam.DoFn):
+class DecodeFn(CountsProgress, beam.DoFn):
     """FileMetadata -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
 
-    def __init__(self, image_size: tuple[int, int], max_pixels: int, count_matched: bool = True):
+    def __init__(self, image_size: tuple[int, int], max_pixels: int, count_matched: bool = True,
+                 progress_folder: str | None = None):
         self.image_size = tuple(image_size)
+        self.progress_folder = progress_folder
         self.max_pixels = max_pixels
         self.count_matched = count_matched  # False where an earlier step counted the input
         self.matched = Metrics.counter(NAMESPACE, "matched")
@@ -40,10 +43,12 @@ class DecodeFn(beam.DoFn):
             image = resize_with_pad(pixels, self.image_size)
         except ImageError as e:
             self.failed.inc()
+            self.progress()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, e.stage, str(e), e.error_type))
             return
         except Exception as e:  # noqa: BLE001 - any unreadable input is a dead letter, not a crash
             self.failed.inc()
+            self.progress()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, stage, e))
             return
         yield DecodedImage(uri, image_id(uri), int(width), int(height),
@@ -53,13 +58,16 @@ class DecodeFn(beam.DoFn):
 class ReadImages(beam.PTransform):
     """pattern -> (DecodedImage, errors). Local paths and gs:// alike, through Beam's file I/O."""
 
-    def __init__(self, pattern: str, image_size: tuple[int, int], max_pixels: int):
+    def __init__(self, pattern: str, image_size: tuple[int, int], max_pixels: int,
+                 progress_folder: str | None = None):
         super().__init__()
         self.pattern, self.image_size, self.max_pixels = pattern, image_size, max_pixels
+        self.progress_folder = progress_folder
 
     def expand(self, pbegin):
         return (pbegin
                 | "Match" >> fileio.MatchFiles(self.pattern)
                 | "Reshuffle" >> beam.Reshuffle()
-                | "Decode" >> beam.ParDo(DecodeFn(self.image_size, self.max_pixels))
+                | "Decode" >> beam.ParDo(DecodeFn(self.image_size, self.max_pixels,
+                                                  progress_folder=self.progress_folder))
                 .with_outputs(ERRORS, main="images"))

@@ -32,6 +32,7 @@ from attribution import masks
 from attribution.images import pad_geometry
 from transforms.ids import image_id
 from transforms.read import DecodeFn
+from transforms.progress import CountsProgress
 from transforms.records import NAMESPACE, error_row
 from transforms.regions import Regions, region_key
 from transforms.settings import Settings
@@ -85,10 +86,11 @@ class ImageRef:
     content_sha256: str
 
 
-class HashFn(beam.DoFn):
+class HashFn(CountsProgress, beam.DoFn):
     """FileMetadata -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
 
-    def __init__(self):
+    def __init__(self, progress_folder: str | None = None):
+        self.progress_folder = progress_folder
         self.matched = Metrics.counter(NAMESPACE, "matched")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
@@ -102,6 +104,7 @@ class HashFn(beam.DoFn):
                     digest.update(chunk)
         except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
             self.failed.inc()
+            self.progress()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e))
             return
         sha = digest.hexdigest()
@@ -186,13 +189,14 @@ def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=Non
     return new, copies
 
 
-class CopyForwardFn(beam.DoFn):
+class CopyForwardFn(CountsProgress, beam.DoFn):
     """(ImageRef, previous rows) -> this run's rows, files copied first. When a previous file
     is gone the image is sent to COMPUTE instead; other storage errors propagate so the
     runner retries the bundle (publishing is idempotent)."""
 
     def __init__(self, settings: Settings, regions: Regions | None = None):
         self.settings = settings
+        self.progress_folder = settings.progress_folder
         self.regions = regions or {}
         self.reused = Metrics.counter(NAMESPACE, "reused")
         self.reused_rows = Metrics.counter(NAMESPACE, "reused_rows")
@@ -229,6 +233,7 @@ class CopyForwardFn(beam.DoFn):
             publish(target, contents[source])
         self.copied.inc(len(copies))
         self.reused.inc()
+        self.progress()
         self.reused_rows.inc(len(rows_out))
         yield from rows_out
 
@@ -248,7 +253,8 @@ class ReadWithReuse(beam.PTransform):
         hashed = (pbegin
                   | "Match" >> fileio.MatchFiles(self.pattern)
                   | "Reshuffle" >> beam.Reshuffle()
-                  | "Hash" >> beam.ParDo(HashFn()).with_outputs(ERRORS, main="hashes"))
+                  | "Hash" >> beam.ParDo(HashFn(s.progress_folder)).with_outputs(
+                    ERRORS, main="hashes"))
         if has_summaries(self.reuse_from):
             previous = pbegin | "ReadPrevious" >> beam.io.ReadFromParquet(
                 f"{self.reuse_from}/summaries/*.parquet")
@@ -265,7 +271,8 @@ class ReadWithReuse(beam.PTransform):
         decoded = ((split[COMPUTE], copied[COMPUTE])
                    | "ToCompute" >> beam.Flatten()
                    | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
-                                                     count_matched=False))
+                                                     count_matched=False,
+                                                     progress_folder=s.progress_folder))
                    .with_outputs(ERRORS, main="images"))
         errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
         return {"images": decoded.images, "reused": copied.rows, "errors": errors}

@@ -31,6 +31,7 @@ class Settings:
     clip_percentile: float = 99.0
     jit_compile: bool = False
     labels: tuple[str, ...] = field(default=(), repr=False)
+    progress_folder: str | None = None  # local runners: where finished images are tallied
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
