@@ -142,7 +142,9 @@ def region_masses(attributions,
 
     ``regions`` are ``(name, (x0, y0, x1, y1))`` boxes in model-input pixel coordinates
     (x1 / y1 are exclusive edges; boxes may be fractional, overlap, or leave the image).
-    Returns one ``{'name', 'mass_fraction', 'pointing_hit'}`` per region, in order:
+    Returns one ``{'name', 'mass_fraction', 'pointing_hit', 'area_fraction'}`` per region,
+    in order (``area_fraction``: the box's share of the image's area, what ``mass_fraction``
+    would be if attribution were spread evenly):
     ``mass_fraction`` is the box's share of the image's positive mass (max(signed sum, 0)),
     each pixel weighted by the fraction of its area inside the box; ``pointing_hit`` is
     whether the centre of the highest-signed-sum pixel (as ``peak_x``/``peak_y`` of
@@ -153,17 +155,20 @@ def region_masses(attributions,
     names, boxes = _parse_regions(regions)
     positive = np.maximum(signed, 0)
     total = positive.sum()
-    if total == 0:
-        return [{"name": name, "mass_fraction": 0.0, "pointing_hit": False} for name in names]
     height, width = signed.shape
     x0, y0, x1, y1 = boxes.T
     covered_rows = _overlaps(y0, y1, height)
     covered_cols = _overlaps(x0, x1, width)
+    areas = covered_rows.sum(axis=1) * covered_cols.sum(axis=1) / (height * width)
+    if total == 0:
+        return [{"name": name, "mass_fraction": 0.0, "pointing_hit": False,
+                 "area_fraction": float(area)} for name, area in zip(names, areas)]
     fractions = ((covered_rows @ positive) * covered_cols).sum(axis=1) / total
     peak_y, peak_x = np.unravel_index(np.argmax(signed), signed.shape)
     hits = (x0 <= peak_x + 0.5) & (peak_x + 0.5 < x1) & (y0 <= peak_y + 0.5) & (peak_y + 0.5 < y1)
-    return [{"name": name, "mass_fraction": float(fraction), "pointing_hit": bool(hit)}
-            for name, fraction, hit in zip(names, fractions, hits)]
+    return [{"name": name, "mass_fraction": float(fraction), "pointing_hit": bool(hit),
+             "area_fraction": float(area)}
+            for name, fraction, hit, area in zip(names, fractions, hits, areas)]
 
 
 def _validated(attributions) -> np.ndarray:

@@ -381,9 +381,19 @@ def test_region_masses_match_supersampling_on_random_fractional_boxes():
 def test_region_masses_without_positive_mass():
     for attributions in (np.zeros((3, 3, 3)), np.full((3, 3, 3), -1.0)):
         assert region_masses(attributions, [("a", (0, 0, 3, 3)), ("b", (1, 1, 2, 2))]) == [
-            {"name": "a", "mass_fraction": 0.0, "pointing_hit": False},
-            {"name": "b", "mass_fraction": 0.0, "pointing_hit": False},
+            {"name": "a", "mass_fraction": 0.0, "pointing_hit": False, "area_fraction": 1.0},
+            {"name": "b", "mass_fraction": 0.0, "pointing_hit": False, "area_fraction": 1 / 9},
         ]
+
+
+def test_region_area_fraction_is_the_share_of_the_image_inside_the_box():
+    attributions = np.ones((4, 8, 3))
+    results = region_masses(attributions, [("half", (0, 0, 4, 4)), ("outside", (9, 0, 12, 4)),
+                                           ("partly", (6, 2, 10, 6)), ("fractional", (0, 0, 1.5, 1))])
+    areas = [r["area_fraction"] for r in results]
+    assert areas == pytest.approx([0.5, 0.0, 4 / 32, 1.5 / 32])
+    # an even spread puts exactly the area's share of the mass in each box
+    assert [r["mass_fraction"] for r in results] == pytest.approx(areas)
     assert region_masses(np.ones((2, 2, 3)), []) == []
 
 

@@ -26,6 +26,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("grid_cells", pa.int32()), ("grid", pa.list_(pa.float32())),
     ("path_alphas", pa.list_(pa.float32())), ("path_scores", pa.list_(pa.float32())),
     ("regions", pa.list_(pa.struct([("name", pa.string()), ("mass_fraction", pa.float64()),
+                                    ("area_fraction", pa.float64()),
                                     ("pointing_hit", pa.bool_())]))),
 ])
 
