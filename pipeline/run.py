@@ -59,7 +59,8 @@ def remove_temporaries(output_dir: str) -> None:
             FileSystems.delete(stale)
 
 
-def run(argv: list[str] | None = None, save_main_session: bool = True) -> beam.runners.runner.PipelineResult:
+def run(argv: list[str] | None = None,
+        save_main_session: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the job; the result carries ``manifest`` (None on a dry run)."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
     opts.input_pattern, opts.output_dir = _local_absolute(opts.input_pattern), _local_absolute(
