@@ -1,0 +1,1 @@
+"""Benchmarks for the IG engine and pipeline (issue 5): `python -m benchmarks.run`."""

@@ -1,0 +1,364 @@
+"""One benchmark configuration in its own process (clean peak RSS): ``python -m
+benchmarks.worker '<json task>'``. Prints ``RESULT <json>`` as its last line.
+
+Tasks: prepare (model + images + targets), ladder (completeness error of a rule per steps),
+ceiling (raw forward+input-gradient rows/s per call size), method (time one algorithm at one
+setting: repeats, errors, traces), profile (cProfile of the engine and of the pipeline).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+MIN_DELTA = 0.1  # |F(x) - F(b)| below this makes the relative error ill-conditioned
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _quiet() -> None:
+    import warnings
+    warnings.filterwarnings("ignore")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.autograph.set_verbosity(0)
+
+
+def _load(task):
+    from attribution.models import load_model
+    return load_model(task["model_path"])
+
+
+def _data(task):
+    with np.load(task["data"]) as d:
+        return {k: d[k] for k in d.files}
+
+
+def relative_errors(attributions: np.ndarray, fx: np.ndarray, fb: np.ndarray) -> np.ndarray:
+    sums = attributions.reshape(len(attributions), -1).astype(np.float64).sum(1)
+    delta = fx.astype(np.float64) - fb.astype(np.float64)
+    return np.abs(sums - delta) / np.abs(delta)
+
+
+def _stats(errors: np.ndarray) -> dict:
+    return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)),
+            "max": float(np.max(errors))}
+
+
+# --- setup: model, images, ceiling, error ladder --------------------------------------------
+def prepare(task):
+    """Build the model, choose the images, their predicted targets and F(x), F(black).
+
+    Images whose |F(x) - F(black)| < MIN_DELTA at the predicted class are skipped (the
+    relative completeness error divides by it); the first kept image only warms up. Set
+    ``bench`` is the first ``count`` of the rest, set ``pipe`` the first ``pipeline_count``.
+    """
+    from benchmarks import models
+    from attribution.integrated_gradients import IntegratedGradients
+    info = models.build(task["model"], task["cache_dir"], seed=task.get("seed", 0))
+    model = _load({"model_path": info.path})
+    count, pipe_count = task["count"], task.get("pipeline_count", 0)
+    pool = models.images_for(info, int(1.5 * max(count, pipe_count)) + 8,
+                             seed=task.get("seed", 0))
+    ig = IntegratedGradients(model.fn, image_size=model.image_size, tolerance=None)
+    scores = ig.scores(pool)
+    base = ig.scores(np.zeros_like(pool[:1]))[0]
+    targets = scores.argmax(1)
+    fx = scores[np.arange(len(pool)), targets]
+    fb = base[targets]
+    keep = np.flatnonzero(np.abs(fx - fb) >= MIN_DELTA)
+    if len(keep) < max(count, pipe_count) + 1:
+        raise RuntimeError(f"only {len(keep)} of {len(pool)} images have |F(x)-F(b)| >= "
+                           f"{MIN_DELTA}")
+    warm, rest = keep[0], keep[1:]
+    arrays = {"warmup": pool[warm:warm + 1],
+              "warmup_target": targets[warm:warm + 1].astype(np.int32)}
+    for name, n in (("bench", count), ("pipe", pipe_count)):
+        chosen = rest[:n]
+        arrays.update({f"{name}_images": pool[chosen],
+                       f"{name}_targets": targets[chosen].astype(np.int32),
+                       f"{name}_fx": fx[chosen], f"{name}_fb": fb[chosen]})
+    np.savez(task["data"], **arrays)
+    bench = rest[:count]
+    return {"info": info.to_json(), "pool": int(len(pool)), "kept": int(len(keep)),
+            "excluded_small_delta": int(len(pool) - len(keep)),
+            "distinct_targets": int(len(set(targets[bench].tolist()))),
+            "median_fx": float(np.median(fx[bench])), "median_fb": float(np.median(fb[bench]))}
+
+
+def setup(task):
+    """prepare, then the ceiling, then the error ladder (one process: no RSS is read here)."""
+    out = {"prepare": prepare(task)}
+    task = {**task, "model_path": out["prepare"]["info"]["path"]}
+    out["ceiling"] = ceiling(task)
+    # the smallest call size within 5% of the fastest (memory grows with the call size)
+    top = max(v["rows_per_s"] for v in out["ceiling"].values())
+    best = min((int(k) for k, v in out["ceiling"].items() if v["rows_per_s"] >= 0.95 * top))
+    out["best_batch_size"] = best
+    if task.get("ladder"):
+        out["ladder"] = ladder({**task, "batch_size": best})
+    return out
+
+
+# --- ladder --------------------------------------------------------------------------------
+def ladder(task):
+    """Relative completeness error per (rule, steps). The rules are the same math in every
+    method (tests/test_benchmarks.py checks it), so the fastest one computes the ladder: the
+    Captum-style loop, which accumulates in the graph. A rule's ladder stops at the first rung
+    whose median and p95 are both <= ``stop_at``."""
+    from benchmarks.baselines import CaptumStyleIG
+    model, d = _load(task), _data(task)
+    images = d["bench_images"]
+    targets = d["bench_targets"].tolist()
+    out = {}
+    for method in task["methods"]:
+        out[method] = {}
+        for steps in task["ladder"]:
+            ig = CaptumStyleIG(model.fn, image_size=model.image_size, method=method,
+                               steps=steps, internal_batch_size=task["batch_size"])
+            attributions = ig.attribute(images, np.zeros_like(images), targets)
+            errors = relative_errors(attributions, d["bench_fx"], d["bench_fb"])
+            out[method][str(steps)] = {**_stats(errors), "errors": errors.tolist()}
+            if max(np.median(errors), np.percentile(errors, 95)) <= task.get("stop_at", 0):
+                break
+    return out
+
+
+# --- ceiling -------------------------------------------------------------------------------
+class RawGradients:
+    """The bare model's forward + input gradient at one call size: one traced function with
+    a fixed signature, fixed random rows, softmax probability of a class. Nothing else."""
+
+    def __init__(self, model, size: int):
+        import tensorflow as tf
+        h, w = model.image_size
+        self.size = size
+
+        @tf.function(input_signature=[tf.TensorSpec([size, h, w, 3]),
+                                      tf.TensorSpec([size], tf.int32)])
+        def step(x, t):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                p = tf.gather(tf.nn.softmax(model.fn(x)), t, axis=1, batch_dims=1)
+            return p, tape.gradient(p, x)
+
+        self.step = step
+        self.x = tf.random.uniform([size, h, w, 3], seed=1)
+        self.t = tf.zeros([size], tf.int32)
+        self.window(size)  # trace + warm up
+
+    def window(self, rows: int) -> float:
+        """rows/s over ceil(rows / size) calls."""
+        calls = max(1, -(-int(rows) // self.size))
+        started = time.perf_counter()
+        for _ in range(calls):
+            [v.numpy() for v in self.step(self.x, self.t)]
+        return calls * self.size / (time.perf_counter() - started)
+
+
+def ceiling(task):
+    """Raw forward + input-gradient rows/s of the bare model at each call size."""
+    model = _load(task)
+    out = {}
+    for size in task["sizes"]:
+        raw = RawGradients(model, size)
+        rates = [raw.window(task["rows_per_window"]) for _ in range(task["windows"])]
+        out[str(size)] = {"rows_per_s": float(np.median(rates)), "windows": rates}
+    return out
+
+
+# --- method --------------------------------------------------------------------------------
+def _make_runner(kind, model, task, d):
+    """-> (run(images) -> (attributions, targets, gradient evaluations), traces())."""
+    import tensorflow as tf
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    from benchmarks.baselines import CaptumStyleIG, TutorialIG
+    steps = task["steps"]
+    if kind == "tutorial":
+        tutorial = TutorialIG(model.fn, batch_size=32)
+
+        def run(images):
+            attributions, targets = tutorial.attribute(images, np.zeros_like(images), steps)
+            return attributions, targets, [steps] * len(images)
+        return run, lambda: tutorial.trace_count
+    if kind == "captum":
+        captum = CaptumStyleIG(model.fn, image_size=model.image_size, method=task["method"],
+                               steps=steps, internal_batch_size=task["batch_size"])
+
+        def run(images):
+            scores = tf.nn.softmax(model.fn(tf.convert_to_tensor(images)))  # the targets
+            targets = np.argmax(scores.numpy(), axis=1).tolist()
+            return (captum.attribute(images, np.zeros_like(images), targets), targets,
+                    [steps] * len(images))
+        return run, lambda: captum.trace_count
+    if kind == "engine":
+        engine = IntegratedGradients(
+            model.fn, image_size=model.image_size, method=task["method"], steps=steps,
+            tolerance=task.get("tolerance"), max_steps=task.get("max_steps", 256),
+            batch_size=task["batch_size"])
+
+        def run(images):
+            results = engine.attribute([Request(i, x, np.zeros_like(x))
+                                        for i, x in enumerate(images)])
+            return (np.stack([r.attributions for r in results]), [r.target for r in results],
+                    [r.gradient_evaluations for r in results])
+        return run, lambda: engine.trace_count
+    raise ValueError(kind)
+
+
+def method(task):
+    """Time one method at one setting: per repeat a fresh object (empty trace cache), a
+    warm-up on a held-out image, then one timed pass over the benchmark images."""
+    model, d = _load(task), _data(task)
+    which = task.get("images", "bench")
+    images = d[f"{which}_images"][:task.get("count")]
+    fx, fb = d[f"{which}_fx"][:len(images)], d[f"{which}_fb"][:len(images)]
+    times, traces, ceilings = [], [], []
+    raw, method_rss = None, None
+    # at least ``repeats`` repeats, more (up to max_repeats) until min_seconds are timed:
+    # short passes on a shared machine need more samples for a stable median
+    while len(times) < task["repeats"] or (sum(times) < task.get("min_seconds", 0)
+                                           and len(times) < task.get("max_repeats", 9)):
+        run, trace_count = _make_runner(task["kind"], model, task, d)
+        run(d["warmup"])
+        before = trace_count()
+        started = time.perf_counter()
+        attributions, targets, evaluations = run(images)
+        times.append(time.perf_counter() - started)
+        traces.append(trace_count() - before)
+        if method_rss is None:
+            method_rss = _rss_mb()  # before the reference below allocates anything
+        if task.get("ceiling_size"):  # the ceiling now, in this process: the load drifts
+            raw = raw or RawGradients(model, task["ceiling_size"])
+            ceilings.append(raw.window(min(task["ceiling_rows"], max(evaluations) * len(images))))
+    if list(targets) != d[f"{which}_targets"][:len(images)].tolist():
+        raise RuntimeError(f"targets differ from the prepared ones: {targets}")
+    errors = relative_errors(attributions, fx, fb)
+    seconds = float(np.median(times))
+    return {"seconds": seconds, "times": times, "images": len(images),
+            "images_per_s": len(images) / seconds,
+            "evaluations_per_image": float(np.mean(evaluations)),
+            "traces_in_timed_pass": traces, "errors": _stats(errors),
+            "method_peak_rss_mb": method_rss,
+            "ceiling_now_rows_per_s": float(np.median(ceilings)) if ceilings else None,
+            "ceilings_now": ceilings,
+            "self_peak_rss_mb": _rss_mb()}
+
+
+# --- profile -------------------------------------------------------------------------------
+def _profile_summary(stats, buckets: dict, total: float) -> dict:
+    """cumulative seconds of the first function matching each bucket's (file, name) parts."""
+    out = {"total_s": total}
+    for bucket, (file_part, name) in buckets.items():
+        best = 0.0
+        for (filename, _, function), (_, _, _, cumulative, _) in stats.stats.items():
+            if function == name and file_part in filename:
+                best = max(best, cumulative)
+        out[bucket] = best
+    return out
+
+
+def _ncalls(stats, file_part: str, name: str) -> int:
+    return sum(v[1] for k, v in stats.stats.items() if k[2] == name and file_part in k[0])
+
+
+def profile(task):
+    """cProfile the engine (attribute only) and the pipeline (run(), in this process)."""
+    import cProfile
+    import pstats
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    model, d = _load(task), _data(task)
+    engine = IntegratedGradients(model.fn, image_size=model.image_size,
+                                 batch_size=task["batch_size"])
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(d["pipe_images"])]
+    engine.attribute([Request(-1, d["warmup"][0], np.zeros_like(d["warmup"][0]))])
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    engine.attribute(requests)
+    profiler.disable()
+    total = time.perf_counter() - started
+    engine_stats = pstats.Stats(profiler)
+    engine_summary = _profile_summary(engine_stats, {
+        "attribute": ("integrated_gradients.py", "attribute"),
+        "tf_calls": ("integrated_gradients.py", "_call"),
+        "integrate": ("integrated_gradients.py", "_integrate"),
+        "finish": ("integrated_gradients.py", "_finish"),
+        "tensordot": ("numeric.py", "tensordot"),
+        "pad": ("integrated_gradients.py", "_pad"),
+    }, total)
+    engine_summary["python_outside_tf_calls_s"] = engine_summary["attribute"] - \
+        engine_summary["tf_calls"]
+    engine_summary["images"] = len(requests)
+    engine_summary["calls"] = _ncalls(engine_stats, "integrated_gradients.py", "_call")
+
+    from pipeline import run as pipeline_run
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    pipeline_run.run(task["pipeline_argv"], save_main_session=False)
+    profiler.disable()
+    total = time.perf_counter() - started
+    pipe_stats = pstats.Stats(profiler)
+    pipe_summary = _profile_summary(pipe_stats, {
+        "load_model": ("models.py", "load_model"),
+        "engine_attribute": ("integrated_gradients.py", "attribute"),
+        "engine_tf_calls": ("integrated_gradients.py", "_call"),
+        "decode_image": ("images.py", "decode_image"),
+        "resize_with_pad": ("images.py", "resize_with_pad"),
+        "mask_png": ("masks.py", "mask_png"),
+        "overlay_png": ("masks.py", "overlay_png"),
+        "png_encode": ("masks.py", "_encode_png"),
+        "statistics": ("masks.py", "attribution_statistics"),
+        "grid": ("masks.py", "attribution_grid"),
+        "publish": ("summarize.py", "publish"),
+        "parquet_write_record": ("parquetio.py", "write_record"),
+        "parquet_flush": ("parquetio.py", "_flush_buffer"),
+        "parquet_close": ("parquetio.py", "close"),
+        "manifest_build": ("manifest.py", "build"),
+        "pipeline_p_run": ("pipeline.py", "run"),
+    }, total)
+    pipe_summary["engine_calls"] = _ncalls(pipe_stats, "integrated_gradients.py", "_call")
+    pipe_summary["attribute_calls"] = _ncalls(pipe_stats, "integrated_gradients.py",
+                                              "attribute")
+    top = []
+    pipe_stats.sort_stats("tottime")
+    for (filename, line, function), (_, calls, tottime, cumulative, _) in list(
+            pipe_stats.stats.items()):
+        top.append((tottime, f"{os.path.basename(filename)}:{line}({function})", calls,
+                    cumulative))
+    top.sort(reverse=True)
+    return {"engine": engine_summary, "pipeline": pipe_summary,
+            "pipeline_top_tottime": [{"function": f, "tottime_s": t, "calls": c,
+                                      "cumtime_s": cu} for t, f, c, cu in top[:15]]}
+
+
+TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
+         "method": method, "profile": profile}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    task = json.loads(argv[0])
+    _quiet()
+    started = time.perf_counter()
+    result = TASKS[task["task"]](task)
+    result["process_seconds"] = time.perf_counter() - started
+    result["self_peak_rss_mb"] = _rss_mb()
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
