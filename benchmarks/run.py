@@ -524,8 +524,8 @@ def summary(results: dict) -> list[str]:
     tightest level (p95 and median), or, for the 224x224 model, at the tutorial's rule and
     steps."""
     level = min(results["levels"])
-    lines = [f"| model | (a) tutorial | (b) Captum-style | (c) engine, fixed steps | "
-             f"(c) engine, adaptive default | (d) pipeline, end to end | ceiling rows/s |",
+    lines = ["| model | (a) tutorial | (b) Captum-style | (c) engine, fixed steps | "
+             "(c) engine, adaptive default | (d) pipeline, end to end | ceiling rows/s |",
              "|---|---|---|---|---|---|---|"]
 
     def cell(run):
@@ -580,7 +580,7 @@ def markdown(results: dict, profile_name: str) -> str:
         "(benchmarks/models.py). Images: seeded smooth noise + shapes, uint8-quantized; the "
         "demo model gets `demo.dataset.make_arrays` images. Baseline black, target = "
         "predicted class, score = softmax probability (the tutorial's). Images with "
-        f"|F(x)-F(b)| < 0.1 are skipped (relative error ill-conditioned). Error = relative "
+        "|F(x)-F(b)| < 0.1 are skipped (relative error ill-conditioned). Error = relative "
         "completeness error |sum(IG) - (F(x)-F(b))| / |F(x)-F(b)|, shown as median / p95 over "
         "the images. images/s: median of repeats; each repeat builds the method anew (empty "
         "trace cache), warms up on one held-out image, then times one pass over the images. "
