@@ -1,5 +1,8 @@
+import os
 import sys
 
-from pipeline.run import main
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+
+from pipeline.run import main  # noqa: E402 - after the logging setting above
 
 sys.exit(main())
