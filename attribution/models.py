@@ -18,11 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from attribution import hashing
+
 _log = logging.getLogger(__name__)
 
 MODEL_OUTPUTS = ("logits", "probabilities")
 _HUB_PREFIXES = ("http://", "https://")
-_CHUNK = 1 << 20
 
 
 class ModelLoadError(Exception):
@@ -330,5 +331,4 @@ def _fingerprint(handle: str, path: str, kind: str) -> str:
 
 def _hash_file(digest, path: str) -> None:
     with tf.io.gfile.GFile(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
+        hashing.update(digest, f)

@@ -321,7 +321,7 @@ def profile(task):
         "png_encode": ("masks.py", "_encode_png"),
         "statistics": ("masks.py", "attribution_statistics"),
         "grid": ("masks.py", "attribution_grid"),
-        "publish": ("summarize.py", "publish"),
+        "publish": ("files.py", "publish"),
         "parquet_write_record": ("parquetio.py", "write_record"),
         "parquet_flush": ("parquetio.py", "_flush_buffer"),
         "parquet_close": ("parquetio.py", "close"),

@@ -6,10 +6,9 @@ import importlib.metadata
 import json
 import platform
 
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from transforms.files import publish, read_parquet
 from transforms.records import NAMESPACE
 
 
@@ -19,12 +18,8 @@ def now() -> str:
 
 def read_column(output_dir: str, folder: str, column: str) -> list:
     """One column of every Parquet file under ``output_dir/folder``."""
-    pattern = f"{output_dir.rstrip('/')}/{folder}/*.parquet"
-    values = []
-    for match in FileSystems.match([pattern])[0].metadata_list:
-        with FileSystems.open(match.path) as f:
-            values.extend(pq.read_table(f, columns=[column]).column(column).to_pylist())
-    return values
+    table = read_parquet(output_dir, folder, [column])
+    return table.column(column).to_pylist() if table.num_columns else []
 
 
 def metrics(result) -> dict[str, int]:
@@ -81,6 +76,5 @@ def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job
 
 def write(output_dir: str, manifest: dict) -> str:
     path = f"{output_dir.rstrip('/')}/manifest.json"
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    publish(path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return path

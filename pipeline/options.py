@@ -11,13 +11,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
 from attribution.quadrature import METHODS
+from pipeline.launch import UsageError
+from transforms.files import absolute
 
 
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
-
-
-class UsageError(ValueError):
-    """A bad option: the message says what to do."""
 
 
 class AttributionOptions(PipelineOptions):
@@ -211,8 +209,7 @@ def validate(o: argparse.Namespace) -> None:
         raise UsageError(f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
                          f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}")
     if o.reuse_from:
-        same = lambda path: path.rstrip("/") if "://" in path else os.path.abspath(path)
-        if same(o.reuse_from) == same(o.output_dir):
+        if absolute(o.reuse_from) == absolute(o.output_dir):
             raise UsageError("--reuse_from must be a previous run's folder, not --output_dir "
                              "itself: write each run to its own folder, e.g. "
                              "--output_dir gs://bucket/audits/$(date +%F)")

@@ -4,26 +4,22 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import shutil
 import sys
 import tempfile
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, SetupOptions,
-                                                  StandardOptions, TestOptions)
+from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
 
 from attribution.models import ModelLoadError, load_model
 from pipeline import graph, manifest, options
+from pipeline.launch import runner_name, ship_package
 from pipeline.progress import ProgressReporter
+from transforms.files import TEMPORARY_PREFIX, absolute, delete_matching
 from transforms.regions import load_regions
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
-
-REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "setup.py")
-TEMPORARY_PREFIX = ".tmp-"
 
 
 def match_inputs(pattern: str) -> list[str]:
@@ -38,11 +34,6 @@ def match_inputs(pattern: str) -> list[str]:
     return paths
 
 
-def _local_absolute(path: str) -> str:
-    """Local paths absolute, so uris in the outputs resolve from anywhere and ids are stable."""
-    return path if "://" in path else os.path.abspath(path)
-
-
 def read_labels(path: str | None) -> tuple[str, ...]:
     if not path:
         return ()
@@ -53,25 +44,21 @@ def read_labels(path: str | None) -> tuple[str, ...]:
 def remove_temporaries(output_dir: str) -> None:
     """Delete leftovers of writes that died between create and rename."""
     for folder in ("masks", "overlays", "raw"):
-        pattern = f"{output_dir.rstrip('/')}/{folder}/{TEMPORARY_PREFIX}*"
-        stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-        if stale:
-            FileSystems.delete(stale)
+        delete_matching(f"{output_dir.rstrip('/')}/{folder}/{TEMPORARY_PREFIX}*")
 
 
 def run(argv: list[str] | None = None,
         save_main_session: bool = True) -> beam.runners.runner.PipelineResult:
     """Run the job; the result carries ``manifest`` (None on a dry run)."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
-    opts.input_pattern, opts.output_dir = _local_absolute(opts.input_pattern), _local_absolute(
-        opts.output_dir)
+    opts.input_pattern, opts.output_dir = absolute(opts.input_pattern), absolute(opts.output_dir)
     started_at = manifest.now()
     opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
         "%Y%m%dT%H%M%SZ")
     matched = match_inputs(opts.input_pattern)
     previous = None
     if opts.reuse_from:
-        opts.reuse_from = _local_absolute(opts.reuse_from).rstrip("/")
+        opts.reuse_from = absolute(opts.reuse_from)
         try:
             previous = previous_run(opts.reuse_from)
         except PreviousRunError as e:
@@ -101,9 +88,8 @@ def run(argv: list[str] | None = None,
                         "every image is attributed again", opts.reuse_from)
 
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
-    runner = pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
-    if "Dataflow" in runner and not pipeline_options.view_as(SetupOptions).setup_file:
-        pipeline_options.view_as(SetupOptions).setup_file = REPO_SETUP
+    runner = runner_name(pipeline_options)
+    ship_package(pipeline_options)
     # Building a template (what a Flex Template launcher does) only stages the graph: no job
     # has run when run() returns, so there is nothing to count yet, as on a dry run.
     dry_run = bool(pipeline_options.view_as(TestOptions).dry_run

@@ -9,10 +9,8 @@ from attribution.baselines import make_baseline
 from attribution.integrated_gradients import IntegratedGradients, Request, Targets
 from attribution.models import load_model
 from transforms.progress import CountsProgress
-from transforms.records import NAMESPACE, error_row
+from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.settings import Settings
-
-ERRORS = "errors"
 
 
 class _ProcessModel:

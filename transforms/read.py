@@ -11,9 +11,7 @@ from apache_beam.metrics import Metrics
 from attribution.images import ImageError, decode_image, resize_with_pad
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
-from transforms.records import NAMESPACE, DecodedImage, error_row
-
-ERRORS = "errors"
+from transforms.records import ERRORS, NAMESPACE, DecodedImage, error_row
 
 
 class DecodeFn(CountsProgress, beam.DoFn):

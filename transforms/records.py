@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 STAGES = ("read", "decode", "preprocess", "attribute", "write")
+ERRORS = "errors"  # the output tag of dead-letter rows, in every step that has one
 NAMESPACE = "integrated_gradients"
 
 

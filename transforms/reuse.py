@@ -16,9 +16,7 @@ nothing changed never loads it (``metrics.model_loads == 0``).
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 
@@ -28,21 +26,20 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from attribution import masks
+from attribution import hashing, masks
 from attribution.images import pad_geometry
 from transforms.ids import image_id
 from transforms.read import DecodeFn
 from transforms.progress import CountsProgress
-from transforms.records import NAMESPACE, error_row
+from transforms.files import RunFolderError, parquet_parts, publish, read_bytes, read_manifest
+from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import Regions, region_key
 from transforms.settings import Settings
-from transforms.summarize import artifact_name, publish
+from transforms.summarize import artifact_name
 from transforms.write import SUMMARY_SCHEMA
 
-ERRORS = "errors"
 COMPUTE = "compute"
 PREVIOUS, CURRENT = "previous", "current"
-_CHUNK = 1 << 20
 # Rewritten for the new run's location; every other column of a reused row is copied as is
 # (labels re-applied from this run's --labels, regions recomputed).
 LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
@@ -56,26 +53,22 @@ def previous_run(folder: str) -> dict:
     """The previous run's manifest, read in the launcher. A run launched from a template has
     none (its launcher does not wait for the job): its published summaries are enough, since
     Beam's Parquet sink publishes them only once the write finished."""
-    path = f"{folder.rstrip('/')}/manifest.json"
     try:
-        with FileSystems.open(path) as f:
-            record = json.loads(f.read().decode("utf-8"))
-    except Exception as e:  # noqa: BLE001 - any failure means: no manifest we can use
+        record = read_manifest(folder)
+    except RunFolderError as e:
         if has_summaries(folder):
             logging.warning("--reuse_from %s has no readable manifest.json (%s): reusing its "
                             "summaries without it", folder, e)
             return {}
-        raise PreviousRunError(
-            f"--reuse_from {folder}: neither {path} nor summaries/*.parquet can be read "
-            f"({type(e).__name__}: {e}); pass the output folder of a finished run") from None
-    if not isinstance(record, dict) or "finished_at" not in record:
-        raise PreviousRunError(f"--reuse_from {folder}: {path} is not a run manifest")
+        raise PreviousRunError(f"--reuse_from {folder}: {e}; nor has it summaries/*.parquet"
+                               ) from None
+    if "finished_at" not in record:
+        raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
     return record
 
 
 def has_summaries(folder: str) -> bool:
-    pattern = f"{folder.rstrip('/')}/summaries/*.parquet"
-    return bool(FileSystems.match([pattern])[0].metadata_list)
+    return bool(parquet_parts(folder, "summaries"))
 
 
 @dataclass(frozen=True)
@@ -97,17 +90,14 @@ class HashFn(CountsProgress, beam.DoFn):
     def process(self, metadata):
         uri = metadata.path
         self.matched.inc()
-        digest = hashlib.sha256()
         try:
             with FileSystems.open(uri, compression_type="uncompressed") as f:
-                while chunk := f.read(_CHUNK):
-                    digest.update(chunk)
+                sha = hashing.sha256_hex(f)
         except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
             self.failed.inc()
             self.progress()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e))
             return
-        sha = digest.hexdigest()
         yield sha, ImageRef(uri, image_id(uri), sha)
 
 
@@ -163,11 +153,6 @@ class SplitFn(beam.DoFn):
         return not needs_raw or all(r["raw_uri"] for r in rows)
 
 
-def _read(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read()
-
-
 def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=None) -> tuple[
         dict, dict[str, str]]:
     """The previous ``row`` moved to this run: (new row, {new file: previous file})."""
@@ -210,7 +195,7 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
             ("raw_uri",) if self.settings.write_raw or boxes is not None else ())
         sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
         try:
-            contents = {path: _read(path) for path in sources}
+            contents = {path: read_bytes(path) for path in sources}
         except Exception:
             if all(FileSystems.exists(path) for path in sources):
                 raise  # a storage error, not a missing file: let the runner retry

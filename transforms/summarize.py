@@ -2,31 +2,19 @@
 from __future__ import annotations
 
 import io
-import uuid
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from attribution import masks
 from attribution.images import pad_geometry
-from transforms.records import NAMESPACE, error_row
+from transforms.files import publish
+from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import Regions, region_key
 from transforms.settings import Settings
 from transforms.write import STATISTICS
 
-ERRORS = "errors"
-
-
-def publish(path: str, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, then rename: readers never see half a
-    file, and a retried bundle overwrites the same name instead of leaving a duplicate."""
-    directory, name = path.rsplit("/", 1)
-    temporary = f"{directory}/.tmp-{uuid.uuid4().hex}-{name}"
-    with FileSystems.create(temporary) as f:
-        f.write(data)
-    FileSystems.rename([temporary], [path])
 
 
 def artifact_name(image_id: str, target: int, rank: int) -> str:

@@ -1,0 +1,119 @@
+"""Run-folder file I/O through Beam's FileSystems (local paths and ``gs://`` alike).
+
+One home for what the job, the report, the comparison and ``--reuse_from`` all do with a run
+folder: publish a file by rename, read ``manifest.json`` (one error rule: ``RunFolderError``
+with a one-line message), list and read the Parquet parts of ``summaries/`` or ``errors/``.
+No TensorFlow is imported here, so the report and the comparison start without it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+TEMPORARY_PREFIX = ".tmp-"
+MANIFEST = "manifest.json"
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a readable finished run; the message is one line that says what
+    is wrong and what to pass instead."""
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def absolute(path: str) -> str:
+    """Local paths absolute (uris in the outputs resolve from anywhere), remote ones as given,
+    both without a trailing slash."""
+    return path.rstrip("/") if "://" in path else os.path.abspath(path)
+
+
+def publish(path: str, data: bytes) -> None:
+    """Write to a temporary name beside ``path``, then rename: readers never see half a
+    file, and a retried bundle overwrites the same name instead of leaving a duplicate."""
+    directory, name = path.rsplit("/", 1)
+    temporary = f"{directory}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}"
+    with FileSystems.create(temporary) as f:
+        f.write(data)
+    FileSystems.rename([temporary], [path])
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        return f.read()
+
+
+def delete_matching(pattern: str) -> int:
+    """Delete every file matching ``pattern``; how many there were."""
+    stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+    return len(stale)
+
+
+def read_manifest(folder: str) -> dict:
+    """``folder/manifest.json`` as a dict; RunFolderError when it is missing, unreadable, not
+    JSON or not a JSON object."""
+    folder = folder.rstrip("/")
+    path = f"{folder}/{MANIFEST}"
+    try:
+        if not FileSystems.exists(path):
+            raise RunFolderError(f"{path} not found: {folder} is not the output folder of a "
+                                 f"finished `python -m pipeline` run")
+        manifest = json.loads(read_bytes(path).decode("utf-8"))
+    except RunFolderError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any storage or decoding failure: unreadable
+        raise RunFolderError(f"{path} cannot be read as JSON ({_one_line(e)}): pass the "
+                             f"output folder of a finished run") from None
+    if not isinstance(manifest, dict):
+        raise RunFolderError(f"{path} must hold a JSON object, got {type(manifest).__name__}: "
+                             f"it was not written by `python -m pipeline`")
+    return manifest
+
+
+def parquet_parts(folder: str, kind: str) -> list[str]:
+    """The Parquet files of ``folder/kind`` (``summaries``, ``errors``, ...), sorted."""
+    pattern = f"{folder.rstrip('/')}/{kind}/*.parquet"
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _unreadable(path: str, error: BaseException) -> RunFolderError:
+    return RunFolderError(f"{path} cannot be read as Parquet ({_one_line(error)}): the run "
+                          f"folder is damaged; rerun it")
+
+
+def parquet_schema(path: str) -> pa.Schema:
+    """The schema of one Parquet file (its footer only)."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            return pq.read_schema(f)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _unreadable(path, e) from None
+
+
+def parquet_batches(path: str, columns: list[str], batch_size: int):
+    """Record batches of ``columns`` of one Parquet file, streamed."""
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise _unreadable(path, e) from None
+
+
+def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa.Table:
+    """Every Parquet file of ``folder/kind`` as one table (empty without files)."""
+    tables = []
+    for path in parquet_parts(folder, kind):
+        try:
+            with FileSystems.open(path, compression_type="uncompressed") as f:
+                tables.append(pq.read_table(f, columns=columns))
+        except (OSError, ValueError, pa.ArrowException) as e:
+            raise _unreadable(path, e) from None
+    return pa.concat_tables(tables) if tables else pa.table({})
