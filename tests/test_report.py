@@ -105,7 +105,7 @@ def run_dir(tmp_path):
 
 
 def test_aggregates_per_class(run_dir, monkeypatch):
-    monkeypatch.setattr(report, "BATCH_ROWS", 4)  # several batches per file, merged
+    monkeypatch.setattr(report.read, "BATCH_ROWS", 4)  # several batches per file, merged
     run = report.read_run(str(run_dir))
     assert run.rows == 18 and run.unconverged == 3 and run.error_count == 2
     assert sorted(run.classes) == [0, 1, 2]

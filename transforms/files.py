@@ -44,6 +44,10 @@ def publish(path: str, data: bytes) -> None:
     FileSystems.rename([temporary], [path])
 
 
+def exists(path: str) -> bool:
+    return FileSystems.exists(path)
+
+
 def read_bytes(path: str) -> bytes:
     with FileSystems.open(path, compression_type="uncompressed") as f:
         return f.read()
@@ -63,7 +67,7 @@ def read_manifest(folder: str) -> dict:
     folder = folder.rstrip("/")
     path = f"{folder}/{MANIFEST}"
     try:
-        if not FileSystems.exists(path):
+        if not exists(path):
             raise RunFolderError(f"{path} not found: {folder} is not the output folder of a "
                                  f"finished `python -m pipeline` run")
         manifest = json.loads(read_bytes(path).decode("utf-8"))

@@ -1,0 +1,95 @@
+"""Charts and small pictures as PNG bytes. Matplotlib is imported with this module, which
+the page imports only when it has something to draw."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from pipeline.report.read import ALPHAS
+
+
+def _figure(width: float = 6.4, height: float = 3.0) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    axes.grid(True, color="#e5e7eb", linewidth=0.8)
+    axes.set_axisbelow(True)
+    axes.spines[["top", "right"]].set_visible(False)
+    return figure
+
+
+def _figure_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    FigureCanvasAgg(figure)
+    figure.savefig(buffer, format="png", dpi=150)
+    return buffer.getvalue()
+
+
+def _rgb_png(rgb: np.ndarray, scale: int = 1) -> bytes:
+    image = Image.fromarray(rgb)
+    if scale > 1:
+        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def class_colors(count: int) -> list[str]:
+    cmap = matplotlib.colormaps["tab10" if count <= 10 else "tab20"]
+    return [matplotlib.colors.to_hex(cmap(i % cmap.N)) for i in range(count)]
+
+
+def error_histogram(values: np.ndarray, tolerance) -> bytes:
+    figure = _figure()
+    axes = figure.axes[0]
+    floor = max(values.min(), 1e-12)
+    low, high = np.floor(np.log10(floor)), np.ceil(np.log10(max(values.max(), floor * 10)))
+    bins = np.logspace(low, high, int(2 * (high - low)) + 1)
+    axes.hist(np.clip(values, floor, None), bins=bins, color="#3b6ea5", edgecolor="white")
+    axes.set_xscale("log")
+    if tolerance:
+        axes.axvline(tolerance, color="#cf222e", linestyle="--", linewidth=1.2)
+    axes.set_xlabel("relative completeness error")
+    axes.set_ylabel("rows")
+    return _figure_png(figure)
+
+
+def steps_chart(steps: np.ndarray) -> bytes:
+    figure = _figure()
+    axes = figure.axes[0]
+    distinct, counts = np.unique(steps, return_counts=True)
+    if distinct.size <= 30:
+        axes.bar([str(v) for v in distinct], counts, color="#3b6ea5")
+    else:
+        axes.hist(steps, bins=30, color="#3b6ea5", edgecolor="white")
+    axes.set_xlabel("points of the final rule (steps)")
+    axes.set_ylabel("rows")
+    return _figure_png(figure)
+
+
+def curves_chart(curves: list[np.ndarray], colors: list[str]) -> bytes:
+    figure = _figure(6.4, 3.6)
+    axes = figure.axes[0]
+    for curve, color in zip(curves, colors):
+        axes.plot(ALPHAS, curve, color=color, linewidth=1.8)
+    axes.set_xlim(0, 1)
+    axes.set_xlabel("alpha (baseline = 0, image = 1)")
+    axes.set_ylabel("mean target score")
+    return _figure_png(figure)
+
+
+def heatmap_png(grid: np.ndarray, vmax: float) -> bytes:
+    values = np.clip(grid / vmax, 0, 1) if vmax > 0 else np.zeros_like(grid)
+    rgb = matplotlib.colormaps["inferno"](values, bytes=True)[..., :3]
+    return _rgb_png(np.ascontiguousarray(rgb), scale=max(1, 168 // grid.shape[0]))
+
+
+def colorbar_png() -> bytes:
+    rgb = matplotlib.colormaps["inferno"](np.linspace(0, 1, 256)[None, :].repeat(10, 0),
+                                          bytes=True)[..., :3]
+    return _rgb_png(np.ascontiguousarray(rgb))
+
