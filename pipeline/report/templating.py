@@ -32,8 +32,6 @@ from typing import Any
 import jinja2
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
-       "script-src 'unsafe-inline'")
 
 
 @dataclass(frozen=True)
@@ -108,5 +106,4 @@ def render_page(*, title: str, heading: str, subject: str, sections: Sequence[Se
     generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     parts = [(section, section.data(source)) for section in sections]
     return environment().get_template("page.html").render(
-        title=title, heading=heading, subject=subject, generated=generated, csp=CSP,
-        sections=parts) + "\n"
+        title=title, heading=heading, subject=subject, generated=generated, sections=parts) + "\n"

@@ -1,0 +1,111 @@
+"""The command line of ``python -m pipeline.compare``: check both runs, run the comparison
+job, summarize, publish ``drift_summary.json`` and ``drift.html``, gate on ``--fail_on``.
+
+Beam and pyarrow are imported after the arguments are parsed, so ``--help`` starts at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pipeline.compare.thresholds import METRICS, check, parse_threshold
+from pipeline.launch import UsageError
+
+TOP_IMAGES = 12
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m pipeline.compare",
+        description="Compare two runs of python -m pipeline image by image (matched by "
+                    "content hash). Options not listed here are Beam's (--runner, ...).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    p.add_argument("run_a", help="The earlier run's output folder (local or gs://).")
+    p.add_argument("run_b", help="The later run's output folder.")
+    p.add_argument("--output_dir", required=True,
+                   help="Where drift/, unmatched/, drift_summary.json and drift.html go.")
+    p.add_argument("--fail_on", action="append", default=[],
+                   help="Exit 1 when METRIC<VALUE (or >, <=, >=) holds; repeatable. Metrics: "
+                        + ", ".join(METRICS))
+    p.add_argument("--top", type=int, default=TOP_IMAGES,
+                   help="Most changed images shown in drift.html.")
+    return p
+
+
+def _run_record(folder: str, manifest: dict) -> dict:
+    return {"folder": folder, "run_id": manifest.get("run_id"),
+            "finished_at": manifest.get("finished_at"),
+            "model_fingerprint": (manifest.get("model") or {}).get("fingerprint"),
+            "settings_hash": manifest.get("settings_hash")}
+
+
+def run(argv: list[str]) -> dict:
+    """Compare, write everything, return drift_summary.json's content. UsageError for a bad
+    argument, RunFolderError for a folder that is not a readable finished run, both before
+    any work."""
+    args, beam_args = parser().parse_known_args(argv)
+    for text in args.fail_on:  # refuse a bad threshold before any work
+        parse_threshold(text)
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.compare import graph, page, summary
+    from pipeline.launch import ship_package
+    from transforms.files import absolute, delete_matching, publish, read_manifest, read_parquet
+
+    out = absolute(args.output_dir)
+    runs, records = {}, {}
+    for name, folder in (("a", absolute(args.run_a)), ("b", absolute(args.run_b))):
+        runs[name] = (folder, graph.summary_columns(folder))
+        records[name] = _run_record(folder, read_manifest(folder))
+    options = PipelineOptions(beam_args)
+    ship_package(options)
+    for folder in ("drift", "unmatched"):  # a rerun must not mix in an earlier comparison
+        delete_matching(f"{out}/{folder}/*.parquet")
+    with beam.Pipeline(options=options) as p:
+        graph.build(p, runs, out)
+    drift = read_parquet(out, "drift")
+    unmatched = read_parquet(out, "unmatched")
+    metrics, classes = summary.summarize(drift, unmatched)
+    thresholds = check(metrics, args.fail_on)
+    iou_sources = drift.column("iou_source").to_pylist() if drift.num_rows else []
+    result = {"output_dir": out, "runs": records, "metrics": metrics, "per_class": classes,
+              "iou_sources": {s: iou_sources.count(s) for s in ("raw", "grid")},
+              "thresholds": thresholds, "passed": not any(t["violated"] for t in thresholds)}
+    publish(f"{out}/drift_summary.json",
+            json.dumps(result, indent=2, sort_keys=True).encode("utf-8"))
+    html = page.render(result, classes, summary.most_changed(drift, max(0, args.top)))
+    publish(f"{out}/drift.html", html.encode("utf-8"))
+    return result
+
+
+def _show(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 no threshold violated, 1 a threshold violated, 2 bad arguments or a
+    folder that is not a readable finished run."""
+    logging.getLogger().setLevel(logging.WARNING)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser().parse_known_args(argv)  # --help exits here, before Beam is imported
+    from transforms.files import RunFolderError
+
+    try:
+        result = run(argv)
+    except (UsageError, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m, out = result["metrics"], result["output_dir"]
+    print(f"compared {m['images_compared']} images ({m['images_only_in_a']} only in A, "
+          f"{m['images_only_in_b']} only in B): {m['changed_prediction_count']} changed "
+          f"prediction, median grid correlation {_show(m['median_grid_correlation'])}, median "
+          f"top-5% IoU {_show(m['median_top5_iou'])}. Report: {out}/drift.html")
+    violated = [t for t in result["thresholds"] if t["violated"]]
+    for t in violated:
+        print(f"error: --fail_on {t['threshold']} violated: {t['metric']} is "
+              f"{'undefined (nothing compared)' if t['actual'] is None else t['actual']}",
+              file=sys.stderr)
+    return 1 if violated else 0
