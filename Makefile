@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean browser
+.PHONY: install test lint demo bench clean browser
 
 install: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): setup.py constraints.txt
 
 test: install browser
 	$(PY) -m pytest -q tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 browser:
 	bash scripts/install_chromium.sh

@@ -20,9 +20,12 @@ setuptools.setup(
         "Pillow>=10",
         "matplotlib>=3.8",
         "PyYAML>=6",
+        "Jinja2>=3.1",
     ],
+    package_data={"pipeline.report": ["templates/*.html", "templates/*.css", "templates/*.js",
+                                      "templates/*/*.html"]},
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],
-        "test": ["pytest>=8", "pytest-timeout>=2"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
     },
 )

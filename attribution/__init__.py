@@ -9,33 +9,25 @@ The names below are loaded on first use (PEP 562), so ``import attribution`` and
 TensorFlow-free submodules (``attribution.hashing``, ``attribution.quadrature``) do not pay
 for importing TensorFlow until something needs it.
 """
+
 from __future__ import annotations
 
-import importlib
+from attribution.lazy import lazy_attributes
 
-# name -> the submodule that defines it
-_EXPORTS = {
-    "BASELINES": "baselines", "make_baseline": "baselines",
-    "ImageError": "images", "PadGeometry": "images", "decode_image": "images",
-    "pad_geometry": "images", "resize_with_pad": "images",
-    "Attribution": "integrated_gradients", "IntegratedGradients": "integrated_gradients",
-    "Request": "integrated_gradients", "Targets": "integrated_gradients",
-    "attribution_grid": "masks", "attribution_statistics": "masks", "mask_png": "masks",
-    "overlay_png": "masks", "region_masses": "masks", "signed_mask_png": "masks",
-    "LoadedModel": "models", "ModelLoadError": "models", "load_model": "models",
-    "METHODS": "quadrature", "Rule": "quadrature", "refine": "quadrature", "rule": "quadrature",
+_EXPORTS = {  # submodule -> the names it defines
+    "baselines": ("BASELINES", "make_baseline"),
+    "images": ("ImageError", "PadGeometry", "decode_image", "pad_geometry", "resize_with_pad"),
+    "integrated_gradients": ("Attribution", "IntegratedGradients", "Request", "Targets"),
+    "masks": (
+        "attribution_grid",
+        "attribution_statistics",
+        "mask_png",
+        "overlay_png",
+        "region_masses",
+        "signed_mask_png",
+    ),
+    "models": ("LoadedModel", "ModelLoadError", "load_model"),
+    "quadrature": ("METHODS", "Rule", "refine", "rule"),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'attribution' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"attribution.{module}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

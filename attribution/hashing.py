@@ -3,6 +3,7 @@
 No TensorFlow and no Beam here: callers open the file with whatever filesystem they use
 (``tf.io.gfile`` for a model's files, Beam's ``FileSystems`` for images) and pass the handle.
 """
+
 from __future__ import annotations
 
 import hashlib

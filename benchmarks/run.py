@@ -378,7 +378,7 @@ def targets(results: dict, profile: dict) -> list[dict]:
         if not r:
             continue
         for level in profile["levels"]:
-            def meets(run):
+            def meets(run, level=level):
                 return run["errors"]["p95"] <= level and run["errors"]["median"] <= level
             at = [run for run in r["runs"] if level in run["levels"]]
             tutorial = [x for x in at if x["kind"] == "tutorial"]
@@ -461,12 +461,13 @@ def notes(results: dict) -> list[str]:
             f"({v['engine']['rows_per_s']:.0f} vs {v['captum']['rows_per_s']:.0f} rows/s). The "
             "engine does per call on the host, serially with the model: a fancy-index copy "
             "of the full image and baseline for every row, their numpy->tensor conversion, "
-            "`.numpy()` of the whole gradient batch, and a float64 `np.tensordot` per job "
-            "segment; the Captum-style loop passes the images once, gathers rows in the graph "
+            "`.numpy()` of the whole gradient batch, and the weighted sum of the batch's "
+            "gradients per job segment (a float32 `np.einsum` loop, kept off BLAS: a "
+            "`np.tensordot` there let OpenBLAS's threads spin against TensorFlow's on 2 "
+            "cores); the Captum-style loop passes the images once, gathers rows in the graph "
             "and accumulates weighted gradients in the graph (`unsorted_segment_sum`). With "
             f"OPENBLAS_NUM_THREADS=1 the engine reaches {v['engine+blas1']['rows_per_s']:.0f} "
-            "rows/s: the tensordot's OpenBLAS threads spin and compete with TensorFlow's on "
-            "2 cores (the effect grows with the machine's load).")
+            "rows/s.")
     big = results["models"].get("mobilenet_v2")
     tutorial = next((x for x in (big or {}).get("runs", []) if x["kind"] == "tutorial"), None)
     if tutorial and tutorial.get("ceiling_now_rows_per_s"):
@@ -695,7 +696,7 @@ def markdown(results: dict, profile_name: str) -> str:
             f"{e['calls']} model calls, of which in `_call` (TF execute + conversions) "
             f"{e['tf_calls']:.2f} s ({e['tf_calls'] / e['attribute']:.0%}); Python "
             f"outside the calls {e['python_outside_tf_calls_s']:.2f} s "
-            f"(tensordot {e['tensordot']:.2f} s, padding/gather {e['pad']:.2f} s, "
+            f"({_accumulation(e)}padding/gather {e['pad']:.2f} s, "
             f"_finish {e['finish']:.2f} s).\n")
         keys = ("load_model", "engine_attribute", "engine_tf_calls", "decode_image",
                 "resize_with_pad", "mask_png", "overlay_png", "png_encode", "statistics",
@@ -721,6 +722,13 @@ def markdown(results: dict, profile_name: str) -> str:
             add(f"- {note}")
         add("")
     return "\n".join(lines)
+
+
+def _accumulation(engine_profile: dict) -> str:
+    """The gradient accumulation's time in the profile prose; results measured before it was
+    an einsum recorded a `tensordot` entry instead, which is no longer the code's."""
+    seconds = engine_profile.get("accumulate")
+    return "" if seconds is None else f"einsum accumulation {seconds:.2f} s, "
 
 
 def main(argv: list[str] | None = None) -> int:

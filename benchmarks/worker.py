@@ -63,8 +63,8 @@ def prepare(task):
     relative completeness error divides by it); the first kept image only warms up. Set
     ``bench`` is the first ``count`` of the rest, set ``pipe`` the first ``pipeline_count``.
     """
-    from benchmarks import models
     from attribution.integrated_gradients import IntegratedGradients
+    from benchmarks import models
     info = models.build(task["model"], task["cache_dir"], seed=task.get("seed", 0))
     model = _load({"model_path": info.path})
     count, pipe_count = task["count"], task.get("pipeline_count", 0)
@@ -181,6 +181,7 @@ def ceiling(task):
 def _make_runner(kind, model, task, d):
     """-> (run(images) -> (attributions, targets, gradient evaluations), traces())."""
     import tensorflow as tf
+
     from attribution.integrated_gradients import IntegratedGradients, Request
     from benchmarks.baselines import CaptumStyleIG, TutorialIG
     steps = task["steps"]
@@ -276,6 +277,7 @@ def profile(task):
     """cProfile the engine (attribute only) and the pipeline (run(), in this process)."""
     import cProfile
     import pstats
+
     from attribution.integrated_gradients import IntegratedGradients, Request
     model, d = _load(task), _data(task)
     engine = IntegratedGradients(model.fn, image_size=model.image_size,
@@ -294,7 +296,7 @@ def profile(task):
         "tf_calls": ("integrated_gradients.py", "_call"),
         "integrate": ("integrated_gradients.py", "_integrate"),
         "finish": ("integrated_gradients.py", "_finish"),
-        "tensordot": ("numeric.py", "tensordot"),
+        "accumulate": ("einsumfunc.py", "einsum"),
         "pad": ("integrated_gradients.py", "_pad"),
     }, total)
     engine_summary["python_outside_tf_calls_s"] = engine_summary["attribute"] - \

@@ -3,12 +3,12 @@ shares before it starts: the usage error and the Beam options it sets.
 
 Beam is imported inside the functions, so a command's ``--help`` does not load it.
 """
+
 from __future__ import annotations
 
 import os
 
-REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "setup.py")
+REPO_SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
 
 
 class UsageError(ValueError):

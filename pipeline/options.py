@@ -14,7 +14,6 @@ from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
 from transforms.files import absolute
 
-
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 
 

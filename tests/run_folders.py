@@ -1,5 +1,6 @@
 """Run folders made by hand, as the pipeline writes them (summaries in two files, errors,
 manifest), for the report and the comparison page tests."""
+
 import hashlib
 import json
 from pathlib import Path
@@ -29,59 +30,109 @@ def png(path: Path, size=(16, 16), seed=0) -> str:
     return str(path)
 
 
-def summary_row(folder: Path, index: int, class_id: int, *, regions=True, converged=True,
-                image_uri=None) -> dict:
+def summary_row(
+    folder: Path, index: int, class_id: int, *, regions=True, converged=True, image_uri=None
+) -> dict:
     label = CLASSES[class_id]
     name = f"{label}{index}"
-    image_uri = image_uri or png(folder / "images" / f"{name}.png", (20, 30),
-                                 1000 * (class_id + 1) + index)
+    image_uri = image_uri or png(
+        folder / "images" / f"{name}.png", (20, 30), 1000 * (class_id + 1) + index
+    )
     grid = np.zeros(CELLS * CELLS, np.float32)
     grid[class_id * 5] = 1.0  # all mass in one cell per class: cells 0, 5 and 10
     return {
-        "image_uri": image_uri, "image_id": name,
+        "image_uri": image_uri,
+        "image_id": name,
         "content_sha256": hashlib.sha256(Path(image_uri).read_bytes()).hexdigest()
-        if Path(image_uri).is_file() else None, "target_rank": 0, "width": 30, "height": 20,
-        "target_class": class_id, "target_label": label,
-        "predicted_class": class_id, "predicted_label": label,
-        "target_score": 0.9, "baseline_score": 0.1,
-        "relative_completeness_error": 10.0 ** -(2 + index % 5), "converged": converged,
-        "steps": 16 if converged else 256, "gradient_evaluations": 16,
-        "top5_share": 0.1 + 0.05 * index, "gini": 0.5,
+        if Path(image_uri).is_file()
+        else None,
+        "target_rank": 0,
+        "width": 30,
+        "height": 20,
+        "target_class": class_id,
+        "target_label": label,
+        "predicted_class": class_id,
+        "predicted_label": label,
+        "target_score": 0.9,
+        "baseline_score": 0.1,
+        "relative_completeness_error": 10.0 ** -(2 + index % 5),
+        "converged": converged,
+        "steps": 16 if converged else 256,
+        "gradient_evaluations": 16,
+        "top5_share": 0.1 + 0.05 * index,
+        "gini": 0.5,
         "mask_uri": png(folder / "masks" / f"{name}.png", seed=100 + index),
         "overlay_uri": png(folder / "overlays" / f"{name}.png", seed=200 + index),
-        "grid_cells": CELLS, "grid": grid.tolist(),
+        "grid_cells": CELLS,
+        "grid": grid.tolist(),
         # the score rises linearly from 0 to 1 + class_id along the path
-        "path_alphas": [0.0, 0.5, 1.0], "path_scores": [0.0, 0.5 + class_id / 2, 1.0 + class_id],
+        "path_alphas": [0.0, 0.5, 1.0],
+        "path_scores": [0.0, 0.5 + class_id / 2, 1.0 + class_id],
         "regions": [
-            {"name": "cue", "mass_fraction": CUE[label], "pointing_hit": label == "circle",
-             "area_fraction": 0.01},
+            {
+                "name": "cue",
+                "mass_fraction": CUE[label],
+                "pointing_hit": label == "circle",
+                "area_fraction": 0.01,
+            },
             {"name": "object", "mass_fraction": OBJECT[label], "pointing_hit": label != "circle"},
-        ] if regions else None,
+        ]
+        if regions
+        else None,
     }
 
 
 def make_run(folder: Path, *, rows=None, errors=(), matched=None, regions=True) -> Path:
     """A run folder as the pipeline writes it: summaries in two files, errors, manifest."""
     if rows is None:
-        rows = [summary_row(folder, i, c, regions=regions, converged=i < ROWS_PER_CLASS - 1)
-                for c in range(len(CLASSES)) for i in range(ROWS_PER_CLASS)]
-    halves = (rows[: len(rows) // 2], rows[len(rows) // 2:]) if rows else ([],)
+        rows = [
+            summary_row(folder, i, c, regions=regions, converged=i < ROWS_PER_CLASS - 1)
+            for c in range(len(CLASSES))
+            for i in range(ROWS_PER_CLASS)
+        ]
+    halves = (rows[: len(rows) // 2], rows[len(rows) // 2 :]) if rows else ([],)
     for n, part in enumerate(halves):
-        write_parquet(folder / "summaries" / f"part-{n:05d}-of-{len(halves):05d}.parquet",
-                      part, SUMMARY_SCHEMA)
+        write_parquet(
+            folder / "summaries" / f"part-{n:05d}-of-{len(halves):05d}.parquet",
+            part,
+            SUMMARY_SCHEMA,
+        )
     write_parquet(folder / "errors" / "part-00000-of-00001.parquet", list(errors), ERROR_SCHEMA)
     uris = {r["image_uri"] for r in rows}
     manifest = {
-        "counts": {"matched": matched or len(uris) + len(errors), "attributed": len(uris),
-                   "failed": len(errors), "rows": len(rows), "missing": 0, "in_both": 0},
-        "complete": True, "metrics": {"model_loads": 1},
-        "config": {"method": "gausslegendre", "steps": 16, "tolerance": 0.01, "max_steps": 256,
-                   "baseline": "black", "score": "probability", "target": "predicted",
-                   "grid_cells": CELLS, "max_pixels": 1000000, "input_pattern": "imgs/*"},
-        "model": {"handle": "/models/<toy>", "kind": "saved_model", "input_size": [16, 16],
-                  "num_classes": 3, "output": "logits", "fingerprint": "ab" * 32},
+        "counts": {
+            "matched": matched or len(uris) + len(errors),
+            "attributed": len(uris),
+            "failed": len(errors),
+            "rows": len(rows),
+            "missing": 0,
+            "in_both": 0,
+        },
+        "complete": True,
+        "metrics": {"model_loads": 1},
+        "config": {
+            "method": "gausslegendre",
+            "steps": 16,
+            "tolerance": 0.01,
+            "max_steps": 256,
+            "baseline": "black",
+            "score": "probability",
+            "target": "predicted",
+            "grid_cells": CELLS,
+            "max_pixels": 1000000,
+            "input_pattern": "imgs/*",
+        },
+        "model": {
+            "handle": "/models/<toy>",
+            "kind": "saved_model",
+            "input_size": [16, 16],
+            "num_classes": 3,
+            "output": "logits",
+            "fingerprint": "ab" * 32,
+        },
         "versions": {"python": "3.11", "tensorflow": "2.21.0"},
-        "started_at": "2026-01-01T10:00:00+00:00", "finished_at": "2026-01-01T10:01:05+00:00",
+        "started_at": "2026-01-01T10:00:00+00:00",
+        "finished_at": "2026-01-01T10:01:05+00:00",
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder

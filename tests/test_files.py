@@ -1,4 +1,5 @@
 """The shared run-folder I/O (transforms/files.py) and chunked hashing (attribution/hashing.py)."""
+
 import hashlib
 import io
 import json
@@ -28,12 +29,15 @@ def test_publish_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     assert files.read_bytes(path) == b"second"
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "manifest.json not found: "),
-    ("{not json", "manifest.json cannot be read as JSON (JSONDecodeError: "),
-    (b"\xff\xfe", "manifest.json cannot be read as JSON (UnicodeDecodeError: "),
-    ("[1, 2]", "manifest.json must hold a JSON object, got list"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "manifest.json not found: "),
+        ("{not json", "manifest.json cannot be read as JSON (JSONDecodeError: "),
+        (b"\xff\xfe", "manifest.json cannot be read as JSON (UnicodeDecodeError: "),
+        ("[1, 2]", "manifest.json must hold a JSON object, got list"),
+    ],
+)
 def test_one_error_rule_for_manifests(tmp_path, content, message):
     if isinstance(content, str):
         (tmp_path / "manifest.json").write_text(content)
@@ -53,15 +57,22 @@ def test_manifest_and_parquet_parts(tmp_path):
         pq.write_table(pa.table({"x": values}), folder / f"part-{n:05d}-of-00002.parquet")
     (folder / "notes.txt").write_text("not a part")
     parts = files.parquet_parts(str(tmp_path), "summaries")
-    assert [p.rsplit("/", 1)[1] for p in parts] == ["part-00000-of-00002.parquet",
-                                                    "part-00001-of-00002.parquet"]
+    assert [p.rsplit("/", 1)[1] for p in parts] == [
+        "part-00000-of-00002.parquet",
+        "part-00001-of-00002.parquet",
+    ]
     assert files.read_parquet(str(tmp_path), "summaries", ["x"]).column("x").to_pylist() == [
-        1, 2, 3]
+        1,
+        2,
+        3,
+    ]
     assert files.read_parquet(str(tmp_path), "errors").num_rows == 0
     assert [b.num_rows for b in files.parquet_batches(parts[0], ["x"], 1)] == [1, 1]
     (folder / "part-00001-of-00002.parquet").write_bytes(b"PAR1 truncated")
-    for read in (lambda: files.parquet_schema(parts[1]),
-                 lambda: files.read_parquet(str(tmp_path), "summaries"),
-                 lambda: list(files.parquet_batches(parts[1], ["x"], 10))):
+    for read in (
+        lambda: files.parquet_schema(parts[1]),
+        lambda: files.read_parquet(str(tmp_path), "summaries"),
+        lambda: list(files.parquet_batches(parts[1], ["x"], 10)),
+    ):
         with pytest.raises(files.RunFolderError, match="cannot be read as Parquet"):
             read()

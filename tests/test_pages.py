@@ -1,6 +1,7 @@
 """Every HTML page (the run report, the comparison) escapes hostile labels, file names, folder
 and region names; no page is built outside the templates; unreadable runs are refused with
 one line; ``--help`` starts without Beam or TensorFlow."""
+
 import json
 import re
 import subprocess
@@ -32,7 +33,8 @@ def hostile_runs(root: Path) -> tuple[Path, Path]:
     """Two runs of the same images; B predicts another class with hostile labels."""
     images = root / "images"
     uris = [png(images / HOSTILE, (20, 30), 1)] + [
-        png(images / f"plain{i}.png", (20, 30), 10 + i) for i in range(3)]
+        png(images / f"plain{i}.png", (20, 30), 10 + i) for i in range(3)
+    ]
     folders = []
     for name, predicted in (("a", 0), ("b", 1)):
         folder = root / f"{HOSTILE_FOLDER} {name}"
@@ -41,9 +43,14 @@ def hostile_runs(root: Path) -> tuple[Path, Path]:
             row = summary_row(folder, i, 0, image_uri=uri)
             for region in row["regions"]:
                 region["name"] = HOSTILE_REGION
-            rows.append({**row, "predicted_class": predicted,
-                         "predicted_label": f"{HOSTILE_LABEL} {predicted}",
-                         "target_label": HOSTILE_LABEL})
+            rows.append(
+                {
+                    **row,
+                    "predicted_class": predicted,
+                    "predicted_label": f"{HOSTILE_LABEL} {predicted}",
+                    "target_label": HOSTILE_LABEL,
+                }
+            )
         folders.append(make_run(folder, rows=rows))
     return folders[0], folders[1]
 
@@ -64,6 +71,7 @@ def test_compare_page_escapes_hostile_names(tmp_path, capsys):
 def test_report_page_escapes_hostile_names(tmp_path):
     run_a, _ = hostile_runs(tmp_path)
     from pipeline import report
+
     page = Path(report.write_report(str(run_a))).read_text()
     assert_inert(page)
     assert "&lt;i&gt;region&lt;/i&gt; &amp; &#34;co&#39;&lt;/th&gt;" in page
@@ -71,14 +79,19 @@ def test_report_page_escapes_hostile_names(tmp_path):
 
 def test_no_python_module_writes_html():
     """Markup lives in templates only: no string literal in the code opens an HTML tag."""
-    names = ("html|head|body|meta|title|style|script|header|nav|main|section|div|span|p|a|img|"
-             "table|thead|tbody|tr|th|td|ul|ol|li|h[1-6]|figure|figcaption|code|pre|br|b|i|"
-             "details|summary")
+    names = (
+        "html|head|body|meta|title|style|script|header|nav|main|section|div|span|p|a|img|"
+        "table|thead|tbody|tr|th|td|ul|ol|li|h[1-6]|figure|figcaption|code|pre|br|b|i|"
+        "details|summary"
+    )
     tag = re.compile(rf"<(?:/?(?:{names})[\s>/]|!doctype)", re.IGNORECASE)
-    offenders = [f"{path.relative_to(REPO)}:{n}" for folder in ("pipeline", "transforms")
-                 for path in sorted((REPO / folder).rglob("*.py"))
-                 for n, line in enumerate(path.read_text().splitlines(), 1)
-                 if tag.search(line)]
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}"
+        for folder in ("pipeline", "transforms")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if tag.search(line)
+    ]
     assert offenders == []
 
 
@@ -95,10 +108,12 @@ def damage(folder: Path, how: str) -> None:
 
 
 CASES = ("missing manifest", "corrupt manifest", "manifest is a list", "corrupt summaries")
-EXPECTED = {"missing manifest": "manifest.json not found",
-            "corrupt manifest": "manifest.json cannot be read as JSON",
-            "manifest is a list": "manifest.json must hold a JSON object, got list",
-            "corrupt summaries": "cannot be read as Parquet"}
+EXPECTED = {
+    "missing manifest": "manifest.json not found",
+    "corrupt manifest": "manifest.json cannot be read as JSON",
+    "manifest is a list": "manifest.json must hold a JSON object, got list",
+    "corrupt summaries": "cannot be read as Parquet",
+}
 
 
 @pytest.mark.parametrize("how", CASES)
@@ -107,10 +122,18 @@ def test_an_unreadable_run_exits_2_with_one_line(tmp_path, command, how):
     good = make_run(tmp_path / "good", rows=[summary_row(tmp_path / "good", 0, 0)])
     bad = make_run(tmp_path / "bad", rows=[summary_row(tmp_path / "bad", i, 0) for i in range(2)])
     damage(bad, how)
-    args = [str(bad)] if command == "pipeline.report" else [
-        str(good), str(bad), "--output_dir", str(tmp_path / "drift")]
-    result = subprocess.run([sys.executable, "-m", command, *args], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    args = (
+        [str(bad)]
+        if command == "pipeline.report"
+        else [str(good), str(bad), "--output_dir", str(tmp_path / "drift")]
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", command, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -120,12 +143,15 @@ def test_an_unreadable_run_exits_2_with_one_line(tmp_path, command, how):
 
 @pytest.mark.parametrize("command", ["pipeline.report", "pipeline.compare"])
 def test_help_imports_neither_beam_nor_tensorflow(command):
-    code = (f"import runpy, sys\nsys.argv = [{command!r}, '--help']\n"
-            f"try:\n    runpy.run_module({command!r}, run_name='__main__')\n"
-            f"except SystemExit as e:\n    assert e.code == 0\n"
-            f"heavy = {{'tensorflow', 'apache_beam', 'matplotlib'}} & set(sys.modules)\n"
-            f"assert not heavy, heavy\n")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    code = (
+        f"import runpy, sys\nsys.argv = [{command!r}, '--help']\n"
+        f"try:\n    runpy.run_module({command!r}, run_name='__main__')\n"
+        f"except SystemExit as e:\n    assert e.code == 0\n"
+        f"heavy = {{'tensorflow', 'apache_beam', 'matplotlib'}} & set(sys.modules)\n"
+        f"assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert f"usage: python -m {command}" in result.stdout

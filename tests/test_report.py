@@ -8,8 +8,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from run_folders import CELLS, CLASSES, CUE, HOSTILE, HOSTILE_REGION, ROWS_PER_CLASS, error, \
-    make_run, png, summary_row
+from run_folders import (
+    CELLS,
+    CLASSES,
+    CUE,
+    HOSTILE,
+    HOSTILE_REGION,
+    ROWS_PER_CLASS,
+    error,
+    make_run,
+    png,
+    summary_row,
+)
 
 from pipeline import report
 

@@ -5,6 +5,7 @@ folder: publish a file by rename, read ``manifest.json`` (one error rule: ``RunF
 with a one-line message), list and read the Parquet parts of ``summaries/`` or ``errors/``.
 No TensorFlow is imported here, so the report and the comparison start without it.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,17 +69,23 @@ def read_manifest(folder: str) -> dict:
     path = f"{folder}/{MANIFEST}"
     try:
         if not exists(path):
-            raise RunFolderError(f"{path} not found: {folder} is not the output folder of a "
-                                 f"finished `python -m pipeline` run")
+            raise RunFolderError(
+                f"{path} not found: {folder} is not the output folder of a "
+                f"finished `python -m pipeline` run"
+            )
         manifest = json.loads(read_bytes(path).decode("utf-8"))
     except RunFolderError:
         raise
     except Exception as e:  # noqa: BLE001 - any storage or decoding failure: unreadable
-        raise RunFolderError(f"{path} cannot be read as JSON ({_one_line(e)}): pass the "
-                             f"output folder of a finished run") from None
+        raise RunFolderError(
+            f"{path} cannot be read as JSON ({_one_line(e)}): pass the "
+            f"output folder of a finished run"
+        ) from None
     if not isinstance(manifest, dict):
-        raise RunFolderError(f"{path} must hold a JSON object, got {type(manifest).__name__}: "
-                             f"it was not written by `python -m pipeline`")
+        raise RunFolderError(
+            f"{path} must hold a JSON object, got {type(manifest).__name__}: "
+            f"it was not written by `python -m pipeline`"
+        )
     return manifest
 
 
@@ -89,8 +96,10 @@ def parquet_parts(folder: str, kind: str) -> list[str]:
 
 
 def _unreadable(path: str, error: BaseException) -> RunFolderError:
-    return RunFolderError(f"{path} cannot be read as Parquet ({_one_line(error)}): the run "
-                          f"folder is damaged; rerun it")
+    return RunFolderError(
+        f"{path} cannot be read as Parquet ({_one_line(error)}): the run "
+        f"folder is damaged; rerun it"
+    )
 
 
 def parquet_schema(path: str) -> pa.Schema:

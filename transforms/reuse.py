@@ -28,10 +28,10 @@ from apache_beam.metrics import Metrics
 
 from attribution import hashing, masks
 from attribution.images import pad_geometry
-from transforms.ids import image_id
-from transforms.read import DecodeFn
-from transforms.progress import CountsProgress
 from transforms.files import RunFolderError, parquet_parts, publish, read_bytes, read_manifest
+from transforms.ids import image_id
+from transforms.progress import CountsProgress
+from transforms.read import DecodeFn
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import Regions, region_key
 from transforms.settings import Settings

@@ -16,7 +16,6 @@ from transforms.settings import Settings
 from transforms.write import STATISTICS
 
 
-
 def artifact_name(image_id: str, target: int, rank: int) -> str:
     """``<image_id>`` for the first target of an image, ``<image_id>--class<k>`` for others."""
     return image_id if rank == 0 else f"{image_id}--class{target}"

@@ -21,31 +21,24 @@ Modules: ``measures`` (how one image's attribution changed), ``graph`` (the Beam
 (drift.html, in the report's page shell) and ``cli``. The names below are loaded on first
 use (PEP 562), so ``--help`` starts without Beam or TensorFlow.
 """
+
 from __future__ import annotations
 
-import importlib
+from attribution.lazy import lazy_attributes
 
-_EXPORTS = {
-    "average_ranks": "measures", "spearman": "measures", "top_fraction_iou": "measures",
-    "region_deltas": "measures", "compare_rows": "measures", "TOP_FRACTION": "measures",
-    "DRIFT_SCHEMA": "graph", "UNMATCHED_SCHEMA": "graph", "CompareFn": "graph",
-    "build": "graph", "key_first_target": "graph",
-    "summarize": "summary", "most_changed": "summary",
-    "METRICS": "thresholds", "check": "thresholds", "parse_threshold": "thresholds",
-    "main": "cli", "parser": "cli", "run": "cli",
+_EXPORTS = {  # submodule -> the names it defines
+    "measures": (
+        "TOP_FRACTION",
+        "average_ranks",
+        "compare_rows",
+        "region_deltas",
+        "spearman",
+        "top_fraction_iou",
+    ),
+    "graph": ("DRIFT_SCHEMA", "UNMATCHED_SCHEMA", "CompareFn", "build", "key_first_target"),
+    "summary": ("most_changed", "summarize"),
+    "thresholds": ("METRICS", "check", "parse_threshold"),
+    "cli": ("main", "parser", "run"),
 }
-_SUBMODULES = ("cli", "graph", "measures", "page", "summary", "thresholds")
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"pipeline.compare.{name}")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.compare' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pipeline.compare.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _EXPORTS.keys() | {"page"})

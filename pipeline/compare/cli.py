@@ -3,6 +3,7 @@ job, summarize, publish ``drift_summary.json`` and ``drift.html``, gate on ``--f
 
 Beam and pyarrow are imported after the arguments are parsed, so ``--help`` starts at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,25 +21,38 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.compare",
         description="Compare two runs of python -m pipeline image by image (matched by "
-                    "content hash). Options not listed here are Beam's (--runner, ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        "content hash). Options not listed here are Beam's (--runner, ...).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     p.add_argument("run_a", help="The earlier run's output folder (local or gs://).")
     p.add_argument("run_b", help="The later run's output folder.")
-    p.add_argument("--output_dir", required=True,
-                   help="Where drift/, unmatched/, drift_summary.json and drift.html go.")
-    p.add_argument("--fail_on", action="append", default=[],
-                   help="Exit 1 when METRIC<VALUE (or >, <=, >=) holds; repeatable. Metrics: "
-                        + ", ".join(METRICS))
-    p.add_argument("--top", type=int, default=TOP_IMAGES,
-                   help="Most changed images shown in drift.html.")
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="Where drift/, unmatched/, drift_summary.json and drift.html go.",
+    )
+    p.add_argument(
+        "--fail_on",
+        action="append",
+        default=[],
+        help="Exit 1 when METRIC<VALUE (or >, <=, >=) holds; repeatable. Metrics: "
+        + ", ".join(METRICS),
+    )
+    p.add_argument(
+        "--top", type=int, default=TOP_IMAGES, help="Most changed images shown in drift.html."
+    )
     return p
 
 
 def _run_record(folder: str, manifest: dict) -> dict:
-    return {"folder": folder, "run_id": manifest.get("run_id"),
-            "finished_at": manifest.get("finished_at"),
-            "model_fingerprint": (manifest.get("model") or {}).get("fingerprint"),
-            "settings_hash": manifest.get("settings_hash")}
+    return {
+        "folder": folder,
+        "run_id": manifest.get("run_id"),
+        "finished_at": manifest.get("finished_at"),
+        "model_fingerprint": (manifest.get("model") or {}).get("fingerprint"),
+        "settings_hash": manifest.get("settings_hash"),
+    }
 
 
 def run(argv: list[str]) -> dict:
@@ -71,11 +85,18 @@ def run(argv: list[str]) -> dict:
     metrics, classes = summary.summarize(drift, unmatched)
     thresholds = check(metrics, args.fail_on)
     iou_sources = drift.column("iou_source").to_pylist() if drift.num_rows else []
-    result = {"output_dir": out, "runs": records, "metrics": metrics, "per_class": classes,
-              "iou_sources": {s: iou_sources.count(s) for s in ("raw", "grid")},
-              "thresholds": thresholds, "passed": not any(t["violated"] for t in thresholds)}
-    publish(f"{out}/drift_summary.json",
-            json.dumps(result, indent=2, sort_keys=True).encode("utf-8"))
+    result = {
+        "output_dir": out,
+        "runs": records,
+        "metrics": metrics,
+        "per_class": classes,
+        "iou_sources": {s: iou_sources.count(s) for s in ("raw", "grid")},
+        "thresholds": thresholds,
+        "passed": not any(t["violated"] for t in thresholds),
+    }
+    publish(
+        f"{out}/drift_summary.json", json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
+    )
     html = page.render(result, classes, summary.most_changed(drift, max(0, args.top)))
     publish(f"{out}/drift.html", html.encode("utf-8"))
     return result
@@ -99,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m, out = result["metrics"], result["output_dir"]
-    print(f"compared {m['images_compared']} images ({m['images_only_in_a']} only in A, "
-          f"{m['images_only_in_b']} only in B): {m['changed_prediction_count']} changed "
-          f"prediction, median grid correlation {_show(m['median_grid_correlation'])}, median "
-          f"top-5% IoU {_show(m['median_top5_iou'])}. Report: {out}/drift.html")
+    print(
+        f"compared {m['images_compared']} images ({m['images_only_in_a']} only in A, "
+        f"{m['images_only_in_b']} only in B): {m['changed_prediction_count']} changed "
+        f"prediction, median grid correlation {_show(m['median_grid_correlation'])}, median "
+        f"top-5% IoU {_show(m['median_top5_iou'])}. Report: {out}/drift.html"
+    )
     violated = [t for t in result["thresholds"] if t["violated"]]
     for t in violated:
-        print(f"error: --fail_on {t['threshold']} violated: {t['metric']} is "
-              f"{'undefined (nothing compared)' if t['actual'] is None else t['actual']}",
-              file=sys.stderr)
+        print(
+            f"error: --fail_on {t['threshold']} violated: {t['metric']} is "
+            f"{'undefined (nothing compared)' if t['actual'] is None else t['actual']}",
+            file=sys.stderr,
+        )
     return 1 if violated else 0

@@ -1,5 +1,6 @@
 """The per-image comparison as a Beam pipeline: read both runs' summaries, key by content
 hash, CoGroupByKey, compare, write ``drift/`` and ``unmatched/`` Parquet."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -11,31 +12,66 @@ from transforms.files import RunFolderError, parquet_parts, parquet_schema
 
 NAMESPACE = "drift"
 # What is read from each run's summaries (columns a run lacks are read as null).
-COLUMNS = ("image_uri", "content_sha256", "target_rank", "target_class", "target_label",
-           "predicted_class", "predicted_label", "predicted_score", "target_score",
-           "grid_cells", "grid", "raw_uri", "overlay_uri", "regions", "model_fingerprint",
-           "settings_hash")
-REGION_DELTA = pa.struct([("name", pa.string()), ("mass_a", pa.float64()),
-                          ("mass_b", pa.float64()), ("delta", pa.float64())])
-DRIFT_SCHEMA = pa.schema([
-    ("content_sha256", pa.string()), ("uri_a", pa.string()), ("uri_b", pa.string()),
-    ("target_class_a", pa.int32()), ("target_class_b", pa.int32()),
-    ("target_label_a", pa.string()), ("target_label_b", pa.string()),
-    ("predicted_class_a", pa.int32()), ("predicted_class_b", pa.int32()),
-    ("predicted_label_a", pa.string()), ("predicted_label_b", pa.string()),
-    ("prediction_changed", pa.bool_()),
-    ("predicted_score_a", pa.float64()), ("predicted_score_b", pa.float64()),
-    ("predicted_score_delta", pa.float64()),
-    ("target_score_a", pa.float64()), ("target_score_b", pa.float64()),
-    ("target_score_delta", pa.float64()),
-    ("grid_correlation", pa.float64()),  # Spearman of the two attribution grids
-    ("top5_iou", pa.float64()), ("iou_source", pa.string()),  # "raw" | "grid" | null
-    ("region_mass_max_abs_delta", pa.float64()), ("region_mass_deltas", pa.list_(REGION_DELTA)),
-    ("overlay_uri_a", pa.string()), ("overlay_uri_b", pa.string()),
-    ("same_model", pa.bool_()), ("same_settings", pa.bool_()),
-])
-UNMATCHED_SCHEMA = pa.schema([("content_sha256", pa.string()), ("image_uri", pa.string()),
-                              ("run", pa.string())])
+COLUMNS = (
+    "image_uri",
+    "content_sha256",
+    "target_rank",
+    "target_class",
+    "target_label",
+    "predicted_class",
+    "predicted_label",
+    "predicted_score",
+    "target_score",
+    "grid_cells",
+    "grid",
+    "raw_uri",
+    "overlay_uri",
+    "regions",
+    "model_fingerprint",
+    "settings_hash",
+)
+REGION_DELTA = pa.struct(
+    [
+        ("name", pa.string()),
+        ("mass_a", pa.float64()),
+        ("mass_b", pa.float64()),
+        ("delta", pa.float64()),
+    ]
+)
+DRIFT_SCHEMA = pa.schema(
+    [
+        ("content_sha256", pa.string()),
+        ("uri_a", pa.string()),
+        ("uri_b", pa.string()),
+        ("target_class_a", pa.int32()),
+        ("target_class_b", pa.int32()),
+        ("target_label_a", pa.string()),
+        ("target_label_b", pa.string()),
+        ("predicted_class_a", pa.int32()),
+        ("predicted_class_b", pa.int32()),
+        ("predicted_label_a", pa.string()),
+        ("predicted_label_b", pa.string()),
+        ("prediction_changed", pa.bool_()),
+        ("predicted_score_a", pa.float64()),
+        ("predicted_score_b", pa.float64()),
+        ("predicted_score_delta", pa.float64()),
+        ("target_score_a", pa.float64()),
+        ("target_score_b", pa.float64()),
+        ("target_score_delta", pa.float64()),
+        ("grid_correlation", pa.float64()),  # Spearman of the two attribution grids
+        ("top5_iou", pa.float64()),
+        ("iou_source", pa.string()),  # "raw" | "grid" | null
+        ("region_mass_max_abs_delta", pa.float64()),
+        ("region_mass_deltas", pa.list_(REGION_DELTA)),
+        ("overlay_uri_a", pa.string()),
+        ("overlay_uri_b", pa.string()),
+        ("same_model", pa.bool_()),
+        ("same_settings", pa.bool_()),
+    ]
+)
+UNMATCHED_SCHEMA = pa.schema(
+    [("content_sha256", pa.string()), ("image_uri", pa.string()), ("run", pa.string())]
+)
 
 
 def summary_columns(run: str) -> list[str]:
@@ -43,12 +79,16 @@ def summary_columns(run: str) -> list[str]:
     them is unreadable, or they predate content hashes."""
     parts = parquet_parts(run, "summaries")
     if not parts:
-        raise RunFolderError(f"{run}: no summaries/*.parquet: pass the output folder of a "
-                             f"finished run of python -m pipeline")
+        raise RunFolderError(
+            f"{run}: no summaries/*.parquet: pass the output folder of a "
+            f"finished run of python -m pipeline"
+        )
     names = [set(parquet_schema(path).names) for path in parts]
     if not all("content_sha256" in n for n in names):
-        raise RunFolderError(f"{run}: its summaries have no content_sha256 column (made by an "
-                             f"older version): rerun it to compare")
+        raise RunFolderError(
+            f"{run}: its summaries have no content_sha256 column (made by an "
+            f"older version): rerun it to compare"
+        )
     return [c for c in COLUMNS if all(c in n for n in names)]
 
 
@@ -82,23 +122,30 @@ class CompareFn(beam.DoFn):
         for run, rows in (("a", rows_a), ("b", rows_b)):
             for row in rows:
                 self.unmatched.inc()
-                yield beam.pvalue.TaggedOutput("unmatched", {
-                    "content_sha256": sha, "image_uri": row["image_uri"], "run": run})
+                yield beam.pvalue.TaggedOutput(
+                    "unmatched", {"content_sha256": sha, "image_uri": row["image_uri"], "run": run}
+                )
 
 
 def build(p: beam.Pipeline, runs: dict[str, tuple[str, list[str]]], output_dir: str) -> None:
     """``runs``: {"a": (folder, columns), "b": (folder, columns)}."""
     keyed = {}
     for name, (run, columns) in runs.items():
-        keyed[name] = (p
-                       | f"Read{name.upper()}" >> beam.io.ReadFromParquet(
-                           f"{run}/summaries/*.parquet", columns=columns)
-                       | f"Key{name.upper()}" >> beam.FlatMap(key_first_target))
-    compared = (keyed
-                | "JoinByContent" >> beam.CoGroupByKey()
-                | "Compare" >> beam.ParDo(CompareFn()).with_outputs("unmatched", main="drift"))
+        keyed[name] = (
+            p
+            | f"Read{name.upper()}"
+            >> beam.io.ReadFromParquet(f"{run}/summaries/*.parquet", columns=columns)
+            | f"Key{name.upper()}" >> beam.FlatMap(key_first_target)
+        )
+    compared = (
+        keyed
+        | "JoinByContent" >> beam.CoGroupByKey()
+        | "Compare" >> beam.ParDo(CompareFn()).with_outputs("unmatched", main="drift")
+    )
     out = output_dir.rstrip("/")
     _ = compared.drift | "WriteDrift" >> beam.io.WriteToParquet(
-        f"{out}/drift/part", DRIFT_SCHEMA, codec="snappy", file_name_suffix=".parquet")
+        f"{out}/drift/part", DRIFT_SCHEMA, codec="snappy", file_name_suffix=".parquet"
+    )
     _ = compared.unmatched | "WriteUnmatched" >> beam.io.WriteToParquet(
-        f"{out}/unmatched/part", UNMATCHED_SCHEMA, codec="snappy", file_name_suffix=".parquet")
+        f"{out}/unmatched/part", UNMATCHED_SCHEMA, codec="snappy", file_name_suffix=".parquet"
+    )

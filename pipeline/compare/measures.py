@@ -1,5 +1,6 @@
 """How one image's attribution changed between two runs: rank correlation of the grids,
 overlap of the top pixels, region mass deltas, and the drift row that holds them."""
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,10 @@ def region_deltas(regions_a, regions_b) -> tuple[list[dict] | None, float | None
         return None, None
     a = {r["name"]: r["mass_fraction"] for r in regions_a}
     b = {r["name"]: r["mass_fraction"] for r in regions_b}
-    deltas = [{"name": name, "mass_a": a[name], "mass_b": b[name], "delta": b[name] - a[name]}
-              for name in sorted(set(a) & set(b))]
+    deltas = [
+        {"name": name, "mass_a": a[name], "mass_b": b[name], "delta": b[name] - a[name]}
+        for name in sorted(set(a) & set(b))
+    ]
     if not deltas:
         return None, None
     return deltas, max(abs(d["delta"]) for d in deltas)
@@ -87,8 +90,9 @@ def _delta(a, b):
 def compare_rows(a: dict, b: dict) -> dict:
     """One DRIFT_SCHEMA row from the rank-0 summary rows of the same image in two runs."""
     grid_a, grid_b = a.get("grid"), b.get("grid")
-    comparable_grids = (grid_a is not None and grid_b is not None
-                        and a.get("grid_cells") == b.get("grid_cells"))
+    comparable_grids = (
+        grid_a is not None and grid_b is not None and a.get("grid_cells") == b.get("grid_cells")
+    )
     correlation = spearman(grid_a, grid_b) if comparable_grids else None
     iou, source = None, None
     if a.get("raw_uri") and b.get("raw_uri"):
@@ -100,9 +104,13 @@ def compare_rows(a: dict, b: dict) -> dict:
         iou, source = top_fraction_iou(grid_a, grid_b), "grid"
     deltas, max_delta = region_deltas(a.get("regions"), b.get("regions"))
     return {
-        "content_sha256": a["content_sha256"], "uri_a": a["image_uri"], "uri_b": b["image_uri"],
-        "target_class_a": a.get("target_class"), "target_class_b": b.get("target_class"),
-        "target_label_a": a.get("target_label"), "target_label_b": b.get("target_label"),
+        "content_sha256": a["content_sha256"],
+        "uri_a": a["image_uri"],
+        "uri_b": b["image_uri"],
+        "target_class_a": a.get("target_class"),
+        "target_class_b": b.get("target_class"),
+        "target_label_a": a.get("target_label"),
+        "target_label_b": b.get("target_label"),
         "predicted_class_a": a.get("predicted_class"),
         "predicted_class_b": b.get("predicted_class"),
         "predicted_label_a": a.get("predicted_label"),
@@ -111,11 +119,16 @@ def compare_rows(a: dict, b: dict) -> dict:
         "predicted_score_a": a.get("predicted_score"),
         "predicted_score_b": b.get("predicted_score"),
         "predicted_score_delta": _delta(a.get("predicted_score"), b.get("predicted_score")),
-        "target_score_a": a.get("target_score"), "target_score_b": b.get("target_score"),
+        "target_score_a": a.get("target_score"),
+        "target_score_b": b.get("target_score"),
         "target_score_delta": _delta(a.get("target_score"), b.get("target_score")),
-        "grid_correlation": correlation, "top5_iou": iou, "iou_source": source,
-        "region_mass_max_abs_delta": max_delta, "region_mass_deltas": deltas,
-        "overlay_uri_a": a.get("overlay_uri"), "overlay_uri_b": b.get("overlay_uri"),
+        "grid_correlation": correlation,
+        "top5_iou": iou,
+        "iou_source": source,
+        "region_mass_max_abs_delta": max_delta,
+        "region_mass_deltas": deltas,
+        "overlay_uri_a": a.get("overlay_uri"),
+        "overlay_uri_b": b.get("overlay_uri"),
         "same_model": a.get("model_fingerprint") == b.get("model_fingerprint"),
         "same_settings": a.get("settings_hash") == b.get("settings_hash"),
     }

@@ -1,9 +1,12 @@
 """``drift.html``: the comparison's page, in the report's page shell (see
 ``pipeline.report.templating`` for how a section is a template plus a data function)."""
+
 from __future__ import annotations
 
-from pipeline.report.templating import Section, picture, render_page
+from pipeline.report.templating import Sections, picture, render_page
 from transforms.files import read_bytes
+
+SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
 def _overlay(uri: str | None, alt: str):
@@ -11,53 +14,84 @@ def _overlay(uri: str | None, alt: str):
         if not uri:
             raise ValueError("no overlay recorded")
         return read_bytes(uri), "image/png"
+
     return picture(read, alt, width=160, pixelated=True)
 
 
+@SECTIONS.add("runs", "Runs", "Runs compared: A → B")
 def runs_section(drift: dict) -> dict:
-    return {"rows": [[name.upper(), r["folder"], r.get("run_id"), r.get("finished_at"),
-                      (r.get("model_fingerprint") or "")[:12] or None, r.get("settings_hash")]
-                     for name, r in drift["summary"]["runs"].items()]}
+    return {
+        "rows": [
+            [
+                name.upper(),
+                r["folder"],
+                r.get("run_id"),
+                r.get("finished_at"),
+                (r.get("model_fingerprint") or "")[:12] or None,
+                r.get("settings_hash"),
+            ]
+            for name, r in drift["summary"]["runs"].items()
+        ]
+    }
 
 
+@SECTIONS.add("verdict", "Verdict")
 def verdict_section(drift: dict) -> dict:
     thresholds = drift["summary"]["thresholds"]
-    return {"passed": drift["summary"]["passed"],
-            "violated": [t["threshold"] for t in thresholds if t["violated"]],
-            "rows": [[t["threshold"], t["actual"], "VIOLATED" if t["violated"] else "ok"]
-                     for t in thresholds]}
+    return {
+        "passed": drift["summary"]["passed"],
+        "violated": [t["threshold"] for t in thresholds if t["violated"]],
+        "rows": [
+            [t["threshold"], t["actual"], "VIOLATED" if t["violated"] else "ok"] for t in thresholds
+        ],
+    }
 
 
+@SECTIONS.add("overall", "Overall")
 def overall_section(drift: dict) -> dict:
     return {"rows": [[k, v] for k, v in drift["summary"]["metrics"].items()]}
 
 
+@SECTIONS.add("classes", "Per class", "Per class (predicted class in A)")
 def classes_section(drift: dict) -> dict:
-    return {"rows": [[c["class"], c["label"], c["images"], c["changed_prediction_fraction"],
-                      c["median_grid_correlation"], c["median_top5_iou"],
-                      c["mean_abs_target_score_delta"]] for c in drift["classes"]]}
+    return {
+        "rows": [
+            [
+                c["class"],
+                c["label"],
+                c["images"],
+                c["changed_prediction_fraction"],
+                c["median_grid_correlation"],
+                c["median_top5_iou"],
+                c["mean_abs_target_score_delta"],
+            ]
+            for c in drift["classes"]
+        ]
+    }
 
 
+@SECTIONS.add("changed", "Most changed", "Most changed images (before | after)")
 def changed_section(drift: dict) -> dict:
-    return {"examples": [{**e, "before": _overlay(e["overlay_uri_a"], "A"),
-                          "after": _overlay(e["overlay_uri_b"], "B")}
-                         for e in drift["examples"]]}
-
-
-SECTIONS = (
-    Section("runs", "Runs", "Runs compared: A → B", "compare/runs.html", runs_section),
-    Section("verdict", "Verdict", "Verdict", "compare/verdict.html", verdict_section),
-    Section("overall", "Overall", "Overall", "compare/overall.html", overall_section),
-    Section("classes", "Per class", "Per class (predicted class in A)", "compare/classes.html",
-            classes_section),
-    Section("changed", "Most changed", "Most changed images (before | after)",
-            "compare/changed.html", changed_section),
-)
+    return {
+        "examples": [
+            {
+                **e,
+                "before": _overlay(e["overlay_uri_a"], "A"),
+                "after": _overlay(e["overlay_uri_b"], "B"),
+            }
+            for e in drift["examples"]
+        ]
+    }
 
 
 def render(summary: dict, classes: list[dict], examples: list[dict]) -> str:
     """The page from drift_summary.json's content, its per-class rows and the most changed
     images (``summary.most_changed``)."""
-    return render_page(title="Attribution drift", heading="Attribution drift: A → B",
-                       subject=summary["output_dir"], sections=SECTIONS,
-                       source={"summary": summary, "classes": classes, "examples": examples})
+    return render_page(
+        page="compare",
+        title="Attribution drift",
+        heading="Attribution drift: A → B",
+        subject=summary["output_dir"],
+        sections=SECTIONS,
+        source={"summary": summary, "classes": classes, "examples": examples},
+    )

@@ -13,29 +13,18 @@ Modules, in the order the work flows:
 The names below are loaded on first use (PEP 562), so ``--help`` starts without Beam or
 TensorFlow.
 """
+
 from __future__ import annotations
 
-import importlib
+from attribution.lazy import lazy_attributes
 
-_EXPORTS = {
-    "Run": "read", "ClassStats": "read", "Example": "read", "ReportError": "read",
-    "read_run": "read", "BATCH_ROWS": "read",
-    "Shortcut": "insights", "findings": "insights", "shortcuts": "insights",
-    "REPORT_NAME": "page", "render": "page", "write_report": "page",
-    "main": "cli",
+_EXPORTS = {  # submodule -> the names it defines
+    "read": ("BATCH_ROWS", "ClassStats", "Example", "ReportError", "Run", "read_run"),
+    "insights": ("Shortcut", "findings", "shortcuts"),
+    "page": ("REPORT_NAME", "render", "write_report"),
+    "cli": ("main",),
 }
-_SUBMODULES = ("charts", "cli", "insights", "page", "read", "templating")
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"pipeline.report.{name}")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pipeline.report' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pipeline.report.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(
+    __name__, _EXPORTS, _EXPORTS.keys() | {"charts", "templating"}
+)

@@ -1,5 +1,6 @@
 """Charts and small pictures as PNG bytes. Matplotlib is imported with this module, which
 the page imports only when it has something to draw."""
+
 from __future__ import annotations
 
 import io
@@ -89,7 +90,7 @@ def heatmap_png(grid: np.ndarray, vmax: float) -> bytes:
 
 
 def colorbar_png() -> bytes:
-    rgb = matplotlib.colormaps["inferno"](np.linspace(0, 1, 256)[None, :].repeat(10, 0),
-                                          bytes=True)[..., :3]
+    rgb = matplotlib.colormaps["inferno"](
+        np.linspace(0, 1, 256)[None, :].repeat(10, 0), bytes=True
+    )[..., :3]
     return _rgb_png(np.ascontiguousarray(rgb))
-

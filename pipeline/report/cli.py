@@ -1,4 +1,5 @@
 """The command line of ``python -m pipeline.report``."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,8 @@ import sys
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.report",
-        description="Write DIR/report.html, a self-contained HTML report of a pipeline run.")
+        description="Write DIR/report.html, a self-contained HTML report of a pipeline run.",
+    )
     p.add_argument("output_dir", metavar="DIR", help="the --output_dir of a finished run")
     return p
 

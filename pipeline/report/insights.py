@@ -2,6 +2,7 @@
 
 Names are set between backticks; the page shows them as code.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,11 @@ def shortcuts(run: Run) -> list[Shortcut]:
     (by SHORTCUT_MARGIN and SHORTCUT_RATIO), among classes with MIN_ROWS rows with it."""
     found = []
     for name in run.region_names():
-        shares = {c: s.region_share(name) for c, s in run.classes.items()
-                  if s.region_rows[name] >= MIN_ROWS}
+        shares = {
+            c: s.region_share(name)
+            for c, s in run.classes.items()
+            if s.region_rows[name] >= MIN_ROWS
+        }
         if len(shares) < 2:
             continue
         top = max(shares, key=lambda c: (shares[c], -c))
@@ -48,8 +52,12 @@ def shortcuts(run: Run) -> list[Shortcut]:
 
 def findings(run: Run) -> list[str]:
     """Plain-text findings the data supports, most important first; `x` marks names."""
-    return [*_shortcut_findings(run), *_region_findings(run), *_completeness_findings(run),
-            *_failure_findings(run)]
+    return [
+        *_shortcut_findings(run),
+        *_region_findings(run),
+        *_completeness_findings(run),
+        *_failure_findings(run),
+    ]
 
 
 def _shortcut_findings(run: Run) -> list[str]:
@@ -59,11 +67,13 @@ def _shortcut_findings(run: Run) -> list[str]:
         area = stats.area_share(s.region)
         covers = f" (the region covers {area:.1%} of the image)" if area else ""
         ratio = f"{s.share / s.others:.0f}x" if s.others > 0 else "far more than"
-        out.append(f"class `{s.label}` puts {s.share:.0%} of its positive attribution on region "
-                   f"`{s.region}`{covers}, {ratio} the other classes' {s.others:.0%} on "
-                   f"average, and its peak falls there in {stats.hit_rate(s.region):.0%} of "
-                   f"images: check whether `{s.region}` is a shortcut the model uses for "
-                   f"`{s.label}`")
+        out.append(
+            f"class `{s.label}` puts {s.share:.0%} of its positive attribution on region "
+            f"`{s.region}`{covers}, {ratio} the other classes' {s.others:.0%} on "
+            f"average, and its peak falls there in {stats.hit_rate(s.region):.0%} of "
+            f"images: check whether `{s.region}` is a shortcut the model uses for "
+            f"`{s.label}`"
+        )
     return out
 
 
@@ -71,15 +81,22 @@ def _region_findings(run: Run) -> list[str]:
     out = []
     for class_id in run.shown_classes():
         s = run.classes[class_id]
-        names = sorted((n for n in s.region_rows if s.region_rows[n] >= MIN_ROWS),
-                       key=lambda n: (-s.region_share(n), n))
+        names = sorted(
+            (n for n in s.region_rows if s.region_rows[n] >= MIN_ROWS),
+            key=lambda n: (-s.region_share(n), n),
+        )
         if not names:
             continue
         first, *rest = names
-        out.append(", ".join([
-            f"class `{s.label}`: {s.region_share(first):.0%} of positive attribution falls on "
-            f"region `{first}` {_peak(s, first)}",
-            *(f"{s.region_share(n):.0%} on `{n}` {_peak(s, n)}" for n in rest)]))
+        out.append(
+            ", ".join(
+                [
+                    f"class `{s.label}`: {s.region_share(first):.0%} of positive attribution falls on "
+                    f"region `{first}` {_peak(s, first)}",
+                    *(f"{s.region_share(n):.0%} on `{n}` {_peak(s, n)}" for n in rest),
+                ]
+            )
+        )
     return out
 
 
@@ -94,20 +111,29 @@ def _completeness_findings(run: Run) -> list[str]:
     tolerance = run.config("tolerance")
     target = f"the completeness tolerance {tolerance:g}" if tolerance else "completeness"
     if run.unconverged:
-        advice = "raise --max_steps" + (" or use --method gausslegendre"
-                                        if run.config("method") != "gausslegendre" else "")
-        out.append(f"{run.unconverged} of {run.rows} rows ({run.unconverged / run.rows:.1%}) "
-                   f"did not converge to {target}: their attributions do not add up to the "
-                   f"score change; {advice}")
+        advice = "raise --max_steps" + (
+            " or use --method gausslegendre" if run.config("method") != "gausslegendre" else ""
+        )
+        out.append(
+            f"{run.unconverged} of {run.rows} rows ({run.unconverged / run.rows:.1%}) "
+            f"did not converge to {target}: their attributions do not add up to the "
+            f"score change; {advice}"
+        )
     finite = run.relative_errors[np.isfinite(run.relative_errors)]
     if finite.size:
-        summary = (f"median relative completeness error {np.median(finite):.2g}, "
-                   f"max {finite.max():.2g}")
-        out.append(f"All {run.rows} rows converged to {target} ({summary})."
-                   if not run.unconverged else f"Across all rows: {summary}.")
+        summary = (
+            f"median relative completeness error {np.median(finite):.2g}, max {finite.max():.2g}"
+        )
+        out.append(
+            f"All {run.rows} rows converged to {target} ({summary})."
+            if not run.unconverged
+            else f"Across all rows: {summary}."
+        )
     if finite.size < run.rows:
-        out.append(f"{run.rows - finite.size} rows have no finite relative completeness "
-                   f"error (the target score equals the baseline score).")
+        out.append(
+            f"{run.rows - finite.size} rows have no finite relative completeness "
+            f"error (the target score equals the baseline score)."
+        )
     return out
 
 
@@ -120,12 +146,14 @@ def _failure_findings(run: Run) -> list[str]:
         out.append("No input failed.")
     else:
         of = f" of {matched} inputs ({failed / matched:.1%})" if matched else " inputs"
-        kinds = ", ".join(f"{kind} at {stage} ({n})"
-                          for (stage, kind), n in run.error_kinds.most_common(3))
+        kinds = ", ".join(
+            f"{kind} at {stage} ({n})" for (stage, kind), n in run.error_kinds.most_common(3)
+        )
         out.append(f"{failed}{of} failed" + (f"; most common: {kinds}" if kinds else "") + ".")
     if run.manifest.get("complete") is False:
-        out.append(f"The outputs do not account for every matched input (missing "
-                   f"{counts.get('missing', '?')}, in both summaries and errors "
-                   f"{counts.get('in_both', '?')}): the run did not finish cleanly.")
+        out.append(
+            f"The outputs do not account for every matched input (missing "
+            f"{counts.get('missing', '?')}, in both summaries and errors "
+            f"{counts.get('in_both', '?')}): the run did not finish cleanly."
+        )
     return out
-

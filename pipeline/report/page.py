@@ -6,6 +6,7 @@ Content-Security-Policy forbids every network fetch, so it opens from disk anywh
 Charts (matplotlib) and originals (``attribution.images``, which loads TensorFlow) are
 imported only when a section has something to draw.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -16,10 +17,11 @@ import numpy as np
 
 from pipeline.report.insights import findings, shortcuts
 from pipeline.report.read import ALPHAS, MAX_CLASSES, TABLE_ROWS, Example, Run, read_run
-from pipeline.report.templating import Section, data_uri, pct, picture, render_page
+from pipeline.report.templating import Sections, data_uri, pct, picture, render_page
 from transforms.files import exists, publish, read_bytes
 
 REPORT_NAME = "report.html"
+SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
 def _size(value) -> str | None:
@@ -28,8 +30,11 @@ def _size(value) -> str | None:
 
 def _duration(started: str | None, finished: str | None) -> str | None:
     try:
-        seconds = int((datetime.datetime.fromisoformat(finished)
-                       - datetime.datetime.fromisoformat(started)).total_seconds())
+        seconds = int(
+            (
+                datetime.datetime.fromisoformat(finished) - datetime.datetime.fromisoformat(started)
+            ).total_seconds()
+        )
     except (TypeError, ValueError):
         return None
     hours, rest = divmod(seconds, 3600)
@@ -44,42 +49,82 @@ def _hidden(run: Run) -> int:
     return len(run.classes) - len(run.shown_classes())
 
 
+@SECTIONS.add("run", "Run")
 def run_section(run: Run) -> dict:
     m = run.manifest
     model, counts = m.get("model") or {}, m.get("counts") or {}
     fingerprint = model.get("fingerprint")
     cards = [
-        ("Model", [("handle", model.get("handle")), ("kind", model.get("kind")),
-                   ("fingerprint", fingerprint[:12] if fingerprint else None),
-                   ("input size", _size(model.get("input_size"))),
-                   ("classes", model.get("num_classes")), ("output", model.get("output"))]),
-        ("Settings", [(k, run.config(k)) for k in
-                      ("method", "steps", "tolerance", "max_steps", "baseline", "score",
-                       "target", "batch_size", "grid_cells", "input_pattern")]),
-        ("Counts", [(k, counts.get(k)) for k in
-                    ("matched", "attributed", "failed", "rows", "missing", "in_both")]
-         + [("complete", m.get("complete")),
-            ("model loads", (m.get("metrics") or {}).get("model_loads"))]),
-        ("Time", [("started", m.get("started_at")), ("finished", m.get("finished_at")),
-                  ("duration", _duration(m.get("started_at"), m.get("finished_at")))]),
+        (
+            "Model",
+            [
+                ("handle", model.get("handle")),
+                ("kind", model.get("kind")),
+                ("fingerprint", fingerprint[:12] if fingerprint else None),
+                ("input size", _size(model.get("input_size"))),
+                ("classes", model.get("num_classes")),
+                ("output", model.get("output")),
+            ],
+        ),
+        (
+            "Settings",
+            [
+                (k, run.config(k))
+                for k in (
+                    "method",
+                    "steps",
+                    "tolerance",
+                    "max_steps",
+                    "baseline",
+                    "score",
+                    "target",
+                    "batch_size",
+                    "grid_cells",
+                    "input_pattern",
+                )
+            ],
+        ),
+        (
+            "Counts",
+            [
+                (k, counts.get(k))
+                for k in ("matched", "attributed", "failed", "rows", "missing", "in_both")
+            ]
+            + [
+                ("complete", m.get("complete")),
+                ("model loads", (m.get("metrics") or {}).get("model_loads")),
+            ],
+        ),
+        (
+            "Time",
+            [
+                ("started", m.get("started_at")),
+                ("finished", m.get("finished_at")),
+                ("duration", _duration(m.get("started_at"), m.get("finished_at"))),
+            ],
+        ),
         ("Versions", sorted((m.get("versions") or {}).items())),
     ]
     config = json.dumps(m.get("config") or {}, indent=2, sort_keys=True, default=str)
     return {"cards": cards, "config": config}
 
 
+@SECTIONS.add("findings", "Findings")
 def findings_section(run: Run) -> dict:
     return {"findings": findings(run)}
 
 
+@SECTIONS.add("errors", "Errors")
 def errors_section(run: Run) -> dict:
-    return {"count": run.error_count,
-            "kinds": [[stage, kind, n] for (stage, kind), n in run.error_kinds.most_common()],
-            "rows": [[e["image_uri"], e["stage"], e["error_type"], e["message"]]
-                     for e in run.errors],
-            "more": run.error_count - len(run.errors)}
+    return {
+        "count": run.error_count,
+        "kinds": [[stage, kind, n] for (stage, kind), n in run.error_kinds.most_common()],
+        "rows": [[e["image_uri"], e["stage"], e["error_type"], e["message"]] for e in run.errors],
+        "more": run.error_count - len(run.errors),
+    }
 
 
+@SECTIONS.add("completeness", "Completeness")
 def completeness_section(run: Run) -> dict:
     if not run.rows:
         return {"rows": 0}
@@ -87,25 +132,36 @@ def completeness_section(run: Run) -> dict:
 
     finite = run.relative_errors[np.isfinite(run.relative_errors)]
     tolerance = run.config("tolerance")
-    facts = [("rows", run.rows),
-             ("not converged", f"{run.unconverged} ({pct(run.unconverged / run.rows)})"),
-             ("tolerance", tolerance),
-             ("gradient evaluations", f"{run.gradient_evaluations} "
-                                      f"({run.gradient_evaluations / run.rows:.1f} a row)")]
+    facts = [
+        ("rows", run.rows),
+        ("not converged", f"{run.unconverged} ({pct(run.unconverged / run.rows)})"),
+        ("tolerance", tolerance),
+        (
+            "gradient evaluations",
+            f"{run.gradient_evaluations} ({run.gradient_evaluations / run.rows:.1f} a row)",
+        ),
+    ]
     figures = []
     if finite.size:
-        facts += [("median relative error", f"{np.median(finite):.3g}"),
-                  ("95th percentile", f"{np.percentile(finite, 95):.3g}"),
-                  ("max", f"{finite.max():.3g}")]
+        facts += [
+            ("median relative error", f"{np.median(finite):.3g}"),
+            ("95th percentile", f"{np.percentile(finite, 95):.3g}"),
+            ("max", f"{finite.max():.3g}"),
+        ]
         line = " (dashed: the tolerance)" if tolerance else ""
         zeros = int((finite <= 0).sum())
         zero_note = f"; {zeros} rows at exactly 0 are drawn in the first bin" if zeros else ""
-        figures.append((data_uri(charts.error_histogram(finite, tolerance)),
-                        f"Relative completeness error, log scale{line}{zero_note}."))
+        figures.append(
+            (
+                data_uri(charts.error_histogram(finite, tolerance)),
+                f"Relative completeness error, log scale{line}{zero_note}.",
+            )
+        )
     figures.append((data_uri(charts.steps_chart(run.steps)), "Steps used per row."))
     return {"rows": run.rows, "facts": facts, "charts": figures}
 
 
+@SECTIONS.add("saturation", "Saturation", "Saturation curves")
 def saturation_section(run: Run) -> dict:
     shown = [c for c in run.shown_classes() if run.classes[c].curve_rows]
     if not shown:
@@ -114,28 +170,50 @@ def saturation_section(run: Run) -> dict:
 
     colors = charts.class_colors(len(shown))
     png = charts.curves_chart([run.classes[c].mean_curve() for c in shown], colors)
-    caption = (f"Mean target score ({run.config('score') or 'score'}) along the straight path "
-               f"from the baseline to the image, per target class: each row's path is "
-               f"interpolated onto {ALPHAS.size} alphas, then averaged. A curve that "
-               f"flattens early means the score saturates and most attribution comes "
-               f"from small alphas.")
-    legend = [(color, run.classes[c].label, run.classes[c].curve_rows)
-              for c, color in zip(shown, colors)]
-    return {"chart": data_uri(png), "caption": caption, "legend": legend,
-            "hidden": _hidden(run), "shown": MAX_CLASSES}
+    caption = (
+        f"Mean target score ({run.config('score') or 'score'}) along the straight path "
+        f"from the baseline to the image, per target class: each row's path is "
+        f"interpolated onto {ALPHAS.size} alphas, then averaged. A curve that "
+        f"flattens early means the score saturates and most attribution comes "
+        f"from small alphas."
+    )
+    legend = [
+        (color, run.classes[c].label, run.classes[c].curve_rows) for c, color in zip(shown, colors)
+    ]
+    return {
+        "chart": data_uri(png),
+        "caption": caption,
+        "legend": legend,
+        "hidden": _hidden(run),
+        "shown": MAX_CLASSES,
+    }
 
 
 def _classes_table(run: Run) -> dict:
     ordered = sorted(run.classes, key=lambda c: (-run.classes[c].rows, c))
-    rows = [[c, s.label, s.rows, f"{s.top5_sum / s.rows:.3f}", f"{s.gini_sum / s.rows:.3f}",
-             s.unconverged] for c, s in ((c, run.classes[c]) for c in ordered[:TABLE_ROWS])]
+    rows = [
+        [
+            c,
+            s.label,
+            s.rows,
+            f"{s.top5_sum / s.rows:.3f}",
+            f"{s.gini_sum / s.rows:.3f}",
+            s.unconverged,
+        ]
+        for c, s in ((c, run.classes[c]) for c in ordered[:TABLE_ROWS])
+    ]
     return {"rows": rows, "more": len(ordered) - TABLE_ROWS}
 
 
+@SECTIONS.add("heatmaps", "Heatmaps", "Where the attribution lies, per class")
 def heatmaps_section(run: Run) -> dict:
     shown = [c for c in run.shown_classes() if run.classes[c].grid_rows]
-    data = {"classes": _classes_table(run), "tiles": [], "hidden": _hidden(run),
-            "shown": MAX_CLASSES}
+    data = {
+        "classes": _classes_table(run),
+        "tiles": [],
+        "hidden": _hidden(run),
+        "shown": MAX_CLASSES,
+    }
     if not shown:
         return data
     from pipeline.report import charts
@@ -144,23 +222,45 @@ def heatmaps_section(run: Run) -> dict:
     vmax = max(float(g.max()) for g in grids.values())
     cells = grids[shown[0]].shape[0]
     data.update(
-        tiles=[(data_uri(charts.heatmap_png(grids[c], vmax)), run.classes[c].label,
-                run.classes[c].grid_rows) for c in shown],
-        cells=cells, uniform=f"{1 / cells ** 2:.2%}", vmax=f"{vmax:.2%}",
-        colorbar=data_uri(charts.colorbar_png()))
+        tiles=[
+            (
+                data_uri(charts.heatmap_png(grids[c], vmax)),
+                run.classes[c].label,
+                run.classes[c].grid_rows,
+            )
+            for c in shown
+        ],
+        cells=cells,
+        uniform=f"{1 / cells**2:.2%}",
+        vmax=f"{vmax:.2%}",
+        colorbar=data_uri(charts.colorbar_png()),
+    )
     return data
 
 
+@SECTIONS.add("regions", "Regions")
 def regions_section(run: Run) -> dict:
     names = run.region_names()
     flagged = {(s.class_id, s.region) for s in shortcuts(run)} if names else set()
     rows = []
     for c in run.shown_classes() if names else ():
         s = run.classes[c]
-        rows.append((s.label, [
-            {"share": pct(s.region_share(n)), "hit": pct(s.hit_rate(n)),
-             "n": s.region_rows[n], "flag": (c, n) in flagged} if s.region_rows[n] else None
-            for n in names]))
+        rows.append(
+            (
+                s.label,
+                [
+                    {
+                        "share": pct(s.region_share(n)),
+                        "hit": pct(s.hit_rate(n)),
+                        "n": s.region_rows[n],
+                        "flag": (c, n) in flagged,
+                    }
+                    if s.region_rows[n]
+                    else None
+                    for n in names
+                ],
+            )
+        )
     return {"names": names, "rows": rows, "hidden": _hidden(run), "shown": MAX_CLASSES}
 
 
@@ -184,7 +284,8 @@ def _original_jpeg(run: Run, uri: str, size: tuple[int, int]) -> bytes:
     pixels = resize_with_pad(decode_image(read_bytes(uri), max_pixels=max_pixels), size)
     buffer = io.BytesIO()
     Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
-        buffer, format="JPEG", quality=90)
+        buffer, format="JPEG", quality=90
+    )
     return buffer.getvalue()
 
 
@@ -200,52 +301,55 @@ def _example(run: Run, e: Example, size: tuple[int, int] | None) -> dict:
 
     pictures = [
         picture(original, "original", shown, pixelated),
-        picture(lambda: (_artifact(run, e.mask_uri, "masks"), "image/png"), "mask", shown,
-                pixelated),
-        picture(lambda: (_artifact(run, e.overlay_uri, "overlays"), "image/png"), "overlay",
-                shown, pixelated)]
-    return {"pictures": pictures, "uri": e.image_uri, "top5_share": f"{e.top5_share:.3f}",
-            "score": f"{e.target_score:.3f}" if e.target_score is not None else "—",
-            "predicted": e.predicted_label}
+        picture(
+            lambda: (_artifact(run, e.mask_uri, "masks"), "image/png"), "mask", shown, pixelated
+        ),
+        picture(
+            lambda: (_artifact(run, e.overlay_uri, "overlays"), "image/png"),
+            "overlay",
+            shown,
+            pixelated,
+        ),
+    ]
+    return {
+        "pictures": pictures,
+        "uri": e.image_uri,
+        "top5_share": f"{e.top5_share:.3f}",
+        "score": f"{e.target_score:.3f}" if e.target_score is not None else "—",
+        "predicted": e.predicted_label,
+    }
 
 
+@SECTIONS.add("examples", "Examples", "Most and least concentrated images")
 def examples_section(run: Run) -> dict:
     shown = [c for c in run.shown_classes() if run.classes[c].most]
-    size = (run.manifest.get("model") or {}).get("input_size") or run.config(
-        "resolved_image_size")
+    size = (run.manifest.get("model") or {}).get("input_size") or run.config("resolved_image_size")
     size = tuple(int(v) for v in size) if size else None
     classes = []
     for c in shown:
         s = run.classes[c]
-        columns = [(title, [_example(run, e, size) for e in examples])
-                   for title, examples in (("most concentrated", s.most),
-                                           ("least concentrated", s.least_distinct()))
-                   if examples]
+        columns = [
+            (title, [_example(run, e, size) for e in examples])
+            for title, examples in (
+                ("most concentrated", s.most),
+                ("least concentrated", s.least_distinct()),
+            )
+            if examples
+        ]
         classes.append({"label": s.label, "rows": s.rows, "columns": columns})
     return {"classes": classes, "hidden": _hidden(run), "shown": MAX_CLASSES}
 
 
-SECTIONS = (
-    Section("run", "Run", "Run", "report/run.html", run_section),
-    Section("findings", "Findings", "Findings", "report/findings.html", findings_section),
-    Section("errors", "Errors", "Errors", "report/errors.html", errors_section),
-    Section("completeness", "Completeness", "Completeness", "report/completeness.html",
-            completeness_section),
-    Section("saturation", "Saturation", "Saturation curves", "report/saturation.html",
-            saturation_section),
-    Section("heatmaps", "Heatmaps", "Where the attribution lies, per class",
-            "report/heatmaps.html", heatmaps_section),
-    Section("regions", "Regions", "Regions", "report/regions.html", regions_section),
-    Section("examples", "Examples", "Most and least concentrated images",
-            "report/examples.html", examples_section),
-)
-
-
 def render(run: Run) -> str:
     """The report page for ``run`` as one HTML string."""
-    return render_page(title=f"IG report: {run.output_dir}",
-                       heading="Integrated Gradients report", subject=run.output_dir,
-                       sections=SECTIONS, source=run)
+    return render_page(
+        page="report",
+        title=f"IG report: {run.output_dir}",
+        heading="Integrated Gradients report",
+        subject=run.output_dir,
+        sections=SECTIONS,
+        source=run,
+    )
 
 
 def write_report(output_dir: str) -> str:

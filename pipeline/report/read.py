@@ -5,6 +5,7 @@ Beam's FileSystems (so ``gs://`` folders work) one record batch at a time; per r
 completeness error and steps are kept (for the histograms). A folder that is no readable
 run raises ``RunFolderError`` (alias ``ReportError``) with a one-line message.
 """
+
 from __future__ import annotations
 
 import collections
@@ -13,8 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow.compute as pc
 
-from transforms.files import RunFolderError, parquet_batches, parquet_parts, parquet_schema, \
-    read_manifest
+from transforms.files import (
+    RunFolderError,
+    parquet_batches,
+    parquet_parts,
+    parquet_schema,
+    read_manifest,
+)
 
 ReportError = RunFolderError  # the folder cannot be reported on
 ALPHAS = np.linspace(0.0, 1.0, 101)  # common grid the saturation curves are averaged on
@@ -22,10 +28,25 @@ MAX_CLASSES = 12  # classes drawn (those with the most rows); tables list more
 EXAMPLES = 2  # most and least concentrated images shown per class
 TABLE_ROWS = 200  # rows shown in the errors and classes tables
 BATCH_ROWS = 65_536
-COLUMNS = ("image_uri", "target_class", "target_label", "predicted_label", "target_score",
-           "relative_completeness_error", "converged", "steps", "gradient_evaluations",
-           "top5_share", "gini", "mask_uri", "overlay_uri", "grid_cells", "grid",
-           "path_alphas", "path_scores")
+COLUMNS = (
+    "image_uri",
+    "target_class",
+    "target_label",
+    "predicted_label",
+    "target_score",
+    "relative_completeness_error",
+    "converged",
+    "steps",
+    "gradient_evaluations",
+    "top5_share",
+    "gini",
+    "mask_uri",
+    "overlay_uri",
+    "grid_cells",
+    "grid",
+    "path_alphas",
+    "path_scores",
+)
 OPTIONAL_COLUMNS = ("regions",)  # older runs wrote no regions column
 EXAMPLE_COLUMNS = ("image_uri", "mask_uri", "overlay_uri", "target_score", "predicted_label")
 
@@ -118,8 +139,8 @@ class Run:
         return sorted({name for s in self.classes.values() for name in s.region_rows})
 
 
-
 # ---------------------------------------------------------------------------- reading
+
 
 def read_run(output_dir: str) -> Run:
     """Read a run folder into a ``Run``; RunFolderError if it is not a readable finished run."""
@@ -139,8 +160,9 @@ def _batches(path: str, required: tuple[str, ...], optional: tuple[str, ...] = (
     present = set(parquet_schema(path).names)
     missing = [c for c in required if c not in present]
     if missing:
-        raise RunFolderError(f"{path} lacks columns {missing}: was it written by "
-                             f"`python -m pipeline`?")
+        raise RunFolderError(
+            f"{path} lacks columns {missing}: was it written by `python -m pipeline`?"
+        )
     columns = [*required, *(c for c in optional if c in present)]
     yield from parquet_batches(path, columns, BATCH_ROWS)
 
@@ -150,7 +172,7 @@ def _read_errors(run: Run, path: str) -> None:
         rows = batch.to_pylist()
         run.error_count += len(rows)
         run.error_kinds.update((r["stage"], r["error_type"]) for r in rows)
-        run.errors.extend(rows[:TABLE_ROWS - len(run.errors)])
+        run.errors.extend(rows[: TABLE_ROWS - len(run.errors)])
 
 
 def _read_summaries(run: Run, path: str) -> None:
@@ -178,13 +200,16 @@ def _add_batch(run: Run, batch) -> None:
         stats.append(run.classes[class_id])
 
     unconverged = pc.fill_null(pc.invert(batch.column("converged")), False).to_numpy(
-        zero_copy_only=False)
+        zero_copy_only=False
+    )
     run.rows += batch.num_rows
     run.unconverged += int(unconverged.sum())
     run.relative_errors = np.concatenate(
-        [run.relative_errors, _floats(batch.column("relative_completeness_error"))])
+        [run.relative_errors, _floats(batch.column("relative_completeness_error"))]
+    )
     run.steps = np.concatenate(
-        [run.steps, np.nan_to_num(_floats(batch.column("steps"))).astype(np.int64)])
+        [run.steps, np.nan_to_num(_floats(batch.column("steps"))).astype(np.int64)]
+    )
     run.gradient_evaluations += int(np.nansum(_floats(batch.column("gradient_evaluations"))))
 
     top5 = _floats(batch.column("top5_share"))
@@ -214,16 +239,16 @@ def _add_grids(stats: list[ClassStats], groups: list[np.ndarray], batch) -> None
     offsets, values, valid = _list_parts(batch.column("grid"))
     values = np.asarray(values.to_numpy(zero_copy_only=False), np.float64)
     cells = np.nan_to_num(_floats(batch.column("grid_cells"))).astype(np.int64)
-    usable = valid & (cells > 0) & (np.diff(offsets) == cells ** 2)
+    usable = valid & (cells > 0) & (np.diff(offsets) == cells**2)
     for s, rows in zip(stats, groups):
         rows = rows[usable[rows]]
         if not rows.size:
             continue
         if not s.grid_rows:
             s.grid_cells = int(cells[rows[0]])
-            s.grid_sum = np.zeros(s.grid_cells ** 2)
+            s.grid_sum = np.zeros(s.grid_cells**2)
         rows = rows[cells[rows] == s.grid_cells]
-        s.grid_sum += values[offsets[rows][:, None] + np.arange(s.grid_cells ** 2)].sum(axis=0)
+        s.grid_sum += values[offsets[rows][:, None] + np.arange(s.grid_cells**2)].sum(axis=0)
         s.grid_rows += rows.size
 
 
@@ -284,10 +309,14 @@ def _add_regions(stats: list[ClassStats], codes: np.ndarray, regions) -> None:
     entry_codes = np.repeat(codes, lengths)[known]
     mass = np.nan_to_num(_floats(values.field("mass_fraction").take(entries)))[known]
     hits = pc.fill_null(values.field("pointing_hit").take(entries), False).to_numpy(
-        zero_copy_only=False)[known]
+        zero_copy_only=False
+    )[known]
     has_area = values.type.get_field_index("area_fraction") >= 0
-    area = (np.nan_to_num(_floats(values.field("area_fraction").take(entries)))[known]
-            if has_area else None)
+    area = (
+        np.nan_to_num(_floats(values.field("area_fraction").take(entries)))[known]
+        if has_area
+        else None
+    )
     unique_names, name_codes = np.unique(names.astype(str), return_inverse=True)
     keys = entry_codes * unique_names.size + name_codes
     size = len(stats) * unique_names.size
@@ -305,8 +334,9 @@ def _add_regions(stats: list[ClassStats], codes: np.ndarray, regions) -> None:
             s.region_area[name] += float(area_sums[key])
 
 
-def _add_examples(stats: list[ClassStats], groups: list[np.ndarray], top5: np.ndarray,
-                  batch) -> None:
+def _add_examples(
+    stats: list[ClassStats], groups: list[np.ndarray], top5: np.ndarray, batch
+) -> None:
     """Keep each class's EXAMPLES most and least concentrated rows (by top5_share)."""
     columns = {name: batch.column(name) for name in EXAMPLE_COLUMNS}
     for s, rows in zip(stats, groups):
@@ -315,8 +345,9 @@ def _add_examples(stats: list[ClassStats], groups: list[np.ndarray], top5: np.nd
             continue
         rows = rows[np.argsort(top5[rows], kind="stable")]
         picked = sorted({int(r) for r in (*rows[:EXAMPLES], *rows[-EXAMPLES:])})
-        new = [Example(float(top5[r]), *(columns[c][r].as_py() for c in EXAMPLE_COLUMNS))
-               for r in picked]
+        new = [
+            Example(float(top5[r]), *(columns[c][r].as_py() for c in EXAMPLE_COLUMNS))
+            for r in picked
+        ]
         s.most = sorted([*s.most, *new], key=lambda e: e.key, reverse=True)[:EXAMPLES]
         s.least = sorted([*s.least, *new], key=lambda e: e.key)[:EXAMPLES]
-
