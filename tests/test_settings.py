@@ -1,0 +1,31 @@
+"""settings_hash: computed once per Settings value, and the same value as before it was cached
+(so runs made earlier are still reused by --reuse_from)."""
+import dataclasses
+import pickle
+
+from transforms.settings import Settings
+
+LABELS = tuple(f"class {i}" for i in range(1001))
+
+
+def settings(**changes) -> Settings:
+    base = Settings(model="m", output_dir="/out", image_size=(224, 224), num_classes=1001,
+                    model_fingerprint="f" * 64, labels=LABELS)
+    return dataclasses.replace(base, **changes)
+
+
+def test_settings_hash_is_stable_and_ignores_labels():
+    # The value a run of the previous code recorded for these settings.
+    assert settings().settings_hash == "b01a0c46b43c0795"
+    assert settings(labels=()).settings_hash == settings().settings_hash
+    assert settings(steps=32).settings_hash != settings().settings_hash
+    assert settings(image_size=(112, 112)).settings_hash != settings().settings_hash
+
+
+def test_settings_hash_is_computed_once_and_travels_with_the_value():
+    s = settings()
+    assert "settings_hash" not in vars(s)
+    first = s.settings_hash
+    assert vars(s)["settings_hash"] == first  # cached on the value, not recomputed per row
+    copy = pickle.loads(pickle.dumps(s))  # what a worker receives
+    assert vars(copy)["settings_hash"] == first and copy == s
