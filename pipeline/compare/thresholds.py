@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import operator
 import re
-
-import numpy as np
 
 from pipeline.launch import UsageError
 
@@ -33,7 +32,7 @@ METRICS = (
 _THRESHOLD = re.compile(
     r"\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"
 )
-_OPERATORS = {"<": np.less, ">": np.greater, "<=": np.less_equal, ">=": np.greater_equal}
+_OPERATORS = {"<": operator.lt, ">": operator.gt, "<=": operator.le, ">=": operator.ge}
 
 
 def parse_threshold(text: str) -> tuple[str, str, float]:
