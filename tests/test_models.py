@@ -233,7 +233,8 @@ def test_keras_file_with_lambda_is_refused_not_loaded_unsafely(tmp_path):
     ("missing", None, "no such file or folder"),
     ("missing.keras", None, "no such file or folder"),
     ("empty", "folder", "not a SavedModel"),
-    ("m.h5", b"x", "not a .keras file"),
+    ("m.h5", b"x", "not a readable HDF5 Keras file"),
+    ("m.txt", b"x", "not a .keras, .h5 or .hdf5 Keras file"),
     ("bad.keras", b"not a zip", r"keras.models.load_model\(safe_mode=True\) failed "
                                 r"\(ValueError: "),
 ])

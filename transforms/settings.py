@@ -32,6 +32,8 @@ class Settings:
     jit_compile: bool = False
     labels: tuple[str, ...] = field(default=(), repr=False)
     progress_folder: str | None = None  # local runners: where finished images are tallied
+    preprocess: str = "none"  # --preprocess: part of the explained function
+    channels: int = 3  # the model's input channels (1: grayscale), from its signature
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
@@ -46,9 +48,12 @@ class Settings:
         ``clip_percentile``: the mask and overlay PNGs). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
         asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
-        numbers are computed, equal to float rounding).
+        numbers are computed, equal to float rounding). ``preprocess`` counts only when it is
+        not 'none', so hashes of runs made before the option existed stay valid.
         """
         keys = ("model_output", "output_key", "score", "target", "method", "steps", "tolerance",
                 "max_steps", "baseline", "seed", "image_size", "grid_cells", "clip_percentile")
         values = {k: asdict(self)[k] for k in keys}
+        if self.preprocess != "none":
+            values["preprocess"] = self.preprocess
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
