@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import tensorflow as tf
-
 PREPROCESS = ("none", "scale255", "tf", "caffe", "torch")
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # on 0-255, in B, G, R order
 TORCH_MEAN = (0.485, 0.456, 0.406)  # on [0, 1], in R, G, B order
@@ -30,7 +28,7 @@ TORCH_STD = (0.229, 0.224, 0.225)
 PER_CHANNEL = ("caffe", "torch")
 
 
-def preprocessor(mode: str, channels: int = 3) -> Callable[[tf.Tensor], tf.Tensor]:
+def preprocessor(mode: str, channels: int = 3) -> Callable:
     """The transform for ``mode``: float32 [N, H, W, channels] in [0, 1] -> model input.
 
     Raises ValueError for an unknown mode, or a per-RGB-channel mode on a non-RGB input.
@@ -42,6 +40,8 @@ def preprocessor(mode: str, channels: int = 3) -> Callable[[tf.Tensor], tf.Tenso
                          f"but the model takes {channels}-channel input; for a grayscale model "
                          "use --preprocess none (inputs in [0, 1]), scale255 ([0, 255]) or "
                          "tf ([-1, 1])")
+    import tensorflow as tf  # here: option parsing imports PREPROCESS without TensorFlow
+
     if mode == "none":
         return lambda x: x
     if mode == "scale255":

@@ -49,8 +49,8 @@ def test_per_rgb_channel_modes_are_refused_for_grayscale_models(tmp_path, mode):
 
 
 def test_settings_hash_records_preprocess_and_keeps_old_hashes():
-    base = dict(model="m", output_dir="o", image_size=(8, 8), num_classes=2,
-                model_fingerprint="f")
+    base = {"model": "m", "output_dir": "o", "image_size": (8, 8), "num_classes": 2,
+            "model_fingerprint": "f"}
     hashes = {mode: Settings(**base, preprocess=mode).settings_hash for mode in PREPROCESS}
     assert len(set(hashes.values())) == len(PREPROCESS)
     assert hashes["none"] == Settings(**base).settings_hash
