@@ -23,6 +23,8 @@ setuptools.setup(
     ],
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],
-        "test": ["pytest>=8", "pytest-timeout>=2"],
+        "test": ["pytest>=8", "pytest-timeout>=2",
+                 "scikit-image>=0.22",  # real photos (faces) in the model tests
+                 "saliency>=0.2"],  # PAIR's IG: the independent oracle
     },
 )
