@@ -26,6 +26,8 @@ setuptools.setup(
                                       "templates/*/*.html"]},
     extras_require={
         "dataflow": ["apache-beam[gcp]>=2.60"],
-        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6",
+                 "scikit-image>=0.22",  # real photos (faces) in the model tests
+                 "saliency>=0.2"],  # PAIR's IG: the independent oracle
     },
 )

@@ -16,7 +16,15 @@ from attribution.lazy import lazy_attributes
 
 _EXPORTS = {  # submodule -> the names it defines
     "baselines": ("BASELINES", "make_baseline"),
-    "images": ("ImageError", "PadGeometry", "decode_image", "pad_geometry", "resize_with_pad"),
+    "images": (
+        "ImageError",
+        "PadGeometry",
+        "decode_image",
+        "model_input",
+        "pad_geometry",
+        "resize_with_pad",
+        "to_grayscale",
+    ),
     "integrated_gradients": ("Attribution", "IntegratedGradients", "Request", "Targets"),
     "masks": (
         "attribution_grid",
@@ -27,6 +35,7 @@ _EXPORTS = {  # submodule -> the names it defines
         "signed_mask_png",
     ),
     "models": ("LoadedModel", "ModelLoadError", "load_model"),
+    "preprocessing": ("PREPROCESS",),
     "quadrature": ("METHODS", "Rule", "refine", "rule"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

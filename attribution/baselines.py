@@ -30,7 +30,7 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 def make_baseline(kind: str, image: np.ndarray, *, key: str = "", seed: int = 0,
                   blur_sigma: float | None = None) -> np.ndarray:
-    """A float32 baseline shaped like ``image`` ([H, W, 3] in [0, 1]).
+    """A float32 baseline shaped like ``image`` ([H, W, C] in [0, 1], C = 3 or 1 for gray).
 
     ``uniform_noise`` is seeded from (seed, key): the same image key gives the same noise.
     ``blur`` is a Gaussian blur with sigma = ``blur_sigma`` pixels (default: 1/16 of the

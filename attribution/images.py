@@ -3,7 +3,8 @@
 ``decode_image`` turns file bytes into float32 RGB in [0, 1] at the original size,
 or raises ``ImageError`` saying why it cannot. ``resize_with_pad`` is
 ``tf.image.resize_with_pad`` (bilinear) and ``pad_geometry`` says where it puts the
-content, so boxes in original pixels can be mapped onto the model input.
+content, so boxes in original pixels can be mapped onto the model input. ``model_input``
+does both steps for a model: resize with pad, then grayscale for 1-channel models.
 
 Transparent pixels are composited over ``BACKGROUND`` (white). Only the first frame of
 animated files is used. Pillow's process-wide settings are read, never changed.
@@ -16,6 +17,9 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 DEFAULT_MAX_PIXELS = 50_000_000
+CHANNELS = (1, 3)  # model inputs: grayscale or RGB
+# tf.image.rgb_to_grayscale's weights (ITU-R BT.601 luma, as OpenCV's COLOR_RGB2GRAY)
+GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)
 BACKGROUND = 1.0  # white, in [0, 1], behind transparent pixels
 # Raster formats found in image sets, as far as this Pillow build reads them (JPEG
 # includes multi-picture MPO). Anything else (EPS, PDF, ...) is refused unread.
@@ -219,3 +223,23 @@ def resize_with_pad(image: np.ndarray, target_size: tuple[int, int]) -> np.ndarr
     padded = np.zeros(geometry.target_size + image.shape[2:], dtype=np.float32)
     padded[top : top + ch, left : left + cw] = content
     return padded
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """float32 [..., 3] RGB -> float32 [..., 1], with tf.image.rgb_to_grayscale's weights."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.shape[-1:] != (3,):
+        raise ValueError(f"image must be [..., 3] RGB, got shape {image.shape}")
+    # an elementwise sum, not a BLAS dot: see masks._gini
+    return np.sum(image * GRAY_WEIGHTS, axis=-1, keepdims=True, dtype=np.float32)
+
+
+def model_input(image: np.ndarray, target_size: tuple[int, int], channels: int = 3) -> np.ndarray:
+    """Decoded float32 RGB [h, w, 3] -> the model's input [H, W, channels] in [0, 1].
+
+    Resize with pad first, then (``channels=1``) convert to gray, so the padding stays black.
+    """
+    if channels not in CHANNELS:
+        raise ValueError(f"channels must be one of {CHANNELS}, got {channels!r}")
+    padded = resize_with_pad(image, target_size)
+    return to_grayscale(padded) if channels == 1 else padded

@@ -105,14 +105,15 @@ class IntegratedGradients:
     absolute completeness error that always counts as converged (float32 noise floor).
     batch_size: rows per model call. On an out-of-memory error the call size is halved and
     the work retried. jit_compile: XLA for the traced functions (a GPU option: it was
-    measured much slower on CPU).
+    measured much slower on CPU). channels: the model's input channels (3 RGB, 1 grayscale);
+    images and baselines are [H, W, channels].
     """
 
     def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], *, image_size: tuple[int, int],
                  model_output: str = "logits", score: str = "probability",
                  method: str = "gausslegendre", steps: int = 16, tolerance: float | None = 0.01,
                  max_steps: int = 256, batch_size: int = 32, atol: float = 1e-6,
-                 jit_compile: bool = False):
+                 jit_compile: bool = False, channels: int = 3):
         if model_output not in MODEL_OUTPUTS:
             raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
         if score not in SCORES:
@@ -129,6 +130,7 @@ class IntegratedGradients:
             raise ValueError(f"--batch_size must be >= 1, got {batch_size!r}")
         self.fn = fn
         self.image_size = tuple(int(s) for s in image_size)
+        self.channels = int(channels)
         self.softmax = score == "probability" and model_output == "logits"
         self.method, self.steps = method, int(steps)
         self.tolerance, self.max_steps, self.atol = tolerance, int(max_steps), float(atol)
@@ -141,7 +143,7 @@ class IntegratedGradients:
     def _build(self, batch_size: int) -> None:
         self.batch_size = batch_size
         h, w = self.image_size
-        images = tf.TensorSpec([batch_size, h, w, 3], tf.float32)
+        images = tf.TensorSpec([batch_size, h, w, self.channels], tf.float32)
         vector = tf.TensorSpec([batch_size], tf.float32)
         targets = tf.TensorSpec([batch_size], tf.int32)
         self._forward = tf.function(self._forward_impl, input_signature=[images],
@@ -236,9 +238,9 @@ class IntegratedGradients:
     # -- internals ----------------------------------------------------------------------
     def _checked(self, array: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(array, np.float32)
-        if array.shape != (*self.image_size, 3):
+        if array.shape != (*self.image_size, self.channels):
             raise ValueError(f"{what} has shape {array.shape}, the model needs "
-                             f"{(*self.image_size, 3)}: resize it first")
+                             f"{(*self.image_size, self.channels)}: resize it first")
         return array
 
     def _rows(self, jobs) -> Iterator[tuple[int, float, float]]:

@@ -1,7 +1,7 @@
 """Pictures and numbers drawn from one attribution map.
 
-Attributions are float [H, W, C] arrays at model input size (C = 3 for RGB models); images
-are float [H, W, 3] in [0, 1]. Two per-pixel channel sums are used throughout:
+Attributions are float [H, W, C] arrays at model input size (C = 3 for RGB models, 1 for
+grayscale ones); images are float [H, W, 3] or [H, W, 1] (gray) in [0, 1]. Two per-pixel channel sums are used throughout:
 
 - ``|IG| mass``: sum over channels of ``|attribution|`` (the tutorial's mask);
 - ``signed sum``: sum over channels of ``attribution`` (> 0: evidence for the target).
@@ -45,8 +45,8 @@ def overlay_png(image, attributions, *, alpha: float = 0.4, clip_percentile: flo
     """The mask blended over the image as PNG bytes (H x W RGB).
 
     Each pixel is ``(1 - alpha) * image + alpha * mask_colour``, the result of the tutorial's
-    ``plt.imshow(image); plt.imshow(mask, alpha=0.4)``. ``image`` must be [H, W, 3] in [0, 1]
-    at the attributions' H x W.
+    ``plt.imshow(image); plt.imshow(mask, alpha=0.4)``. ``image`` must be [H, W, 3] or, for a
+    grayscale model, [H, W, 1] (drawn in gray) in [0, 1] at the attributions' H x W.
     """
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
@@ -186,11 +186,16 @@ def _validated(attributions) -> np.ndarray:
 
 
 def _validated_image(image, shape: tuple[int, int]) -> np.ndarray:
-    """The image as float64 [H, W, 3] in [0, 1], checked against the attributions' H x W."""
+    """The image as float64 [H, W, 3] in [0, 1], checked against the attributions' H x W.
+
+    A grayscale [H, W, 1] image is repeated into three equal channels."""
     pixels = np.asarray(image, dtype=np.float64)
-    if pixels.shape != (*shape, 3):
-        raise ValueError(f"image must be [H, W, 3] at the attributions' size {shape}, got shape "
-                         f"{pixels.shape}; pass the preprocessed (model-input) image")
+    if pixels.shape not in ((*shape, 3), (*shape, 1)):
+        raise ValueError(f"image must be [H, W, 3] or [H, W, 1] at the attributions' size "
+                         f"{shape}, got shape {pixels.shape}; pass the preprocessed "
+                         "(model-input) image")
+    if pixels.shape[-1] == 1:
+        pixels = np.repeat(pixels, 3, axis=-1)
     if not np.isfinite(pixels).all():
         raise ValueError("image contains NaN or inf")
     low, high = pixels.min(), pixels.max()

@@ -1,13 +1,16 @@
 """Load an image classifier from any handle the contract names, as one differentiable callable.
 
 Handles: a local or ``gs://`` TF2 SavedModel folder (hub-style ``__call__``, serving
-signatures, Keras 3 ``model.export()``), a ``.keras`` file (safe mode only), and TF Hub /
-Kaggle URLs (through tensorflow_hub's resolver and its ``TFHUB_CACHE_DIR`` cache).
+signatures, Keras 3 ``model.export()``), a ``.keras`` file or a legacy ``.h5`` / ``.hdf5``
+Keras file (safe mode only: Python code such as a ``Lambda`` layer is refused, never run),
+and TF Hub / Kaggle URLs (through tensorflow_hub's resolver and its ``TFHUB_CACHE_DIR`` cache).
+The number of input channels is read from the model's signature: 3 (RGB) or 1 (grayscale).
 ``hub.KerasLayer`` is never used: it fails inside Keras 3 on TF 2.16+.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import numbers
 import posixpath
@@ -19,11 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from attribution import hashing
+from attribution.images import CHANNELS
+from attribution.preprocessing import PREPROCESS, preprocessor
 
 _log = logging.getLogger(__name__)
 
 MODEL_OUTPUTS = ("logits", "probabilities")
 _HUB_PREFIXES = ("http://", "https://")
+_H5_SUFFIXES = (".h5", ".hdf5")
 
 
 class ModelLoadError(Exception):
@@ -34,11 +40,14 @@ class ModelLoadError(Exception):
 class LoadedModel:
     """A loaded classifier.
 
-    ``fn`` maps float32 images [N, H, W, 3] in [0, 1] to float32 scores [N, C]; it is
-    differentiable w.r.t. its input and callable eagerly, under ``tf.GradientTape`` and inside
-    a ``tf.function``. ``kind`` says how the handle was loaded: 'saved_model' (a folder),
-    'keras' (a .keras file) or 'hub' (a URL resolved by tensorflow_hub). ``fingerprint`` is
-    a sha256 of the model's files, so it is the same for the same files in any process.
+    ``fn`` maps float32 images [N, H, W, channels] in [0, 1] to float32 scores [N, C],
+    ``preprocess`` (see attribution.preprocessing) included; it is differentiable w.r.t. its
+    input and callable eagerly, under ``tf.GradientTape`` and inside a ``tf.function``.
+    ``kind`` says how the handle was loaded: 'saved_model' (a folder), 'keras' (a .keras
+    file), 'h5' (a legacy .h5 / .hdf5 Keras file) or 'hub' (a URL resolved by
+    tensorflow_hub). ``channels`` is 3 (RGB) or 1 (grayscale), from the model's signature.
+    ``fingerprint`` is a sha256 of the model's files, so it is the same for the same files in
+    any process.
     """
 
     handle: str
@@ -48,21 +57,28 @@ class LoadedModel:
     num_classes: int
     output: str
     fingerprint: str
+    channels: int = 3
+    preprocess: str = "none"
 
 
 def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
-               model_output: str = "logits", output_key: str | None = None) -> LoadedModel:
-    """Load ``handle`` and check it maps [N, H, W, 3] float32 images to [N, C] scores.
+               model_output: str = "logits", output_key: str | None = None,
+               preprocess: str = "none") -> LoadedModel:
+    """Load ``handle`` and check it maps [N, H, W, 3 or 1] float32 images to [N, C] scores.
 
     ``image_size`` (H, W) is needed only when the model's signature has no static spatial
     size. ``model_output`` declares what the model returns ('logits' or 'probabilities').
     ``output_key`` picks one output of a model with several (e.g. a signature output name).
+    ``preprocess`` names the transform from [0, 1] pixels to what the model was trained on
+    (attribution.preprocessing.PREPROCESS); it becomes part of ``fn``.
     Raises ValueError for bad arguments and ModelLoadError when the model cannot be used.
     """
     if not isinstance(handle, str) or not handle.strip():
         raise ValueError(f"model handle must be a non-empty string, got {handle!r}")
     if model_output not in MODEL_OUTPUTS:
         raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess must be one of {PREPROCESS}, got {preprocess!r}")
     if image_size is not None:
         image_size = _check_image_size(image_size)
 
@@ -70,16 +86,23 @@ def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
         kind, path = "hub", _resolve_hub(handle)
     else:
         kind, path = _local_kind(handle), handle
-    if kind == "keras":
-        call, spec, output_names = _load_keras(handle, path)
+    if kind in ("keras", "h5"):
+        call, spec, output_names = _load_keras(handle, path, kind)
     else:
         call, spec, output_names = _load_saved_model(handle, path, output_key)
 
     size = _input_size(handle, spec, image_size)
-    fn, num_classes = _make_fn(handle, call, size, output_key, output_names, model_output)
+    channels = _input_channels(handle, spec)
+    try:
+        transform = preprocessor(preprocess, channels)
+    except ValueError as exc:
+        raise _error(handle, str(exc)) from None
+    fn, num_classes = _make_fn(handle, lambda images: call(transform(images)), size, channels,
+                               output_key, output_names, model_output)
     return LoadedModel(handle=handle, kind=kind, fn=fn, image_size=size,
                        num_classes=num_classes, output=model_output,
-                       fingerprint=_fingerprint(handle, path, kind))
+                       fingerprint=_fingerprint(handle, path, kind), channels=channels,
+                       preprocess=preprocess)
 
 
 def _error(handle: str, what: str, exc: BaseException | None = None) -> ModelLoadError:
@@ -119,16 +142,20 @@ def _local_kind(handle: str) -> str:
         raise _error(handle, "tf.io.gfile could not read it", exc) from exc
     if not exists:
         raise _error(handle, "no such file or folder (expected a SavedModel folder, a .keras "
-                             "file, or a TF Hub / Kaggle URL)")
+                             "or .h5 file, or a TF Hub / Kaggle URL)")
     if is_dir:
         return "saved_model"
     if handle.endswith(".keras"):
         return "keras"
-    raise _error(handle, "it is a file but not a .keras file (expected a SavedModel folder or a "
-                         ".keras file; re-save legacy .h5 models with model.save('m.keras'))")
+    if handle.lower().endswith(_H5_SUFFIXES):
+        return "h5"
+    raise _error(handle, "it is a file but not a .keras, .h5 or .hdf5 Keras file (expected a "
+                         "SavedModel folder or a Keras model file)")
 
 
-def _load_keras(handle: str, path: str):
+def _load_keras(handle: str, path: str, kind: str = "keras"):
+    if kind == "h5":
+        _refuse_h5_code(handle, path)
     try:
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
@@ -147,6 +174,65 @@ def _load_keras(handle: str, path: str):
         return model(images, training=False)
 
     return call, spec, list(getattr(model, "output_names", None) or [])
+
+
+def _refuse_h5_code(handle: str, path: str) -> None:
+    """Refuse a legacy .h5 whose config holds Python code, before Keras builds anything.
+
+    Keras 3's legacy loader also refuses such a ``Lambda`` in safe mode, but only in the form
+    it converts; Keras 2 files store the code as marshalled bytecode in several forms. Any
+    ``Lambda`` whose function (or output_shape) is code rather than a registered name is
+    refused here, whichever Keras wrote it.
+    """
+    import h5py  # a Keras dependency; imported here: only .h5 files need it
+
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, h5py.File(f, "r") as h5:
+            config = h5.attrs.get("model_config")
+    except Exception as exc:  # noqa: BLE001 - not HDF5, truncated, unreadable
+        raise _error(handle, "it is not a readable HDF5 Keras file", exc) from exc
+    if config is None:
+        raise _error(handle, "the .h5 file holds no model config (a weights-only file?); "
+                             "load the architecture in code and save a .keras file")
+    if isinstance(config, bytes):
+        config = config.decode("utf-8")
+    try:
+        tree = json.loads(config)
+    except ValueError as exc:
+        raise _error(handle, "its model config is not valid JSON", exc) from exc
+    lambdas = sorted(_python_code_layers(tree))
+    if lambdas:
+        raise _error(handle, f"unsafe Lambda deserialization refused: the .h5 file holds Python "
+                             f"code (Lambda layers {lambdas}) that only loads with "
+                             "safe_mode=False and would run on load; rebuild the model without "
+                             "Python lambdas or export a SavedModel with model.export(dir)")
+
+
+def _python_code_layers(node) -> list[str]:
+    """Names of Lambda layers in a Keras config tree whose function is Python code."""
+    found = []
+    if isinstance(node, dict):
+        config = node.get("config")
+        if node.get("class_name") == "Lambda" and isinstance(config, dict):
+            code = any(_is_code(config.get(key)) for key in ("function", "output_shape")) or \
+                config.get("function_type") == "lambda" or \
+                config.get("output_shape_type") == "lambda"
+            if code:
+                found.append(str(config.get("name", "?")))
+        for value in node.values():
+            found.extend(_python_code_layers(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_python_code_layers(value))
+    return found
+
+
+def _is_code(value) -> bool:
+    """A serialized Python function: Keras 3's ``__lambda__`` dict or Keras 2's bytecode list."""
+    if isinstance(value, dict):
+        return value.get("class_name") == "__lambda__"
+    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], str) \
+        and len(value) == 3
 
 
 def _load_saved_model(handle: str, path: str, output_key: str | None):
@@ -220,14 +306,26 @@ def _signature_call(handle: str, obj, signature):
     return call, spec
 
 
+def _input_channels(handle: str, spec: tf.TensorSpec) -> int:
+    """3 (RGB) or 1 (grayscale) from the signature; an unknown channel count is taken as RGB."""
+    shape = tf.TensorShape(spec.shape)
+    channels = 3 if shape.rank is None or shape[3] is None else int(shape[3])
+    if channels not in CHANNELS:
+        raise _error(handle, f"the model takes {channels}-channel input (shape {shape}); "
+                             "only 3-channel (RGB) and 1-channel (grayscale) image models are "
+                             "supported: wrap the model so it takes [N, H, W, 3] or "
+                             "[N, H, W, 1] images in [0, 1]")
+    return channels
+
+
 def _input_size(handle: str, spec: tf.TensorSpec, image_size: tuple[int, int] | None):
     shape = tf.TensorShape(spec.shape)
     if spec.dtype != tf.float32:
         raise _error(handle, f"the model takes {spec.dtype.name} input; float32 images in "
                              "[0, 1] are needed")
-    if shape.rank is not None and (shape.rank != 4 or shape[3] not in (None, 3)):
-        raise _error(handle, f"the model takes input of shape {shape}; [N, H, W, 3] images "
-                             "are needed")
+    if shape.rank is not None and shape.rank != 4:
+        raise _error(handle, f"the model takes input of shape {shape}; [N, H, W, 3] or "
+                             "[N, H, W, 1] images are needed")
     static = (None, None) if shape.rank is None else (shape[1], shape[2])
     if None not in static:
         if image_size is not None and tuple(image_size) != static:
@@ -244,14 +342,14 @@ def _input_size(handle: str, spec: tf.TensorSpec, image_size: tuple[int, int] | 
     return image_size
 
 
-def _make_fn(handle, call, size, output_key, output_names, model_output):
+def _make_fn(handle, call, size, channels, output_key, output_names, model_output):
     """Probe ``call`` on zeros, choose its output, and wrap it as float32 -> float32 [N, C]."""
     height, width = size
     try:
-        probe = call(tf.zeros([1, height, width, 3], tf.float32))
+        probe = call(tf.zeros([1, height, width, channels], tf.float32))
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself
-        raise _error(handle, f"a forward pass on zeros [1, {height}, {width}, 3] failed",
-                     exc) from exc
+        raise _error(handle, f"a forward pass on zeros [1, {height}, {width}, {channels}] "
+                             "failed", exc) from exc
     select = _output_selector(handle, probe, output_key, output_names)
     scores = select(probe)
     if scores.shape.rank != 2 or scores.shape[0] != 1:
@@ -307,7 +405,7 @@ def _fingerprint(handle: str, path: str, kind: str) -> str:
     """sha256 of a .keras file's bytes, or of a SavedModel's graph, variables and assets."""
     digest = hashlib.sha256()
     try:
-        if kind == "keras":
+        if kind in ("keras", "h5"):
             _hash_file(digest, path)
             return digest.hexdigest()
         root = path.rstrip("/")

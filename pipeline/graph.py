@@ -20,7 +20,8 @@ def build(p: beam.Pipeline, settings: Settings, input_pattern: str,
         images, read_errors, reused = read["images"], read["errors"], read["reused"]
     else:
         decoded = p | "ReadImages" >> ReadImages(input_pattern, settings.image_size,
-                                                 settings.max_pixels, settings.progress_folder)
+                                                 settings.max_pixels, settings.progress_folder,
+                                                 channels=settings.channels)
         images, read_errors, reused = decoded.images, decoded.errors, None
     attributed = images | "Attribute" >> AttributeImages(settings)
     summarized = attributed.attributed | "Summarize" >> Summarize(settings, regions)

@@ -10,6 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
+from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
 from transforms.files import absolute
@@ -30,10 +31,16 @@ class AttributionOptions(PipelineOptions):
         add("--input_pattern", help="Files to explain: a local glob or gs:// pattern.")
         add("--output_dir", help="Run folder: summaries/, errors/, masks/, overlays/, raw/, "
                                  "manifest.json, report.html.")
-        add("--model", help="SavedModel folder, .keras file, TF Hub / Kaggle URL, or gs:// "
-                            "SavedModel mapping float32 [N,H,W,3] in [0,1] to [N,C] scores.")
+        add("--model", help="SavedModel folder, .keras or .h5 file, TF Hub / Kaggle URL, or "
+                            "gs:// SavedModel mapping float32 [N,H,W,3] (or [N,H,W,1]: "
+                            "grayscale) in [0,1] to [N,C] scores.")
         add("--model_output", default="logits", choices=MODEL_OUTPUTS,
             help="What the model returns.")
+        add("--preprocess", default="none", choices=PREPROCESS,
+            help="What the model expects instead of [0,1] pixels, as Keras Applications' "
+                 "preprocess_input: scale255 = [0,255], tf = [-1,1], caffe = BGR minus "
+                 "ImageNet means, torch = ImageNet mean/std. Applied inside the explained "
+                 "function: attributions stay on the [0,1] pixels.")
         add("--output_key", default=None,
             help="Output name to use when the model's signature returns several.")
         add("--score", default="probability", choices=SCORES,

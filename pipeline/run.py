@@ -64,7 +64,8 @@ def run(argv: list[str] | None = None,
         except PreviousRunError as e:
             raise options.UsageError(str(e)) from None
     model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
-                       model_output=opts.model_output, output_key=opts.output_key)
+                       model_output=opts.model_output, output_key=opts.output_key,
+                       preprocess=opts.preprocess)
     labels = read_labels(opts.labels)
     try:
         regions = load_regions(opts.regions, opts.input_pattern) if opts.regions else None
@@ -81,7 +82,8 @@ def run(argv: list[str] | None = None,
         tolerance=opts.tolerance or None, max_steps=opts.max_steps, baseline=opts.baseline,
         seed=opts.seed, batch_size=opts.batch_size, image_batch_size=opts.image_batch_size,
         max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
-        clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels)
+        clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels,
+        preprocess=opts.preprocess, channels=model.channels)
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
                      or previous.get("settings_hash") != settings.settings_hash):
         logging.warning("--reuse_from %s was made with another model or other settings: "
@@ -122,7 +124,8 @@ def run(argv: list[str] | None = None,
                 "resolved_image_size": list(model.image_size)},
         model={"handle": model.handle, "kind": model.kind,
                "input_size": list(model.image_size), "num_classes": model.num_classes,
-               "output": model.output, "fingerprint": model.fingerprint},
+               "output": model.output, "fingerprint": model.fingerprint,
+               "channels": model.channels, "preprocess": model.preprocess},
         job_metrics=manifest.metrics(result), started_at=started_at,
         finished_at=manifest.now(), run_id=opts.run_id, settings_hash=settings.settings_hash,
         reuse_from=opts.reuse_from, previous=previous)

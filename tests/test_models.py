@@ -233,7 +233,8 @@ def test_keras_file_with_lambda_is_refused_not_loaded_unsafely(tmp_path):
     ("missing", None, "no such file or folder"),
     ("missing.keras", None, "no such file or folder"),
     ("empty", "folder", "not a SavedModel"),
-    ("m.h5", b"x", "not a .keras file"),
+    ("m.h5", b"x", "not a readable HDF5 Keras file"),
+    ("m.txt", b"x", "not a .keras, .h5 or .hdf5 Keras file"),
     ("bad.keras", b"not a zip", r"keras.models.load_model\(safe_mode=True\) failed "
                                 r"\(ValueError: "),
 ])
@@ -311,3 +312,85 @@ def test_fingerprint_is_a_function_of_the_model_files(models, tmp_path):
     other_process = subprocess.run([sys.executable, "-c", code, str(models.root / "export")],
                                    cwd=REPO, check=True, capture_output=True, text=True)
     assert other_process.stdout.strip().splitlines()[-1] == first
+
+
+# -- legacy .h5 / .hdf5 Keras files --------------------------------------------------------
+
+def _lambda_h5(tmp_path, marker: Path, name: str = "lambda.h5") -> Path:
+    """A .h5 whose Lambda layer, if ever run, would create ``marker``."""
+    code = f"lambda t: (__import__('pathlib').Path({str(marker)!r}).touch(), t)[1]"
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Lambda(eval(code), output_shape=(8, 8, 3))(inputs)  # noqa: S307
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    marker.unlink(missing_ok=True)  # building the model above ran it once
+    path = tmp_path / name
+    model.save(path)
+    marker.unlink(missing_ok=True)
+    return path
+
+
+def _as_keras2_lambda(path: Path) -> None:
+    """Rewrite the Lambda config the way Keras 2 stored it: marshalled bytecode in a list."""
+    import json
+
+    import h5py
+    with h5py.File(path, "r+") as f:
+        config = json.loads(f.attrs["model_config"])
+        for layer in config["config"]["layers"]:
+            if layer["class_name"] == "Lambda":
+                code = layer["config"]["function"]["config"]["code"]
+                layer["config"].update(function=[code, None, None], function_type="lambda",
+                                       output_shape=[8, 8, 3], output_shape_type="raw")
+        f.attrs["model_config"] = json.dumps(config)
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".hdf5"])
+def test_legacy_h5_file_loads_like_the_model(tmp_path, suffix):
+    keras.utils.set_random_seed(3)
+    model = _classifier(8)
+    path = tmp_path / f"m{suffix}"
+    model.save(path)
+    loaded = load_model(str(path))
+    assert (loaded.kind, loaded.image_size, loaded.num_classes, loaded.channels) == (
+        "h5", (8, 8), 5, 3)
+    images = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.fn(images).numpy(), model(images, training=False),
+                               rtol=1e-5, atol=1e-6)
+    assert loaded.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("keras2_style", [False, True])
+def test_h5_with_a_lambda_layer_is_refused_and_its_code_never_runs(tmp_path, keras2_style):
+    marker = tmp_path / "lambda-ran"
+    path = _lambda_h5(tmp_path, marker)
+    if keras2_style:
+        _as_keras2_lambda(path)
+    from keras.src.saving.serialization_lib import SafeModeScope
+    with SafeModeScope(False):  # even in a process where unsafe loading was turned on
+        with pytest.raises(ModelLoadError, match="unsafe Lambda deserialization refused") as err:
+            load_model(str(path))
+    assert str(path) in str(err.value) and "Lambda layers ['lambda" in str(err.value)
+    assert not marker.exists()
+
+
+def test_h5_lambda_through_the_cli_exits_3_before_reading_images(tmp_path):
+    marker = tmp_path / "lambda-ran"
+    path = _lambda_h5(tmp_path, marker)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x.png").write_bytes(b"not read")
+    from pipeline import run as job
+    code = job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(tmp_path / "out"),
+                     "--model", str(path)])
+    assert code == 3 and not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("channels", [2, 4])
+def test_models_with_other_than_1_or_3_channels_are_refused(tmp_path, channels):
+    inputs = keras.Input((8, 8, channels))
+    x = keras.layers.GlobalAveragePooling2D()(inputs)
+    path = tmp_path / f"c{channels}.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
+    with pytest.raises(ModelLoadError, match=f"takes {channels}-channel input .*only "
+                                             r"3-channel \(RGB\) and 1-channel"):
+        load_model(str(path))

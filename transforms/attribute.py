@@ -18,7 +18,8 @@ class _ProcessModel:
 
     def __init__(self, settings: Settings):
         model = load_model(settings.model, image_size=settings.image_size,
-                           model_output=settings.model_output, output_key=settings.output_key)
+                           model_output=settings.model_output, output_key=settings.output_key,
+                           preprocess=settings.preprocess)
         if model.fingerprint != settings.model_fingerprint:
             raise RuntimeError(f"the model at {settings.model} changed since the job started "
                                f"(fingerprint {model.fingerprint[:12]}, expected "
@@ -27,7 +28,8 @@ class _ProcessModel:
             model.fn, image_size=model.image_size, model_output=model.output,
             score=settings.score, method=settings.method, steps=settings.steps,
             tolerance=settings.tolerance, max_steps=settings.max_steps,
-            batch_size=settings.batch_size, jit_compile=settings.jit_compile)
+            batch_size=settings.batch_size, jit_compile=settings.jit_compile,
+            channels=model.channels)
 
 
 class AttributeFn(CountsProgress, beam.DoFn):

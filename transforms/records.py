@@ -17,7 +17,7 @@ class DecodedImage:
     width: int
     height: int
     content_sha256: str
-    image: np.ndarray  # float32 [H, W, 3] at model input size, in [0, 1]
+    image: np.ndarray  # float32 [H, W, 3] (or [H, W, 1], gray models) at model input size, in [0, 1]
 
 
 def error_row(uri: str, stage: str, error: BaseException | str, error_type: str | None = None

@@ -257,7 +257,8 @@ class ReadWithReuse(beam.PTransform):
                    | "ToCompute" >> beam.Flatten()
                    | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
                                                      count_matched=False,
-                                                     progress_folder=s.progress_folder))
+                                                     progress_folder=s.progress_folder,
+                                                     channels=s.channels))
                    .with_outputs(ERRORS, main="images"))
         errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
         return {"images": decoded.images, "reused": copied.rows, "errors": errors}

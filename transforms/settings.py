@@ -33,6 +33,8 @@ class Settings:
     jit_compile: bool = False
     labels: tuple[str, ...] = field(default=(), repr=False)
     progress_folder: str | None = None  # local runners: where finished images are tallied
+    preprocess: str = "none"  # --preprocess: part of the explained function
+    channels: int = 3  # the model's input channels (1: grayscale), from its signature
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
@@ -47,7 +49,8 @@ class Settings:
         ``clip_percentile``: the mask and overlay PNGs). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
         asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
-        numbers are computed, equal to float rounding).
+        numbers are computed, equal to float rounding). ``preprocess`` counts only when it is
+        not 'none', so hashes of runs made before the option existed stay valid.
 
         Computed once per Settings value (the job's, pickled to the workers with it), not once
         per row: hashing the whole value, 1001 ImageNet labels included, took ~10 ms a row.
@@ -55,4 +58,6 @@ class Settings:
         keys = ("model_output", "output_key", "score", "target", "method", "steps", "tolerance",
                 "max_steps", "baseline", "seed", "image_size", "grid_cells", "clip_percentile")
         values = {k: getattr(self, k) for k in keys}  # a tuple dumps as a list, as before
+        if self.preprocess != "none":
+            values["preprocess"] = self.preprocess
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
