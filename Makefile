@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean browser
+.PHONY: install test lint demo bench scale clean browser
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ demo: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+scale: install  # a simulated large run (not part of make test): benchmarks/RESULTS.md
+	$(PY) -m benchmarks.scale --images 10000,100000
 
 clean:
 	rm -rf $(VENV) build *.egg-info

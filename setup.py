@@ -21,6 +21,7 @@ setuptools.setup(
         "matplotlib>=3.8",
         "PyYAML>=6",
         "Jinja2>=3.1",
+        "google-crc32c>=1.5",  # TFRecord frame checksums (transforms/tfrecord.py)
     ],
     package_data={"pipeline.report": ["templates/*.html", "templates/*.css", "templates/*.js",
                                       "templates/*/*.html"]},

@@ -47,13 +47,17 @@ def versions() -> dict[str, str]:
 def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job_metrics: dict,
           started_at: str, finished_at: str, run_id: str | None = None,
           settings_hash: str | None = None, reuse_from: str | None = None,
-          previous: dict | None = None) -> dict:
-    """``previous``: the manifest found in ``reuse_from`` (--reuse_from), if any."""
+          previous: dict | None = None, records_read: int | None = None) -> dict:
+    """``previous``: the manifest found in ``reuse_from`` (--reuse_from), if any.
+    ``records_read``: TFRecord input, where ``matched`` lists shards and the records (the
+    inputs to account for) are counted by the job."""
     attributed_uris = read_column(output_dir, "summaries", "image_uri")
     failed_uris = read_column(output_dir, "errors", "image_uri")
     attributed, failed = set(attributed_uris), set(failed_uris)
     expected = set(matched)
     accounted = attributed | failed
+    if records_read is not None:  # every record is in summaries or errors under its own uri
+        expected = accounted if records_read == len(accounted) else set(matched)
     reused = job_metrics.get("reused", 0)
     return {
         "counts": {

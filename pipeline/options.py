@@ -15,6 +15,8 @@ from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
 from transforms.files import absolute
 
+INPUT_FORMATS = ("files", "tfrecord")
+ARTIFACTS = ("masks", "overlays", "raw")
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 
 
@@ -83,6 +85,23 @@ class AttributionOptions(PipelineOptions):
             help="A previous run's output folder (local or gs://): images whose content, "
                  "model and settings are unchanged get its rows and files copied forward; "
                  "only new or changed images are attributed (docs/audits.md).")
+        add("--input_format", default=None, choices=INPUT_FORMATS,
+            help="files: one image per file; tfrecord: one tf.train.Example per image in "
+                 "TFRecord shards (default: tfrecord when the pattern ends in .tfrecord*, "
+                 "else files).")
+        add("--image_key", default="image/encoded",
+            help="TFRecord: the feature holding the encoded image.")
+        add("--id_key", default=None,
+            help="TFRecord: a feature to use as image_uri (default: <shard uri>#<index>).")
+        add("--label_key", default=None,
+            help="TFRecord: a feature with the true class (int64 index, or text looked up in "
+                 "--labels): the true_class and true_label columns.")
+        add("--regions_from_record", action="store_true",
+            help="TFRecord: boxes image/object/bbox/{xmin,ymin,xmax,ymax} (normalised) named "
+                 "by image/object/class/text (or label) become regions, as --regions.")
+        add("--artifacts", default="masks,overlays",
+            help="Per-image files to write: a comma list of masks, overlays, raw, or none "
+                 "(then mask_uri/overlay_uri are null). --write_raw adds raw.")
         add("--run_id", default=None,
             help="This run's name, recorded in the manifest (default: the UTC start time, "
                  "e.g. 20260101T020000Z).")
@@ -182,6 +201,27 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
+def parse_artifacts(text: str, write_raw: bool = False) -> tuple[str, ...]:
+    """``masks,overlays`` -> ("masks", "overlays"); ``none`` -> (); --write_raw adds raw."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if names == ["none"]:
+        names = []
+    unknown = [n for n in names if n not in ARTIFACTS]
+    if unknown:
+        raise UsageError(f"--artifacts: unknown {unknown}; use a comma list of "
+                         f"{', '.join(ARTIFACTS)}, or none")
+    if write_raw and "raw" not in names:
+        names.append("raw")
+    return tuple(n for n in ARTIFACTS if n in names)
+
+
+def input_format(o: argparse.Namespace) -> str:
+    """--input_format, or tfrecord when the pattern's last part names .tfrecord files."""
+    if o.input_format:
+        return o.input_format
+    return "tfrecord" if ".tfrecord" in o.input_pattern.rsplit("/", 1)[-1] else "files"
+
+
 def validate(o: argparse.Namespace) -> None:
     for name, example in (("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
                           ("output_dir", "'out/run-2026-11-26'"),
@@ -219,6 +259,14 @@ def validate(o: argparse.Namespace) -> None:
             raise UsageError("--reuse_from must be a previous run's folder, not --output_dir "
                              "itself: write each run to its own folder, e.g. "
                              "--output_dir gs://bucket/audits/$(date +%F)")
+    parse_artifacts(o.artifacts, o.write_raw)
+    if input_format(o) == "files":
+        for name in ("id_key", "label_key"):
+            if getattr(o, name):
+                raise UsageError(f"--{name} is for TFRecord input: add --input_format tfrecord")
+        if o.regions_from_record:
+            raise UsageError("--regions_from_record is for TFRecord input: add "
+                             "--input_format tfrecord, or give boxes with --regions FILE")
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):

@@ -17,9 +17,10 @@ from pipeline import graph, manifest, options
 from pipeline.launch import runner_name, ship_package
 from pipeline.progress import ProgressReporter
 from transforms.files import TEMPORARY_PREFIX, absolute, delete_matching
-from transforms.regions import load_regions
+from transforms.regions import check_regions
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
+from transforms.tfrecord import RecordKeys
 
 
 def match_inputs(pattern: str) -> list[str]:
@@ -68,7 +69,8 @@ def run(argv: list[str] | None = None,
                        preprocess=opts.preprocess)
     labels = read_labels(opts.labels)
     try:
-        regions = load_regions(opts.regions, opts.input_pattern) if opts.regions else None
+        if opts.regions:  # streamed once to refuse a bad file now; the job reads it again
+            check_regions(opts.regions, opts.input_pattern)
     except ValueError as e:
         raise options.UsageError(str(e)) from None
     if labels and len(labels) != model.num_classes:
@@ -83,7 +85,10 @@ def run(argv: list[str] | None = None,
         seed=opts.seed, batch_size=opts.batch_size, image_batch_size=opts.image_batch_size,
         max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
         clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels,
-        preprocess=opts.preprocess, channels=model.channels)
+        preprocess=opts.preprocess, channels=model.channels,
+        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw))
+    records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
+                         labels) if options.input_format(opts) == "tfrecord" else None
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
                      or previous.get("settings_hash") != settings.settings_hash):
         logging.warning("--reuse_from %s was made with another model or other settings: "
@@ -96,7 +101,8 @@ def run(argv: list[str] | None = None,
     # has run when run() returns, so there is nothing to count yet, as on a dry run.
     dry_run = bool(pipeline_options.view_as(TestOptions).dry_run
                    or pipeline_options.view_as(GoogleCloudOptions).template_location)
-    show_progress = "Direct" in runner and opts.progress_interval > 0 and not dry_run
+    show_progress = ("Direct" in runner and opts.progress_interval > 0 and not dry_run
+                     and records is None)  # TFRecord: the image count is unknown up front
 
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
     reporter = (ProgressReporter(progress_folder, len(matched), opts.progress_interval)
@@ -104,7 +110,8 @@ def run(argv: list[str] | None = None,
     try:
         p = beam.Pipeline(options=pipeline_options)
         graph.build(p, dataclasses.replace(settings, progress_folder=progress_folder),
-                    opts.input_pattern, regions, reuse_from=opts.reuse_from)
+                    opts.input_pattern, opts.regions, reuse_from=opts.reuse_from,
+                    records=records)
         if reporter:
             reporter.start()
         result = p.run()
@@ -128,7 +135,8 @@ def run(argv: list[str] | None = None,
                "channels": model.channels, "preprocess": model.preprocess},
         job_metrics=manifest.metrics(result), started_at=started_at,
         finished_at=manifest.now(), run_id=opts.run_id, settings_hash=settings.settings_hash,
-        reuse_from=opts.reuse_from, previous=previous)
+        reuse_from=opts.reuse_from, previous=previous,
+        records_read=None if records is None else manifest.metrics(result).get("matched", 0))
     manifest.write(settings.output_dir, record)
     result.manifest = record
     result.report = None if opts.no_report else _write_report(settings.output_dir)

@@ -187,7 +187,7 @@ def test_split_prefers_the_same_uri_needs_complete_rows_and_raw_when_asked():
     assert chosen == {"/img/x.png": ["/img/x.png"] * 2, "/img/new.png": ["/img/a.png"]}
     previous[2]["raw_uri"] = None  # a.png has no raw file, this run writes raw: compute it
     out = list(SplitFn(settings).process(("sha", {"previous": previous, "current": refs})))
-    computed = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    computed = [o.value.uri for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
     assert computed == ["/img/new.png"] and len(out) == 2
 
     new, copies = reused_row(previous[1], refs[1], settings)

@@ -108,8 +108,8 @@ def test_summarize_writes_files_rows_and_region_masses_through_the_padding(tmp_p
     attributions[4:12, 8:16, 0] = 3.0   # right half: 192 units
     image = DecodedImage("/data/wide.png", "wide-1", 32, 16, "sha", np.zeros((16, 16, 3),
                                                                              np.float32))
-    regions = {"/data/wide.png": [("left", (0, 0, 16, 16)), ("right", (16, 0, 32, 16)),
-                                  ("left quarter", (0, 0, 8, 16))]}
+    boxes = [("left", (0, 0, 16, 16)), ("right", (16, 0, 32, 16)),
+             ("left quarter", (0, 0, 8, 16))]
     def check(rows):
         (row,) = rows
         masses = {r["name"]: (r["mass_fraction"], r["pointing_hit"]) for r in row["regions"]}
@@ -122,6 +122,10 @@ def test_summarize_writes_files_rows_and_region_masses_through_the_padding(tmp_p
         assert np.load(row["raw_uri"]).sum() == pytest.approx(256.0)
 
     pipeline = TestPipeline()
+    # regions arrive as a keyed PCollection (transforms/regions.py), joined by uri
+    regions = pipeline | "Regions" >> beam.Create(
+        [("/data/wide.png", (i, name, box)) for i, (name, box) in enumerate(boxes)]
+        + [("/data/other.png", (9, "unmatched", (0, 0, 1, 1)))])
     outputs = (pipeline | beam.Create([(image, [_attribution(1, attributions)])])
                | Summarize(settings, regions))
     assert_that(outputs.rows, check)

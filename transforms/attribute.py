@@ -33,7 +33,12 @@ class _ProcessModel:
 
 
 class AttributeFn(CountsProgress, beam.DoFn):
-    """[DecodedImage] -> (DecodedImage, [Attribution]) per image; failures to ERRORS."""
+    """[DecodedImage] -> (DecodedImage, [Attribution]) per image; failures to ERRORS.
+
+    Not RunInference (transforms/inference.py is the ModelHandler for other pipelines): this
+    DoFn loads the model lazily at the first batch, so an unchanged --reuse_from rerun loads
+    no model (RunInference loads it in setup), and it isolates the image that breaks a batch
+    where RunInference dead-letters the whole batch."""
 
     def __init__(self, settings: Settings, shared_handle: shared.Shared):
         self.settings = settings

@@ -18,6 +18,8 @@ class DecodedImage:
     height: int
     content_sha256: str
     image: np.ndarray  # float32 [H, W, 3] (or [H, W, 1], gray models) at model input size, in [0, 1]
+    true_class: int | None = None  # from a TFRecord's --label_key
+    true_label: str | None = None
 
 
 def error_row(uri: str, stage: str, error: BaseException | str, error_type: str | None = None

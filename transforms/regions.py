@@ -1,10 +1,12 @@
 """Region annotations (``--regions``): named boxes per image, in original pixels."""
 from __future__ import annotations
 
-import io
 import os
 import re
 
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
@@ -30,29 +32,105 @@ def _key(image: str, root: str) -> str:
     return region_key(f"{root.rstrip('/')}/{image}")
 
 
-def load_regions(path: str, input_pattern: str) -> Regions:
-    """CSV or Parquet with columns image, region, x0, y0, x1, y1 -> {image uri: boxes}.
+def _batches(path: str, batch_rows: int = 65536):
+    """The regions file as record batches (image, region as given; x0..y1 as float64),
+    streamed: the file is never held whole. ValueError (a usage error) when it cannot be
+    read or lacks a column."""
+    parquet = path.endswith(".parquet")
+    with FileSystems.open(path) as f:
+        try:
+            batches = (pq.ParquetFile(f).iter_batches(batch_size=batch_rows) if parquet
+                       else pcsv.open_csv(f, read_options=pcsv.ReadOptions(
+                           block_size=1 << 22)))
+            for batch in batches:
+                missing = [c for c in COLUMNS if c not in batch.schema.names]
+                if missing:
+                    raise ValueError(f"--regions {path}: missing columns {missing}; expected "
+                                     f"{', '.join(COLUMNS)} (boxes in original pixels, x1/y1 "
+                                     f"exclusive)")
+                yield [batch.column("image"), batch.column("region"),
+                       *(pc.cast(batch.column(c), pa.float64()) for c in COLUMNS[2:])]
+        except ValueError as e:
+            if str(e).startswith("--regions"):
+                raise
+            raise ValueError(f"--regions {path}: cannot read it ({e})") from None
+        except Exception as e:  # noqa: BLE001 - a malformed file is a usage error
+            raise ValueError(f"--regions {path}: cannot read it as "
+                             f"{'Parquet' if parquet else 'CSV'} ({e})") from None
+
+
+def _bad_box(path: str, first_row: int, columns) -> None:
+    """ValueError naming the first box of a batch with x1 < x0 or y1 < y0."""
+    x0, y0, x1, y1 = columns[2:]
+    bad = pc.or_(pc.less(x1, x0), pc.less(y1, y0))
+    if pc.any(bad).as_py():
+        i = pc.index(bad, True).as_py()
+        box = tuple(c[i].as_py() for c in (x0, y0, x1, y1))
+        raise ValueError(f"--regions {path}: row {first_row + i} has x1 < x0 or y1 < y0: {box}")
+
+
+def region_rows(path: str, input_pattern: str, batch_rows: int = 65536):
+    """Stream a CSV or Parquet regions file (columns image, region, x0, y0, x1, y1) as
+    ``(region key, (row index, name, box))``, a batch of rows at a time, so a
+    14-million-box file costs its reader one batch of memory.
 
     ``image`` is a full path/uri, or a path relative to the input pattern's root folder.
+    ValueError (a usage error) for a file that cannot be read, lacks a column or has a box
+    with x1 < x0 or y1 < y0.
     """
-    with FileSystems.open(path) as f:
-        data = f.read()
-    try:
-        table = (pq.read_table(io.BytesIO(data)) if path.endswith(".parquet")
-                 else pcsv.read_csv(io.BytesIO(data)))
-    except Exception as e:  # noqa: BLE001 - a malformed file is a usage error
-        raise ValueError(f"--regions {path}: cannot read it as "
-                         f"{'Parquet' if path.endswith('.parquet') else 'CSV'} ({e})") from None
-    missing = [c for c in COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(f"--regions {path}: missing columns {missing}; expected "
-                         f"{', '.join(COLUMNS)} (boxes in original pixels, x1/y1 exclusive)")
     root = pattern_root(input_pattern)
+    row = 1
+    for columns in _batches(path, batch_rows):
+        _bad_box(path, row, columns)
+        images, names, *coordinates = (c.to_pylist() for c in columns)
+        for i, image in enumerate(images):
+            box = tuple(c[i] for c in coordinates)
+            yield _key(str(image), root), (row + i, str(names[i]), box)
+        row += len(images)
+
+
+def check_regions(path: str, input_pattern: str) -> int:
+    """Read the whole file once in the launcher, streamed and vectorised, to refuse a bad
+    one before any work; returns the number of boxes."""
+    rows = 1
+    for columns in _batches(path):
+        _bad_box(path, rows, columns)
+        rows += len(columns[0])
+    return rows - 1
+
+
+def load_regions(path: str, input_pattern: str) -> Regions:
+    """{image key: boxes in file order}: for small files and tests; the job joins
+    ``ReadRegions`` in the graph instead, so the boxes never travel inside the job graph."""
     regions: Regions = {}
-    columns = {c: table.column(c).to_pylist() for c in COLUMNS}
-    for i, image in enumerate(columns["image"]):
-        box = tuple(float(columns[c][i]) for c in ("x0", "y0", "x1", "y1"))
-        if box[2] < box[0] or box[3] < box[1]:
-            raise ValueError(f"--regions {path}: row {i + 1} has x1 < x0 or y1 < y0: {box}")
-        regions.setdefault(_key(str(image), root), []).append((str(columns["region"][i]), box))
+    for key, (_, name, box) in region_rows(path, input_pattern):
+        regions.setdefault(key, []).append((name, box))
     return regions
+
+
+class ReadRegions(beam.PTransform):
+    """A regions file -> ``(region key, (row index, name, box))``, read on a worker."""
+
+    def __init__(self, path: str, input_pattern: str):
+        super().__init__()
+        self.path, self.input_pattern = path, input_pattern
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "Path" >> beam.Create([self.path])
+                | "Rows" >> beam.FlatMap(region_rows, self.input_pattern))
+
+
+def join_boxes(keyed, regions, label: str = "JoinRegions"):
+    """``keyed``: (region key, value) -> (value, boxes or None), boxes in file order.
+
+    A CoGroupByKey by normalised uri: boxes without an image are dropped, images without
+    boxes get None (as before: no ``regions`` column)."""
+    def attach(element):
+        _, groups = element
+        boxes = [(name, box) for _, name, box in sorted(groups["boxes"], key=lambda b: b[0])]
+        for value in groups["value"]:
+            yield value, (boxes or None)
+    return ({"value": keyed, "boxes": regions}
+            | label >> beam.CoGroupByKey()
+            | f"{label}Attach" >> beam.FlatMap(attach))

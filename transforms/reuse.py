@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import numpy as np
@@ -33,7 +33,7 @@ from transforms.ids import image_id
 from transforms.progress import CountsProgress
 from transforms.read import DecodeFn
 from transforms.records import ERRORS, NAMESPACE, error_row
-from transforms.regions import Regions, region_key
+from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
 from transforms.summarize import artifact_name
 from transforms.write import SUMMARY_SCHEMA
@@ -43,6 +43,7 @@ PREVIOUS, CURRENT = "previous", "current"
 # Rewritten for the new run's location; every other column of a reused row is copied as is
 # (labels re-applied from this run's --labels, regions recomputed).
 LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
+COLUMN_OF = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
 
 
 class PreviousRunError(ValueError):
@@ -77,6 +78,8 @@ class ImageRef:
     uri: str
     image_id: str
     content_sha256: str
+    boxes: tuple | None = None  # its --regions boxes, joined in the graph by uri
+    record: object = None  # TFRecord input: the tfrecord.Record (image bytes) to compute from
 
 
 class HashFn(CountsProgress, beam.DoFn):
@@ -127,9 +130,8 @@ class SplitFn(beam.DoFn):
     """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
     compute (tagged COMPUTE). Deleted images (no current ref) produce nothing."""
 
-    def __init__(self, settings: Settings, regions: Regions | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.regions = regions or {}
 
     def process(self, element):
         _, groups = element
@@ -143,14 +145,16 @@ class SplitFn(beam.DoFn):
             if rows is not None and self._usable(ref, rows):
                 yield ref, rows
             else:
-                yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+                yield beam.pvalue.TaggedOutput(COMPUTE, ref)
 
     def _usable(self, ref: ImageRef, rows: list[dict]) -> bool:
         s = self.settings
         if rows[0]["width"] * rows[0]["height"] > s.max_pixels:
             return False  # this run refuses it: let Decode say so in errors
-        needs_raw = s.write_raw or self.regions.get(region_key(ref.uri)) is not None
-        return not needs_raw or all(r["raw_uri"] for r in rows)
+        needs = [COLUMN_OF[a] for a in s.artifacts if a != "raw"]
+        if s.write_raw or "raw" in s.artifacts or ref.boxes is not None:
+            needs.append("raw_uri")
+        return all(r[column] for r in rows for column in needs)
 
 
 def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=None) -> tuple[
@@ -159,14 +163,18 @@ def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=Non
     out = settings.output_dir.rstrip("/")
     name = artifact_name(ref.image_id, row["target_class"], row["target_rank"])
     new = {column: row[column] for column in SUMMARY_SCHEMA.names}
+    raw_wanted = settings.write_raw or "raw" in settings.artifacts
     new.update(image_uri=ref.uri, image_id=ref.image_id,
-               mask_uri=f"{out}/masks/{name}.png", overlay_uri=f"{out}/overlays/{name}.png",
-               raw_uri=f"{out}/raw/{name}.npy" if settings.write_raw else None,
+               mask_uri=f"{out}/masks/{name}.png" if "masks" in settings.artifacts else None,
+               overlay_uri=(f"{out}/overlays/{name}.png" if "overlays" in settings.artifacts
+                            else None),
+               raw_uri=f"{out}/raw/{name}.npy" if raw_wanted else None,
                target_label=settings.label(row["target_class"]),
                predicted_label=settings.label(row["predicted_class"]), regions=None)
-    copies = {new["mask_uri"]: row["mask_uri"], new["overlay_uri"]: row["overlay_uri"]}
-    if settings.write_raw:
-        copies[new["raw_uri"]] = row["raw_uri"]
+    if ref.record is not None:  # TFRecord: the label is the record's, not the previous row's
+        new.update(true_class=ref.record.true_class, true_label=ref.record.true_label)
+    copies = {new[column]: row[column] for column in ("mask_uri", "overlay_uri", "raw_uri")
+              if new[column]}
     if boxes is not None:  # as SummarizeFn: boxes in original pixels mapped to model input
         geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
         new["regions"] = masks.region_masses(
@@ -179,10 +187,9 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
     is gone the image is sent to COMPUTE instead; other storage errors propagate so the
     runner retries the bundle (publishing is idempotent)."""
 
-    def __init__(self, settings: Settings, regions: Regions | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.progress_folder = settings.progress_folder
-        self.regions = regions or {}
         self.reused = Metrics.counter(NAMESPACE, "reused")
         self.reused_rows = Metrics.counter(NAMESPACE, "reused_rows")
         self.copied = Metrics.counter(NAMESPACE, "files_copied")
@@ -190,9 +197,10 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
 
     def process(self, element):
         ref, rows = element
-        boxes = self.regions.get(region_key(ref.uri))
-        keys = ("mask_uri", "overlay_uri") + (
-            ("raw_uri",) if self.settings.write_raw or boxes is not None else ())
+        boxes = ref.boxes
+        s = self.settings
+        keys = tuple(COLUMN_OF[a] for a in s.artifacts if a != "raw") + (
+            ("raw_uri",) if s.write_raw or "raw" in s.artifacts or boxes is not None else ())
         sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
         try:
             contents = {path: read_bytes(path) for path in sources}
@@ -200,7 +208,7 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
             if all(FileSystems.exists(path) for path in sources):
                 raise  # a storage error, not a missing file: let the runner retry
             self.missing.inc()
-            yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+            yield beam.pvalue.TaggedOutput(COMPUTE, ref)
             return
         try:
             rows_out, copies = [], {}
@@ -212,7 +220,7 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
                 copies.update(files)
         except Exception:  # noqa: BLE001 - e.g. an unreadable raw file: compute it afresh
             self.missing.inc()
-            yield beam.pvalue.TaggedOutput(COMPUTE, ref.uri)
+            yield beam.pvalue.TaggedOutput(COMPUTE, ref)
             return
         for target, source in copies.items():
             publish(target, contents[source])
@@ -225,21 +233,42 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
 
 class ReadWithReuse(beam.PTransform):
     """pattern -> {"images": DecodedImage to attribute, "reused": summary rows copied
-    forward, "errors": read/decode dead letters}."""
+    forward, "errors": read/decode dead letters, "regions": the regions to join in
+    Summarize (``regions`` and, with ``records``, the boxes of the records)}.
+
+    ``records``: TFRecord input (transforms/tfrecord.py): records are hashed by their image
+    bytes, and the ones to compute carry their bytes through the join."""
 
     def __init__(self, pattern: str, settings: Settings, reuse_from: str,
-                 regions: Regions | None = None):
+                 regions=None, records=None):
         super().__init__()
         self.pattern, self.settings, self.regions = pattern, settings, regions
         self.reuse_from = reuse_from.rstrip("/")
+        self.records = records
 
     def expand(self, pbegin):
-        s = self.settings
-        hashed = (pbegin
-                  | "Match" >> fileio.MatchFiles(self.pattern)
-                  | "Reshuffle" >> beam.Reshuffle()
-                  | "Hash" >> beam.ParDo(HashFn(s.progress_folder)).with_outputs(
-                    ERRORS, main="hashes"))
+        from transforms import tfrecord
+        s, regions = self.settings, self.regions
+        if self.records is None:
+            hashed = (pbegin
+                      | "Match" >> fileio.MatchFiles(self.pattern)
+                      | "Reshuffle" >> beam.Reshuffle()
+                      | "Hash" >> beam.ParDo(HashFn(s.progress_folder)).with_outputs(
+                        ERRORS, main="hashes"))
+        else:
+            hashed = (tfrecord.shard_paths(pbegin, self.pattern)
+                      | "Hash" >> beam.ParDo(tfrecord.HashRecordsFn(self.records))
+                      .with_outputs(ERRORS, tfrecord.REGIONS, main="hashes"))
+            if self.records.regions_from_record:
+                found = hashed[tfrecord.REGIONS]
+                regions = found if regions is None else (
+                    (regions, found) | "CollectRegions" >> beam.Flatten())
+        hashes = hashed.hashes
+        if regions is not None:  # each ref carries its boxes through the content join
+            hashes = (join_boxes(hashes | "KeyByUri" >> beam.Map(
+                          lambda pair: (region_key(pair[1].uri), pair)), regions)
+                      | "WithBoxes" >> beam.Map(lambda joined: (joined[0][0], replace(
+                          joined[0][1], boxes=tuple(joined[1]) if joined[1] else None))))
         if has_summaries(self.reuse_from):
             previous = pbegin | "ReadPrevious" >> beam.io.ReadFromParquet(
                 f"{self.reuse_from}/summaries/*.parquet")
@@ -247,18 +276,25 @@ class ReadWithReuse(beam.PTransform):
             previous = pbegin | "ReadPrevious" >> beam.Create([])
         keyed = previous | "KeyPrevious" >> beam.FlatMap(
             key_reusable, s.model_fingerprint, s.settings_hash)
-        split = ({PREVIOUS: keyed, CURRENT: hashed.hashes}
+        split = ({PREVIOUS: keyed, CURRENT: hashes}
                  | "JoinByContent" >> beam.CoGroupByKey()
-                 | "Split" >> beam.ParDo(SplitFn(s, self.regions)).with_outputs(
+                 | "Split" >> beam.ParDo(SplitFn(s)).with_outputs(
                      COMPUTE, main="reuse"))
         copied = split.reuse | "CopyForward" >> beam.ParDo(
-            CopyForwardFn(s, self.regions)).with_outputs(COMPUTE, main="rows")
-        decoded = ((split[COMPUTE], copied[COMPUTE])
-                   | "ToCompute" >> beam.Flatten()
-                   | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
-                                                     count_matched=False,
-                                                     progress_folder=s.progress_folder,
-                                                     channels=s.channels))
-                   .with_outputs(ERRORS, main="images"))
+            CopyForwardFn(s)).with_outputs(COMPUTE, main="rows")
+        compute = (split[COMPUTE], copied[COMPUTE]) | "ToCompute" >> beam.Flatten()
+        if self.records is None:
+            decoded = (compute
+                       | "Uris" >> beam.Map(lambda ref: ref.uri)
+                       | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
+                                                         count_matched=False,
+                                                         progress_folder=s.progress_folder,
+                                                         channels=s.channels))
+                       .with_outputs(ERRORS, main="images"))
+        else:
+            decoded = compute | "Decode" >> beam.ParDo(tfrecord.DecodeRecordFn(
+                self.records, s.image_size, s.max_pixels, s.channels)).with_outputs(
+                    ERRORS, main="images")
         errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
-        return {"images": decoded.images, "reused": copied.rows, "errors": errors}
+        return {"images": decoded.images, "reused": copied.rows, "errors": errors,
+                "regions": regions}

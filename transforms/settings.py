@@ -32,6 +32,7 @@ class Settings:
     clip_percentile: float = 99.0
     jit_compile: bool = False
     labels: tuple[str, ...] = field(default=(), repr=False)
+    artifacts: tuple[str, ...] = ("masks", "overlays")  # --artifacts: per-image files
     progress_folder: str | None = None  # local runners: where finished images are tallied
     preprocess: str = "none"  # --preprocess: part of the explained function
     channels: int = 3  # the model's input channels (1: grayscale), from its signature

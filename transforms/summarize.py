@@ -11,7 +11,7 @@ from attribution import masks
 from attribution.images import pad_geometry
 from transforms.files import publish
 from transforms.records import ERRORS, NAMESPACE, error_row
-from transforms.regions import Regions, region_key
+from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
 from transforms.write import STATISTICS
 
@@ -22,19 +22,21 @@ def artifact_name(image_id: str, target: int, rank: int) -> str:
 
 
 class SummarizeFn(beam.DoFn):
-    """(DecodedImage, [Attribution]) -> one row per target; files written first."""
+    """(DecodedImage, [Attribution]) or ((DecodedImage, [Attribution]), boxes) after the
+    regions join -> one row per target; files written first."""
 
-    def __init__(self, settings: Settings, regions: Regions | None = None):
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.regions = regions or {}
         self.written = Metrics.counter(NAMESPACE, "files_written")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, element):
-        image, results = element
+        joined = isinstance(element[0], tuple)  # after the regions join
+        (image, results), boxes = element if joined else (element, None)
         files: dict[str, bytes] = {}
         try:
-            rows = [self._summarize(image, r, rank, files) for rank, r in enumerate(results)]
+            rows = [self._summarize(image, r, rank, files, boxes)
+                    for rank, r in enumerate(results)]
         except Exception as e:  # noqa: BLE001 - an image that cannot be drawn is a dead letter
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "write", e))
@@ -46,22 +48,25 @@ class SummarizeFn(beam.DoFn):
         self.written.inc(len(files))
         yield from rows
 
-    def _summarize(self, image, result, rank, files):
+    def _summarize(self, image, result, rank, files, boxes=None):
         s = self.settings
         out = s.output_dir.rstrip("/")
         name = artifact_name(image.image_id, result.target, rank)
         a = result.attributions
-        mask_uri, overlay_uri = f"{out}/masks/{name}.png", f"{out}/overlays/{name}.png"
-        files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
-        files[overlay_uri] = masks.overlay_png(image.image, a, clip_percentile=s.clip_percentile)
-        raw_uri = None
-        if s.write_raw:
+        mask_uri = overlay_uri = raw_uri = None
+        if "masks" in s.artifacts:  # --artifacts: which per-image files to write
+            mask_uri = f"{out}/masks/{name}.png"
+            files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
+        if "overlays" in s.artifacts:
+            overlay_uri = f"{out}/overlays/{name}.png"
+            files[overlay_uri] = masks.overlay_png(image.image, a,
+                                                   clip_percentile=s.clip_percentile)
+        if s.write_raw or "raw" in s.artifacts:
             raw_uri = f"{out}/raw/{name}.npy"
             buffer = io.BytesIO()
             np.save(buffer, a.astype(np.float32))
             files[raw_uri] = buffer.getvalue()
         stats = masks.attribution_statistics(a)
-        boxes = self.regions.get(region_key(image.uri))
         regions = None
         if boxes is not None:
             geometry = pad_geometry((image.height, image.width), a.shape[:2])
@@ -93,16 +98,26 @@ class SummarizeFn(beam.DoFn):
             "path_alphas": result.path_alphas.tolist(),
             "path_scores": result.path_scores.tolist(),
             "regions": regions,
+            "true_class": getattr(image, "true_class", None),
+            "true_label": getattr(image, "true_label", None),
         }
 
 
 class Summarize(beam.PTransform):
-    """(DecodedImage, [Attribution]) -> (summary rows, errors)."""
+    """(DecodedImage, [Attribution]) -> (summary rows, errors).
 
-    def __init__(self, settings: Settings, regions: Regions | None = None):
+    ``regions``: a PCollection of (region key, (index, name, box)) (transforms/regions.py),
+    joined with the images by normalised uri in the graph, so the job graph stays the same
+    size whatever the number of boxes."""
+
+    def __init__(self, settings: Settings, regions=None):
         super().__init__()
         self.settings, self.regions = settings, regions
 
     def expand(self, attributed):
+        if self.regions is not None:
+            keyed = attributed | "KeyByUri" >> beam.Map(
+                lambda element: (region_key(element[0].uri), element))
+            attributed = join_boxes(keyed, self.regions)
         return attributed | "Summarize" >> beam.ParDo(
-            SummarizeFn(self.settings, self.regions)).with_outputs(ERRORS, main="rows")
+            SummarizeFn(self.settings)).with_outputs(ERRORS, main="rows")

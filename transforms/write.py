@@ -28,6 +28,7 @@ SUMMARY_SCHEMA = pa.schema([
     ("regions", pa.list_(pa.struct([("name", pa.string()), ("mass_fraction", pa.float64()),
                                     ("area_fraction", pa.float64()),
                                     ("pointing_hit", pa.bool_())]))),
+    ("true_class", pa.int32()), ("true_label", pa.string()),  # TFRecord --label_key
 ])
 
 ERROR_SCHEMA = pa.schema([
