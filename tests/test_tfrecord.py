@@ -218,3 +218,34 @@ def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
     for label in ("ReadImages/Reshuffle", "ReadImages/ReadShards", "Summarize/JoinRegions",
                   "Attribute/IntegratedGradients"):
         assert label in names, label
+
+
+def test_the_report_shows_predicted_against_true_class(tiny_model, shards, tmp_path):
+    from pipeline.report.confusion import confusion_section
+    from pipeline.report.read import read_run
+
+    folder, _, _, _ = shards
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nboat\n")
+    out = tmp_path / "out"
+    argv = ["--input_pattern", f"{folder}/*.tfrecord*", "--output_dir", str(out), "--model",
+            tiny_model, "--label_key", "image/class/label", "--labels", str(labels), *FAST]
+    assert job.main([a for a in argv if a != "--no_report"]) == 0
+    rows = read(out, "summaries")
+    wrong = [r for r in rows if r["true_label"] != r["predicted_label"]]
+    data = confusion_section(read_run(str(out)))
+    assert data["images"] == len(rows) == 5 and data["mistakes_count"] == len(wrong)
+    assert sum(n for _, n, _ in data["rows"]) == 5
+    counted = {(true, predicted): cell["n"] for true, _, cells in data["rows"]
+               for predicted, cell in zip(data["columns"], cells) if cell}
+    for r in rows:
+        assert counted[(r["true_label"], r["predicted_label"])] >= 1
+    assert sorted(m[0] for m in data["mistakes"]) == sorted(r["image_uri"] for r in wrong)
+    scores = [m[3] for m in data["mistakes"]]
+    assert scores == sorted(scores, reverse=True)
+    page = (out / "report.html").read_text()
+    assert 'id="confusion"' in page and "Predicted vs true class" in page
+    # a run without true classes says so instead of an empty table
+    plain = tmp_path / "plain"
+    assert job.main([*argv[:3], str(plain), *argv[4:6], *FAST]) == 0
+    assert confusion_section(read_run(str(plain))) == {"images": 0}

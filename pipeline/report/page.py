@@ -358,3 +358,6 @@ def write_report(output_dir: str) -> str:
     path = f"{run.output_dir}/{REPORT_NAME}"
     publish(path, render(run).encode("utf-8"))
     return path
+
+
+from pipeline.report import confusion  # noqa: E402, F401 - registers its section (issue 14)
