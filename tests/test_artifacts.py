@@ -1,4 +1,5 @@
 """--artifacts selects the per-image files; with none the rows and the report still work."""
+
 import json
 import os
 
@@ -20,8 +21,9 @@ def test_no_artifacts_then_a_rerun_that_wants_them(tiny_model, mixed_folder, tmp
     assert job.main([*common, "--output_dir", str(none), "--artifacts", "none"]) == 0
     rows = read(none)
     assert len(rows) == len(names - bad)
-    assert all(r["mask_uri"] is None and r["overlay_uri"] is None and r["raw_uri"] is None
-               for r in rows)
+    assert all(
+        r["mask_uri"] is None and r["overlay_uri"] is None and r["raw_uri"] is None for r in rows
+    )
     assert not {"masks", "overlays", "raw"} & set(os.listdir(none))
     report = (none / "report.html").read_text()
     assert "no file recorded" in report  # examples drawn from the rows, pictures marked missing
@@ -35,5 +37,6 @@ def test_no_artifacts_then_a_rerun_that_wants_them(tiny_model, mixed_folder, tmp
     assert job.main([*common, "--output_dir", str(again), "--reuse_from", str(none)]) == 0
     manifest = json.loads((again / "manifest.json").read_text())
     assert manifest["counts"]["reused"] == 0 and manifest["complete"]
-    assert all(os.path.exists(r["mask_uri"]) and os.path.exists(r["overlay_uri"])
-               for r in read(again))
+    assert all(
+        os.path.exists(r["mask_uri"]) and os.path.exists(r["overlay_uri"]) for r in read(again)
+    )

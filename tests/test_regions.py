@@ -1,5 +1,6 @@
 """Regions reach Summarize as a keyed join in the graph: the job graph does not grow with the
 number of boxes, and the rows are the ones the in-memory lookup (load_regions) gives."""
+
 import os
 
 import numpy as np
@@ -20,25 +21,31 @@ def read(out, folder):
 
 def test_rows_stream_in_file_order_with_their_index(tmp_path):
     path = tmp_path / "r.csv"
-    path.write_text("image,region,x0,y0,x1,y1\na.png,left,0,0,5,5\n/abs/b.png,x,1,1,2,2\n"
-                    "a.png,right,5,0,9,5\n")
+    path.write_text(
+        "image,region,x0,y0,x1,y1\na.png,left,0,0,5,5\n/abs/b.png,x,1,1,2,2\na.png,right,5,0,9,5\n"
+    )
     rows = list(region_rows(str(path), f"{tmp_path}/img/*.png", batch_rows=1))
-    assert rows == [(region_key(f"{tmp_path}/img/a.png"), (1, "left", (0.0, 0.0, 5.0, 5.0))),
-                    ("/abs/b.png", (2, "x", (1.0, 1.0, 2.0, 2.0))),
-                    (region_key(f"{tmp_path}/img/a.png"), (3, "right", (5.0, 0.0, 9.0, 5.0)))]
+    assert rows == [
+        (region_key(f"{tmp_path}/img/a.png"), (1, "left", (0.0, 0.0, 5.0, 5.0))),
+        ("/abs/b.png", (2, "x", (1.0, 1.0, 2.0, 2.0))),
+        (region_key(f"{tmp_path}/img/a.png"), (3, "right", (5.0, 0.0, 9.0, 5.0))),
+    ]
     assert check_regions(str(path), f"{tmp_path}/img/*.png") == 3
 
 
 def test_regions_joined_in_the_graph_give_the_rows_of_the_in_memory_lookup(
-        tiny_model, mixed_folder, tmp_path):
+    tiny_model, mixed_folder, tmp_path
+):
     folder, names, bad = mixed_folder
     regions = tmp_path / "regions.csv"
     # relative and absolute names, several boxes per image in a chosen order, a box on a
     # broken file and one on a file that is not matched: all as the old dict lookup did
-    regions.write_text("image,region,x0,y0,x1,y1\nrgb.png,right,16,0,32,24\n"
-                       f"{folder}/photo.jpg,all,0,0,32,24\nrgb.png,left,0,0,16,24\n"
-                       "truncated.jpg,x,0,0,4,4\nnot-there.png,y,0,0,4,4\n"
-                       "rgb.png,centre,8,6,24,18\n")
+    regions.write_text(
+        "image,region,x0,y0,x1,y1\nrgb.png,right,16,0,32,24\n"
+        f"{folder}/photo.jpg,all,0,0,32,24\nrgb.png,left,0,0,16,24\n"
+        "truncated.jpg,x,0,0,4,4\nnot-there.png,y,0,0,4,4\n"
+        "rgb.png,centre,8,6,24,18\n"
+    )
     out, plain = tmp_path / "out", tmp_path / "plain"
     common = ["--input_pattern", f"{folder}/*", "--model", tiny_model, "--write_raw", *FAST]
     assert job.main([*common, "--output_dir", str(out), "--regions", str(regions)]) == 0
@@ -56,14 +63,16 @@ def test_regions_joined_in_the_graph_give_the_rows_of_the_in_memory_lookup(
             raw = np.load(row["raw_uri"])
             geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
             expected = masks.region_masses(
-                raw, [(name, geometry.box_to_model(box)) for name, box in boxes])
+                raw, [(name, geometry.box_to_model(box)) for name, box in boxes]
+            )
             assert row["regions"] == expected  # same values, in file order
         other = before[row["image_uri"]]
         for column in ("target_class", "attribution_sum", "completeness_error", "grid"):
             assert row[column] == other[column], column
     assert with_regions == 2
-    names_rgb = [r["name"] for r in next(x for x in rows if x["image_uri"].endswith("/rgb.png"))
-                 ["regions"]]
+    names_rgb = [
+        r["name"] for r in next(x for x in rows if x["image_uri"].endswith("/rgb.png"))["regions"]
+    ]
     assert names_rgb == ["right", "left", "centre"]
 
 
@@ -72,16 +81,37 @@ def test_a_million_boxes_do_not_travel_in_the_job_graph(tiny_model, mixed_folder
     n = 1_000_000
     rng = np.random.default_rng(0)
     x0 = rng.integers(0, 16, n).astype(np.float64)
-    table = pa.table({"image": [f"image-{i % 50_000}.png" for i in range(n)],
-                      "region": ["object"] * n, "x0": x0, "y0": x0, "x1": x0 + 8,
-                      "y1": x0 + 8})
+    table = pa.table(
+        {
+            "image": [f"image-{i % 50_000}.png" for i in range(n)],
+            "region": ["object"] * n,
+            "x0": x0,
+            "y0": x0,
+            "x1": x0 + 8,
+            "y1": x0 + 8,
+        }
+    )
     path = tmp_path / "boxes.parquet"
     pq.write_table(table, path)
     assert os.path.getsize(path) > 1_000_000
-    argv = ["--input_pattern", f"{folder}/*", "--output_dir", "gs://no-such-bucket/ig/out",
-            "--model", tiny_model, "--runner", "DataflowRunner", "--dry_run", "True",
-            "--project", "example-project", "--region", "us-central1",
-            "--temp_location", "gs://no-such-bucket/tmp"]
+    argv = [
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        "gs://no-such-bucket/ig/out",
+        "--model",
+        tiny_model,
+        "--runner",
+        "DataflowRunner",
+        "--dry_run",
+        "True",
+        "--project",
+        "example-project",
+        "--region",
+        "us-central1",
+        "--temp_location",
+        "gs://no-such-bucket/tmp",
+    ]
     result = job.run([*argv, "--regions", str(path)])
     size = len(result.job.proto_pipeline.SerializeToString())
     names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}

@@ -1,5 +1,6 @@
 """TFRecord input: records written with tf.io.TFRecordWriter from real photos, read back
 streamed, and run end to end through `python -m pipeline`."""
+
 import io
 import json
 import os
@@ -39,8 +40,12 @@ def example(**features):
         if isinstance(values[0], float):
             return tf.train.Feature(float_list=tf.train.FloatList(value=values))
         return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
-    return tf.train.Example(features=tf.train.Features(feature={
-        k.replace("__", "/"): feature(v) for k, v in features.items()})).SerializeToString()
+
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={k.replace("__", "/"): feature(v) for k, v in features.items()}
+        )
+    ).SerializeToString()
 
 
 def write(path, records):
@@ -57,23 +62,34 @@ def shards(tmp_path_factory):
     folder = tmp_path_factory.mktemp("records")
     jpeg, png = encoded(photos.astronaut(), "JPEG"), encoded(photos.coffee(), "PNG")
     gray = encoded(photos.camera(), "JPEG")
-    a = write(folder / "a.tfrecord-00000-of-00002", [
-        example(image__encoded=jpeg, image__class__label=1, image__id=b"astronaut",
-                image__object__bbox__xmin=[0.0, 0.5], image__object__bbox__ymin=[0.0, 0.0],
-                image__object__bbox__xmax=[0.5, 1.0], image__object__bbox__ymax=[1.0, 1.0],
-                image__object__class__text=[b"left", b"right"]),
-        example(image__encoded=png, image__class__label=2, image__id=b"coffee"),
-        example(image__class__label=0, image__id=b"no image"),
-        example(image__encoded=gray, image__class__label=0, image__id=b"camera"),
-    ])
-    b = write(folder / "b.tfrecord-00001-of-00002", [
-        example(image__encoded=encoded(photos.chelsea(), "PNG"), image__class__label=1),
-        example(image__encoded=encoded(photos.rocket(), "JPEG"), image__class__label=2),
-        example(image__encoded=encoded(photos.astronaut()[::-1], "PNG"),
-                image__class__label=0),
-    ])
+    a = write(
+        folder / "a.tfrecord-00000-of-00002",
+        [
+            example(
+                image__encoded=jpeg,
+                image__class__label=1,
+                image__id=b"astronaut",
+                image__object__bbox__xmin=[0.0, 0.5],
+                image__object__bbox__ymin=[0.0, 0.0],
+                image__object__bbox__xmax=[0.5, 1.0],
+                image__object__bbox__ymax=[1.0, 1.0],
+                image__object__class__text=[b"left", b"right"],
+            ),
+            example(image__encoded=png, image__class__label=2, image__id=b"coffee"),
+            example(image__class__label=0, image__id=b"no image"),
+            example(image__encoded=gray, image__class__label=0, image__id=b"camera"),
+        ],
+    )
+    b = write(
+        folder / "b.tfrecord-00001-of-00002",
+        [
+            example(image__encoded=encoded(photos.chelsea(), "PNG"), image__class__label=1),
+            example(image__encoded=encoded(photos.rocket(), "JPEG"), image__class__label=2),
+            example(image__encoded=encoded(photos.astronaut()[::-1], "PNG"), image__class__label=0),
+        ],
+    )
     data = Path(b).read_bytes()
-    Path(b).write_bytes(data[:len(data) - 100])  # cut inside the last record
+    Path(b).write_bytes(data[: len(data) - 100])  # cut inside the last record
     return folder, a, b, {"jpeg": jpeg, "png": png}
 
 
@@ -82,8 +98,10 @@ def test_frames_round_trip_and_a_truncated_shard_ends_with_an_error(shards):
     with open(a, "rb") as f:
         frames = list(read_frames(f))
     assert len(frames) == 4
-    assert tf.train.Example.FromString(frames[0]).features.feature[
-        "image/encoded"].bytes_list.value[0] == raw["jpeg"]
+    assert (
+        tf.train.Example.FromString(frames[0]).features.feature["image/encoded"].bytes_list.value[0]
+        == raw["jpeg"]
+    )
     records = list(read_shard(b, RecordKeys()))
     assert [i for i, _ in records] == [0, 1, 2]
     assert all(isinstance(r, Record) for _, r in records[:2])
@@ -106,8 +124,12 @@ def test_parse_keys_labels_and_boxes(shards):
     _, a, _, raw = shards
     with open(a, "rb") as f:
         first = next(read_frames(f))
-    keys = RecordKeys(id_key="image/id", label_key="image/class/label",
-                      regions_from_record=True, labels=("cat", "dog", "boat"))
+    keys = RecordKeys(
+        id_key="image/id",
+        label_key="image/class/label",
+        regions_from_record=True,
+        labels=("cat", "dog", "boat"),
+    )
     record = parse_record(first, "default", keys)
     assert record.uri == "astronaut" and record.data == raw["jpeg"]
     assert (record.true_class, record.true_label) == (1, "dog")
@@ -126,9 +148,25 @@ def test_pipeline_over_shards_accounts_every_record(tiny_model, shards, tmp_path
     labels.write_text("cat\ndog\nboat\n")
     out = tmp_path / "out"
     # the pattern ends in .tfrecord*: TFRecord input is chosen without --input_format
-    assert job.main(["--input_pattern", f"{folder}/*.tfrecord*", "--output_dir", str(out),
-                     "--model", tiny_model, "--label_key", "image/class/label",
-                     "--labels", str(labels), "--regions_from_record", *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*.tfrecord*",
+                "--output_dir",
+                str(out),
+                "--model",
+                tiny_model,
+                "--label_key",
+                "image/class/label",
+                "--labels",
+                str(labels),
+                "--regions_from_record",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     summaries = {r["image_uri"]: r for r in read(out, "summaries")}
     errors = {r["image_uri"]: r for r in read(out, "errors")}
     assert set(summaries) == {f"{a}#0", f"{a}#1", f"{a}#3", f"{b}#0", f"{b}#1"}
@@ -154,9 +192,26 @@ def test_pipeline_over_shards_accounts_every_record(tiny_model, shards, tmp_path
 def test_id_key_names_the_rows(tiny_model, shards, tmp_path):
     _, a, _, _ = shards
     out = tmp_path / "out"
-    assert job.main(["--input_pattern", a, "--input_format", "tfrecord", "--output_dir",
-                     str(out), "--model", tiny_model, "--id_key", "image/id",
-                     "--artifacts", "none", *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                a,
+                "--input_format",
+                "tfrecord",
+                "--output_dir",
+                str(out),
+                "--model",
+                tiny_model,
+                "--id_key",
+                "image/id",
+                "--artifacts",
+                "none",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     summaries = read(out, "summaries")
     assert sorted(r["image_uri"] for r in summaries) == ["astronaut", "camera", "coffee"]
     assert all(r["mask_uri"] is None and r["overlay_uri"] is None for r in summaries)
@@ -164,21 +219,42 @@ def test_id_key_names_the_rows(tiny_model, shards, tmp_path):
     assert [r["image_uri"] for r in read(out, "errors")] == ["no image"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--id_key", "image/id"], "--id_key is for TFRecord input"),
-    (["--regions_from_record"], "--regions_from_record is for TFRecord input"),
-    (["--artifacts", "masks,gifs"], "--artifacts: unknown ['gifs']"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--id_key", "image/id"], "--id_key is for TFRecord input"),
+        (["--regions_from_record"], "--regions_from_record is for TFRecord input"),
+        (["--artifacts", "masks,gifs"], "--artifacts: unknown ['gifs']"),
+    ],
+)
 def test_tfrecord_options_are_refused_before_work(tiny_model, tmp_path, capsys, argv, message):
-    code = job.main(["--input_pattern", f"{tmp_path}/*.png", "--output_dir",
-                     str(tmp_path / "out"), "--model", tiny_model, *argv])
+    code = job.main(
+        [
+            "--input_pattern",
+            f"{tmp_path}/*.png",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--model",
+            tiny_model,
+            *argv,
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err
 
 
 def test_reuse_from_works_by_content_hash_for_records(tiny_model, shards, tmp_path):
     folder, a, b, raw = shards
-    common = ["--input_pattern", f"{folder}/*.tfrecord*", "--model", tiny_model,
-              "--label_key", "image/class/label", "--regions_from_record", "--write_raw", *FAST]
+    common = [
+        "--input_pattern",
+        f"{folder}/*.tfrecord*",
+        "--model",
+        tiny_model,
+        "--label_key",
+        "image/class/label",
+        "--regions_from_record",
+        "--write_raw",
+        *FAST,
+    ]
     first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
     assert job.main([*common, "--output_dir", str(first)]) == 0
     assert job.main([*common, "--output_dir", str(second), "--reuse_from", str(first)]) == 0
@@ -187,20 +263,39 @@ def test_reuse_from_works_by_content_hash_for_records(tiny_model, shards, tmp_pa
     assert (manifest["counts"]["reused"], manifest["counts"]["computed"]) == (5, 0)
     assert manifest["metrics"]["model_loads"] == 0
     key = lambda r: r["image_uri"]
-    before, after = sorted(read(first, "summaries"), key=key), sorted(
-        read(second, "summaries"), key=key)
+    before, after = (
+        sorted(read(first, "summaries"), key=key),
+        sorted(read(second, "summaries"), key=key),
+    )
     for x, y in zip(before, after):  # same rows, regions recomputed from the raw files
         assert {k: v for k, v in x.items() if not k.endswith("_uri")} == {
-            k: v for k, v in y.items() if not k.endswith("_uri")}
+            k: v for k, v in y.items() if not k.endswith("_uri")
+        }
     assert sorted(map(key, read(second, "errors"))) == [f"{a}#2", f"{b}#2"]
 
     # a new shard with one known image (renamed) and one new image: only the new one computed
     (tmp_path / "extra").mkdir()
-    extra = write(tmp_path / "extra" / "c.tfrecord", [
-        example(image__encoded=raw["png"], image__class__label=2),
-        example(image__encoded=encoded(photos.coffee()[:, ::-1], "PNG"))])
-    assert job.main([*common[:1], f"{os.path.dirname(extra)}/*.tfrecord", *common[2:],
-                     "--output_dir", str(third), "--reuse_from", str(second)]) == 0
+    extra = write(
+        tmp_path / "extra" / "c.tfrecord",
+        [
+            example(image__encoded=raw["png"], image__class__label=2),
+            example(image__encoded=encoded(photos.coffee()[:, ::-1], "PNG")),
+        ],
+    )
+    assert (
+        job.main(
+            [
+                *common[:1],
+                f"{os.path.dirname(extra)}/*.tfrecord",
+                *common[2:],
+                "--output_dir",
+                str(third),
+                "--reuse_from",
+                str(second),
+            ]
+        )
+        == 0
+    )
     manifest = json.loads((third / "manifest.json").read_text())
     assert (manifest["counts"]["reused"], manifest["counts"]["computed"]) == (1, 1)
     rows = {r["image_uri"]: r for r in read(third, "summaries")}
@@ -209,14 +304,34 @@ def test_reuse_from_works_by_content_hash_for_records(tiny_model, shards, tmp_pa
 
 def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
     folder, _, _, _ = shards
-    result = job.run(["--input_pattern", f"{folder}/*.tfrecord*", "--output_dir",
-                      "gs://no-such-bucket/ig/out", "--model", tiny_model,
-                      "--regions_from_record", "--runner", "DataflowRunner", "--dry_run", "True",
-                      "--project", "example-project", "--region", "us-central1",
-                      "--temp_location", "gs://no-such-bucket/tmp"])
+    result = job.run(
+        [
+            "--input_pattern",
+            f"{folder}/*.tfrecord*",
+            "--output_dir",
+            "gs://no-such-bucket/ig/out",
+            "--model",
+            tiny_model,
+            "--regions_from_record",
+            "--runner",
+            "DataflowRunner",
+            "--dry_run",
+            "True",
+            "--project",
+            "example-project",
+            "--region",
+            "us-central1",
+            "--temp_location",
+            "gs://no-such-bucket/tmp",
+        ]
+    )
     names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
-    for label in ("ReadImages/Reshuffle", "ReadImages/ReadShards", "Summarize/JoinRegions",
-                  "Attribute/IntegratedGradients"):
+    for label in (
+        "ReadImages/Reshuffle",
+        "ReadImages/ReadShards",
+        "Summarize/JoinRegions",
+        "Attribute/IntegratedGradients",
+    ):
         assert label in names, label
 
 
@@ -228,16 +343,31 @@ def test_the_report_shows_predicted_against_true_class(tiny_model, shards, tmp_p
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nboat\n")
     out = tmp_path / "out"
-    argv = ["--input_pattern", f"{folder}/*.tfrecord*", "--output_dir", str(out), "--model",
-            tiny_model, "--label_key", "image/class/label", "--labels", str(labels), *FAST]
+    argv = [
+        "--input_pattern",
+        f"{folder}/*.tfrecord*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        "--label_key",
+        "image/class/label",
+        "--labels",
+        str(labels),
+        *FAST,
+    ]
     assert job.main([a for a in argv if a != "--no_report"]) == 0
     rows = read(out, "summaries")
     wrong = [r for r in rows if r["true_label"] != r["predicted_label"]]
     data = confusion_section(read_run(str(out)))
     assert data["images"] == len(rows) == 5 and data["mistakes_count"] == len(wrong)
     assert sum(n for _, n, _ in data["rows"]) == 5
-    counted = {(true, predicted): cell["n"] for true, _, cells in data["rows"]
-               for predicted, cell in zip(data["columns"], cells) if cell}
+    counted = {
+        (true, predicted): cell["n"]
+        for true, _, cells in data["rows"]
+        for predicted, cell in zip(data["columns"], cells)
+        if cell
+    }
     for r in rows:
         assert counted[(r["true_label"], r["predicted_label"])] >= 1
     assert sorted(m[0] for m in data["mistakes"]) == sorted(r["image_uri"] for r in wrong)

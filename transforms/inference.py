@@ -25,6 +25,7 @@ Our own job (transforms/attribute.py) keeps its DoFn: it loads the model lazily 
 image that needs computing, so an unchanged incremental rerun (--reuse_from) never loads it,
 and it isolates the one image that breaks a batch instead of dead-lettering the batch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,61 +74,99 @@ class IntegratedGradientsModelHandler(ModelHandler[np.ndarray, list, Attribution
     Beam's ModelHandler.
     """
 
-    def __init__(self, model_uri: str, *, image_size: tuple[int, int] | None = None,
-                 model_output: str = "logits", output_key: str | None = None,
-                 preprocess: str = "none", score: str = "probability",
-                 target: str | int = "predicted", method: str = "gausslegendre",
-                 steps: int = 16, tolerance: float | None = 0.01, max_steps: int = 256,
-                 baseline: str = "black", seed: int = 0, batch_size: int = 32,
-                 share_model_across_processes: bool = False, **model_handler_kwargs):
+    def __init__(
+        self,
+        model_uri: str,
+        *,
+        image_size: tuple[int, int] | None = None,
+        model_output: str = "logits",
+        output_key: str | None = None,
+        preprocess: str = "none",
+        score: str = "probability",
+        target: str | int = "predicted",
+        method: str = "gausslegendre",
+        steps: int = 16,
+        tolerance: float | None = 0.01,
+        max_steps: int = 256,
+        baseline: str = "black",
+        seed: int = 0,
+        batch_size: int = 32,
+        share_model_across_processes: bool = False,
+        **model_handler_kwargs,
+    ):
         super().__init__(**model_handler_kwargs)
         self.targets = Targets.parse(target)  # refuse bad settings when the graph is built
-        for name, value, allowed in (("score", score, SCORES), ("method", method, METHODS),
-                                     ("baseline", baseline, BASELINES)):
+        for name, value, allowed in (
+            ("score", score, SCORES),
+            ("method", method, METHODS),
+            ("baseline", baseline, BASELINES),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if steps < 1 or batch_size < 1:
             raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
         self.model_uri = model_uri
-        self.load_args = {"image_size": image_size, "model_output": model_output,
-                          "output_key": output_key, "preprocess": preprocess}
-        self.engine_args = {"score": score, "method": method, "steps": steps,
-                            "tolerance": tolerance, "max_steps": max_steps,
-                            "batch_size": batch_size}
+        self.load_args = {
+            "image_size": image_size,
+            "model_output": model_output,
+            "output_key": output_key,
+            "preprocess": preprocess,
+        }
+        self.engine_args = {
+            "score": score,
+            "method": method,
+            "steps": steps,
+            "tolerance": tolerance,
+            "max_steps": max_steps,
+            "batch_size": batch_size,
+        }
         self.baseline, self.seed = baseline, seed
         if share_model_across_processes:
             self._share_across_processes = True
 
     def load_model(self) -> AttributionModel:
         from attribution.models import load_model
+
         model = load_model(self.model_uri, **self.load_args)
-        return AttributionModel(IntegratedGradients(
-            model.fn, image_size=model.image_size, model_output=model.output,
-            channels=model.channels, **self.engine_args))
+        return AttributionModel(
+            IntegratedGradients(
+                model.fn,
+                image_size=model.image_size,
+                model_output=model.output,
+                channels=model.channels,
+                **self.engine_args,
+            )
+        )
 
     def _request(self, index: int, image, shape) -> Request:
         image = np.asarray(image, np.float32)
         if image.ndim == 3 and image.shape[-1] == 3 and image.shape != tuple(shape):
             from attribution.images import model_input  # RGB of another size or gray model
+
             image = model_input(image, shape[:2], shape[2])
         key = hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
-        return Request(index, image, make_baseline(self.baseline, image, key=key,
-                                                   seed=self.seed))
+        return Request(index, image, make_baseline(self.baseline, image, key=key, seed=self.seed))
 
-    def run_inference(self, batch: Sequence[np.ndarray], model: AttributionModel,
-                      inference_args: dict[str, Any] | None = None
-                      ) -> Iterable[PredictionResult]:
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: AttributionModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
         shape = model.input_shape()
         requests = [self._request(i, image, shape) for i, image in enumerate(batch)]
         results = model.attribute(requests, self.targets)
         for i, image in enumerate(batch):
-            yield PredictionResult(image, [r for r in results if r.key == i],
-                                   model_id=self.model_uri)
+            yield PredictionResult(
+                image, [r for r in results if r.key == i], model_id=self.model_uri
+            )
 
     def validate_inference_args(self, inference_args: dict[str, Any] | None):
         if inference_args:
-            raise ValueError("IntegratedGradientsModelHandler takes no inference_args: pass "
-                             "the settings to its constructor")
+            raise ValueError(
+                "IntegratedGradientsModelHandler takes no inference_args: pass "
+                "the settings to its constructor"
+            )
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(np.asarray(image).nbytes for image in batch)

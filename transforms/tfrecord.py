@@ -16,6 +16,7 @@ A record without the image key, or whose image cannot be decoded, is an ``errors
 corrupt frame (bad checksum) or a truncated shard ends that shard: one ``errors`` row at
 ``<shard uri>#<index>`` says so; the records before it are attributed as usual.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,6 +51,7 @@ class CorruptRecord(Exception):
 
 def _masked_crc32c(data: bytes) -> int:
     import google_crc32c
+
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -78,6 +80,7 @@ def read_frames(stream):
 @dataclass(frozen=True)
 class RecordKeys:
     """Which features of a tf.train.Example mean what (the command line's options)."""
+
     image_key: str = "image/encoded"
     id_key: str | None = None
     label_key: str | None = None
@@ -88,6 +91,7 @@ class RecordKeys:
 @dataclass
 class Record:
     """One parsed Example: what the pipeline needs from it, image still encoded."""
+
     uri: str
     data: bytes | None
     true_class: int | None = None
@@ -120,39 +124,52 @@ def parse_record(payload: bytes, default_uri: str, keys: RecordKeys) -> Record:
                 record.true_class = keys.labels.index(record.true_label)
         else:
             record.true_class = int(value)
-            record.true_label = (keys.labels[record.true_class]
-                                 if 0 <= record.true_class < len(keys.labels)
-                                 else str(record.true_class))
+            record.true_label = (
+                keys.labels[record.true_class]
+                if 0 <= record.true_class < len(keys.labels)
+                else str(record.true_class)
+            )
     if keys.regions_from_record and all(k in features for k in BOX_KEYS):
         coords = [_values(features[k]) for k in BOX_KEYS]
-        names = [v.decode("utf-8", "replace") for v in _values(features[CLASS_TEXT])] if (
-            CLASS_TEXT in features) else []
+        names = (
+            [v.decode("utf-8", "replace") for v in _values(features[CLASS_TEXT])]
+            if (CLASS_TEXT in features)
+            else []
+        )
         if not names and CLASS_LABEL in features:
             names = [str(int(v)) for v in _values(features[CLASS_LABEL])]
-        record.boxes = [(names[i] if i < len(names) else f"box{i}", box)
-                        for i, box in enumerate(zip(*coords))]
+        record.boxes = [
+            (names[i] if i < len(names) else f"box{i}", box) for i, box in enumerate(zip(*coords))
+        ]
     return record
 
 
-def decode_record(record: Record, image_size, max_pixels: int, channels: int = 3
-                  ) -> DecodedImage:
+def decode_record(record: Record, image_size, max_pixels: int, channels: int = 3) -> DecodedImage:
     """Record -> DecodedImage at model size; ImageError / ValueError say why not."""
     if record.data is None:
         raise KeyError("the record has no image bytes under the image key")
     pixels = decode_image(record.data, max_pixels=max_pixels)
     height, width = pixels.shape[:2]
-    return DecodedImage(record.uri, image_id(record.uri), int(width), int(height),
-                        hashlib.sha256(record.data).hexdigest(),
-                        model_input(pixels, image_size, channels),
-                        true_class=record.true_class, true_label=record.true_label)
+    return DecodedImage(
+        record.uri,
+        image_id(record.uri),
+        int(width),
+        int(height),
+        hashlib.sha256(record.data).hexdigest(),
+        model_input(pixels, image_size, channels),
+        true_class=record.true_class,
+        true_label=record.true_label,
+    )
 
 
 def record_regions(record: Record, width: int, height: int):
     """(region key, (index, name, box in original pixels)) for each box of a record, as
     transforms/regions.py's rows."""
     for index, (name, (x0, y0, x1, y1)) in enumerate(record.boxes or ()):
-        yield region_key(record.uri), (index, name,
-                                       (x0 * width, y0 * height, x1 * width, y1 * height))
+        yield (
+            region_key(record.uri),
+            (index, name, (x0 * width, y0 * height, x1 * width, y1 * height)),
+        )
 
 
 def read_shard(uri: str, keys: RecordKeys):
@@ -183,18 +200,27 @@ def read_shard(uri: str, keys: RecordKeys):
 
 
 def corrupt_row(uri: str, index: int, error: CorruptRecord) -> dict:
-    return error_row(f"{uri}#{index}", "read",
-                     f"{error}; record {index} and any after it in {uri} are not read",
-                     "CorruptRecord")
+    return error_row(
+        f"{uri}#{index}",
+        "read",
+        f"{error}; record {index} and any after it in {uri} are not read",
+        "CorruptRecord",
+    )
 
 
 def missing_image_row(record: Record, keys: RecordKeys) -> dict:
-    return error_row(record.uri, "read", f"no {keys.image_key!r} feature in the record (set "
-                     f"--image_key to the feature holding the encoded image)", "MissingImageKey")
+    return error_row(
+        record.uri,
+        "read",
+        f"no {keys.image_key!r} feature in the record (set "
+        f"--image_key to the feature holding the encoded image)",
+        "MissingImageKey",
+    )
 
 
-def decode_or_error(record: Record, keys: RecordKeys, image_size, max_pixels: int,
-                    channels: int = 3):
+def decode_or_error(
+    record: Record, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3
+):
     """(DecodedImage, None) or (None, an `errors` row)."""
     if record.data is None:
         return None, missing_image_row(record, keys)
@@ -238,8 +264,9 @@ class ReadShardFn(_ShardFn):
             if not isinstance(record, Record):
                 yield record
                 continue
-            image, error = decode_or_error(record, self.keys, self.image_size, self.max_pixels,
-                                           self.channels)
+            image, error = decode_or_error(
+                record, self.keys, self.image_size, self.max_pixels, self.channels
+            )
             if error is not None:
                 self.failed.inc()
                 yield beam.pvalue.TaggedOutput(ERRORS, error)
@@ -253,6 +280,7 @@ def header_size(data: bytes) -> tuple[int, int]:
     """(width, height) as decode_image will return them, from the header alone (EXIF
     orientations 5-8 swap the sides)."""
     from PIL import Image
+
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         if image.getexif().get(0x0112) in (5, 6, 7, 8):
@@ -266,6 +294,7 @@ class HashRecordsFn(_ShardFn):
 
     def process(self, uri):
         from transforms.reuse import ImageRef
+
         for record in self.records(uri):
             if not isinstance(record, Record):
                 yield record
@@ -295,8 +324,9 @@ class DecodeRecordFn(beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, ref):
-        image, error = decode_or_error(ref.record, self.keys, self.image_size, self.max_pixels,
-                                       self.channels)
+        image, error = decode_or_error(
+            ref.record, self.keys, self.image_size, self.max_pixels, self.channels
+        )
         if error is None:
             yield image
             return
@@ -306,25 +336,27 @@ class DecodeRecordFn(beam.DoFn):
 
 def shard_paths(pbegin, pattern: str):
     """The shards of a pattern, one per element, spread over workers."""
-    return (pbegin
-            | "Match" >> fileio.MatchFiles(pattern)
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-            | "Reshuffle" >> beam.Reshuffle())
+    return (
+        pbegin
+        | "Match" >> fileio.MatchFiles(pattern)
+        | "Paths" >> beam.Map(lambda metadata: metadata.path)
+        | "Reshuffle" >> beam.Reshuffle()
+    )
 
 
 class ReadRecords(beam.PTransform):
     """shard pattern -> {"images": DecodedImage, "errors": rows,
     "regions": (key, (index, name, box))}."""
 
-    def __init__(self, pattern: str, keys: RecordKeys, image_size, max_pixels: int,
-                 channels: int = 3):
+    def __init__(
+        self, pattern: str, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3
+    ):
         super().__init__()
         self.pattern, self.keys = pattern, keys
         self.image_size, self.max_pixels, self.channels = image_size, max_pixels, channels
 
     def expand(self, pbegin):
-        read = (shard_paths(pbegin, self.pattern)
-                | "ReadShards" >> beam.ParDo(ReadShardFn(self.keys, self.image_size,
-                                                         self.max_pixels, self.channels))
-                .with_outputs(ERRORS, REGIONS, main="images"))
+        read = shard_paths(pbegin, self.pattern) | "ReadShards" >> beam.ParDo(
+            ReadShardFn(self.keys, self.image_size, self.max_pixels, self.channels)
+        ).with_outputs(ERRORS, REGIONS, main="images")
         return {"images": read.images, "errors": read[ERRORS], "regions": read[REGIONS]}

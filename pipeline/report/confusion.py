@@ -17,8 +17,15 @@ from pipeline.report.read import BATCH_ROWS, MAX_CLASSES, TABLE_ROWS, Run
 from pipeline.report.templating import pct
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
 
-COLUMNS = ("image_uri", "target_rank", "true_class", "true_label", "predicted_label",
-           "predicted_score", "top5_share")
+COLUMNS = (
+    "image_uri",
+    "target_rank",
+    "true_class",
+    "true_label",
+    "predicted_label",
+    "predicted_score",
+    "top5_share",
+)
 
 
 def _true(row: dict) -> str | None:
@@ -65,8 +72,9 @@ def confusion_section(run: Run) -> dict:
         row = []
         for predicted in columns_shown:
             n, top5 = cells.get((true, predicted), (0, 0.0))
-            row.append(None if not n else {"n": n, "top5": f"{top5 / n:.3f}",
-                                           "wrong": true != predicted})
+            row.append(
+                None if not n else {"n": n, "top5": f"{top5 / n:.3f}", "wrong": true != predicted}
+            )
         table.append((true, by_true[true], row))
     mistakes.sort(key=lambda r: (-(r["predicted_score"] or 0.0), r["image_uri"]))
     return {
@@ -77,7 +85,9 @@ def confusion_section(run: Run) -> dict:
         "rows": table,
         "hidden_rows": len(by_true) - len(rows_shown),
         "hidden_columns": len(by_predicted) - len(columns_shown),
-        "mistakes": [[r["image_uri"], _true(r), r["predicted_label"], r["predicted_score"],
-                      r["top5_share"]] for r in mistakes[:TABLE_ROWS]],
+        "mistakes": [
+            [r["image_uri"], _true(r), r["predicted_label"], r["predicted_score"], r["top5_share"]]
+            for r in mistakes[:TABLE_ROWS]
+        ],
         "more": max(0, len(mistakes) - TABLE_ROWS),
     }
