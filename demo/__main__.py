@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                      "--input_pattern", os.path.join(data, "images", "*.png"),
                      "--output_dir", args.output_dir, "--model", str(saved_model),
                      "--labels", os.path.join(data, "labels.txt"),
-                     "--regions", os.path.join(data, "regions.csv"), *pipeline_args])
+                     "--regions", os.path.join(data, "regions.csv"),
+                     "--overwrite",  # the demo's folder is rewritten on every `make demo`
+                     *pipeline_args])
     if code != 0:
         return code
     findings = report.findings(report.read_run(args.output_dir))

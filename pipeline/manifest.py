@@ -8,7 +8,7 @@ import platform
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.files import publish, read_parquet
+from transforms.files import RunFolderError, publish, read_manifest, read_parquet
 from transforms.records import NAMESPACE
 
 
@@ -47,12 +47,17 @@ def versions() -> dict[str, str]:
 def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job_metrics: dict,
           started_at: str, finished_at: str, run_id: str | None = None,
           settings_hash: str | None = None, reuse_from: str | None = None,
-          previous: dict | None = None, records_read: int | None = None) -> dict:
+          previous: dict | None = None, records_read: int | None = None,
+          attributed_uris: list[str] | None = None,
+          failed_uris: list[str] | None = None) -> dict:
     """``previous``: the manifest found in ``reuse_from`` (--reuse_from), if any.
     ``records_read``: TFRecord input, where ``matched`` lists shards and the records (the
-    inputs to account for) are counted by the job."""
-    attributed_uris = read_column(output_dir, "summaries", "image_uri")
-    failed_uris = read_column(output_dir, "errors", "image_uri")
+    inputs to account for) are counted by the job. The uris of the run's summary and error
+    rows are read from ``output_dir`` unless given."""
+    if attributed_uris is None:
+        attributed_uris = read_column(output_dir, "summaries", "image_uri")
+    if failed_uris is None:
+        failed_uris = read_column(output_dir, "errors", "image_uri")
     attributed, failed = set(attributed_uris), set(failed_uris)
     expected = set(matched)
     accounted = attributed | failed
@@ -79,6 +84,16 @@ def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job
 
 
 def write(output_dir: str, manifest: dict) -> str:
+    """Write ``manifest.json`` atomically (temporary name + rename): a reader sees the old
+    manifest or the new one, never a part; a failed write raises OutputWriteError naming it."""
     path = f"{output_dir.rstrip('/')}/manifest.json"
     publish(path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return path
+
+
+def read(output_dir: str) -> dict | None:
+    """The folder's manifest, None when there is none or it cannot be read."""
+    try:
+        return read_manifest(output_dir)
+    except RunFolderError:
+        return None

@@ -105,6 +105,20 @@ class AttributionOptions(PipelineOptions):
         add("--run_id", default=None,
             help="This run's name, recorded in the manifest (default: the UTC start time, "
                  "e.g. 20260101T020000Z).")
+        add("--overwrite", action="store_true",
+            help="Replace the outputs of an earlier run in --output_dir (without it such a "
+                 "folder is refused).")
+        add("--resume", action="store_true",
+            help="Finish an interrupted run in --output_dir (same command): rows it already "
+                 "published are reused, the rest is computed.")
+        add("--lock_timeout", type=float, default=86400.0,
+            help="Seconds after which another run's lock on --output_dir counts as stale "
+                 "(also stale at once when its process is gone on this host).")
+        add("--max_file_bytes", type=int, default=256 * 1024 * 1024,
+            help="Refuse input files larger than this, from their size, before reading them.")
+        add("--commit_interval", type=float, default=60.0,
+            help="Most seconds a worker holds finished rows before publishing them to the "
+                 "staging folder: a crash loses at most about this much work per worker.")
 
 
 def _config_flags(path: str) -> list[str]:
@@ -230,6 +244,13 @@ def validate(o: argparse.Namespace) -> None:
             raise UsageError(f"--{name} is required, e.g. {example}")
     if o.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {o.steps}")
+    points = MAX_GAUSS_LEGENDRE if o.method == "gausslegendre" else MAX_POINTS
+    for name, limit in (("steps", points), ("max_steps", points),
+                        ("batch_size", MAX_BATCH), ("image_batch_size", MAX_BATCH)):
+        if getattr(o, name) > limit:
+            raise UsageError(f"--{name} must be <= {limit}" + (
+                " with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
+                + f", got {getattr(o, name)}")
     if o.method == "riemann_trapezoid" and o.steps < 2:
         raise UsageError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
     if o.tolerance < 0:
@@ -271,3 +292,41 @@ def validate(o: argparse.Namespace) -> None:
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
             raise UsageError(f"--{name} {path}: no such file")
+    if o.overwrite and o.resume:
+        raise UsageError("--overwrite and --resume exclude each other: --resume finishes the "
+                         "interrupted run in --output_dir, --overwrite starts it again")
+    if o.max_file_bytes < 1:
+        raise UsageError(f"--max_file_bytes must be >= 1, got {o.max_file_bytes}")
+    if not o.lock_timeout > 0:
+        raise UsageError(f"--lock_timeout must be > 0 seconds, got {o.lock_timeout}")
+    if not o.commit_interval >= 0:
+        raise UsageError(f"--commit_interval must be >= 0 seconds, got {o.commit_interval}")
+    if "://" not in o.output_dir and os.path.lexists(o.output_dir) and not os.path.isdir(
+            o.output_dir):
+        raise UsageError(f"--output_dir {o.output_dir} is an existing file, not a folder: "
+                         f"pass a folder path (it is created if missing)")
+
+
+# Beyond these a run is a mistake, not a workload: points of a rule (Gauss-Legendre nodes
+# for 4096 points take seconds to compute, 8192 over a minute; the trapezoid rule refines
+# 17 -> 33 -> ... -> 2^k + 1), and rows or images in one model call.
+MAX_POINTS = 65537
+MAX_GAUSS_LEGENDRE = 4096
+MAX_BATCH = 4096
+# Most bytes of model input in one call: --batch_size rows of H x W x 3 float32.
+MAX_CALL_BYTES = 2 * 1024 ** 3
+
+
+def validate_with_model(o: argparse.Namespace, num_classes: int,
+                        image_size: tuple[int, int]) -> None:
+    """Checks that need the loaded model: a target it has, a call size that fits memory."""
+    targets = Targets.parse(o.target)
+    if targets.kind == "class" and not 0 <= targets.value < num_classes:
+        raise UsageError(f"--target {o.target}: the model has {num_classes} classes "
+                         f"(0 to {num_classes - 1}); pass one of them, or predicted")
+    call_bytes = o.batch_size * image_size[0] * image_size[1] * 3 * 4
+    if call_bytes > MAX_CALL_BYTES:
+        fits = max(1, MAX_CALL_BYTES // (image_size[0] * image_size[1] * 3 * 4))
+        raise UsageError(f"--batch_size {o.batch_size} puts {call_bytes / 1024 ** 3:.1f} GiB "
+                         f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
+                         f"--batch_size {min(fits, MAX_BATCH)} or less")

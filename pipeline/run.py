@@ -1,34 +1,57 @@
-"""`python -m pipeline`: validate, load the model once to fail fast, run the graph, record."""
+"""`python -m pipeline`: validate, load the model once to fail fast, take the run folder, list
+the inputs once, run the graph (whose last stage commits the folder), report."""
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import logging
+import re
 import shutil
 import sys
 import tempfile
+import traceback
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
 
 from attribution.models import ModelLoadError, load_model
-from pipeline import graph, manifest, options
+from pipeline import folder, graph, lock, manifest, options
 from pipeline.launch import runner_name, ship_package
 from pipeline.progress import ProgressReporter
-from transforms.files import TEMPORARY_PREFIX, absolute, delete_matching
+from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.regions import check_regions
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
 from transforms.tfrecord import RecordKeys
+from transforms.staging import inputs_path
 
 
-def match_inputs(pattern: str) -> list[str]:
+class RunFailed(Exception):
+    """The job started and did not end committed (a failed write, a crashed step); the
+    message is one line naming what failed."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What ``run()`` returns: the committed manifest (None on a dry run or template build),
+    the report's path (None when not written) and Beam's PipelineResult."""
+    manifest: dict | None
+    report: str | None
+    beam_result: beam.runners.runner.PipelineResult | None
+
+
+def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
+    """The files ``pattern`` matches, without anything under ``exclude`` (the output folder:
+    a run never reads its own outputs, or another run's in that folder, as inputs)."""
     try:
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
     paths = sorted(m.path for m in found)  # files only: Beam's match skips folders
+    if exclude:
+        inside = exclude.rstrip("/") + "/"
+        paths = [p for p in paths if not p.startswith(inside)]
     if not paths:
         raise options.UsageError(f"--input_pattern {pattern} matches no file: check the path "
                                  f"and quote the pattern so the shell does not expand it")
@@ -38,25 +61,32 @@ def match_inputs(pattern: str) -> list[str]:
 def read_labels(path: str | None) -> tuple[str, ...]:
     if not path:
         return ()
-    with FileSystems.open(path) as f:
-        return tuple(line.strip() for line in f.read().decode("utf-8").splitlines())
+    try:
+        with FileSystems.open(path) as f:
+            data = f.read()
+    except Exception as e:  # noqa: BLE001 - a labels file we cannot open is a usage problem
+        raise options.UsageError(f"--labels {path}: cannot read it ({e})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise options.UsageError(f"--labels {path}: not UTF-8 text (byte {e.start}): save it "
+                                 f"as UTF-8, one label a line") from None
+    return tuple(line.strip() for line in text.splitlines())
 
 
-def remove_temporaries(output_dir: str) -> None:
-    """Delete leftovers of writes that died between create and rename."""
-    for folder in ("masks", "overlays", "raw"):
-        delete_matching(f"{output_dir.rstrip('/')}/{folder}/{TEMPORARY_PREFIX}*")
+def _write_error(error: BaseException) -> str | None:
+    """The one-line 'cannot write FILE: reason' inside a failed job's error, if any."""
+    match = re.search(rf"{WRITE_ERROR} (\S+): ([^\n'\"\[]*)", str(error))
+    return f"{WRITE_ERROR} {match.group(1)}: {match.group(2).strip()}" if match else None
 
 
-def run(argv: list[str] | None = None,
-        save_main_session: bool = True) -> beam.runners.runner.PipelineResult:
-    """Run the job; the result carries ``manifest`` (None on a dry run)."""
+def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunResult:
+    """Run the job; see RunResult."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
     opts.input_pattern, opts.output_dir = absolute(opts.input_pattern), absolute(opts.output_dir)
     started_at = manifest.now()
-    opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
-        "%Y%m%dT%H%M%SZ")
-    matched = match_inputs(opts.input_pattern)
+    labels = read_labels(opts.labels)
+    matched = match_inputs(opts.input_pattern, exclude=opts.output_dir)
     previous = None
     if opts.reuse_from:
         opts.reuse_from = absolute(opts.reuse_from)
@@ -64,20 +94,25 @@ def run(argv: list[str] | None = None,
             previous = previous_run(opts.reuse_from)
         except PreviousRunError as e:
             raise options.UsageError(str(e)) from None
-    model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
-                       model_output=opts.model_output, output_key=opts.output_key,
-                       preprocess=opts.preprocess)
-    labels = read_labels(opts.labels)
     try:
         if opts.regions:  # streamed once to refuse a bad file now; the job reads it again
             check_regions(opts.regions, opts.input_pattern)
     except ValueError as e:
         raise options.UsageError(str(e)) from None
+    try:
+        model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
+                           model_output=opts.model_output, output_key=opts.output_key,
+                           preprocess=opts.preprocess)
+    except ModelLoadError as e:
+        if opts.image_size is not None and "--image_size" in str(e):
+            raise options.UsageError(str(e)) from None  # the option is wrong, not the model
+        raise
+    options.validate_with_model(opts, model.num_classes, model.image_size)
     if labels and len(labels) != model.num_classes:
         logging.warning("--labels has %d lines, the model has %d classes", len(labels),
                         model.num_classes)
     settings = Settings(
-        model=opts.model, output_dir=opts.output_dir.rstrip("/"), image_size=model.image_size,
+        model=opts.model, output_dir=opts.output_dir, image_size=model.image_size,
         num_classes=model.num_classes, model_fingerprint=model.fingerprint,
         model_output=opts.model_output, output_key=opts.output_key, score=opts.score,
         target=opts.target, method=opts.method, steps=opts.steps,
@@ -86,7 +121,8 @@ def run(argv: list[str] | None = None,
         max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
         clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels,
         preprocess=opts.preprocess, channels=model.channels,
-        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw))
+        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
+        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval)
     records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
                          labels) if options.input_format(opts) == "tfrecord" else None
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
@@ -97,21 +133,82 @@ def run(argv: list[str] | None = None,
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     runner = runner_name(pipeline_options)
     ship_package(pipeline_options)
-    # Building a template (what a Flex Template launcher does) only stages the graph: no job
-    # has run when run() returns, so there is nothing to count yet, as on a dry run.
+    # Building a template only stages the graph: no job runs, the folder is not touched.
     dry_run = bool(pipeline_options.view_as(TestOptions).dry_run
                    or pipeline_options.view_as(GoogleCloudOptions).template_location)
+
+    taken = None
+    if not dry_run:
+        crashed = lock.read(opts.output_dir) if opts.resume else None
+        if opts.run_id is None and crashed is not None and crashed.run_id != "unknown":
+            opts.run_id = crashed.run_id  # --resume finishes that run, under its name
+        opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
+            "%Y%m%dT%H%M%SZ")
+        taken = folder.take(opts.output_dir, run_id=opts.run_id, overwrite=opts.overwrite,
+                            resume=opts.resume, lock_timeout=opts.lock_timeout,
+                            local="Direct" in runner)
+    else:
+        opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
+            "%Y%m%dT%H%M%SZ")
+    try:
+        if taken is not None:
+            if taken.listed:
+                matched = taken.listed  # the interrupted run's list: the same inputs
+            else:
+                folder.write_list(opts.output_dir, matched)
+        context = {
+            "config": {**vars(opts), **pipeline_options.get_all_options(drop_default=True),
+                       "resolved_image_size": list(model.image_size)},
+            "model": {"handle": model.handle, "kind": model.kind,
+                      "input_size": list(model.image_size), "num_classes": model.num_classes,
+                      "output": model.output, "fingerprint": model.fingerprint,
+                      "channels": model.channels, "preprocess": model.preprocess},
+            "started_at": started_at, "run_id": opts.run_id,
+            "settings_hash": settings.settings_hash, "reuse_from": opts.reuse_from,
+            "previous": ({k: previous.get(k) for k in ("run_id", "finished_at")}
+                         if previous else None),
+            "resumed": bool(opts.resume), "no_report": bool(opts.no_report),
+            "records": records is not None,
+            "lock_token": taken.lock.token if taken else None,
+        }
+        result = _run_job(pipeline_options, settings, opts, records, runner, dry_run,
+                          len(matched), inputs_path(opts.output_dir), taken, context)
+    except BaseException as e:
+        if taken is not None:
+            lock.release(opts.output_dir, taken.lock.token)
+        if isinstance(e, (options.UsageError, KeyboardInterrupt)):
+            raise
+        line = _write_error(e)
+        if line:
+            raise RunFailed(f"{line}; the run was not committed: free space or fix the "
+                            f"permission, then rerun with --resume") from None
+        raise RunFailed(f"the job failed ({type(e).__name__}: "
+                        f"{(str(e).strip().splitlines() or [''])[-1][:300]}); the run was "
+                        f"not committed: rerun with --resume") from e
+    if dry_run:
+        return RunResult(None, None, result)
+    record = manifest.read(opts.output_dir)
+    if record is None or record.get("run_id") != opts.run_id:
+        raise RunFailed(f"the job ended without committing {opts.output_dir}/manifest.json: "
+                        f"rerun with --resume")
+    record = _add_counters(opts.output_dir, record, result)
+    return RunResult(record, record.get("report"), result)
+
+
+def _run_job(pipeline_options, settings, opts, records, runner, dry_run, matched_count,
+             inputs_list, taken, context):
     show_progress = ("Direct" in runner and opts.progress_interval > 0 and not dry_run
                      and records is None)  # TFRecord: the image count is unknown up front
-
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
-    reporter = (ProgressReporter(progress_folder, len(matched), opts.progress_interval)
+    reporter = (ProgressReporter(progress_folder, matched_count, opts.progress_interval)
                 if show_progress else None)
     try:
         p = beam.Pipeline(options=pipeline_options)
         graph.build(p, dataclasses.replace(settings, progress_folder=progress_folder),
                     opts.input_pattern, opts.regions, reuse_from=opts.reuse_from,
-                    records=records)
+                    records=records, inputs_list=None if records else inputs_list,
+                    resume_parts=taken.resume_parts if taken else None,
+                    commit_context=context)
         if reporter:
             reporter.start()
         result = p.run()
@@ -121,42 +218,39 @@ def run(argv: list[str] | None = None,
             reporter.stop()
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
-    result.manifest = None
-    if dry_run:
-        return result
-    remove_temporaries(settings.output_dir)
-    record = manifest.build(
-        output_dir=settings.output_dir, matched=matched,
-        config={**vars(opts), **pipeline_options.get_all_options(drop_default=True),
-                "resolved_image_size": list(model.image_size)},
-        model={"handle": model.handle, "kind": model.kind,
-               "input_size": list(model.image_size), "num_classes": model.num_classes,
-               "output": model.output, "fingerprint": model.fingerprint,
-               "channels": model.channels, "preprocess": model.preprocess},
-        job_metrics=manifest.metrics(result), started_at=started_at,
-        finished_at=manifest.now(), run_id=opts.run_id, settings_hash=settings.settings_hash,
-        reuse_from=opts.reuse_from, previous=previous,
-        records_read=None if records is None else manifest.metrics(result).get("matched", 0))
-    manifest.write(settings.output_dir, record)
-    result.manifest = record
-    result.report = None if opts.no_report else _write_report(settings.output_dir)
     return result
 
 
-def _write_report(output_dir: str) -> str | None:
-    """The HTML report; a failure to draw it is logged, never fails the finished run."""
-    from pipeline.report import write_report
+def _add_counters(output_dir: str, record: dict, result) -> dict:
+    """Beam's counters, when this launcher waited for the job, join the metrics the commit
+    recorded from the data (those stay as they are)."""
     try:
-        return write_report(output_dir)
-    except Exception:  # noqa: BLE001 - the run's outputs are complete without the report
-        logging.exception("could not write the report for %s", output_dir)
-        return None
+        counters = manifest.metrics(result)
+    except Exception:  # noqa: BLE001 - a runner without metrics: the commit's are enough
+        return record
+    extra = {k: v for k, v in counters.items() if k not in record["metrics"]}
+    if record["config"].get("input_format") == "tfrecord" and "matched" in counters:
+        # The commit could only count the records it found; the job's counter says how many
+        # were read: every one must be in summaries or errors.
+        counts = record["counts"]
+        record["complete"] = bool(record["complete"]
+                                  and counters["matched"] == counts["attributed"]
+                                  + counts["failed"])
+        counts["matched"] = counters["matched"]
+        extra = extra or {"matched": counters["matched"]}
+    if extra:
+        record["metrics"].update(extra)
+        manifest.write(output_dir, record)
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 too many failures or outputs incomplete, 2 bad options,
-    3 the model cannot load."""
+    """Exit codes: 0 ok, 1 too many failures, outputs incomplete or a failed write,
+    2 bad options or a folder that cannot be used, 3 the model cannot load."""
     logging.getLogger().setLevel(logging.WARNING)
+    # A failed bundle is logged by Beam with its traceback on every attempt; main prints the
+    # failure once, as one line (with the traceback only when it is not a failed write).
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         result = run(argv)
     except options.UsageError as e:
@@ -165,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as e:
         print(f"error: the model cannot load, nothing was read: {e}", file=sys.stderr)
         return 3
+    except (RunFailed, OutputWriteError) as e:
+        if e.__cause__ is not None:  # not a failed write: a bug or a broken step, show where
+            traceback.print_exception(e.__cause__, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     record = result.manifest
     if record is None:
         print("dry run: the job graph was built and not submitted")
@@ -175,11 +274,16 @@ def main(argv: list[str] | None = None) -> int:
           f"({counts['rows']} rows), {counts['failed']} failed; model loaded "
           f"{record['metrics']['model_loads']} time(s). Outputs in {out} "
           f"(manifest: {out.rstrip('/')}/manifest.json)")
-    if record.get("reuse_from"):
-        print(f"reused {counts['reused']} image(s) from {record['reuse_from']}, computed "
+    if record.get("reuse_from") or record.get("resumed"):
+        source = record.get("reuse_from") or "the interrupted attempt (--resume)"
+        print(f"reused {counts['reused']} image(s) from {source}, computed "
               f"{counts['computed']}")
-    if getattr(result, "report", None):
+    if result.report:
         print(f"report: {result.report}")
+    if record.get("report_error"):
+        print(f"error: {record['report_error']}; the data is committed: rerun "
+              f"`python -m pipeline.report {out}` once the cause is fixed", file=sys.stderr)
+        return 1
     if not record["complete"]:
         print(f"error: outputs do not account for every matched input: {counts}",
               file=sys.stderr)

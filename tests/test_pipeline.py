@@ -245,14 +245,14 @@ def test_dataflow_dry_run_builds_the_job_graph_offline(tiny_model, mixed_folder)
         "--model", tiny_model, "--runner", "DataflowRunner", "--dry_run", "True",
         "--project", "example-project", "--region", "us-central1",
         "--temp_location", "gs://no-such-bucket/tmp"])
-    assert result.manifest is None
-    proto = result.job.proto_pipeline
+    assert result.manifest is None and result.report is None
+    proto = result.beam_result.job.proto_pipeline
     names = {t.unique_name for t in proto.components.transforms.values()}
     for label in ("ReadImages", "Attribute", "Summarize", "WriteSummaries", "WriteErrors",
-                  "Attribute/IntegratedGradients", "ReadImages/Decode"):
+                  "Attribute/IntegratedGradients", "ReadImages/Decode", "Commit"):
         assert label in names, sorted(names)[:50]
     assert "Progress" not in names
-    options = result.job.options.get_all_options()
+    options = result.beam_result.job.options.get_all_options()
     assert options["setup_file"].endswith("setup.py") and os.path.exists(options["setup_file"])
 
 

@@ -113,9 +113,10 @@ def test_a_million_boxes_do_not_travel_in_the_job_graph(tiny_model, mixed_folder
         "gs://no-such-bucket/tmp",
     ]
     result = job.run([*argv, "--regions", str(path)])
-    size = len(result.job.proto_pipeline.SerializeToString())
-    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    size = len(result.beam_result.job.proto_pipeline.SerializeToString())
+    proto = result.beam_result.job.proto_pipeline
+    names = {t.unique_name for t in proto.components.transforms.values()}
     assert "ReadRegions" in names and "Summarize/JoinRegions" in names
     assert size < 1_000_000, size
-    without = len(job.run(argv).job.proto_pipeline.SerializeToString())
+    without = len(job.run(argv).beam_result.job.proto_pipeline.SerializeToString())
     assert size - without < 50_000  # the join's few steps, not the boxes

@@ -325,7 +325,8 @@ def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
             "gs://no-such-bucket/tmp",
         ]
     )
-    names = {t.unique_name for t in result.job.proto_pipeline.components.transforms.values()}
+    proto = result.beam_result.job.proto_pipeline
+    names = {t.unique_name for t in proto.components.transforms.values()}
     for label in (
         "ReadImages/Reshuffle",
         "ReadImages/ReadShards",

@@ -11,6 +11,7 @@ from attribution.models import load_model
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.settings import Settings
+from transforms.staging import mark_model_load
 
 
 class _ProcessModel:
@@ -63,6 +64,8 @@ class AttributeFn(CountsProgress, beam.DoFn):
             return _ProcessModel(self.settings)
         self.model = self.shared_handle.acquire(load, tag=self.settings.model_fingerprint)
         self.model_loads.inc(len(loads))  # 0 when another DoFn in this process loaded it
+        if loads:
+            mark_model_load(self.settings.output_dir)  # counted by the commit (manifest)
 
     def _requests(self, images):
         return [Request(i, d.image, make_baseline(self.settings.baseline, d.image,

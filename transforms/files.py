@@ -35,14 +35,33 @@ def absolute(path: str) -> str:
     return path.rstrip("/") if "://" in path else os.path.abspath(path)
 
 
+class OutputWriteError(OSError):
+    """A write of a run's outputs failed (disk full, permission, ...); the message is one line
+    ``cannot write FILE: reason``."""
+
+
+WRITE_ERROR = "cannot write"
+
+
 def publish(path: str, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: readers never see half a
-    file, and a retried bundle overwrites the same name instead of leaving a duplicate."""
+    file, and a retried bundle overwrites the same name instead of leaving a duplicate. A
+    failed write leaves nothing (the temporary file is deleted) and raises OutputWriteError
+    naming ``path``."""
     directory, name = path.rsplit("/", 1)
     temporary = f"{directory}/{TEMPORARY_PREFIX}{uuid.uuid4().hex}-{name}"
-    with FileSystems.create(temporary) as f:
-        f.write(data)
-    FileSystems.rename([temporary], [path])
+    try:
+        with FileSystems.create(temporary) as f:
+            f.write(data)
+        FileSystems.rename([temporary], [path])
+    except Exception as e:  # noqa: BLE001 - any storage failure: clean up, name the file
+        try:
+            if FileSystems.exists(temporary):
+                FileSystems.delete([temporary])
+        except Exception:  # noqa: BLE001, S110 - the original error is the one to report
+            pass
+        reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise OutputWriteError(f"{WRITE_ERROR} {path}: {reason}") from None
 
 
 def exists(path: str) -> bool:

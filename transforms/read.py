@@ -1,28 +1,131 @@
-"""Match a file pattern, read and decode every file; broken files go to a dead-letter output."""
+"""Read and decode every listed file; broken files go to a dead-letter output.
+
+Reads are safe with whatever the folder holds: only regular files are opened (a FIFO, a
+device, a socket or a link to one is an error row at once, never a hang), a file larger than
+``max_file_bytes`` is refused from its size before it is read, and no read returns more than
+that many bytes. The pixel-count guard (``--max_pixels``) then runs on the image header
+before the body is decoded (attribution/images.py).
+"""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from attribution import hashing
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, error_row
 
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+
+
+class UnsafeInput(Exception):
+    """A listed path that must not be read; ``error_type`` says why."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(error_type, message)
+        self.error_type, self.message = error_type, message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _open_local(path: str, max_bytes: int):
+    """A regular local file opened without ever blocking, after its size was checked."""
+    try:
+        info = os.stat(path)  # follows links: a link to /dev/zero is a character device
+    except FileNotFoundError:
+        raise UnsafeInput("FileNotFound", "the file is gone (listed at the start of the run, "
+                                          "missing when read)") from None
+    _check_stat(info, max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        _check_stat(os.fstat(fd), max_bytes)  # the path may have been swapped since stat
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _check_stat(info: os.stat_result, max_bytes: int) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else
+                "a character device" if stat.S_ISCHR(info.st_mode) else
+                "a block device" if stat.S_ISBLK(info.st_mode) else
+                "a socket" if stat.S_ISSOCK(info.st_mode) else
+                "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+        raise UnsafeInput("NotRegularFile", f"not a regular file ({kind}): not read")
+    if info.st_size > max_bytes:
+        raise UnsafeInput("FileTooLarge", f"{info.st_size} bytes, over --max_file_bytes "
+                                          f"{max_bytes}: not read")
+
+
+def open_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    """A file object for a listed input, or UnsafeInput. Local paths are checked with
+    ``os.stat`` before opening; other filesystems (gs://) only hold regular objects, whose
+    size is checked from their metadata."""
+    if "://" not in uri or uri.startswith("file://"):
+        return _open_local(uri.removeprefix("file://"), max_bytes)
+    found = FileSystems.match([uri])[0].metadata_list
+    if not found:
+        raise UnsafeInput("FileNotFound", "the file is gone (listed at the start of the run, "
+                                          "missing when read)")
+    if found[0].size_in_bytes > max_bytes:
+        raise UnsafeInput("FileTooLarge", f"{found[0].size_in_bytes} bytes, over "
+                                          f"--max_file_bytes {max_bytes}: not read")
+    return FileSystems.open(uri, compression_type="uncompressed")
+
+
+def read_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """The bytes of a listed input, never more than ``max_bytes`` (a file that grew past the
+    limit after its size was checked is refused too)."""
+    with open_input(uri, max_bytes) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {max_bytes} bytes: "
+                                          "not read")
+    return data
+
+
+class _Bounded:
+    """A stream that refuses to return more than ``max_bytes`` in total."""
+
+    def __init__(self, stream, max_bytes: int):
+        self.stream, self.max_bytes, self.total = stream, max_bytes, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.stream.read(n)
+        self.total += len(chunk)
+        if self.total > self.max_bytes:
+            raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {self.max_bytes} "
+                                              "bytes: not read")
+        return chunk
+
+
+def hash_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
+    """sha256 of a listed input, read in chunks, bounded as ``read_input``."""
+    with open_input(uri, max_bytes) as f:
+        return hashing.sha256_hex(_Bounded(f, max_bytes))
+
 
 class DecodeFn(CountsProgress, beam.DoFn):
-    """FileMetadata -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
+    """uri (or FileMetadata) -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
 
     def __init__(self, image_size: tuple[int, int], max_pixels: int, count_matched: bool = True,
-                 progress_folder: str | None = None, channels: int = 3):
+                 progress_folder: str | None = None, channels: int = 3,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.image_size = tuple(image_size)
         self.channels = channels  # 1: grayscale model input
         self.progress_folder = progress_folder
         self.max_pixels = max_pixels
+        self.max_file_bytes = max_file_bytes
         self.count_matched = count_matched  # False where an earlier step counted the input
         self.matched = Metrics.counter(NAMESPACE, "matched")
         self.failed = Metrics.counter(NAMESPACE, "failed")
@@ -33,17 +136,17 @@ class DecodeFn(CountsProgress, beam.DoFn):
             self.matched.inc()
         stage = "read"
         try:
-            with FileSystems.open(uri, compression_type="uncompressed") as f:
-                data = f.read()
+            data = read_input(uri, self.max_file_bytes)
             stage = "decode"
             pixels = decode_image(data, max_pixels=self.max_pixels)
             stage = "preprocess"
             height, width = pixels.shape[:2]
             image = model_input(pixels, self.image_size, self.channels)
-        except ImageError as e:
+        except (ImageError, UnsafeInput) as e:
             self.failed.inc()
             self.progress()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, e.stage, str(e), e.error_type))
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
+                uri, getattr(e, "stage", "read"), str(e), e.error_type))
             return
         except Exception as e:  # noqa: BLE001 - any unreadable input is a dead letter, not a crash
             self.failed.inc()
@@ -54,21 +157,44 @@ class DecodeFn(CountsProgress, beam.DoFn):
                            hashlib.sha256(data).hexdigest(), image)
 
 
-class ReadImages(beam.PTransform):
-    """pattern -> (DecodedImage, errors). Local paths and gs:// alike, through Beam's file I/O."""
+class ListedInputs(beam.PTransform):
+    """The uris of the run's input list (a Parquet file with a ``uri`` column, written once
+    by the launcher), or of a pattern matched here when no list is given (tests, notebooks)."""
 
-    def __init__(self, pattern: str, image_size: tuple[int, int], max_pixels: int,
-                 progress_folder: str | None = None, channels: int = 3):
+    def __init__(self, pattern: str | None = None, inputs_list: str | None = None):
+        super().__init__()
+        self.pattern, self.inputs_list = pattern, inputs_list
+
+    def expand(self, pbegin):
+        if self.inputs_list:
+            uris = (pbegin
+                    | "ReadList" >> beam.io.ReadFromParquet(self.inputs_list, validate=False,
+                                                            columns=["uri"])
+                    | "Uri" >> beam.Map(lambda row: row["uri"]))
+        else:
+            uris = (pbegin
+                    | "Match" >> fileio.MatchFiles(self.pattern)
+                    | "Uri" >> beam.Map(lambda metadata: metadata.path))
+        return uris | "Reshuffle" >> beam.Reshuffle()
+
+
+class ReadImages(beam.PTransform):
+    """pattern or input list -> (DecodedImage, errors). Local paths and gs:// alike."""
+
+    def __init__(self, pattern: str | None, image_size: tuple[int, int], max_pixels: int,
+                 progress_folder: str | None = None, channels: int = 3,
+                 inputs_list: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         super().__init__()
         self.pattern, self.image_size, self.max_pixels = pattern, image_size, max_pixels
         self.progress_folder = progress_folder
         self.channels = channels
+        self.inputs_list, self.max_file_bytes = inputs_list, max_file_bytes
 
     def expand(self, pbegin):
         return (pbegin
-                | "Match" >> fileio.MatchFiles(self.pattern)
-                | "Reshuffle" >> beam.Reshuffle()
+                | "List" >> ListedInputs(self.pattern, self.inputs_list)
                 | "Decode" >> beam.ParDo(DecodeFn(self.image_size, self.max_pixels,
                                                   progress_folder=self.progress_folder,
-                                                  channels=self.channels))
+                                                  channels=self.channels,
+                                                  max_file_bytes=self.max_file_bytes))
                 .with_outputs(ERRORS, main="images"))

@@ -69,6 +69,22 @@ def _bad_box(path: str, first_row: int, columns) -> None:
         raise ValueError(f"--regions {path}: row {first_row + i} has x1 < x0 or y1 < y0: {box}")
 
 
+def _empty_cell(path: str, first_row: int, columns) -> None:
+    """ValueError naming the first row with an empty image or region name, or a coordinate
+    that is empty or not a finite number (``nan``, ``inf``)."""
+    for name, column in zip(COLUMNS, columns):
+        if name in ("image", "region"):
+            text = pc.utf8_trim_whitespace(pc.cast(column, pa.string()))
+            bad = pc.fill_null(pc.equal(pc.utf8_length(text), 0), True)
+            what = f"an empty {name!r} cell; fill it in or delete the row"
+        else:
+            bad = pc.fill_null(pc.invert(pc.is_finite(column)), True)
+            what = f"{name} empty or not a finite number; coordinates are pixels"
+        if pc.any(bad).as_py():
+            raise ValueError(f"--regions {path}: row {first_row + pc.index(bad, True).as_py()} "
+                             f"has {what}")
+
+
 def region_rows(path: str, input_pattern: str, batch_rows: int = 65536):
     """Stream a CSV or Parquet regions file (columns image, region, x0, y0, x1, y1) as
     ``(region key, (row index, name, box))``, a batch of rows at a time, so a
@@ -81,6 +97,7 @@ def region_rows(path: str, input_pattern: str, batch_rows: int = 65536):
     root = pattern_root(input_pattern)
     row = 1
     for columns in _batches(path, batch_rows):
+        _empty_cell(path, row, columns)
         _bad_box(path, row, columns)
         images, names, *coordinates = (c.to_pylist() for c in columns)
         for i, image in enumerate(images):
@@ -94,6 +111,7 @@ def check_regions(path: str, input_pattern: str) -> int:
     one before any work; returns the number of boxes."""
     rows = 1
     for columns in _batches(path):
+        _empty_cell(path, rows, columns)
         _bad_box(path, rows, columns)
         rows += len(columns[0])
     return rows - 1

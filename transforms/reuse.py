@@ -22,16 +22,17 @@ from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from attribution import hashing, masks
+from attribution import masks
 from attribution.images import pad_geometry
-from transforms.files import RunFolderError, parquet_parts, publish, read_bytes, read_manifest
+from transforms.files import (RunFolderError, parquet_parts, parquet_schema, publish, read_bytes,
+                              read_manifest)
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
-from transforms.read import DecodeFn
+from transforms.read import (DEFAULT_MAX_FILE_BYTES, DecodeFn, ListedInputs, UnsafeInput,
+                             hash_input)
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
@@ -60,12 +61,25 @@ def previous_run(folder: str) -> dict:
         if has_summaries(folder):
             logging.warning("--reuse_from %s has no readable manifest.json (%s): reusing its "
                             "summaries without it", folder, e)
+            check_summaries(folder)
             return {}
         raise PreviousRunError(f"--reuse_from {folder}: {e}; nor has it summaries/*.parquet"
                                ) from None
     if "finished_at" not in record:
         raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
+    check_summaries(folder)
     return record
+
+
+def check_summaries(folder: str) -> None:
+    """Every summaries file of a previous run has a readable Parquet footer, or
+    PreviousRunError: a corrupt file is refused in the launcher, not half way through a job."""
+    for path in parquet_parts(folder, "summaries"):
+        try:
+            parquet_schema(path)
+        except RunFolderError as e:
+            raise PreviousRunError(f"--reuse_from {folder}: {e} (or drop --reuse_from to "
+                                   f"compute everything)") from None
 
 
 def has_summaries(folder: str) -> bool:
@@ -83,23 +97,25 @@ class ImageRef:
 
 
 class HashFn(CountsProgress, beam.DoFn):
-    """FileMetadata -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
+    """uri (or FileMetadata) -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
 
-    def __init__(self, progress_folder: str | None = None):
+    def __init__(self, progress_folder: str | None = None,
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.progress_folder = progress_folder
+        self.max_file_bytes = max_file_bytes
         self.matched = Metrics.counter(NAMESPACE, "matched")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, metadata):
-        uri = metadata.path
+        uri = metadata if isinstance(metadata, str) else metadata.path
         self.matched.inc()
         try:
-            with FileSystems.open(uri, compression_type="uncompressed") as f:
-                sha = hashing.sha256_hex(f)
+            sha = hash_input(uri, self.max_file_bytes)
         except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
             self.failed.inc()
             self.progress()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e))
+            kind = e.error_type if isinstance(e, UnsafeInput) else None
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e, kind))
             return
         yield sha, ImageRef(uri, image_id(uri), sha)
 
@@ -114,9 +130,15 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
 
 
 def previous_images(rows) -> dict[str, list[dict]]:
-    """{previous image_uri: its rows by target_rank}, only images whose rows are complete."""
+    """{previous image_uri: its rows by target_rank}, only images whose rows are complete.
+    The same (uri, rank) twice (parts of two interrupted attempts, under --resume) is one
+    row: both were computed from the same bytes, model and settings."""
     by_uri: dict[str, list[dict]] = {}
+    seen = set()
     for row in rows:
+        if (row["image_uri"], row["target_rank"]) in seen:
+            continue
+        seen.add((row["image_uri"], row["target_rank"]))
         by_uri.setdefault(row["image_uri"], []).append(row)
     complete = {}
     for uri, group in by_uri.items():
@@ -239,22 +261,25 @@ class ReadWithReuse(beam.PTransform):
     ``records``: TFRecord input (transforms/tfrecord.py): records are hashed by their image
     bytes, and the ones to compute carry their bytes through the join."""
 
-    def __init__(self, pattern: str, settings: Settings, reuse_from: str,
-                 regions=None, records=None):
+    def __init__(self, pattern: str | None, settings: Settings, reuse_from: str | list[str],
+                 regions=None, records=None, inputs_list: str | None = None):
+        """``reuse_from``: previous run folders (their ``summaries/`` are read), or folders
+        of part files (``--resume``: an interrupted attempt's parts); ``inputs_list``: the
+        launcher's list of input files (else ``pattern`` is matched)."""
         super().__init__()
         self.pattern, self.settings, self.regions = pattern, settings, regions
-        self.reuse_from = reuse_from.rstrip("/")
-        self.records = records
+        folders = [reuse_from] if isinstance(reuse_from, str) else list(reuse_from)
+        self.previous = [f"{f.rstrip('/')}/summaries/*.parquet" for f in folders]
+        self.records, self.inputs_list = records, inputs_list
 
     def expand(self, pbegin):
         from transforms import tfrecord
         s, regions = self.settings, self.regions
         if self.records is None:
             hashed = (pbegin
-                      | "Match" >> fileio.MatchFiles(self.pattern)
-                      | "Reshuffle" >> beam.Reshuffle()
-                      | "Hash" >> beam.ParDo(HashFn(s.progress_folder)).with_outputs(
-                        ERRORS, main="hashes"))
+                      | "List" >> ListedInputs(self.pattern, self.inputs_list)
+                      | "Hash" >> beam.ParDo(HashFn(s.progress_folder, s.max_file_bytes))
+                      .with_outputs(ERRORS, main="hashes"))
         else:
             hashed = (tfrecord.shard_paths(pbegin, self.pattern)
                       | "Hash" >> beam.ParDo(tfrecord.HashRecordsFn(self.records))
@@ -269,11 +294,15 @@ class ReadWithReuse(beam.PTransform):
                           lambda pair: (region_key(pair[1].uri), pair)), regions)
                       | "WithBoxes" >> beam.Map(lambda joined: (joined[0][0], replace(
                           joined[0][1], boxes=tuple(joined[1]) if joined[1] else None))))
-        if has_summaries(self.reuse_from):
-            previous = pbegin | "ReadPrevious" >> beam.io.ReadFromParquet(
-                f"{self.reuse_from}/summaries/*.parquet")
-        else:  # the previous run attributed nothing
+        reads = [pbegin | f"ReadPrevious{i or ''}" >> beam.io.ReadFromParquet(pattern)
+                 for i, pattern in enumerate(self.previous)
+                 if FileSystems.match([pattern])[0].metadata_list]
+        if not reads:  # the previous run attributed nothing
             previous = pbegin | "ReadPrevious" >> beam.Create([])
+        elif len(reads) == 1:
+            previous = reads[0]
+        else:
+            previous = tuple(reads) | "CollectPrevious" >> beam.Flatten()
         keyed = previous | "KeyPrevious" >> beam.FlatMap(
             key_reusable, s.model_fingerprint, s.settings_hash)
         split = ({PREVIOUS: keyed, CURRENT: hashes}
@@ -289,7 +318,8 @@ class ReadWithReuse(beam.PTransform):
                        | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
                                                          count_matched=False,
                                                          progress_folder=s.progress_folder,
-                                                         channels=s.channels))
+                                                         channels=s.channels,
+                                                         max_file_bytes=s.max_file_bytes))
                        .with_outputs(ERRORS, main="images"))
         else:
             decoded = compute | "Decode" >> beam.ParDo(tfrecord.DecodeRecordFn(

@@ -36,6 +36,8 @@ class Settings:
     progress_folder: str | None = None  # local runners: where finished images are tallied
     preprocess: str = "none"  # --preprocess: part of the explained function
     channels: int = 3  # the model's input channels (1: grayscale), from its signature
+    max_file_bytes: int = 256 * 1024 * 1024  # inputs larger than this are refused unread
+    commit_interval: float = 60.0  # seconds a worker may hold finished rows before staging them
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)

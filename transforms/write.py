@@ -1,9 +1,21 @@
-"""Parquet sinks with explicit schemas. Beam's file sinks write to a temporary folder and
-publish each shard once at finalization, so retried bundles leave no duplicates."""
+"""Parquet part files with explicit schemas, published in the run's staging folder and
+moved into place once by the commit (no Beam file sink: its ``beam-temp-*`` folders outlive
+a killed job, and its shard names mix with an earlier run's)."""
 from __future__ import annotations
+
+import io
+import time
+import uuid
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.files import publish
+from transforms.staging import parts_dir
 
 STATISTICS = ("positive_mass", "negative_mass", "abs_mass", "top5_share", "top1_share",
               "centroid_x", "centroid_y", "gini")
@@ -37,14 +49,58 @@ ERROR_SCHEMA = pa.schema([
 ])
 
 
-class WriteParquet(beam.PTransform):
-    """dict rows -> DIR/<folder>/part-SSSSS-of-NNNNN.parquet (snappy)."""
+class WritePartsFn(beam.DoFn):
+    """dict rows -> part files published under DIR/.staging/<folder>/<uuid>.parquet.
 
-    def __init__(self, output_dir: str, folder: str, schema: pa.Schema):
+    A part is published (written whole, then renamed) at the end of a bundle, or as soon as
+    it has gathered rows for ``commit_interval`` seconds, so a crash loses at most that much
+    finished work per worker. The DoFn outputs one record per published part; only parts of
+    bundles the runner committed reach the commit step (pipeline/commit.py), which moves them
+    into DIR/<folder>/ and deletes the parts of failed or retried bundle attempts.
+    """
+
+    def __init__(self, output_dir: str, folder: str, schema: pa.Schema, origin: str,
+                 commit_interval: float):
+        self.output_dir, self.folder, self.schema = output_dir, folder, schema
+        self.origin, self.commit_interval = origin, commit_interval
+
+    def start_bundle(self):
+        self.rows, self.since = [], None
+
+    def process(self, row):
+        self.rows.append(row)
+        if self.since is None:
+            self.since = time.monotonic()
+        if time.monotonic() - self.since >= self.commit_interval:
+            yield self._publish()
+
+    def finish_bundle(self):
+        if self.rows:
+            yield WindowedValue(self._publish(), MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _publish(self) -> dict:
+        rows, self.rows, self.since = self.rows, [], None
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buffer,
+                       compression="snappy")
+        name = f"{uuid.uuid4().hex}.parquet"
+        publish(f"{parts_dir(self.output_dir, self.folder)}/{name}", buffer.getvalue())
+        evaluations = int(sum(int(r.get("gradient_evaluations") or 0) for r in rows))
+        return {"folder": self.folder, "name": name, "origin": self.origin, "rows": len(rows),
+                "images": len({r["image_uri"] for r in rows}),
+                "gradient_evaluations": evaluations if self.origin == COMPUTED else 0}
+
+
+COMPUTED, REUSED = "computed", "reused"
+
+
+class WriteParts(beam.PTransform):
+    """dict rows -> records of the part files published in staging (see WritePartsFn)."""
+
+    def __init__(self, output_dir: str, folder: str, schema: pa.Schema,
+                 origin: str = COMPUTED, commit_interval: float = 60.0):
         super().__init__()
-        self.prefix = f"{output_dir.rstrip('/')}/{folder}/part"
-        self.schema = schema
+        self.fn = WritePartsFn(output_dir, folder, schema, origin, commit_interval)
 
     def expand(self, rows):
-        return rows | "WriteToParquet" >> beam.io.WriteToParquet(
-            self.prefix, self.schema, codec="snappy", file_name_suffix=".parquet")
+        return rows | "WriteParts" >> beam.ParDo(self.fn)

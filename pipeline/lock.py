@@ -1,0 +1,148 @@
+"""The run folder's lock: ``DIR/.lock``, created only if absent, naming the run that owns it.
+
+Locally the file is created with ``O_CREAT | O_EXCL``; on ``gs://`` with the generation
+precondition ``if_generation_match=0`` (the object is written only if no object has that
+name), through google-cloud-storage. The gs:// path cannot be tested offline; the local one
+is tested with real processes (tests/test_run_folder.py).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.staging import LOCK, join
+
+
+class LockHeld(Exception):
+    """Another run holds the folder; ``owner`` is its lock, ``stale`` says if it looks dead."""
+
+    def __init__(self, path: str, owner: Lock | None, stale: bool, why: str):
+        super().__init__(path, owner, stale, why)
+        self.path, self.owner, self.stale, self.why = path, owner, stale, why
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.why}"
+
+
+@dataclass(frozen=True)
+class Lock:
+    run_id: str
+    host: str
+    pid: int
+    started_at: str
+    token: str  # this attempt's own id: the commit removes the lock only if it is still ours
+    # True when the job runs in the launcher's process group (DirectRunner): the launcher's
+    # death is the job's. A remote job (Dataflow) outlives its launcher: only age counts.
+    local: bool = True
+
+    @classmethod
+    def new(cls, run_id: str, local: bool = True) -> Lock:
+        return cls(run_id, socket.gethostname(), os.getpid(),
+                   datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                   uuid.uuid4().hex, local)
+
+    def describe(self) -> str:
+        return (f"run {self.run_id!r} (host {self.host}, pid {self.pid}, started "
+                f"{self.started_at})")
+
+    def age_seconds(self) -> float:
+        try:
+            started = datetime.datetime.fromisoformat(self.started_at)
+        except ValueError:
+            return float("inf")
+        return time.time() - started.timestamp()
+
+    def stale_reason(self, lock_timeout: float) -> str | None:
+        """Why this lock's owner is presumed dead, or None while it may be alive."""
+        if self.local and self.host == socket.gethostname() and not _alive(self.pid):
+            return f"its process {self.pid} on {self.host} is gone"
+        if self.age_seconds() > lock_timeout:
+            return f"it is older than --lock_timeout {lock_timeout:g} s"
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped by its parent) is gone too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def lock_path(output_dir: str) -> str:
+    return join(output_dir, LOCK)
+
+
+def read(output_dir: str) -> Lock | None:
+    """The folder's lock, None when there is none; an unreadable lock is an owner unknown."""
+    path = lock_path(output_dir)
+    if not FileSystems.exists(path):
+        return None
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            fields = json.loads(f.read().decode("utf-8"))
+        return Lock(**{k: fields[k] for k in Lock.__dataclass_fields__ if k in fields})
+    except Exception:  # noqa: BLE001 - half-written or foreign: an owner we cannot name
+        return Lock("unknown", "unknown", -1, "unknown", "unknown")
+
+
+def create(output_dir: str, lock: Lock) -> None:
+    """Create the lock if no lock exists, atomically; LockHeld otherwise."""
+    path = lock_path(output_dir)
+    data = json.dumps(asdict(lock), indent=2).encode()
+    if path.startswith("gs://"):
+        created = _create_gcs(path, data)
+    else:
+        os.makedirs(output_dir, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            created = False
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            created = True
+    if not created:
+        owner = read(output_dir)
+        raise LockHeld(path, owner, False, f"locked by {owner.describe() if owner else 'a run'}")
+
+
+def _create_gcs(path: str, data: bytes) -> bool:  # pragma: no cover - needs Cloud Storage
+    from google.api_core.exceptions import PreconditionFailed
+    from google.cloud import storage
+
+    bucket, name = path[len("gs://"):].split("/", 1)
+    blob = storage.Client().bucket(bucket).blob(name)
+    try:
+        blob.upload_from_string(data, content_type="application/json", if_generation_match=0)
+    except PreconditionFailed:
+        return False
+    return True
+
+
+def release(output_dir: str, token: str) -> bool:
+    """Delete the lock if it is still the one with ``token``; True when deleted."""
+    current = read(output_dir)
+    if current is None or current.token != token:
+        return False
+    FileSystems.delete([lock_path(output_dir)])
+    return True
+
+
+def remove_stale(output_dir: str) -> None:
+    path = lock_path(output_dir)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
