@@ -23,8 +23,8 @@ from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.regions import check_regions
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
-from transforms.tfrecord import RecordKeys
 from transforms.staging import inputs_path
+from transforms.tfrecord import RecordKeys
 
 
 class RunFailed(Exception):

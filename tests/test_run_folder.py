@@ -370,7 +370,7 @@ def test_every_bad_option_is_refused_before_any_work_with_one_line(
         "huge_steps": (["--steps", "100000000"], "--steps must be <= "),
         "labels_not_utf8": (["--labels", "LABELS"], "not UTF-8"),
         "regions_empty": (["--regions", "REGIONS_EMPTY"], "empty 'region' cell"),
-        "regions_nan": (["--regions", "REGIONS_NAN"], "finite numbers"),
+        "regions_nan": (["--regions", "REGIONS_NAN"], "not a finite number"),
         "output_dir_is_a_file": ([], "is an existing file"),
         "corrupt_reuse_from": (["--reuse_from", "CORRUPT"], "cannot be read as Parquet"),
         "image_size_contradicts": (["--image_size", "8,8"], "does not match"),

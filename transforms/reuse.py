@@ -27,12 +27,17 @@ from apache_beam.metrics import Metrics
 
 from attribution import masks
 from attribution.images import pad_geometry
-from transforms.files import (RunFolderError, parquet_parts, parquet_schema, publish, read_bytes,
-                              read_manifest)
+from transforms.files import (
+    RunFolderError,
+    parquet_parts,
+    parquet_schema,
+    publish,
+    read_bytes,
+    read_manifest,
+)
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
-from transforms.read import (DEFAULT_MAX_FILE_BYTES, DecodeFn, ListedInputs, UnsafeInput,
-                             hash_input)
+from transforms.read import DEFAULT_MAX_FILE_BYTES, DecodeFn, ListedInputs, UnsafeInput, hash_input
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
