@@ -195,6 +195,36 @@ class IntegratedGradients:
             start += len(chunk)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
+    def gradients(self, inputs: np.ndarray, targets: Sequence[int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Target scores [N] and input gradients [N, H, W, 3] at explicit points.
+
+        For the methods whose path is not a straight line (attribution/methods/). Rows are
+        packed into the same fixed-size traced call as ``attribute`` (a point is the path at
+        alpha 1 from itself), so nothing retraces.
+        """
+        inputs = np.asarray(inputs, np.float32)
+        targets = np.asarray(targets, np.int32)
+        if inputs.shape[1:] != (*self.image_size, 3) or len(targets) != len(inputs):
+            raise ValueError(f"gradients needs [N, {self.image_size[0]}, {self.image_size[1]}, "
+                             f"3] points and N targets, got {inputs.shape} and {targets.shape}")
+        scores, grads, start = [], [], 0
+        while start < len(inputs):
+            chunk = _pad(inputs[start:start + self.batch_size], self.batch_size)
+            count = min(self.batch_size, len(inputs) - start)
+            try:
+                score, grad = self._call(
+                    self._gradients, chunk, chunk, np.ones(self.batch_size, np.float32),
+                    _pad(targets[start:start + count], self.batch_size))
+            except _Retry:
+                continue
+            scores.append(score[:count])
+            grads.append(grad[:count])
+            start += count
+        if not scores:
+            return np.zeros(0, np.float32), np.zeros((0, *self.image_size, 3), np.float32)
+        return np.concatenate(scores), np.concatenate(grads)
+
     def attribute(self, requests: Sequence[Request], targets: Targets | str = "predicted"
                   ) -> list[Attribution]:
         """IG for every request and each of its targets, in request order then target rank."""

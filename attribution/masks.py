@@ -288,3 +288,90 @@ def _parse_regions(regions) -> tuple[list[str], np.ndarray]:
         names.append(name)
         boxes.append(box)
     return names, np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+# -- visualization options (issue 12): polarity, clipping, colormap, overlay, mask type ---
+POLARITIES = ("abs", "positive", "negative", "both")
+OVERLAYS = ("original", "grayscale", "mask_black", "none")
+MASK_TYPES = ("pixels", "outlines")
+
+
+@functools.lru_cache(maxsize=1)
+def _find_boundaries():
+    from skimage.segmentation import find_boundaries
+    return find_boundaries
+
+
+def styled_values(attributions, *, polarity: str = "abs", clip_low: float = 0.0,
+                  clip_high: float = 99.0) -> np.ndarray:
+    """Per-pixel mask values in [0, 1] for ``polarity``.
+
+    ``abs``: the |IG| mass; ``positive`` / ``negative``: the signed sum's positive part / the
+    negative part's magnitude. Values at or below the ``clip_low`` percentile map to 0, at or
+    above the ``clip_high`` one to 1 (linear between). ``both``: the signed sum on a symmetric
+    scale (the ``clip_high`` percentile of |signed sum| at the ends), 0.5 = no evidence.
+    A 2-D array (e.g. an XRAI heat map) is taken as the per-pixel values themselves.
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {POLARITIES}, got {polarity!r}")
+    if not 0 <= clip_low < clip_high <= 100:
+        raise ValueError(f"need 0 <= clip_low < clip_high <= 100, got {clip_low}, {clip_high}")
+    values = np.asarray(attributions, dtype=np.float64)
+    values = _validated(values[..., None] if values.ndim == 2 else values)
+    signed = values.sum(axis=-1)
+    if polarity == "both":
+        vmax = _clip_value(np.abs(signed), clip_high)
+        return np.full(signed.shape, 0.5) if vmax == 0 else 0.5 + 0.5 * np.clip(
+            signed / vmax, -1.0, 1.0)
+    if values.shape[-1] == 1 and polarity == "abs":
+        magnitude = signed  # a heat map: its own values, lowest first
+    elif polarity == "abs":
+        magnitude = np.abs(values).sum(axis=-1)
+    else:
+        magnitude = np.maximum(signed if polarity == "positive" else -signed, 0.0)
+    low = np.percentile(magnitude, clip_low) if clip_low > 0 else min(0.0, magnitude.min())
+    high = np.percentile(magnitude, clip_high)
+    if high <= low:
+        high = magnitude.max()
+    if high <= low:
+        return np.zeros_like(magnitude)
+    return np.clip((magnitude - low) / (high - low), 0.0, 1.0)
+
+
+def styled_pngs(image, values: np.ndarray, *, cmap: str = "inferno", overlay: str = "original",
+                mask_type: str = "pixels", outline: np.ndarray | None = None,
+                top_fraction: float = 0.3, alpha: float = 0.4) -> tuple[bytes, bytes]:
+    """(mask PNG, overlay PNG) of mask values in [0, 1] (``styled_values``).
+
+    ``overlay``: ``original`` blends the colours over the image (as ``overlay_png``),
+    ``grayscale`` over its luminance, ``mask_black`` shows the image scaled by the values
+    (black where there is no attribution), ``none`` the colours alone. ``mask_type``
+    ``outlines`` draws, instead of colouring every pixel, the boundary of ``outline`` (a
+    boolean [H, W]; default: the pixels with the top ``top_fraction`` of values) in the
+    colormap's top colour.
+    """
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay must be one of {OVERLAYS}, got {overlay!r}")
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+    colours = _colorize(values, cmap)
+    pixels = _validated_image(image, values.shape)
+    if overlay == "grayscale":
+        pixels = np.repeat((pixels @ np.array([0.299, 0.587, 0.114]))[..., None], 3, axis=-1)
+    if overlay == "mask_black":
+        base = pixels * values[..., None]
+    elif overlay == "none":
+        base = colours / 255.0
+    else:
+        base = pixels
+    if mask_type == "outlines":
+        if outline is None:
+            outline = values >= np.percentile(values, 100 * (1 - top_fraction))
+        drawn = base.copy()
+        edge = _find_boundaries()(outline, mode="inner")
+        drawn[edge] = _colorize(np.ones(1), cmap)[0] / 255.0
+    elif overlay in ("original", "grayscale"):
+        drawn = (1 - alpha) * base + alpha * (colours / 255.0)
+    else:
+        drawn = base
+    return _encode_png(colours), _encode_png(np.rint(np.clip(drawn, 0, 1) * 255).astype(np.uint8))

@@ -11,6 +11,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
 from attribution.preprocessing import PREPROCESS
+from attribution.masks import MASK_TYPES, OVERLAYS, POLARITIES
+from attribution.methods import ATTRIBUTIONS, parse_baselines
 from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
 from transforms.files import absolute
@@ -56,8 +58,9 @@ class AttributionOptions(PipelineOptions):
         add("--tolerance", type=float, default=0.01,
             help="Relative completeness error to reach by refining; 0 disables refinement.")
         add("--max_steps", type=int, default=256, help="Most points refinement may use.")
-        add("--baseline", default="black", choices=BASELINES,
-            help="Path start (uniform_noise is seeded per image content: reruns reproduce).")
+        add("--baseline", default="black",
+            help=f"Path start, one of {', '.join(BASELINES)} or a comma list (black,white: "
+                 "the mean of the IGs from each); uniform_noise is seeded per image content.")
         add("--seed", type=int, default=0, help="Seed for the noise baseline.")
         add("--batch_size", type=int, default=32,
             help="(image, alpha) rows per model call, packed across images.")
@@ -102,6 +105,35 @@ class AttributionOptions(PipelineOptions):
         add("--artifacts", default="masks,overlays",
             help="Per-image files to write: a comma list of masks, overlays, raw, or none "
                  "(then mask_uri/overlay_uri are null). --write_raw adds raw.")
+        add("--attribution", default="ig", choices=ATTRIBUTIONS,
+            help="Method: ig, smoothgrad (IG of noisy copies), expected_gradients (baselines "
+                 "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).")
+        add("--noise_sigma", type=float, default=0.1,
+            help="smoothgrad: noise standard deviation, a fraction of the [0, 1] input range.")
+        add("--noise_samples", type=int, default=8, help="smoothgrad: noisy copies per image.")
+        add("--baseline_samples", type=int, default=16,
+            help="expected_gradients: baseline images sampled (seeded) from the input set.")
+        add("--max_blur_sigma", type=float, default=20.0,
+            help="blur_ig: sigma (pixels) of the blurred image the path starts from.")
+        add("--guided_fraction", type=float, default=0.1,
+            help="guided_ig: fraction of features moved per step (128 steps unless --steps).")
+        add("--xrai_top_fraction", type=float, default=0.3,
+            help="xrai (and --mask_type outlines): share of the image the outlined top "
+                 "regions cover.")
+        add("--mask_polarity", default="abs", choices=POLARITIES,
+            help="Mask of |attribution| (abs), only positive or negative evidence, or both "
+                 "signs on a diverging colormap.")
+        add("--clip_low", type=float, default=0.0,
+            help="Percentile of the mask values drawn as the colormap's low end.")
+        add("--clip_high", type=float, default=None,
+            help="Percentile drawn as the colormap's high end (default: --clip_percentile).")
+        add("--colormap", default=None,
+            help="Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both).")
+        add("--overlay", default="original", choices=OVERLAYS,
+            help="What the overlay draws the mask on: the image, its grayscale, the image "
+                 "masked to black by the attribution, or nothing (the mask alone).")
+        add("--mask_type", default="pixels", choices=MASK_TYPES,
+            help="Overlay colours every pixel, or outlines the top --xrai_top_fraction.")
         add("--run_id", default=None,
             help="This run's name, recorded in the manifest (default: the UTC start time, "
                  "e.g. 20260101T020000Z).")
@@ -201,8 +233,19 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     flags, beam_flags = _split_labels(flags)
     ours, _ = help_parser().parse_known_args(flags)  # --help and type errors exit here
     ours.config = known.config
+    ours.given_options = given_options(flags)
     validate(ours)
     return ours, PipelineOptions(beam_flags)
+
+
+def given_options(flags: list[str]) -> list[str]:
+    """The contract options set on the command line or in the config (not by default):
+    ``--method`` / ``--steps`` given explicitly change expected_gradients / guided_ig."""
+    parser = help_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(flags)
+    return sorted(vars(given))
 
 
 def parse_image_size(text: str | None) -> tuple[int, int] | None:
@@ -288,6 +331,7 @@ def validate(o: argparse.Namespace) -> None:
         if o.regions_from_record:
             raise UsageError("--regions_from_record is for TFRecord input: add "
                              "--input_format tfrecord, or give boxes with --regions FILE")
+    validate_methods(o)
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
@@ -330,3 +374,29 @@ def validate_with_model(o: argparse.Namespace, num_classes: int,
         raise UsageError(f"--batch_size {o.batch_size} puts {call_bytes / 1024 ** 3:.1f} GiB "
                          f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
                          f"--batch_size {min(fits, MAX_BATCH)} or less")
+
+
+def validate_methods(o: argparse.Namespace) -> None:
+    """The method and visualization options (issue 12)."""
+    try:
+        parse_baselines(o.baseline)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    for name in ("noise_sigma", "max_blur_sigma"):
+        if not getattr(o, name) > 0:
+            raise UsageError(f"--{name} must be > 0, got {getattr(o, name)}")
+    for name in ("noise_samples", "baseline_samples"):
+        if getattr(o, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(o, name)}")
+    for name in ("guided_fraction", "xrai_top_fraction"):
+        if not 0 < getattr(o, name) <= 1:
+            raise UsageError(f"--{name} must be in (0, 1], got {getattr(o, name)}")
+    high = o.clip_percentile if o.clip_high is None else o.clip_high
+    if not 0 <= o.clip_low < high <= 100:
+        raise UsageError(f"--clip_low and --clip_high must satisfy 0 <= low < high <= 100, "
+                         f"got {o.clip_low} and {high}")
+    if o.colormap is not None:
+        import matplotlib
+        if o.colormap not in matplotlib.colormaps:
+            raise UsageError(f"--colormap {o.colormap!r} is not a matplotlib colormap; try "
+                             f"inferno, viridis, gray or RdBu_r")

@@ -111,6 +111,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     if labels and len(labels) != model.num_classes:
         logging.warning("--labels has %d lines, the model has %d classes", len(labels),
                         model.num_classes)
+    chosen = method_settings(opts)
+    opts.steps, opts.max_steps = chosen.pop("steps", opts.steps), chosen.pop("max_steps",
+                                                                           opts.max_steps)
     settings = Settings(
         model=opts.model, output_dir=opts.output_dir, image_size=model.image_size,
         num_classes=model.num_classes, model_fingerprint=model.fingerprint,
@@ -119,10 +122,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         tolerance=opts.tolerance or None, max_steps=opts.max_steps, baseline=opts.baseline,
         seed=opts.seed, batch_size=opts.batch_size, image_batch_size=opts.image_batch_size,
         max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
-        clip_percentile=opts.clip_percentile, jit_compile=opts.jit_compile, labels=labels,
-        preprocess=opts.preprocess, channels=model.channels,
-        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
-        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval)
+        clip_percentile=opts.clip_percentile if opts.clip_high is None else opts.clip_high,
+        jit_compile=opts.jit_compile, labels=labels, preprocess=opts.preprocess,
+        channels=model.channels, artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
+        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval, **chosen)
     records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
                          labels) if options.input_format(opts) == "tfrecord" else None
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
@@ -219,6 +222,23 @@ def _run_job(pipeline_options, settings, opts, records, runner, dry_run, matched
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
     return result
+
+
+def method_settings(opts) -> dict:
+    """Settings of --attribution and the visualization options. Guided IG takes 128 steps
+    unless --steps is given; expected gradients uses one random alpha per (image, baseline)
+    pair unless --method is given (then that quadrature rule per pair)."""
+    from attribution.methods import GUIDED_STEPS
+    given = set(getattr(opts, "given_options", ()))
+    out = {name: getattr(opts, name) for name in (
+        "attribution", "noise_sigma", "noise_samples", "baseline_samples", "max_blur_sigma",
+        "guided_fraction", "xrai_top_fraction", "mask_polarity", "clip_low", "colormap",
+        "overlay", "mask_type")}
+    out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
+    if opts.attribution == "guided_ig" and "steps" not in given:
+        out["steps"] = GUIDED_STEPS
+        out["max_steps"] = max(opts.max_steps, GUIDED_STEPS)
+    return out
 
 
 def _add_counters(output_dir: str, record: dict, result) -> dict:

@@ -5,8 +5,11 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from attribution.baselines import make_baseline
-from attribution.integrated_gradients import IntegratedGradients, Request, Targets
+import numpy as np
+
+from attribution import methods
+from attribution.baselines import seed_for
+from attribution.integrated_gradients import IntegratedGradients, Targets
 from attribution.models import load_model
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
@@ -55,6 +58,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
     def setup(self):
         self.model = None  # loaded at the first batch: a worker with nothing to compute never loads
         self.targets = Targets.parse(self.settings.target)
+        self.config = self.settings.method_config
 
     def _load(self):
         loads = []
@@ -67,23 +71,22 @@ class AttributeFn(CountsProgress, beam.DoFn):
         if loads:
             mark_model_load(self.settings.output_dir)  # counted by the commit (manifest)
 
-    def _requests(self, images):
-        return [Request(i, d.image, make_baseline(self.settings.baseline, d.image,
-                                                  key=d.content_sha256, seed=self.settings.seed))
-                for i, d in enumerate(images)]
+    def _explain(self, images, references):
+        """One list of results per image, by the --attribution method (attribution/methods)."""
+        return methods.explain(self.model.engine, [d.image for d in images],
+                               [d.content_sha256 for d in images], self.targets, self.config,
+                               references)
 
-    def process(self, images):
+    def process(self, images, references=None):
         if self.model is None:
             self._load()
         try:
-            results = self.model.engine.attribute(self._requests(images), self.targets)
-            groups = [[r for r in results if r.key == i] for i in range(len(images))]
+            groups = self._explain(images, references)
         except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
             groups = []
             for image in images:
                 try:
-                    groups.append(self.model.engine.attribute(self._requests([image]),
-                                                              self.targets))
+                    groups.append(self._explain([image], references)[0])
                 except Exception as e:  # noqa: BLE001
                     groups.append(e)
         self.progress(len(images))
@@ -108,9 +111,35 @@ class AttributeImages(beam.PTransform):
 
     def expand(self, images):
         size = self.settings.image_batch_size
+        side = {}
+        if self.settings.attribution == "expected_gradients":
+            side["references"] = beam.pvalue.AsSingleton(
+                images | "SampleBaselines" >> SampleBaselines(self.settings))
         return (images
                 # fixed-size batches: the engine packs rows best across many images, and
                 # Beam's adaptive sizing started at 1 image (mean 8.7 of 16 in a benchmark)
                 | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-                | "IntegratedGradients" >> beam.ParDo(AttributeFn(self.settings, shared.Shared()))
+                | "IntegratedGradients" >> beam.ParDo(AttributeFn(self.settings, shared.Shared()),
+                                                      **side)
                 .with_outputs(ERRORS, main="attributed"))
+
+
+class SampleBaselines(beam.PTransform):
+    """DecodedImage -> one float32 [K, H, W, 3] array: the --baseline_samples images with the
+    smallest seeded hash of their content, a reproducible sample of the input set (the
+    expected-gradients baselines, handed to every worker as a side input)."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, images):
+        seed, count = self.settings.seed, self.settings.baseline_samples
+        size = self.settings.image_size
+        return (images
+                | "Sample" >> beam.combiners.Top.Of(
+                    count, key=lambda d: seed_for(f"baseline:{d.content_sha256}", seed),
+                    reverse=True)
+                | "Stack" >> beam.Map(lambda sample: np.stack(
+                    [d.image for d in sample]) if sample else np.zeros((0, *size, 3),
+                                                                     np.float32)))

@@ -127,7 +127,10 @@ class HashFn(CountsProgress, beam.DoFn):
 
 def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     """Previous rows made by this model with these settings, keyed by content hash. Rows of
-    an older schema (a column missing) are not reused: they could not be copied as they are."""
+    an older schema (a column missing) are not reused: they could not be copied as they are.
+    Rows from before the methods' columns were added are plain IG rows and are completed."""
+    if row.get("settings_hash") == settings_hash and "attribution" not in row:
+        row = {**row, "attribution": "ig", "xrai_region_ranks": None}
     if (row.get("model_fingerprint") == model_fingerprint
             and row.get("settings_hash") == settings_hash and row.get("content_sha256")
             and all(name in row for name in SUMMARY_SCHEMA.names)):

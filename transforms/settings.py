@@ -38,6 +38,37 @@ class Settings:
     channels: int = 3  # the model's input channels (1: grayscale), from its signature
     max_file_bytes: int = 256 * 1024 * 1024  # inputs larger than this are refused unread
     commit_interval: float = 60.0  # seconds a worker may hold finished rows before staging them
+    # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
+    attribution: str = "ig"
+    noise_sigma: float = 0.1
+    noise_samples: int = 8
+    baseline_samples: int = 16
+    expected_gradients_alpha: str = "random"  # 'quadrature' when --method is given
+    max_blur_sigma: float = 20.0
+    guided_fraction: float = 0.1
+    xrai_top_fraction: float = 0.3
+    mask_polarity: str = "abs"
+    clip_low: float = 0.0
+    colormap: str | None = None
+    overlay: str = "original"
+    mask_type: str = "pixels"
+
+    @property
+    def method_config(self):
+        """The engine-side ``attribution.methods.MethodConfig`` (imported here: this module
+        stays importable without TensorFlow)."""
+        from attribution.methods import MethodConfig, parse_baselines
+        return MethodConfig(
+            attribution=self.attribution, baselines=parse_baselines(self.baseline),
+            seed=self.seed, noise_sigma=self.noise_sigma, noise_samples=self.noise_samples,
+            max_blur_sigma=self.max_blur_sigma, guided_fraction=self.guided_fraction,
+            expected_gradients_alpha=self.expected_gradients_alpha)
+
+    @property
+    def default_style(self) -> bool:
+        """The tutorial's mask and overlay (drawn exactly as before issue 12)."""
+        return (self.mask_polarity, self.clip_low, self.colormap, self.overlay,
+                self.mask_type) == ("abs", 0.0, None, "original", "pixels")
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
@@ -49,7 +80,8 @@ class Settings:
         Rows of a previous run are reused only when this hash matches (docs/audits.md). It
         covers the attribution (method, rule sizes, baseline, seed, score, target policy,
         input size, model output) and what is drawn from it (``grid_cells``: the grid column;
-        ``clip_percentile``: the mask and overlay PNGs). Left out on purpose: labels (relabelled
+        ``clip_percentile``: the mask and overlay PNGs; the method and visualization options
+        of METHOD_KEYS when not at their defaults). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
         asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
         numbers are computed, equal to float rounding). ``preprocess`` counts only when it is
@@ -63,4 +95,15 @@ class Settings:
         values = {k: getattr(self, k) for k in keys}  # a tuple dumps as a list, as before
         if self.preprocess != "none":
             values["preprocess"] = self.preprocess
+        # issue 12's options count only when they differ from their defaults, so hashes of
+        # plain IG runs (and --reuse_from across the upgrade) stay as they were
+        for name in METHOD_KEYS:
+            if getattr(self, name) != Settings.__dataclass_fields__[name].default:
+                values[name] = getattr(self, name)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+METHOD_KEYS = ("attribution", "noise_sigma", "noise_samples", "baseline_samples",
+               "expected_gradients_alpha", "max_blur_sigma", "guided_fraction",
+               "xrai_top_fraction", "mask_polarity", "clip_low", "colormap", "overlay",
+               "mask_type")

@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 
 from attribution import masks
 from attribution.images import pad_geometry
+from attribution.methods import xrai
 from transforms.files import publish
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
@@ -19,6 +20,21 @@ from transforms.write import STATISTICS
 def artifact_name(image_id: str, target: int, rank: int) -> str:
     """``<image_id>`` for the first target of an image, ``<image_id>--class<k>`` for others."""
     return image_id if rank == 0 else f"{image_id}--class{target}"
+
+
+def draw(image, attributions, heatmap, s: Settings) -> tuple[bytes, bytes]:
+    """(mask, overlay) PNGs with the visualization options; XRAI draws its heat map and
+    outlines the top regions covering --xrai_top_fraction of the image."""
+    cmap = s.colormap or ("RdBu_r" if s.mask_polarity == "both" else "inferno")
+    if heatmap is not None:
+        values = masks.styled_values(heatmap, clip_low=s.clip_low, clip_high=s.clip_percentile)
+        return masks.styled_pngs(image, values, cmap=cmap, overlay=s.overlay,
+                                 mask_type="outlines",
+                                 outline=xrai.top_regions(heatmap, s.xrai_top_fraction))
+    values = masks.styled_values(attributions, polarity=s.mask_polarity, clip_low=s.clip_low,
+                                 clip_high=s.clip_percentile)
+    return masks.styled_pngs(image, values, cmap=cmap, overlay=s.overlay,
+                             mask_type=s.mask_type, top_fraction=s.xrai_top_fraction)
 
 
 class SummarizeFn(beam.DoFn):
@@ -54,13 +70,23 @@ class SummarizeFn(beam.DoFn):
         name = artifact_name(image.image_id, result.target, rank)
         a = result.attributions
         mask_uri = overlay_uri = raw_uri = None
-        if "masks" in s.artifacts:  # --artifacts: which per-image files to write
-            mask_uri = f"{out}/masks/{name}.png"
-            files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
-        if "overlays" in s.artifacts:
-            overlay_uri = f"{out}/overlays/{name}.png"
-            files[overlay_uri] = masks.overlay_png(image.image, a,
-                                                   clip_percentile=s.clip_percentile)
+        heatmap = getattr(result, "xrai_heatmap", None)
+        if heatmap is None and s.default_style:
+            if "masks" in s.artifacts:  # --artifacts: which per-image files to write
+                mask_uri = f"{out}/masks/{name}.png"
+                files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
+            if "overlays" in s.artifacts:
+                overlay_uri = f"{out}/overlays/{name}.png"
+                files[overlay_uri] = masks.overlay_png(image.image, a,
+                                                       clip_percentile=s.clip_percentile)
+        elif "masks" in s.artifacts or "overlays" in s.artifacts:  # the drawing options, XRAI
+            mask, overlay = draw(image.image, a, heatmap, s)
+            if "masks" in s.artifacts:
+                mask_uri = f"{out}/masks/{name}.png"
+                files[mask_uri] = mask
+            if "overlays" in s.artifacts:
+                overlay_uri = f"{out}/overlays/{name}.png"
+                files[overlay_uri] = overlay
         if s.write_raw or "raw" in s.artifacts:
             raw_uri = f"{out}/raw/{name}.npy"
             buffer = io.BytesIO()
@@ -88,7 +114,9 @@ class SummarizeFn(beam.DoFn):
             "relative_completeness_error": result.relative_completeness_error,
             "converged": result.converged, "steps": result.steps,
             "gradient_evaluations": result.gradient_evaluations,
-            "method": result.method, "baseline": s.baseline, "score": s.score,
+            "method": result.method, "baseline": getattr(result, "baseline", s.baseline),
+            "score": s.score, "attribution": getattr(result, "attribution", s.attribution),
+            "xrai_region_ranks": getattr(result, "xrai_region_ranks", None),
             "mask_uri": mask_uri, "overlay_uri": overlay_uri, "raw_uri": raw_uri,
             "model_fingerprint": s.model_fingerprint, "settings_hash": s.settings_hash,
             **{k: float(stats[k]) for k in STATISTICS},

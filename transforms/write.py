@@ -41,6 +41,9 @@ SUMMARY_SCHEMA = pa.schema([
                                     ("area_fraction", pa.float64()),
                                     ("pointing_hit", pa.bool_())]))),
     ("true_class", pa.int32()), ("true_label", pa.string()),  # TFRecord --label_key
+    ("attribution", pa.string()),
+    ("xrai_region_ranks", pa.list_(pa.struct([("segment_area_fraction", pa.float64()),
+                                              ("gain", pa.float64())]))),
 ])
 
 ERROR_SCHEMA = pa.schema([

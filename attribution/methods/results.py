@@ -1,0 +1,69 @@
+"""What every method returns: an IG ``Attribution`` with the method's name and extras, and
+how per-baseline / per-copy IG results combine into one row."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+
+from attribution.integrated_gradients import Attribution
+
+
+@dataclass
+class Explanation(Attribution):
+    """One (image, target) explained by ``attribution`` (a name from ATTRIBUTIONS).
+
+    ``baseline`` names where the path(s) started (e.g. ``black,white``, ``blur:20``).
+    The completeness fields are the method's own (see ``combine``); XRAI also fills
+    ``xrai_heatmap`` (float [H, W] gain per pixel), ``xrai_ranks`` (int [H, W], 1 = best
+    region, 0 = none) and ``xrai_region_ranks`` (list of {segment_area_fraction, gain}).
+    """
+    attribution: str = "ig"
+    baseline: str = "black"
+    xrai_heatmap: np.ndarray | None = None
+    xrai_ranks: np.ndarray | None = None
+    xrai_region_ranks: list | None = None
+
+
+def explanation(result: Attribution, attribution: str, baseline: str, **extras) -> Explanation:
+    values = {f.name: getattr(result, f.name) for f in fields(Attribution)}
+    return Explanation(**values, attribution=attribution, baseline=baseline, **extras)
+
+
+def relative_error(error: float, fx: float, fb: float) -> float:
+    delta = abs(fx - fb)
+    return error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
+
+
+def combine(parts: Sequence[Attribution], *, target_score: float, atol: float,
+            tolerance: float | None, worst: bool) -> Attribution:
+    """The mean of several IGs of one (image, target), each with its own completeness check.
+
+    ``worst``: the row reports the largest per-part error (averaged baselines: every part
+    explains the same image); otherwise the mean error over parts (SmoothGrad: each noisy
+    copy is its own input). ``baseline_score`` is the mean F(baseline); the attribution sum
+    is the mean of the parts' sums, so for exact parts it equals ``mean(F(x_k)) - mean(F(b_k))``.
+    """
+    first = parts[0]
+    errors = np.array([p.completeness_error for p in parts])
+    relatives = np.array([p.relative_completeness_error for p in parts])
+    pick = np.max if worst else np.mean
+    same_path = all(np.array_equal(p.path_alphas, first.path_alphas) for p in parts)
+    attributions = np.mean([p.attributions.astype(np.float64) for p in parts], axis=0)
+    converged = all(p.converged for p in parts) if worst else bool(
+        float(pick(errors)) <= atol or (tolerance is not None
+                                        and float(pick(relatives)) <= tolerance))
+    return Attribution(
+        key=first.key, target=first.target, predicted_class=first.predicted_class,
+        predicted_score=first.predicted_score, target_score=target_score,
+        baseline_score=float(np.mean([p.baseline_score for p in parts])),
+        baseline_predicts_target=any(p.baseline_predicts_target for p in parts),
+        attributions=attributions.astype(np.float32),
+        attribution_sum=float(attributions.sum()), completeness_error=float(pick(errors)),
+        relative_completeness_error=float(pick(relatives)), converged=converged,
+        method=first.method, steps=max(p.steps for p in parts),
+        gradient_evaluations=sum(p.gradient_evaluations for p in parts),
+        path_alphas=first.path_alphas,
+        path_scores=(np.mean([p.path_scores for p in parts], axis=0).astype(np.float32)
+                     if same_path else first.path_scores))
