@@ -15,7 +15,8 @@ from skimage import data, transform
 from attribution.integrated_gradients import IntegratedGradients, Targets
 from attribution.methods import MethodConfig, explain, noisy_copies, xrai
 from attribution.methods.blur import BlurPath
-from attribution.methods.guided import GuidedPath, run as run_guided
+from attribution.methods.guided import GuidedPath
+from attribution.methods.guided import run as run_guided
 
 SIZE = 32
 
@@ -41,8 +42,8 @@ def photos():
 
 
 def engine(cnn, **kwargs):
-    options = dict(image_size=(SIZE, SIZE), score="logit", batch_size=16,
-                   method="gausslegendre", steps=16, tolerance=1e-3, max_steps=512)
+    options = {"image_size": (SIZE, SIZE), "score": "logit", "batch_size": 16,
+               "method": "gausslegendre", "steps": 16, "tolerance": 1e-3, "max_steps": 512}
     options.update(kwargs)
     return IntegratedGradients(lambda x: cnn(x), **options)
 
@@ -81,7 +82,7 @@ def test_smoothgrad_ig_matches_pair_with_the_same_noise(cnn, photos, monkeypatch
     call = pair_call(cnn)
     for image, key, result in zip(photos, ["astronaut", "coffee", "chelsea"], results):
         draws = iter(noisy_copies(image, key, config).astype(np.float64) - image)
-        monkeypatch.setattr(np.random, "normal", lambda loc, scale, size: next(draws))
+        monkeypatch.setattr(np.random, "normal", lambda loc, scale, size, d=draws: next(d))
         spread = config.noise_sigma / float(image.max() - image.min())
         expected = saliency.IntegratedGradients().GetSmoothedMask(
             image, call, {"target": result.target}, stdev_spread=spread, nsamples=4,

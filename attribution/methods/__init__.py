@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from attribution.baselines import BASELINES, make_baseline, seed_for
-from attribution.integrated_gradients import Attribution, IntegratedGradients, Request, Targets
+from attribution.integrated_gradients import (
+    Attribution,
+    IntegratedGradients,
+    Request,
+    Targets,
+)
 from attribution.methods import guided, xrai
 from attribution.methods.blur import BlurPath
 from attribution.methods.paths import Curve, integrate, weighted_gradients
-from attribution.methods.results import (Explanation, combine, explanation,
-                                         relative_error)
+from attribution.methods.results import Explanation, checked, combine, explanation
 
 ATTRIBUTIONS = ("ig", "smoothgrad", "expected_gradients", "blur_ig", "guided_ig", "xrai")
 EG_ALPHAS = ("random", "quadrature")
@@ -200,24 +204,13 @@ def _expected_gradients(engine, images, seed_keys, targets, config, references):
     _, products = weighted_gradients(engine, rows)
     groups = [[] for _ in images]
     for n, (i, target) in enumerate(keys):
-        attributions = np.sum(products[n * k:(n + 1) * k], axis=0)
-        fx, fb = float(image_scores[i, target]), float(reference_scores[:, target].mean())
-        total = float(attributions.sum())
-        error = abs(total - (fx - fb))
-        relative = relative_error(error, fx, fb)
-        predicted = int(np.argmax(image_scores[i]))
-        groups[i].append(Attribution(
-            key=i, target=target, predicted_class=predicted,
-            predicted_score=float(image_scores[i, predicted]), target_score=fx,
-            baseline_score=fb, baseline_predicts_target=bool(
-                np.mean(np.argmax(reference_scores, axis=1) == target) > 0.5),
-            attributions=attributions.astype(np.float32), attribution_sum=total,
-            completeness_error=error, relative_completeness_error=relative,
-            converged=bool(error <= engine.atol or (engine.tolerance is not None
-                                                    and relative <= engine.tolerance)),
-            method="random_alpha", steps=1, gradient_evaluations=k,
-            path_alphas=np.array([0.0, 1.0], np.float32),
-            path_scores=np.array([fb, fx], np.float32)))
+        fb = float(reference_scores[:, target].mean())
+        groups[i].append(checked(
+            key=i, target=target, image_scores=image_scores[i], start_score=fb,
+            start_predicts_target=np.mean(np.argmax(reference_scores, axis=1) == target) > 0.5,
+            attributions=np.sum(products[n * k:(n + 1) * k], axis=0), atol=engine.atol,
+            tolerance=engine.tolerance, method="random_alpha", steps=1, evaluations=k,
+            path_alphas=[0.0, 1.0], path_scores=[fb, image_scores[i, target]]))
     return groups
 
 
@@ -229,12 +222,10 @@ def _blur_ig(engine, images, targets, config) -> list[list[Attribution]]:
     image_scores, start_scores = scores[:len(images)], scores[len(images):]
     curves = []
     for i, path in enumerate(paths):
-        predicted = int(np.argmax(image_scores[i]))
         for target in targets.select(image_scores[i]):
             curves.append(Curve(
-                key=i, target=target, point=path, end_score=float(image_scores[i, target]),
-                start_score=float(start_scores[i, target]), predicted_class=predicted,
-                predicted_score=float(image_scores[i, predicted]),
+                key=i, target=target, point=path, image_scores=image_scores[i],
+                start_score=float(start_scores[i, target]),
                 start_predicts_target=int(np.argmax(start_scores[i])) == target))
     results = integrate(engine, curves, method=engine.method, steps=engine.steps,
                         tolerance=engine.tolerance, max_steps=engine.max_steps, atol=engine.atol)
@@ -262,23 +253,14 @@ def _guided_ig(engine, images, seed_keys, targets, config) -> list[list[Attribut
     curves = guided.run(engine, paths, path_targets)
     parts = defaultdict(list)
     for (i, target, k), path, curve in zip(jobs, paths, curves):
-        fx, fb = float(image_scores[i, target]), float(base_scores[i, k, target])
-        total = float(path.attributions.sum())
-        error = abs(total - (fx - fb))
-        relative = relative_error(error, fx, fb)
-        predicted = int(np.argmax(image_scores[i]))
-        alphas = np.arange(len(curve) + 1, dtype=np.float32) / max(len(curve), 1)
-        parts[(i, target)].append(Attribution(
-            key=i, target=target, predicted_class=predicted,
-            predicted_score=float(image_scores[i, predicted]), target_score=fx,
-            baseline_score=fb, baseline_predicts_target=int(np.argmax(base_scores[i, k]))
-            == target, attributions=path.attributions.astype(np.float32),
-            attribution_sum=total, completeness_error=error,
-            relative_completeness_error=relative,
-            converged=bool(error <= engine.atol or (engine.tolerance is not None
-                                                    and relative <= engine.tolerance)),
-            method="guided", steps=path.steps, gradient_evaluations=len(curve),
-            path_alphas=alphas, path_scores=np.array(curve + [fx], np.float32)))
+        parts[(i, target)].append(checked(
+            key=i, target=target, image_scores=image_scores[i],
+            start_score=float(base_scores[i, k, target]),
+            start_predicts_target=int(np.argmax(base_scores[i, k])) == target,
+            attributions=path.attributions, atol=engine.atol, tolerance=engine.tolerance,
+            method="guided", steps=path.steps, evaluations=len(curve),
+            path_alphas=np.arange(len(curve) + 1) / max(len(curve), 1),
+            path_scores=curve + [float(image_scores[i, target])]))
     groups = [[] for _ in images]
     for (i, _), group in parts.items():
         groups[i].append(group[0] if len(group) == 1 else combine(

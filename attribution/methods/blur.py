@@ -22,7 +22,7 @@ class BlurPath:
             raise ValueError(f"--max_blur_sigma must be > 0, got {max_sigma!r}")
         self.image = np.asarray(image, np.float64)
         self.max_sigma = float(max_sigma)
-        self.radius = int(math.ceil(4 * self.max_sigma))
+        self.radius = math.ceil(4 * self.max_sigma)
 
     def blurred(self, sigma: float) -> np.ndarray:
         return self._blur(sigma)[0]
@@ -44,7 +44,7 @@ class BlurPath:
         flat = self.image.reshape(h, -1)
         along_rows = (rows @ flat).reshape(h, w, c).transpose(0, 2, 1).reshape(h * c, w)
         d_along_rows = (d_rows @ flat).reshape(h, w, c).transpose(0, 2, 1).reshape(h * c, w)
-        back = lambda a: a.reshape(h, c, w).transpose(0, 2, 1)  # noqa: E731
+        back = lambda a: a.reshape(h, c, w).transpose(0, 2, 1)
         point = back(along_rows @ cols.T)
         slope = back(d_along_rows @ cols.T + along_rows @ d_cols.T)
         return point, slope

@@ -8,14 +8,14 @@ relative completeness error exceeds the tolerance are refined as the engine refi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from attribution import quadrature
 from attribution.integrated_gradients import Attribution
-from attribution.methods.results import relative_error
+from attribution.methods.results import checked
 
 
 @dataclass
@@ -23,10 +23,8 @@ class Curve:
     key: object
     target: int
     point: Callable[[float], tuple[np.ndarray, np.ndarray]]
-    end_score: float            # F(image) for the target
-    start_score: float          # F(gamma(0))
-    predicted_class: int
-    predicted_score: float
+    image_scores: np.ndarray    # F(image), every class
+    start_score: float          # F(gamma(0)) for the target
     start_predicts_target: bool
     integral: np.ndarray | None = None
     evaluations: int = 0
@@ -83,22 +81,13 @@ def _row(curve: Curve, t: float, weight: float):
 
 
 def _finish(curve: Curve, rule, atol, tolerance) -> Attribution:
-    attributions = curve.integral
-    total = float(attributions.sum())
-    fx, fb = curve.end_score, curve.start_score
-    error = abs(total - (fx - fb))
-    relative = relative_error(error, fx, fb)
     path = dict(curve.path)
-    path.setdefault(0.0, fb)
-    path.setdefault(1.0, fx)
+    path.setdefault(0.0, curve.start_score)
+    path.setdefault(1.0, float(curve.image_scores[curve.target]))
     alphas = sorted(path)
-    return Attribution(
-        key=curve.key, target=curve.target, predicted_class=curve.predicted_class,
-        predicted_score=curve.predicted_score, target_score=fx, baseline_score=fb,
-        baseline_predicts_target=curve.start_predicts_target,
-        attributions=attributions.astype(np.float32), attribution_sum=total,
-        completeness_error=error, relative_completeness_error=relative,
-        converged=bool(error <= atol or (tolerance is not None and relative <= tolerance)),
-        method=rule.method, steps=rule.steps, gradient_evaluations=curve.evaluations,
-        path_alphas=np.array(alphas, np.float32),
-        path_scores=np.array([path[a] for a in alphas], np.float32))
+    return checked(key=curve.key, target=curve.target, image_scores=curve.image_scores,
+                   start_score=curve.start_score,
+                   start_predicts_target=curve.start_predicts_target,
+                   attributions=curve.integral, atol=atol, tolerance=tolerance,
+                   method=rule.method, steps=rule.steps, evaluations=curve.evaluations,
+                   path_alphas=alphas, path_scores=[path[a] for a in alphas])

@@ -2,8 +2,8 @@
 how per-baseline / per-copy IG results combine into one row."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
 import numpy as np
 
@@ -67,3 +67,27 @@ def combine(parts: Sequence[Attribution], *, target_score: float, atol: float,
         path_alphas=first.path_alphas,
         path_scores=(np.mean([p.path_scores for p in parts], axis=0).astype(np.float32)
                      if same_path else first.path_scores))
+
+
+def checked(*, key, target: int, image_scores: np.ndarray, start_score: float,
+            start_predicts_target: bool, attributions: np.ndarray, atol: float,
+            tolerance: float | None, method: str, steps: int, evaluations: int,
+            path_alphas, path_scores) -> Attribution:
+    """An ``Attribution`` for a path computed outside the engine, with its completeness check
+    against F(image) - F(path start)."""
+    attributions = np.asarray(attributions, np.float64)
+    total = float(attributions.sum())
+    fx = float(image_scores[target])
+    error = abs(total - (fx - start_score))
+    relative = relative_error(error, fx, start_score)
+    predicted = int(np.argmax(image_scores))
+    return Attribution(
+        key=key, target=target, predicted_class=predicted,
+        predicted_score=float(image_scores[predicted]), target_score=fx,
+        baseline_score=float(start_score), baseline_predicts_target=bool(start_predicts_target),
+        attributions=attributions.astype(np.float32), attribution_sum=total,
+        completeness_error=error, relative_completeness_error=relative,
+        converged=bool(error <= atol or (tolerance is not None and relative <= tolerance)),
+        method=method, steps=steps, gradient_evaluations=evaluations,
+        path_alphas=np.asarray(path_alphas, np.float32),
+        path_scores=np.asarray(path_scores, np.float32))
