@@ -12,10 +12,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import fft
 
 
 class BlurPath:
-    """gamma(t) and gamma'(t) for one image ([H, W, C] float)."""
+    """gamma(t) and gamma'(t) for one image ([H, W, C] float).
+
+    Each axis is blurred as one zero-padded FFT convolution (scipy.fft, no BLAS threads to
+    fight TensorFlow's): the image's spectrum along the rows is computed once, then each
+    point costs six real FFTs of its lines, whatever the kernel size.
+    """
 
     def __init__(self, image: np.ndarray, max_sigma: float):
         if not max_sigma > 0:
@@ -23,6 +29,11 @@ class BlurPath:
         self.image = np.asarray(image, np.float64)
         self.max_sigma = float(max_sigma)
         self.radius = math.ceil(4 * self.max_sigma)
+        h, w = self.image.shape[:2]
+        # lengths past size + radius: the circular convolution never wraps into the image
+        self.lengths = (fft.next_fast_len(h + self.radius, real=True),
+                        fft.next_fast_len(w + self.radius, real=True))
+        self.rows_spectrum = fft.rfft(self.image, n=self.lengths[0], axis=0)
 
     def blurred(self, sigma: float) -> np.ndarray:
         return self._blur(sigma)[0]
@@ -37,28 +48,28 @@ class BlurPath:
         h, w = self.image.shape[:2]
         if sigma <= 1e-3:  # the kernel is a delta to float64 precision, and so is its slope
             return self.image.copy(), np.zeros_like(self.image)
-        rows, d_rows = _matrices(h, sigma, self.radius)
-        cols, d_cols = _matrices(w, sigma, self.radius)
-        c = self.image.shape[2]
-        # one matrix product per pass: rows act on [H, W * C], columns on [H * C, W]
-        flat = self.image.reshape(h, -1)
-        along_rows = (rows @ flat).reshape(h, w, c).transpose(0, 2, 1).reshape(h * c, w)
-        d_along_rows = (d_rows @ flat).reshape(h, w, c).transpose(0, 2, 1).reshape(h * c, w)
-        back = lambda a: a.reshape(h, c, w).transpose(0, 2, 1)
-        point = back(along_rows @ cols.T)
-        slope = back(d_along_rows @ cols.T + along_rows @ d_cols.T)
+        (lh, lw), shape = self.lengths, (slice(None), None, None)
+        rows, d_rows = _spectra(sigma, self.radius, lh)
+        along = fft.irfft(self.rows_spectrum * rows[shape], n=lh, axis=0)[:h]
+        d_along = fft.irfft(self.rows_spectrum * d_rows[shape], n=lh, axis=0)[:h]
+        cols, d_cols = (k[None, :, None] for k in _spectra(sigma, self.radius, lw))
+        spectrum, d_spectrum = fft.rfft(along, n=lw, axis=1), fft.rfft(d_along, n=lw, axis=1)
+        point = fft.irfft(spectrum * cols, n=lw, axis=1)[:, :w]
+        slope = fft.irfft(d_spectrum * cols + spectrum * d_cols, n=lw, axis=1)[:, :w]
         return point, slope
 
 
-def _matrices(size: int, sigma: float, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """[size, size] matrices of the 1-D normalised Gaussian (zero padding) and its sigma
-    derivative: out[i] = sum_j M[i, j] in[j]."""
+def _spectra(sigma: float, radius: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real spectra of the 1-D normalised Gaussian on [-radius, radius] and of its sigma
+    derivative, laid out circularly on ``length`` points (both kernels are even)."""
     u = np.arange(-radius, radius + 1, dtype=np.float64)
     e = np.exp(-0.5 * (u / sigma) ** 2)
     kernel = e / e.sum()
     # d/dsigma of e/sum(e): kernel * (u^2 - sum(kernel u^2)) / sigma^3
     d_kernel = kernel * (u ** 2 - (kernel * u ** 2).sum()) / sigma ** 3
-    offsets = np.arange(size)[None, :] - np.arange(size)[:, None]  # j - i
-    inside = np.abs(offsets) <= radius
-    index = np.clip(offsets + radius, 0, 2 * radius)
-    return np.where(inside, kernel[index], 0.0), np.where(inside, d_kernel[index], 0.0)
+    out = []
+    for k in (kernel, d_kernel):
+        circular = np.zeros(length)
+        circular[:radius + 1], circular[length - radius:] = k[radius:], k[:radius]
+        out.append(fft.rfft(circular))
+    return out[0], out[1]
