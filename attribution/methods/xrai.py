@@ -10,6 +10,7 @@ pixels, until no segment is left; pixels no segment reached form a last region.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from skimage import segmentation
 from skimage.morphology import dilation, disk
 from skimage.transform import resize
@@ -36,8 +37,25 @@ def segments(image: np.ndarray) -> list[np.ndarray]:
                                            min_size=MIN_SEGMENT_SIZE)
         labels = resize(labels, image.shape[:2], order=0, preserve_range=True, mode="constant",
                         anti_aliasing=False).astype(int)
-        for label in range(labels.min(), labels.max() + 1):
-            masks.append(dilation(labels == label, footprint=footprint))
+        masks.extend(_dilated_masks(labels, footprint))
+    return masks
+
+
+def _dilated_masks(labels: np.ndarray, footprint: np.ndarray) -> list[np.ndarray]:
+    """One dilated boolean mask per label value (lowest to highest, absent values give
+    empty masks), each dilated inside its bounding box grown by the footprint's radius:
+    the same pixels as dilating the whole image, at a fraction of the cost."""
+    low = labels.min()
+    boxes = ndimage.find_objects(labels - low + 1)
+    pad = footprint.shape[0] // 2
+    masks = []
+    for offset, box in enumerate(boxes):
+        mask = np.zeros(labels.shape, bool)
+        if box is not None:
+            grown = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, size))
+                          for b, size in zip(box, labels.shape))
+            mask[grown] = dilation(labels[grown] == low + offset, footprint=footprint)
+        masks.append(mask)
     return masks
 
 
@@ -51,26 +69,30 @@ def rank_regions(attributions: np.ndarray, masks: list[np.ndarray]
     shape = attr.shape
     flat = attr.ravel()
     stack = np.array([m.ravel() for m in masks], bool).reshape(len(masks), -1)
-    weights = stack.astype(np.float32)  # one matrix-vector product per step, not M masks
     remaining = np.ones(len(masks), bool)
+    # the not-yet-covered pixels of every segment, kept up to date as pixels get covered
+    # (each pixel is subtracted once: no pass over all segments and pixels per step)
+    counts = stack.sum(axis=1).astype(np.int64)
+    sums = np.array([flat[m].sum() for m in stack])
     covered = np.zeros(flat.size, bool)
     heatmap = np.full(flat.size, -np.inf)
     trace = []  # (added pixels, gain)
     while True:
-        free = ~covered
-        added_counts = np.rint(weights @ free.astype(np.float32))
-        remaining &= added_counts >= MIN_PIXEL_DIFF
+        remaining &= counts >= MIN_PIXEL_DIFF
         if not remaining.any():
             break
-        sums = weights @ np.where(free, flat, 0.0).astype(np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gains = np.where(remaining, sums / np.maximum(added_counts, 1), -np.inf)
+        gains = np.full(len(masks), -np.inf)
+        gains[remaining] = sums[remaining] / counts[remaining]
         best = int(np.argmax(gains))
-        added = stack[best] & free
+        added = stack[best] & ~covered
         trace.append((added, float(gains[best])))
         heatmap[added] = gains[best]
-        covered |= stack[best]
+        covered |= added
         remaining[best] = False
+        pixels = np.flatnonzero(added)
+        hit = stack[:, pixels]
+        counts -= hit.sum(axis=1)
+        sums -= np.where(hit, flat[pixels], 0.0).sum(axis=1)
     rest = heatmap == -np.inf
     if rest.any():
         heatmap[rest] = flat[rest].mean()
