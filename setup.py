@@ -22,6 +22,8 @@ setuptools.setup(
         "PyYAML>=6",
         "Jinja2>=3.1",
         "google-crc32c>=1.5",  # TFRecord frame checksums (transforms/tfrecord.py)
+        "scipy>=1.11",          # Blur IG's FFT blur, XRAI segment boxes
+        "scikit-image>=0.22",   # XRAI's Felzenszwalb segments, mask outlines
     ],
     package_data={"pipeline.report": ["templates/*.html", "templates/*.css", "templates/*.js",
                                       "templates/*/*.html"]},
