@@ -89,8 +89,9 @@ def test_smoothgrad_ig_matches_pair_with_the_same_noise(cnn, photos, monkeypatch
             magnitude=False, x_steps=400, x_baseline=np.zeros_like(image), batch_size=100)
         monkeypatch.undo()
         # PAIR's IG sums 400 equally weighted points including both ends (error O(1/400));
-        # ours is Gauss-Legendre refined to 0.1% completeness: maps agree to ~1%.
-        assert l1(result.attributions, expected) < 0.02
+        # ours is Gauss-Legendre refined to 0.1% completeness. Measured 1-2e-4 on these
+        # photos; 5e-3 leaves room for PAIR's rule error on rougher models.
+        assert l1(result.attributions, expected) < 5e-3
         assert result.relative_completeness_error < 1e-3
 
 
@@ -131,10 +132,10 @@ def test_guided_ig_matches_pair(cnn, photos, monkeypatch):
         expected = saliency.GuidedIG().GetMask(image, call, {"target": result.target},
                                                x_baseline=np.zeros_like(image), x_steps=64,
                                                fraction=0.25, max_dist=0.02)
-        # same algorithm, same points; gradients computed in a packed batch of 16 rows
-        # differ from PAIR's batch of 1 in the last float32 bits, which can flip which
-        # features sit at a quantile threshold: allow 1%
-        assert l1(result.attributions, expected) < 0.01
+        # same algorithm, same points: measured 0 here. Gradients from a packed batch of 16
+        # rows may differ from PAIR's batch of 1 in the last float32 bits, which could flip
+        # a feature sitting exactly at a quantile threshold: allow 0.1%
+        assert l1(result.attributions, expected) < 1e-3
         assert result.steps == 64 and result.gradient_evaluations == 64
 
 
@@ -160,16 +161,17 @@ def test_xrai_segments_and_ranking_match_pair(cnn, photos):
             image, call, {"target": result.target}, segments=segments,
             base_attribution=result.attributions)
         assert np.allclose(result.xrai_heatmap, expected.attribution_mask, rtol=1e-4, atol=1e-9)
-        # PAIR end to end (its own IG from black and white with 300 points): the top 30% of
-        # the image it picks overlaps ours; IG differs by PAIR's O(1/300) rule, which moves
-        # gains of near-tied regions, so ask for 80% overlap (intersection over union)
+        # PAIR end to end (its own IG from black and white with 300 points, its own
+        # segments): the top 30% of the image it picks overlaps ours (measured IoU 1.0).
+        # IGs differ by PAIR's O(1/300) rule, which can swap near-tied regions at the 30%
+        # edge: ask for an intersection over union of 0.9
         full = saliency.XRAI().GetMaskWithDetails(
             image, call, {"target": result.target},
             baselines=[np.zeros_like(image), np.ones_like(image)], batch_size=100,
             extra_parameters=pair_xrai.XRAIParameters(steps=300))
         a = xrai.top_regions(result.xrai_heatmap, 0.3)
         b = xrai.top_regions(full.attribution_mask, 0.3)
-        assert (a & b).sum() / (a | b).sum() >= 0.8
+        assert (a & b).sum() / (a | b).sum() >= 0.9
 
 
 # -- completeness on closed-form models -----------------------------------------------
