@@ -317,13 +317,14 @@ def styled_values(attributions, *, polarity: str = "abs", clip_low: float = 0.0,
     if not 0 <= clip_low < clip_high <= 100:
         raise ValueError(f"need 0 <= clip_low < clip_high <= 100, got {clip_low}, {clip_high}")
     values = np.asarray(attributions, dtype=np.float64)
-    values = _validated(values[..., None] if values.ndim == 2 else values)
+    heat_map = values.ndim == 2
+    values = _validated(values[..., None] if heat_map else values)
     signed = values.sum(axis=-1)
     if polarity == "both":
         vmax = _clip_value(np.abs(signed), clip_high)
         return np.full(signed.shape, 0.5) if vmax == 0 else 0.5 + 0.5 * np.clip(
             signed / vmax, -1.0, 1.0)
-    if values.shape[-1] == 1 and polarity == "abs":
+    if heat_map and polarity == "abs":
         magnitude = signed  # a heat map: its own values, lowest first
     elif polarity == "abs":
         magnitude = np.abs(values).sum(axis=-1)

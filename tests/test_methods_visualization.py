@@ -70,3 +70,9 @@ def test_xrai_top_regions_cover_the_asked_fraction_of_the_heat_map():
     assert top.mean() == pytest.approx(0.3) and heatmap[top].min() == 7
     values = masks.styled_values(heatmap)
     assert values.min() == 0 and values.max() == 1
+
+
+def test_one_channel_attributions_are_not_taken_for_a_heat_map():
+    gray = -np.abs(A[..., :1])  # a 1-channel model's map, all negative evidence
+    np.testing.assert_allclose(masks.styled_values(gray, clip_high=100),
+                               np.abs(gray[..., 0]) / np.abs(gray).max())
