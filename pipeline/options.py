@@ -10,9 +10,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
-from attribution.preprocessing import PREPROCESS
 from attribution.masks import MASK_TYPES, OVERLAYS, POLARITIES
 from attribution.methods import ATTRIBUTIONS, parse_baselines
+from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
 from transforms.files import absolute

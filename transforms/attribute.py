@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
-
-import numpy as np
 
 from attribution import methods
 from attribution.baselines import seed_for
