@@ -8,6 +8,7 @@ Modules, in the order the work flows:
 - ``templating``: the Jinja2 page shell shared by every page (the report, the comparison, ...),
   and how to add a section: a template plus a data function;
 - ``page``: the report's sections and ``write_report``;
+- ``methods``: the page putting several runs (methods) side by side, ``write_methods``;
 - ``cli``: the command line (it imports nothing heavy before the arguments are parsed).
 
 The names below are loaded on first use (PEP 562), so ``--help`` starts without Beam or
@@ -22,6 +23,7 @@ _EXPORTS = {  # submodule -> the names it defines
     "read": ("BATCH_ROWS", "ClassStats", "Example", "ReportError", "Run", "read_run"),
     "insights": ("Shortcut", "findings", "shortcuts"),
     "page": ("REPORT_NAME", "render", "write_report"),
+    "methods": ("METHODS_NAME", "write_methods"),
     "cli": ("main",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

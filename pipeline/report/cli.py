@@ -9,20 +9,32 @@ import sys
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m pipeline.report",
-        description="Write DIR/report.html, a self-contained HTML report of a pipeline run.",
+        description="Write DIR/report.html, a self-contained HTML report of a pipeline run; "
+        "with several DIRs, a page putting their methods side by side (--output).",
     )
-    p.add_argument("output_dir", metavar="DIR", help="the --output_dir of a finished run")
+    p.add_argument(
+        "output_dir", metavar="DIR", nargs="+", help="the --output_dir of a finished run"
+    )
+    p.add_argument(
+        "--output",
+        default="methods.html",
+        help="with several DIRs: where the side-by-side page is written",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 written, 2 the folder is not a readable run folder."""
     args = parser().parse_args(argv)
+    from pipeline.report.methods import write_methods
     from pipeline.report.page import write_report
     from transforms.files import RunFolderError
 
     try:
-        path = write_report(args.output_dir)
+        if len(args.output_dir) > 1:
+            path = write_methods(args.output_dir, args.output)
+        else:
+            path = write_report(args.output_dir[0])
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

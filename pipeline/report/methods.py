@@ -1,0 +1,109 @@
+"""The methods page, ``python -m pipeline.report DIR_A DIR_B ...``: runs of different
+``--attribution`` methods (or baselines, or settings) on the same images, side by side, so
+a user can pick the method that suits their model: what each cost, how complete it was,
+where it puts the attribution per class, and its deletion / insertion AUCs when the runs
+have them (the faithfulness columns).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from pipeline.report.read import MAX_CLASSES, Run, _batches, read_run
+from pipeline.report.templating import Sections, data_uri, pct, render_page
+from transforms.files import parquet_parts, parquet_schema, publish
+
+METHODS_NAME = "methods.html"
+SECTIONS = Sections()
+FAITHFULNESS = ("deletion_auc", "insertion_auc")
+
+
+def _name(run: Run) -> str:
+    attribution = run.config("attribution") or "ig"
+    return f"{attribution} · {run.config('baseline') or '—'}"
+
+
+def _mean_column(run: Run, column: str) -> float | None:
+    values = [
+        np.asarray(batch.column(column).to_numpy(zero_copy_only=False), np.float64)
+        for path in parquet_parts(run.output_dir, "summaries")
+        if column in parquet_schema(path).names
+        for batch in _batches(path, (column,))
+    ]
+    values = np.concatenate(values) if values else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else None
+
+
+@SECTIONS.add("runs", "Runs", "Each run's method, cost and completeness")
+def runs_section(runs: list[Run]) -> dict:
+    rows = []
+    for run in runs:
+        errors = run.relative_errors[np.isfinite(run.relative_errors)]
+        rows.append(
+            [
+                run.output_dir,
+                run.config("attribution") or "ig",
+                run.config("baseline"),
+                run.config("method"),
+                run.rows,
+                run.gradient_evaluations / run.rows if run.rows else None,
+                pct(float(np.median(errors))) if errors.size else None,
+                run.unconverged,
+                *(_mean_column(run, c) for c in FAITHFULNESS),
+            ]
+        )
+    return {"rows": rows}
+
+
+@SECTIONS.add("heatmaps", "Heatmaps", "Where each method puts the attribution, per class")
+def heatmaps_section(runs: list[Run]) -> dict:
+    first = runs[0]
+    shown = [
+        c
+        for c in first.shown_classes()
+        if all(c in run.classes and run.classes[c].grid_rows for run in runs)
+    ][:MAX_CLASSES]
+    data = {"names": [_name(run) for run in runs], "classes": []}
+    if not shown:
+        return data
+    from pipeline.report import charts
+
+    grids = {(i, c): run.classes[c].mean_grid() for i, run in enumerate(runs) for c in shown}
+    vmax = max(float(g.max()) for g in grids.values())
+    data.update(
+        classes=[
+            (
+                first.classes[c].label,
+                [
+                    (data_uri(charts.heatmap_png(grids[(i, c)], vmax)), run.classes[c].grid_rows)
+                    for i, run in enumerate(runs)
+                ],
+            )
+            for c in shown
+        ],
+        vmax=f"{vmax:.2%}",
+        colorbar=data_uri(charts.colorbar_png()),
+    )
+    return data
+
+
+def render(runs: list[Run]) -> str:
+    return render_page(
+        page="methods",
+        title="Attribution methods side by side",
+        heading="Attribution methods side by side",
+        subject=", ".join(run.output_dir for run in runs),
+        sections=SECTIONS,
+        source=runs,
+    )
+
+
+def write_methods(output_dirs: list[str], output: str = METHODS_NAME) -> str:
+    """Read every run folder and write the methods page to ``output``; return its path."""
+    runs = [read_run(d) for d in output_dirs]
+    path = output if "://" in output else os.path.abspath(output)
+    publish(path, render(runs).encode("utf-8"))
+    return path
