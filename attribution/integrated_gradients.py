@@ -205,9 +205,10 @@ class IntegratedGradients:
         """
         inputs = np.asarray(inputs, np.float32)
         targets = np.asarray(targets, np.int32)
-        if inputs.shape[1:] != (*self.image_size, 3) or len(targets) != len(inputs):
+        if inputs.shape[1:] != (*self.image_size, self.channels) or len(targets) != len(inputs):
             raise ValueError(f"gradients needs [N, {self.image_size[0]}, {self.image_size[1]}, "
-                             f"3] points and N targets, got {inputs.shape} and {targets.shape}")
+                             f"{self.channels}] points and N targets, got {inputs.shape} and "
+                             f"{targets.shape}")
         scores, grads, start = [], [], 0
         while start < len(inputs):
             chunk = _pad(inputs[start:start + self.batch_size], self.batch_size)
@@ -222,7 +223,8 @@ class IntegratedGradients:
             grads.append(grad[:count])
             start += count
         if not scores:
-            return np.zeros(0, np.float32), np.zeros((0, *self.image_size, 3), np.float32)
+            return np.zeros(0, np.float32), np.zeros((0, *self.image_size, self.channels),
+                                                     np.float32)
         return np.concatenate(scores), np.concatenate(grads)
 
     def attribute(self, requests: Sequence[Request], targets: Targets | str = "predicted"

@@ -284,3 +284,26 @@ def test_gradients_packs_points_into_the_fixed_call_without_retracing():
     np.testing.assert_allclose(grads, np.broadcast_to(target_weights(1), grads.shape), rtol=1e-6)
     np.testing.assert_allclose(scores2, [(points[i].reshape(-1) @ WEIGHTS)[i] for i in range(3)],
                                rtol=1e-5)
+
+
+GRAY_WEIGHTS = RNG.normal(size=(H * W, 3)).astype(np.float32)
+
+
+def gray_linear(x):
+    return tf.reshape(x, [-1, H * W]) @ GRAY_WEIGHTS
+
+
+@pytest.mark.parametrize("attribution", ["ig", "smoothgrad", "expected_gradients", "blur_ig",
+                                         "guided_ig", "xrai"])
+def test_every_method_explains_a_grayscale_model(attribution):
+    xs = [RNG.random((H, W, 1)).astype(np.float32) for _ in range(2)]
+    ig = closed_engine(gray_linear, channels=1)
+    config = MethodConfig(attribution=attribution, noise_samples=2)
+    groups = explain(ig, xs, ["a", "b"], Targets.parse("0"), config, np.stack(xs))
+    w = GRAY_WEIGHTS[:, 0].reshape(H, W, 1)
+    for x, (result,) in zip(xs, groups):
+        assert result.attributions.shape == (H, W, 1)
+        if attribution in ("ig", "blur_ig", "xrai", "smoothgrad"):
+            assert result.relative_completeness_error < 1e-3
+        if attribution == "ig":  # black baseline, constant gradient
+            np.testing.assert_allclose(result.attributions, x * w, rtol=1e-4, atol=1e-5)
