@@ -32,6 +32,7 @@ def test_report_puts_runs_of_different_methods_side_by_side(tiny_model, tmp_path
     assert done.returncode == 0, done.stderr
     html = page.read_text()
     assert all(run in html for run in runs) and "<code>blur_ig</code>" in html
+    assert "<code>blur:20</code>" in html  # the baseline blur IG used, not --baseline
     rows = re.findall(r"<tr><td><span class=\"uri\">", html)
     assert len(rows) == 2  # one row per run in the runs table
     classes = len(re.findall(r"<h3><code>", html))

@@ -20,9 +20,23 @@ SECTIONS = Sections()
 FAITHFULNESS = ("deletion_auc", "insertion_auc")
 
 
+def _baseline(run: Run) -> str | None:
+    """Where the run's paths started, as its ``baseline`` column says (blur_ig, xrai and
+    expected_gradients do not use --baseline)."""
+    from attribution.methods.config import MethodConfig
+
+    try:
+        return MethodConfig(
+            attribution=run.config("attribution") or "ig",
+            baselines=tuple(str(run.config("baseline") or "black").split(",")),
+            max_blur_sigma=float(run.config("max_blur_sigma") or 20.0),
+        ).baseline_label
+    except ValueError:
+        return run.config("baseline")
+
+
 def _name(run: Run) -> str:
-    attribution = run.config("attribution") or "ig"
-    return f"{attribution} · {run.config('baseline') or '—'}"
+    return f"{run.config('attribution') or 'ig'} · {_baseline(run) or '—'}"
 
 
 def _mean_column(run: Run, column: str) -> float | None:
@@ -46,7 +60,7 @@ def runs_section(runs: list[Run]) -> dict:
             [
                 run.output_dir,
                 run.config("attribution") or "ig",
-                run.config("baseline"),
+                _baseline(run),
                 run.config("method"),
                 run.rows,
                 run.gradient_evaluations / run.rows if run.rows else None,
