@@ -23,7 +23,7 @@ setuptools.setup(
         "Jinja2>=3.1",
         "google-crc32c>=1.5",  # TFRecord frame checksums (transforms/tfrecord.py)
         "scipy>=1.11",          # Blur IG's FFT blur, XRAI segment boxes
-        "scikit-image>=0.22",   # XRAI's Felzenszwalb segments, mask outlines
+        "scikit-image>=0.22",   # XRAI's segments, mask outlines, sanity SSIM
     ],
     package_data={"pipeline.report": ["templates/*.html", "templates/*.css", "templates/*.js",
                                       "templates/*/*.html"]},

@@ -15,7 +15,7 @@ import logging
 import numbers
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
@@ -59,6 +59,9 @@ class LoadedModel:
     fingerprint: str
     channels: int = 3
     preprocess: str = "none"
+    # the model's variables in layer order (.keras: model.weights; SavedModel: the restored
+    # object's `variables`), what attribution.randomization re-initialises
+    variables: tuple = field(default=(), repr=False, compare=False)
 
 
 def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
@@ -102,7 +105,7 @@ def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
     return LoadedModel(handle=handle, kind=kind, fn=fn, image_size=size,
                        num_classes=num_classes, output=model_output,
                        fingerprint=_fingerprint(handle, path, kind), channels=channels,
-                       preprocess=preprocess)
+                       preprocess=preprocess, variables=tuple(getattr(call, "variables", ())))
 
 
 def _error(handle: str, what: str, exc: BaseException | None = None) -> ModelLoadError:
@@ -173,6 +176,7 @@ def _load_keras(handle: str, path: str, kind: str = "keras"):
     def call(images):
         return model(images, training=False)
 
+    call.variables = tuple(model.weights)
     return call, spec, list(getattr(model, "output_names", None) or [])
 
 
@@ -290,6 +294,7 @@ def _function_call(handle: str, obj, function):
     def call(images, _obj=obj):  # _obj keeps the restored variables alive
         return function(images, training=False) if takes_training else function(images)
 
+    call.variables = tuple(getattr(obj, "variables", ()))
     return call, spec
 
 
@@ -303,6 +308,7 @@ def _signature_call(handle: str, obj, signature):
     def call(images, _obj=obj):  # _obj keeps the restored variables alive
         return signature(**{name: images})
 
+    call.variables = tuple(getattr(obj, "variables", ()))
     return call, spec
 
 

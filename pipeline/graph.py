@@ -45,8 +45,9 @@ def build(p: beam.Pipeline, settings: Settings, input_pattern: str | None,
             channels=settings.channels, inputs_list=inputs_list,
             max_file_bytes=settings.max_file_bytes)
         images, read_errors, reused = decoded.images, decoded.errors, None
-    attributed = images | "Attribute" >> AttributeImages(settings)
-    summarized = attributed.attributed | "Summarize" >> Summarize(settings, regions)
+    attributed = images | "Attribute" >> AttributeImages(settings, regions)
+    # the regions were joined before the model (ablation needs the boxes): rows carry them
+    summarized = attributed.attributed | "Summarize" >> Summarize(settings)
     interval = settings.commit_interval
     parts = [summarized.rows | "WriteSummaries" >> WriteParts(
         out, "summaries", SUMMARY_SCHEMA, COMPUTED, interval)]

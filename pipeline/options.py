@@ -8,6 +8,7 @@ import re
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from attribution import faithfulness, randomization
 from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
 from attribution.masks import MASK_TYPES, OVERLAYS, POLARITIES
@@ -134,6 +135,12 @@ class AttributionOptions(PipelineOptions):
                  "masked to black by the attribution, or nothing (the mask alone).")
         add("--mask_type", default="pixels", choices=MASK_TYPES,
             help="Overlay colours every pixel, or outlines the top --xrai_top_fraction.")
+        add("--faithfulness", default="deletion,insertion",
+            help="Forward-only checks per row: deletion and/or insertion curves in attribution "
+                 "order against a seeded random order (comma list), or 'none'.")
+        add("--faithfulness_points", type=int, default=16,
+            help="Points of each deletion/insertion curve, evenly spaced from 0%% to 100%%.")
+        add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
         add("--run_id", default=None,
             help="This run's name, recorded in the manifest (default: the UTC start time, "
                  "e.g. 20260101T020000Z).")
@@ -315,6 +322,13 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     parse_image_size(o.image_size)
+    try:
+        faithfulness.parse_kinds(o.faithfulness)
+        faithfulness.fractions(o.faithfulness_points)
+        if o.randomize is not None:
+            randomization.parse_stage(o.randomize)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
         raise UsageError(f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
                          f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}")

@@ -15,6 +15,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
 
+from attribution.faithfulness import parse_kinds
 from attribution.models import ModelLoadError, load_model
 from pipeline import folder, graph, lock, manifest, options
 from pipeline.launch import runner_name, ship_package
@@ -125,7 +126,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         clip_percentile=opts.clip_percentile if opts.clip_high is None else opts.clip_high,
         jit_compile=opts.jit_compile, labels=labels, preprocess=opts.preprocess,
         channels=model.channels, artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
-        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval, **chosen)
+        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval, **chosen,
+        faithfulness=parse_kinds(opts.faithfulness), faithfulness_points=opts.faithfulness_points,
+        randomize=opts.randomize)
     records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
                          labels) if options.input_format(opts) == "tfrecord" else None
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint

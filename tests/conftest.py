@@ -75,6 +75,16 @@ def mixed_files(rng=None) -> tuple[dict[str, bytes], set[str]]:
     return {**good, **bad}, set(bad)
 
 
+def random_pngs(folder, count: int, shape=(16, 16, 3), seed: int = 0, prefix: str = "img"):
+    """``count`` seeded random RGB PNGs named <prefix><i>.png in a new ``folder``."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(
+            folder / f"{prefix}{i}.png")
+    return folder
+
+
 @pytest.fixture
 def mixed_folder(tmp_path):
     folder = tmp_path / "images"
@@ -83,3 +93,10 @@ def mixed_folder(tmp_path):
     for name, data in files.items():
         (folder / name).write_bytes(data)
     return folder, set(files), bad
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    """The real demo model (demo.model.train_or_load), trained once per test session."""
+    from demo import train_or_load
+    return train_or_load(tmp_path_factory.mktemp("demo-cache"), seed=0)

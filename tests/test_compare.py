@@ -97,6 +97,7 @@ def test_a_run_compared_with_itself_has_no_drift(runs, capsys):
         assert row["grid_correlation"] == 1.0 and row["top5_iou"] == 1.0
         assert row["iou_source"] == "raw"  # both runs wrote raw attributions
         assert row["target_score_delta"] == 0.0 and row["same_model"] and row["same_settings"]
+        assert row["deletion_auc_a"] is not None and row["deletion_auc_delta"] == 0.0
     with open(drift_dir / "drift_summary.json") as f:
         summary = json.load(f)
     assert summary["passed"] is True
@@ -127,6 +128,8 @@ def test_perturbed_weights_drift_where_expected_and_fail_the_gate(runs, capsys):
         assert row["iou_source"] == "grid"  # run B kept no raw attributions
         assert not row["same_model"] and row["same_settings"]
         assert row["grid_correlation"] < 1.0  # the filters moved: every map changed
+        assert row["deletion_auc_delta"] == pytest.approx(
+            row["deletion_auc_b"] - row["deletion_auc_a"])
     unmatched = pq.read_table(drift_dir / "unmatched").to_pylist()
     assert [(os.path.basename(r["image_uri"]), r["run"]) for r in unmatched] == [
         ("only in b.png", "b")]
@@ -136,6 +139,7 @@ def test_perturbed_weights_drift_where_expected_and_fail_the_gate(runs, capsys):
     assert metrics["changed_prediction_count"] == len(changed)
     assert metrics["changed_prediction_fraction"] == pytest.approx(len(changed) / 8)
     assert metrics["median_grid_correlation"] < 0.99
+    assert metrics["max_abs_deletion_auc_delta"] > 0  # the faithfulness drifted too
     assert summary["passed"] is False and summary["iou_sources"] == {"raw": 0, "grid": 8}
     assert sum(c["images"] for c in summary["per_class"]) == 8
     page = (drift_dir / "drift.html").read_text()

@@ -6,12 +6,14 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
 
-from attribution import methods
-from attribution.baselines import seed_for
+from attribution import faithfulness, methods, randomization
+from attribution.baselines import make_baseline, seed_for
+from attribution.images import pad_geometry
 from attribution.integrated_gradients import IntegratedGradients, Targets
 from attribution.models import load_model
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
+from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
 from transforms.staging import mark_model_load
 
@@ -27,6 +29,8 @@ class _ProcessModel:
             raise RuntimeError(f"the model at {settings.model} changed since the job started "
                                f"(fingerprint {model.fingerprint[:12]}, expected "
                                f"{settings.model_fingerprint[:12]}): rerun the job")
+        if settings.randomize:  # pipeline.sanity: every worker draws the same weights
+            randomization.randomize(model.variables, settings.randomize, settings.seed)
         self.engine = IntegratedGradients(
             model.fn, image_size=model.image_size, model_output=model.output,
             score=settings.score, method=settings.method, steps=settings.steps,
@@ -36,7 +40,11 @@ class _ProcessModel:
 
 
 class AttributeFn(CountsProgress, beam.DoFn):
-    """[DecodedImage] -> (DecodedImage, [Attribution]) per image; failures to ERRORS.
+    """[DecodedImage] or (DecodedImage, boxes) after the regions join -> (DecodedImage,
+    [Attribution], [faithfulness.Evidence]) per image, with its boxes when joined; failures to
+    ERRORS. The evidence (deletion/insertion curves against the first --baseline, region
+    ablation) is computed with forward rows packed across the batch into the engine's
+    fixed-size calls.
 
     Not RunInference (transforms/inference.py is the ModelHandler for other pipelines): this
     DoFn loads the model lazily at the first batch, so an unchanged --reuse_from rerun loads
@@ -53,6 +61,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
         self.failed = Metrics.counter(NAMESPACE, "failed")
         self.evaluations = Metrics.counter(NAMESPACE, "gradient_evaluations")
         self.unconverged = Metrics.counter(NAMESPACE, "unconverged_rows")
+        self.forward_rows = Metrics.counter(NAMESPACE, "faithfulness_forward_rows")
 
     def setup(self):
         self.model = None  # loaded at the first batch: a worker with nothing to compute never loads
@@ -76,37 +85,69 @@ class AttributeFn(CountsProgress, beam.DoFn):
                                [d.content_sha256 for d in images], self.targets, self.config,
                                references)
 
-    def process(self, images, references=None):
+    def _evidence(self, images, groups, boxes_list):
+        """Deletion/insertion curves and region ablation for every row of the batch."""
+        s = self.settings
+        items = []
+        for image, group, boxes in zip(images, groups, boxes_list):
+            baseline = make_baseline(self.config.baselines[0], image.image,
+                                     key=image.content_sha256, seed=s.seed)
+            geometry = pad_geometry((image.height, image.width), image.image.shape[:2])
+            model_boxes = [(name, geometry.box_to_model(box)) for name, box in boxes or []]
+            items.extend(faithfulness.Item.of(result, image.image, baseline,
+                                              image.content_sha256, model_boxes)
+                         for result in group)
+        if not (s.faithfulness or any(item.boxes for item in items)):
+            return [[None] * len(group) for group in groups]
+        evidence = iter(faithfulness.evaluate(
+            self.model.engine, items, kinds=s.faithfulness, points=s.faithfulness_points,
+            seed=s.seed, blur_baseline=False))
+        out = [[next(evidence) for _ in group] for group in groups]
+        self.forward_rows.inc(sum(e.forward_rows for group in out for e in group))
+        return out
+
+    def _attribute(self, images, boxes_list, references):
+        groups = self._explain(images, references)
+        return list(zip(groups, self._evidence(images, groups, boxes_list)))
+
+    def process(self, elements, references=None):
         if self.model is None:
             self._load()
+        joined = [isinstance(e, tuple) for e in elements]  # (image, boxes) after the join
+        images = [e[0] if j else e for e, j in zip(elements, joined)]
+        boxes_list = [e[1] if j else None for e, j in zip(elements, joined)]
         try:
-            groups = self._explain(images, references)
+            groups = self._attribute(images, boxes_list, references)
         except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
             groups = []
-            for image in images:
+            for image, boxes in zip(images, boxes_list):
                 try:
-                    groups.append(self._explain([image], references)[0])
+                    groups.extend(self._attribute([image], [boxes], references))
                 except Exception as e:  # noqa: BLE001
                     groups.append(e)
         self.progress(len(images))
-        for image, group in zip(images, groups):
-            if isinstance(group, Exception):
+        for image, boxes, was_joined, done in zip(images, boxes_list, joined, groups):
+            if isinstance(done, Exception):
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "attribute", group))
+                yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "attribute", done))
                 continue
+            group, evidence = done
             self.attributed.inc()
             self.rows.inc(len(group))
             self.evaluations.inc(sum(r.gradient_evaluations for r in group))
             self.unconverged.inc(sum(not r.converged for r in group))
-            yield image, group
+            yield ((image, group, evidence), boxes) if was_joined else (image, group, evidence)
 
 
 class AttributeImages(beam.PTransform):
-    """DecodedImage -> ((DecodedImage, [Attribution]), errors), batched before the model."""
+    """DecodedImage -> ((DecodedImage, [Attribution], [Evidence]), errors), batched before
+    the model. ``regions`` (a PCollection of (region key, (index, name, box)), as Summarize
+    takes it): joined with the images before the model, so each box can be ablated (one
+    forward row each); the elements then carry their boxes on to Summarize."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, regions=None):
         super().__init__()
-        self.settings = settings
+        self.settings, self.regions = settings, regions
 
     def expand(self, images):
         size = self.settings.image_batch_size
@@ -114,6 +155,9 @@ class AttributeImages(beam.PTransform):
         if self.settings.attribution == "expected_gradients":
             side["references"] = beam.pvalue.AsSingleton(
                 images | "SampleBaselines" >> SampleBaselines(self.settings))
+        if self.regions is not None:
+            keyed = images | "KeyByUri" >> beam.Map(lambda image: (region_key(image.uri), image))
+            images = join_boxes(keyed, self.regions)
         return (images
                 # fixed-size batches: the engine packs rows best across many images, and
                 # Beam's adaptive sizing started at 1 image (mean 8.7 of 16 in a benchmark)

@@ -209,7 +209,19 @@ def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=Non
         geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
         new["regions"] = masks.region_masses(
             raw, [(n, geometry.box_to_model(box)) for n, box in boxes])
+        carry_ablations(new["regions"], row.get("regions"))
     return new, copies
+
+
+def carry_ablations(regions: list[dict], previous: list[dict] | None) -> None:
+    """Ablation needs the model, which a reused image never loads: keep the previous run's
+    ablation of a region with the same name and the same area and mass (the same box); any
+    other region's ablation is null."""
+    same = {(r["name"], r["area_fraction"], r["mass_fraction"]): r for r in previous or []}
+    for region in regions:
+        old = same.get((region["name"], region["area_fraction"], region["mass_fraction"]), {})
+        region["ablation_score"] = old.get("ablation_score")
+        region["ablation_drop"] = old.get("ablation_drop")
 
 
 class CopyForwardFn(CountsProgress, beam.DoFn):

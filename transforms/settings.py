@@ -38,6 +38,9 @@ class Settings:
     channels: int = 3  # the model's input channels (1: grayscale), from its signature
     max_file_bytes: int = 256 * 1024 * 1024  # inputs larger than this are refused unread
     commit_interval: float = 60.0  # seconds a worker may hold finished rows before staging them
+    faithfulness: tuple[str, ...] = ("deletion", "insertion")  # () for --faithfulness none
+    faithfulness_points: int = 16
+    randomize: str | None = None  # pipeline.sanity: a randomization stage applied on load
     # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
     attribution: str = "ig"
     noise_sigma: float = 0.1
@@ -79,7 +82,7 @@ class Settings:
 
         Rows of a previous run are reused only when this hash matches (docs/audits.md). It
         covers the attribution (method, rule sizes, baseline, seed, score, target policy,
-        input size, model output) and what is drawn from it (``grid_cells``: the grid column;
+        input size, model output; the faithfulness curves and a sanity stage) and what is drawn from it (``grid_cells``: the grid column;
         ``clip_percentile``: the mask and overlay PNGs; the method and visualization options
         of METHOD_KEYS when not at their defaults). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
@@ -100,6 +103,14 @@ class Settings:
         for name in METHOD_KEYS:
             if getattr(self, name) != Settings.__dataclass_fields__[name].default:
                 values[name] = getattr(self, name)
+        # the faithfulness settings and a sanity stage count only when not the default, as
+        # preprocess (rows made before them lack their columns and are not reused anyway)
+        if tuple(self.faithfulness) != ("deletion", "insertion"):
+            values["faithfulness"] = list(self.faithfulness)
+        if self.faithfulness_points != 16:
+            values["faithfulness_points"] = self.faithfulness_points
+        if self.randomize is not None:
+            values["randomize"] = self.randomize
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 

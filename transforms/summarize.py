@@ -14,7 +14,7 @@ from transforms.files import publish
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
-from transforms.write import STATISTICS
+from transforms.write import FAITHFULNESS_AUCS, STATISTICS
 
 
 def artifact_name(image_id: str, target: int, rank: int) -> str:
@@ -37,9 +37,33 @@ def draw(image, attributions, heatmap, s: Settings) -> tuple[bytes, bytes]:
                              mask_type=s.mask_type, top_fraction=s.xrai_top_fraction)
 
 
+def with_evidence(row: dict, evidence) -> dict:
+    """The faithfulness columns, and each region's ablation (same boxes, same order), from
+    the forward rows of ``attribution.faithfulness``; nulls where none were computed."""
+    curves = evidence.curves if evidence is not None else {}
+    aucs = evidence.aucs if evidence is not None else {}
+    row.update({
+        "deletion_curve": _list(curves.get("deletion")),
+        "insertion_curve": _list(curves.get("insertion")),
+        "deletion_curve_random": _list(curves.get("deletion_random")),
+        "insertion_curve_random": _list(curves.get("insertion_random")),
+        **{name: aucs.get(name.replace("_auc", "")) for name in FAITHFULNESS_AUCS},
+        "faithfulness_points": evidence.points if curves else None,
+    })
+    ablations = evidence.ablations if evidence is not None else []
+    for region, ablation in zip(row.get("regions") or [], ablations):
+        region.update(ablation_score=ablation["ablation_score"],
+                      ablation_drop=ablation["ablation_drop"])
+    return row
+
+
+def _list(values):
+    return None if values is None else [float(v) for v in values]
+
+
 class SummarizeFn(beam.DoFn):
-    """(DecodedImage, [Attribution]) or ((DecodedImage, [Attribution]), boxes) after the
-    regions join -> one row per target; files written first."""
+    """(DecodedImage, [Attribution], [Evidence]) or that with its boxes after the regions
+    join -> one row per target; files written first."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -48,11 +72,13 @@ class SummarizeFn(beam.DoFn):
 
     def process(self, element):
         joined = isinstance(element[0], tuple)  # after the regions join
-        (image, results), boxes = element if joined else (element, None)
+        head, boxes = element if joined else (element, None)
+        image, results, *more = head
+        evidence = more[0] if more else [None] * len(results)
         files: dict[str, bytes] = {}
         try:
-            rows = [self._summarize(image, r, rank, files, boxes)
-                    for rank, r in enumerate(results)]
+            rows = [with_evidence(self._summarize(image, r, rank, files, boxes), e)
+                    for rank, (r, e) in enumerate(zip(results, evidence))]
         except Exception as e:  # noqa: BLE001 - an image that cannot be drawn is a dead letter
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "write", e))

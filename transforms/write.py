@@ -19,6 +19,8 @@ from transforms.staging import parts_dir
 
 STATISTICS = ("positive_mass", "negative_mass", "abs_mass", "top5_share", "top1_share",
               "centroid_x", "centroid_y", "gini")
+FAITHFULNESS_AUCS = ("deletion_auc", "insertion_auc", "deletion_auc_random",
+                     "insertion_auc_random")
 
 SUMMARY_SCHEMA = pa.schema([
     ("image_uri", pa.string()), ("image_id", pa.string()),
@@ -39,7 +41,14 @@ SUMMARY_SCHEMA = pa.schema([
     ("path_alphas", pa.list_(pa.float32())), ("path_scores", pa.list_(pa.float32())),
     ("regions", pa.list_(pa.struct([("name", pa.string()), ("mass_fraction", pa.float64()),
                                     ("area_fraction", pa.float64()),
-                                    ("pointing_hit", pa.bool_())]))),
+                                    ("pointing_hit", pa.bool_()),
+                                    ("ablation_score", pa.float64()),
+                                    ("ablation_drop", pa.float64())]))),
+    ("deletion_curve", pa.list_(pa.float32())), ("insertion_curve", pa.list_(pa.float32())),
+    ("deletion_curve_random", pa.list_(pa.float32())),
+    ("insertion_curve_random", pa.list_(pa.float32())),
+    *[(name, pa.float64()) for name in FAITHFULNESS_AUCS],
+    ("faithfulness_points", pa.int32()),
     ("true_class", pa.int32()), ("true_label", pa.string()),  # TFRecord --label_key
     ("attribution", pa.string()),
     ("xrai_region_ranks", pa.list_(pa.struct([("segment_area_fraction", pa.float64()),

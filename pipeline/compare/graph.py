@@ -29,6 +29,8 @@ COLUMNS = (
     "regions",
     "model_fingerprint",
     "settings_hash",
+    "deletion_auc",
+    "insertion_auc",
 )
 REGION_DELTA = pa.struct(
     [
@@ -67,6 +69,13 @@ DRIFT_SCHEMA = pa.schema(
         ("overlay_uri_b", pa.string()),
         ("same_model", pa.bool_()),
         ("same_settings", pa.bool_()),
+        # faithfulness drift: normalised deletion / insertion AUC in each run (null without)
+        ("deletion_auc_a", pa.float64()),
+        ("deletion_auc_b", pa.float64()),
+        ("deletion_auc_delta", pa.float64()),
+        ("insertion_auc_a", pa.float64()),
+        ("insertion_auc_b", pa.float64()),
+        ("insertion_auc_delta", pa.float64()),
     ]
 )
 UNMATCHED_SCHEMA = pa.schema(

@@ -131,4 +131,13 @@ def compare_rows(a: dict, b: dict) -> dict:
         "overlay_uri_b": b.get("overlay_uri"),
         "same_model": a.get("model_fingerprint") == b.get("model_fingerprint"),
         "same_settings": a.get("settings_hash") == b.get("settings_hash"),
+        **{
+            f"{kind}_auc{suffix}": value
+            for kind in ("deletion", "insertion")
+            for suffix, value in (
+                ("_a", a.get(f"{kind}_auc")),
+                ("_b", b.get(f"{kind}_auc")),
+                ("_delta", _delta(a.get(f"{kind}_auc"), b.get(f"{kind}_auc"))),
+            )
+        },
     }

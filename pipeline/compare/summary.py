@@ -38,6 +38,7 @@ def summarize(drift: pa.Table, unmatched: pa.Table) -> tuple[dict, list[dict]]:
     target_delta = np.abs(_array(drift, "target_score_delta")) if n else np.zeros(0)
     predicted_delta = np.abs(_array(drift, "predicted_score_delta")) if n else np.zeros(0)
     region = _array(drift, "region_mass_max_abs_delta") if n else np.zeros(0)
+    deletion = np.abs(_array(drift, "deletion_auc_delta")) if n else np.zeros(0)
     metrics = {
         "images_compared": n,
         "images_only_in_a": runs.count("a"),
@@ -58,6 +59,8 @@ def summarize(drift: pa.Table, unmatched: pa.Table) -> tuple[dict, list[dict]]:
         "max_abs_predicted_score_delta": _stat(predicted_delta, np.max),
         "median_region_mass_delta": _stat(region, np.median),
         "max_region_mass_delta": _stat(region, np.max),
+        "mean_abs_deletion_auc_delta": _stat(deletion, np.mean),
+        "max_abs_deletion_auc_delta": _stat(deletion, np.max),
     }
     classes = []
     if n:

@@ -94,3 +94,32 @@ def colorbar_png() -> bytes:
         np.linspace(0, 1, 256)[None, :].repeat(10, 0), bytes=True
     )[..., :3]
     return _rgb_png(np.ascontiguousarray(rgb))
+
+
+def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str) -> bytes:
+    """Mean deletion or insertion curves per class (solid) against the random order
+    (dashed, same colour), over the fraction of pixels changed."""
+    figure = _figure(6.4, 3.6)
+    axes = figure.axes[0]
+    for curve, random, color in zip(curves, randoms, colors):
+        if curve is not None:
+            axes.plot(np.linspace(0, 1, len(curve)), curve, color=color, linewidth=1.8)
+        if random is not None:
+            axes.plot(np.linspace(0, 1, len(random)), random, color=color, linewidth=1.2,
+                      linestyle="--")
+    axes.set_xlim(0, 1)
+    verb = "removed (replaced by the baseline)" if kind == "deletion" else "put back on the blur"
+    axes.set_xlabel(f"fraction of pixels {verb}")
+    axes.set_ylabel("mean target score")
+    return _figure_png(figure)
+
+
+def gap_histogram(gaps: np.ndarray) -> bytes:
+    """Per row, random deletion AUC minus attribution-order deletion AUC (> 0: beats random)."""
+    figure = _figure()
+    axes = figure.axes[0]
+    axes.hist(gaps, bins=40, color="#2563eb")
+    axes.axvline(0.0, color="#b91c1c", linestyle="--", linewidth=1.2)
+    axes.set_xlabel("deletion AUC gap (random - attribution order; > 0 beats random)")
+    axes.set_ylabel("rows")
+    return _figure_png(figure)

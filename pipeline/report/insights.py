@@ -51,16 +51,25 @@ def shortcuts(run: Run) -> list[Shortcut]:
 
 
 def findings(run: Run) -> list[str]:
-    """Plain-text findings the data supports, most important first; `x` marks names."""
+    """Plain-text findings the data supports, most important first; `x` marks names.
+    Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation."""
+    from pipeline import evidence
+
+    table = evidence.read_summaries(run.output_dir, evidence.COLUMNS)
+    failed, held = evidence.split_findings(table)
     return [
-        *_shortcut_findings(run),
+        *failed,
+        *_shortcut_findings(run, table),
+        *held,
         *_region_findings(run),
         *_completeness_findings(run),
         *_failure_findings(run),
     ]
 
 
-def _shortcut_findings(run: Run) -> list[str]:
+def _shortcut_findings(run: Run, table=None) -> list[str]:
+    from pipeline.evidence import ablation_sentence
+
     out = []
     for s in shortcuts(run):
         stats = run.classes[s.class_id]
@@ -74,6 +83,9 @@ def _shortcut_findings(run: Run) -> list[str]:
             f"images: check whether `{s.region}` is a shortcut the model uses for "
             f"`{s.label}`"
         )
+        ablation = ablation_sentence(table, s.label, s.region) if table is not None else None
+        if ablation:
+            out[-1] += f"; {ablation}"
     return out
 
 

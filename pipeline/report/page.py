@@ -361,3 +361,4 @@ def write_report(output_dir: str) -> str:
 
 
 from pipeline.report import confusion  # noqa: E402, F401 - registers its section (issue 14)
+from pipeline.report import faithfulness  # noqa: E402,F401 - registers the Faithfulness section

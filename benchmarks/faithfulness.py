@@ -1,0 +1,106 @@
+"""What the faithfulness checks cost: `python -m benchmarks.faithfulness [--images 32]`.
+
+For the small CNN and the demo model (benchmarks/models.py), at the pipeline's defaults
+(Gauss-Legendre 16 -> 256 at tolerance 0.01, batch 32; deletion + insertion, 16 points), times
+one engine pass of IG over the images, then the faithfulness rows for the same rows
+(``attribution.faithfulness.evaluate``), each the median of a few repeats after a warm-up.
+The target is faithfulness <= 25% of the IG time. Writes benchmarks/faithfulness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TARGET = 0.25
+
+
+def measure(name: str, count: int, repeats: int, cache_dir: str) -> dict:
+    from attribution import faithfulness
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.models import load_model
+    from benchmarks.models import build, images_for
+
+    info = build(name, cache_dir)
+    model = load_model(info.path)
+    images = images_for(info, count + 2, seed=1)
+    engine = IntegratedGradients(model.fn, image_size=model.image_size)  # the defaults
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[2:])]
+    warm = engine.attribute([Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[:2])])
+    faithfulness.evaluate(engine, _items(warm, images[:2]))
+    ig_times, f_times = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        results = engine.attribute(requests)
+        ig_times.append(time.perf_counter() - started)
+        batch = _items(results, images[2:])
+        started = time.perf_counter()
+        evidence = faithfulness.evaluate(engine, batch)
+        f_times.append(time.perf_counter() - started)
+    ig, f = statistics.median(ig_times), statistics.median(f_times)
+    return {
+        "model": name,
+        "description": info.description,
+        "images": count,
+        "gradient_rows_per_row": float(np.mean([r.gradient_evaluations for r in results])),
+        "forward_rows_per_row": float(np.mean([e.forward_rows for e in evidence])),
+        "ig_seconds": round(ig, 3),
+        "faithfulness_seconds": round(f, 3),
+        "overhead": round(f / ig, 3),
+        "target": TARGET,
+        "met": f / ig <= TARGET,
+    }
+
+
+def _items(results, images):
+    from attribution import faithfulness
+
+    return [
+        faithfulness.Item.of(r, images[r.key], np.zeros_like(images[r.key]), str(r.key))
+        for r in results
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faithfulness")
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="small_cnn,demo")
+    parser.add_argument(
+        "--cache_dir", default=os.path.join(os.path.dirname(HERE), ".cache", "bench")
+    )
+    parser.add_argument("--output", default=os.path.join(HERE, "faithfulness.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    rows = [
+        measure(name, args.images, args.repeats, args.cache_dir) for name in args.models.split(",")
+    ]
+    for r in rows:
+        print(
+            f"{r['model']}: IG {r['ig_seconds']:.2f} s ({r['gradient_rows_per_row']:.0f} "
+            f"gradient rows/row), faithfulness {r['faithfulness_seconds']:.2f} s "
+            f"({r['forward_rows_per_row']:.0f} forward rows/row): +{r['overhead']:.0%} "
+            f"({'meets' if r['met'] else 'misses'} the {TARGET:.0%} target)"
+        )
+    with open(args.output, "w") as f:
+        json.dump(
+            {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "nproc": os.cpu_count(),
+                "load_average": os.getloadavg(),
+                "rows": rows,
+            },
+            f,
+            indent=2,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
