@@ -172,11 +172,12 @@ def check(argv: list[str]) -> tuple[bool, str, str]:
     args, rest = parser().parse_known_args(argv)
     if args.sample < 1:
         raise options.UsageError(f"--sample must be >= 1, got {args.sample}")
-    for flag in ("--randomize", "--faithfulness", "--write_raw", "--output_dir"):
+    for flag in ("--randomize", "--faithfulness", "--write_raw", "--output_dir", "--overwrite"):
         if any(r == flag or r.startswith(flag + "=") for r in rest):
             raise options.UsageError(f"{flag} is set by python -m pipeline.sanity itself: drop it")
     out = absolute(args.output_dir)
-    chosen = sample(run.match_inputs(absolute(args.input_pattern)), args.sample, args.seed)
+    matched = run.match_inputs(absolute(args.input_pattern), exclude=out)  # never our outputs
+    chosen = sample(matched, args.sample, args.seed)
     copies = copy_sample(chosen, f"{out}/sample")
     maps, masks = {}, {}
     for stage in ("original", *randomization.STAGES):
@@ -191,6 +192,7 @@ def check(argv: list[str]) -> tuple[bool, str, str]:
             "--faithfulness",
             "none",
             "--no_report",
+            "--overwrite",  # each stage's folder is this check's own, rewritten on a rerun
             "--seed",
             str(args.seed),
             "--progress_interval",

@@ -185,3 +185,23 @@ def test_verdict_levels(trail, word, passed):
     ]
     ok, text = randomization.verdict(rows)
     assert ok is passed and text.startswith(word)
+
+
+def test_a_rerun_into_the_same_folder_rewrites_it(tiny_model, tmp_path):
+    folder = random_pngs(tmp_path / "images", 2)
+    argv = [
+        "--model",
+        tiny_model,
+        "--input_pattern",
+        f"{folder}/*.png",
+        "--output_dir",
+        str(tmp_path / "sanity"),
+        "--steps",
+        "4",
+        "--tolerance",
+        "0",
+    ]
+    assert sanity.main(argv) in (0, 1)
+    first = pq.read_table(tmp_path / "sanity" / "sanity.parquet").to_pylist()
+    assert sanity.main(argv) in (0, 1)
+    assert pq.read_table(tmp_path / "sanity" / "sanity.parquet").to_pylist() == first
