@@ -360,5 +360,7 @@ def write_report(output_dir: str) -> str:
     return path
 
 
-from pipeline.report import confusion  # noqa: E402, F401 - registers its section (issue 14)
-from pipeline.report import faithfulness  # noqa: E402,F401 - registers the Faithfulness section
+from pipeline.report import (
+    confusion,  # noqa: E402, F401 - registers its section (issue 14)
+    faithfulness,  # noqa: E402,F401 - registers the Faithfulness section
+)
