@@ -343,3 +343,30 @@ def test_the_faithfulness_settings_are_in_the_settings_hash():
         for c in ({}, {"faithfulness": ()}, {"faithfulness_points": 8}, {"randomize": "top_50"})
     }
     assert len(hashes) == 4
+
+
+def test_deletion_ends_at_the_deletion_baselines_own_score_for_averaged_baselines(
+    tiny_model, tmp_path
+):
+    """With --baseline black,white a row's baseline_score is the mean of F(black) and F(white);
+    deletion fills with the first baseline (black), so its 100% point must be F(black)."""
+    import pyarrow.parquet as pq
+    from conftest import random_pngs
+
+    from attribution.models import load_model
+    from pipeline import run
+
+    folder = random_pngs(tmp_path / "images", 2, shape=(20, 16, 3), seed=6, prefix="im")
+    out = tmp_path / "out"
+    args = ["--input_pattern", f"{folder}/*.png", "--model", tiny_model, "--steps", "8",
+            "--baseline", "black,white", "--faithfulness_points", "5",
+            "--progress_interval", "0", "--no_report", "--output_dir", str(out)]
+    assert run.main(args) == 0
+    model = load_model(tiny_model)
+    black = np.zeros((1, *model.image_size, 3), np.float32)
+    f_black = tf.nn.softmax(tf.function(model.fn)(tf.constant(black))).numpy()[0]
+    rows = pq.read_table(out / "summaries").to_pylist()
+    assert len(rows) == 2
+    for row in rows:
+        assert row["deletion_curve"][-1] == pytest.approx(f_black[row["target_class"]], abs=1e-5)
+        assert row["deletion_curve"][-1] != pytest.approx(row["baseline_score"], abs=1e-5)

@@ -89,14 +89,23 @@ class AttributeFn(CountsProgress, beam.DoFn):
         """Deletion/insertion curves and region ablation for every row of the batch."""
         s = self.settings
         items = []
-        for image, group, boxes in zip(images, groups, boxes_list):
-            baseline = make_baseline(self.config.baselines[0], image.image,
-                                     key=image.content_sha256, seed=s.seed)
+        baselines = [make_baseline(self.config.baselines[0], image.image,
+                                   key=image.content_sha256, seed=s.seed) for image in images]
+        # A row's baseline_score is F(that baseline) only for plain IG from one baseline; the
+        # other methods report a mean or another start, so deletion's 100% point is scored.
+        rescore = not (self.config.attribution == "ig" and len(self.config.baselines) == 1)
+        baseline_scores = (self.model.engine.scores(np.stack(baselines))
+                           if rescore and s.faithfulness and images else None)
+        for i, (image, group, boxes) in enumerate(zip(images, groups, boxes_list)):
+            baseline = baselines[i]
             geometry = pad_geometry((image.height, image.width), image.image.shape[:2])
             model_boxes = [(name, geometry.box_to_model(box)) for name, box in boxes or []]
-            items.extend(faithfulness.Item.of(result, image.image, baseline,
-                                              image.content_sha256, model_boxes)
-                         for result in group)
+            for result in group:
+                item = faithfulness.Item.of(result, image.image, baseline, image.content_sha256,
+                                            model_boxes)
+                if baseline_scores is not None:
+                    item.baseline_score = float(baseline_scores[i, result.target])
+                items.append(item)
         if not (s.faithfulness or any(item.boxes for item in items)):
             return [[None] * len(group) for group in groups]
         evidence = iter(faithfulness.evaluate(
