@@ -256,6 +256,73 @@ def method(task):
             "self_peak_rss_mb": _rss_mb()}
 
 
+# --- efficiency: engine rows/s over the bare model's, interleaved in one process ---------
+def _engine_class(module_path: str | None):
+    """The engine class, or the one in ``module_path`` (a before/after A/B of its internals)."""
+    if not module_path:
+        from attribution.integrated_gradients import IntegratedGradients
+        return IntegratedGradients
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("engine_variant", module_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.IntegratedGradients
+
+
+def efficiency(task):
+    """Per round: one engine pass per variant, then the bare model's forward + input gradient
+    for as many rows at the same call size; the engine's gradient rows/s over that ceiling,
+    median over rounds. Each variant's engine is built and warmed up once (no traces timed)."""
+    from attribution.integrated_gradients import Request
+    from benchmarks import models
+    info = models.build(task["model"], task["cache_dir"])
+    model = _load({"model_path": info.path})
+    images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[1:])]
+    size = task["batch_size"]
+    raw = RawGradients(model, size)
+    engines = {}
+    for name, path in task["variants"].items():
+        engine = _engine_class(path)(
+            model.fn, image_size=model.image_size, method=task["method"], steps=task["steps"],
+            tolerance=task.get("tolerance"), max_steps=task.get("max_steps", 256),
+            batch_size=size)
+        engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
+        engines[name] = engine
+    out = {name: {"seconds": 0.0, "rows": 0, "ceiling_seconds": 0.0, "ceiling_rows": 0,
+                  "ratio": []} for name in engines}
+    # short passes alternate with the ceiling: the shared machine's load drifts within
+    # seconds, so each side of a ratio is measured under the same load
+    per_pass = task.get("images_per_pass", len(requests))
+    for i in range(task["rounds"]):
+        chunk = [requests[(i * per_pass + k) % len(requests)] for k in range(per_pass)]
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            results = engine.attribute(chunk)
+            seconds = time.perf_counter() - started
+            rows = int(sum(r.gradient_evaluations for r in results))
+            calls = -(-rows // size)
+            started = time.perf_counter()
+            for _ in range(calls):
+                [v.numpy() for v in raw.step(raw.x, raw.t)]
+            ceiling_seconds = time.perf_counter() - started
+            d = out[name]
+            d["seconds"] += seconds
+            d["rows"] += rows
+            d["ceiling_seconds"] += ceiling_seconds
+            d["ceiling_rows"] += calls * size
+            d["ratio"].append((rows / seconds) / (calls * size / ceiling_seconds))
+    for name, d in out.items():
+        d["rows_per_s"] = d["rows"] / d["seconds"]
+        d["ceiling_rows_per_s"] = d["ceiling_rows"] / d["ceiling_seconds"]
+        d["fraction"] = d["rows_per_s"] / d["ceiling_rows_per_s"]
+        d["median_ratio"] = float(np.median(d["ratio"]))
+    return {"model": info.name, "batch_size": size, "images": len(requests),
+            "method": task["method"], "steps": task["steps"],
+            "tolerance": task.get("tolerance"), "variants": out}
+
+
 # --- profile -------------------------------------------------------------------------------
 def _profile_summary(stats, buckets: dict, total: float) -> dict:
     """cumulative seconds of the first function matching each bucket's (file, name) parts."""
@@ -346,7 +413,8 @@ def profile(task):
 
 
 TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
-         "method": method, "profile": profile}
+         "method": method, "profile": profile,
+         "efficiency": efficiency}
 
 
 def main(argv=None) -> int:
