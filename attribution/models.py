@@ -23,6 +23,8 @@ import tensorflow as tf
 
 from attribution import hashing
 from attribution.images import CHANNELS
+from attribution.precision import PrecisionError, keras_in_precision, saved_model_refusal
+from attribution.precision import check as precision_check
 from attribution.preprocessing import PREPROCESS, preprocessor
 
 _log = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ class LoadedModel:
 
 def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
                model_output: str = "logits", output_key: str | None = None,
-               preprocess: str = "none") -> LoadedModel:
+               preprocess: str = "none", precision: str = "float32") -> LoadedModel:
     """Load ``handle`` and check it maps [N, H, W, 3 or 1] float32 images to [N, C] scores.
 
     ``image_size`` (H, W) is needed only when the model's signature has no static spatial
@@ -71,6 +73,8 @@ def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
     ``output_key`` picks one output of a model with several (e.g. a signature output name).
     ``preprocess`` names the transform from [0, 1] pixels to what the model was trained on
     (attribution.preprocessing.PREPROCESS); it becomes part of ``fn``.
+    ``precision`` (attribution.precision): what a Keras model computes in; a SavedModel is
+    refused anything but float32.
     Raises ValueError for bad arguments and ModelLoadError when the model cannot be used.
     """
     if not isinstance(handle, str) or not handle.strip():
@@ -87,7 +91,9 @@ def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
     else:
         kind, path = _local_kind(handle), handle
     if kind in ("keras", "h5"):
-        call, spec, output_names = _load_keras(handle, path, kind)
+        call, spec, output_names = _load_keras(handle, path, kind, precision)
+    elif precision_check(precision) != "float32":
+        raise _error(handle, str(saved_model_refusal(precision)))
     else:
         call, spec, output_names = _load_saved_model(handle, path, output_key)
 
@@ -153,7 +159,7 @@ def _local_kind(handle: str) -> str:
                          "SavedModel folder or a Keras model file)")
 
 
-def _load_keras(handle: str, path: str, kind: str = "keras"):
+def _load_keras(handle: str, path: str, kind: str = "keras", precision: str = "float32"):
     if kind == "h5":
         _refuse_h5_code(handle, path)
     try:
@@ -169,6 +175,10 @@ def _load_keras(handle: str, path: str, kind: str = "keras"):
         raise _error(handle, f"the Keras model has {len(model.inputs)} inputs; one image input "
                              "is needed")
     spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype)
+    try:
+        model = keras_in_precision(model, precision)
+    except PrecisionError as exc:
+        raise _error(handle, str(exc)) from exc
 
     def call(images):
         return model(images, training=False)

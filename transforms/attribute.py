@@ -22,7 +22,7 @@ class _ProcessModel:
     def __init__(self, settings: Settings):
         model = load_model(settings.model, image_size=settings.image_size,
                            model_output=settings.model_output, output_key=settings.output_key,
-                           preprocess=settings.preprocess)
+                           preprocess=settings.preprocess, precision=settings.precision)
         if model.fingerprint != settings.model_fingerprint:
             raise RuntimeError(f"the model at {settings.model} changed since the job started "
                                f"(fingerprint {model.fingerprint[:12]}, expected "
