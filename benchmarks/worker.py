@@ -323,6 +323,60 @@ def efficiency(task):
             "tolerance": task.get("tolerance"), "variants": out}
 
 
+# --- fixed costs: where a 1-image job's seconds go ----------------------------------------
+def fixed_costs(task):
+    """Run ``python -m pipeline``'s work in this process with timers on its phases: imports
+    (TensorFlow, Beam, the rest), each load_model (launcher, worker), the engine's first
+    attribute() (traces + first calls), Beam's run, the report. Wall seconds, not cProfile."""
+    clock = time.perf_counter
+    phases, started = {}, clock()
+    t = clock()
+    import tensorflow  # noqa: F401
+    phases["import tensorflow"] = clock() - t
+    t = clock()
+    import apache_beam  # noqa: F401
+    phases["import apache_beam"] = clock() - t
+    t = clock()
+    from attribution import integrated_gradients
+    from pipeline import run as pipeline_run
+    from transforms import attribute
+    phases["import pipeline (ours + rest)"] = clock() - t
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            t = clock()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases.setdefault(name, []).append(clock() - t)
+        return wrapper
+
+    pipeline_run.load_model = timed("load_model (launcher)", pipeline_run.load_model)
+    attribute.load_model = timed("load_model (worker)", attribute.load_model)
+    first = {}
+    original_attribute = integrated_gradients.IntegratedGradients.attribute
+
+    def attribute_timed(self, *args, **kwargs):
+        t = clock()
+        try:
+            return original_attribute(self, *args, **kwargs)
+        finally:
+            key = "engine attribute, first call (traces)" if id(self) not in first else \
+                "engine attribute, later calls"
+            first.setdefault(id(self), True)
+            phases.setdefault(key, []).append(clock() - t)
+    integrated_gradients.IntegratedGradients.attribute = attribute_timed
+    pipeline_run._write_report = timed("report (draw + write)", pipeline_run._write_report)
+    import apache_beam as beam
+    beam.Pipeline.run = timed("beam Pipeline.run (whole job graph)", beam.Pipeline.run)
+    t = clock()
+    pipeline_run.run(task["pipeline_argv"], save_main_session=False)
+    phases["run() total"] = clock() - t
+    out = {k: (float(sum(v)) if isinstance(v, list) else float(v)) for k, v in phases.items()}
+    out["counts"] = {k: len(v) for k, v in phases.items() if isinstance(v, list)}
+    out["in-process total"] = clock() - started
+    return out
+
+
 # --- profile -------------------------------------------------------------------------------
 def _profile_summary(stats, buckets: dict, total: float) -> dict:
     """cumulative seconds of the first function matching each bucket's (file, name) parts."""
@@ -414,13 +468,14 @@ def profile(task):
 
 TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
          "method": method, "profile": profile,
-         "efficiency": efficiency}
+         "efficiency": efficiency, "fixed_costs": fixed_costs}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
-    _quiet()
+    if task["task"] != "fixed_costs":  # it times its own imports
+        _quiet()
     started = time.perf_counter()
     result = TASKS[task["task"]](task)
     result["process_seconds"] = time.perf_counter() - started
