@@ -377,6 +377,70 @@ def fixed_costs(task):
     return out
 
 
+# --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
+def _png_arrays(pattern: str) -> np.ndarray:
+    import glob
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
+                     for p in sorted(glob.glob(pattern))])
+
+
+def engine_rate(task):
+    """The engine alone on the decoded PNGs: every image in one attribute() call (best
+    packing), after a warm-up; images/s and gradient rows/s."""
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    model = _load(task)
+    images = _png_arrays(task["pattern"])
+    engine = IntegratedGradients(model.fn, image_size=model.image_size, method=task["method"],
+                                 steps=task["steps"], tolerance=task.get("tolerance"),
+                                 max_steps=task.get("max_steps", 256),
+                                 batch_size=task["batch_size"])
+    engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
+    started = time.perf_counter()
+    results = engine.attribute(requests)
+    seconds = time.perf_counter() - started
+    errors = np.array([r.relative_completeness_error for r in results])
+    return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
+            "rows": int(sum(r.gradient_evaluations for r in results)),
+            "errors": _stats(errors)}
+
+
+# --- precision: speed and completeness of each compute precision, interleaved -------------
+def precision(task):
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.models import load_model
+    from benchmarks import models
+    info = models.build(task["model"], task["cache_dir"])
+    images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[1:])]
+    engines = {}
+    for name in task["precisions"]:
+        model = load_model(info.path, precision=name)
+        engine = IntegratedGradients(model.fn, image_size=model.image_size,
+                                     method=task["method"], steps=task["steps"], tolerance=None,
+                                     batch_size=task["batch_size"])
+        engine.attribute(requests[:1])
+        engines[name] = engine
+    out = {name: {"times": []} for name in engines}
+    for _ in range(task["rounds"]):
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            results = engine.attribute(requests)
+            out[name]["times"].append(time.perf_counter() - started)
+            out[name]["errors"] = _stats(np.array([r.relative_completeness_error
+                                                   for r in results]))
+            out[name]["attributions"] = np.stack([r.attributions for r in results])
+    reference = out[task["precisions"][0]]["attributions"]
+    for name, d in out.items():
+        a = d.pop("attributions")
+        d["images_per_s"] = len(requests) / float(np.median(d["times"]))
+        d["correlation_with_first"] = float(np.median([
+            np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, reference)]))
+    return {"model": info.name, "images": len(requests), "method": task["method"],
+            "steps": task["steps"], "batch_size": task["batch_size"], "precisions": out}
+
+
 # --- profile -------------------------------------------------------------------------------
 def _profile_summary(stats, buckets: dict, total: float) -> dict:
     """cumulative seconds of the first function matching each bucket's (file, name) parts."""
@@ -468,7 +532,8 @@ def profile(task):
 
 TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
          "method": method, "profile": profile,
-         "efficiency": efficiency, "fixed_costs": fixed_costs}
+         "efficiency": efficiency, "fixed_costs": fixed_costs,
+         "engine_rate": engine_rate, "precision": precision}
 
 
 def main(argv=None) -> int:
