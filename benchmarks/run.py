@@ -757,8 +757,7 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = targets(results, {"levels": results["levels"]})
         results["notes"] = [n for n in results["notes"] if STAND_IN in n] + notes(results)
         report = markdown(results, results["profile"])
-        with open(os.path.join(args.output_dir, "RESULTS.md"), "w") as f:
-            f.write(report + "\n")
+        write_results(os.path.join(args.output_dir, "RESULTS.md"), report)
         print(report)
         return 0
     results = {"command": command, "profile": profile_name, "levels": list(profile["levels"]),
@@ -782,10 +781,21 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    with open(os.path.join(args.output_dir, "RESULTS.md"), "w") as f:
-        f.write(report + "\n")
+    write_results(os.path.join(args.output_dir, "RESULTS.md"), report)
     print(report)
     return 0
+
+
+def write_results(path: str, report: str) -> None:
+    """RESULTS.md anew, keeping the section benchmarks.performance wrote (issue 13)."""
+    import re
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            match = re.search(r"<!-- issue 13: .*?<!-- /issue 13 -->", f.read(), re.S)
+        kept = "\n\n" + match.group(0) + "\n" if match else ""
+    with open(path, "w") as f:
+        f.write(report + "\n" + kept)
 
 
 if __name__ == "__main__":
