@@ -102,7 +102,7 @@ def pipeline(cache, work, quick):
             "--model", info.path, "--progress_interval", "0"]
     log(f"pipeline: python -m pipeline on {count} PNGs (defaults)")
     job = run_pipeline(argv)
-    log(f"pipeline: engine alone again")
+    log("pipeline: engine alone again")
     engines.append(worker(task, timeout=3600))
     engine_rate = float(np.median([e["images_per_s"] for e in engines]))
     job.pop("counts", None)
@@ -183,7 +183,7 @@ def markdown(r: dict) -> str:
         for e in r["efficiency"]:
             v = e["variants"]
 
-            def cell(k):
+            def cell(k, v=v):
                 return (f"{pct(v[k]['fraction'])} ({pct(v[k]['median_ratio'])}; "
                         f"{v[k]['rows_per_s']:.0f} vs {v[k]['ceiling_rows_per_s']:.0f} rows/s)"
                         if k in v else "-")
@@ -274,7 +274,10 @@ def markdown(r: dict) -> str:
 
 
 def write_section(text: str, path: str) -> None:
-    old = open(path).read() if os.path.exists(path) else ""
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else \
         old.rstrip("\n") + "\n\n" + text + "\n"

@@ -5,23 +5,14 @@ import pytest
 
 from attribution.integrated_gradients import IntegratedGradients, Request
 from attribution.models import ModelLoadError, load_model
+from tests.conftest import SIZE, tiny_cnn
 from transforms.settings import Settings
-
-SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def keras_file(tmp_path_factory):
-    import keras
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(8, 3, padding="same", activation="softplus"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3),
-    ])
     path = tmp_path_factory.mktemp("models") / "m.keras"
-    model.save(path)
+    tiny_cnn(filters=8, activation="softplus", seed=1).save(path)
     return str(path)
 
 
@@ -64,8 +55,8 @@ def test_unknown_precision_is_a_bad_argument(keras_file):
 
 
 def test_settings_hash_counts_precision_only_when_not_float32():
-    base = dict(model="m", output_dir="o", image_size=(8, 8), num_classes=3,
-                model_fingerprint="f")
+    base = {"model": "m", "output_dir": "o", "image_size": (8, 8), "num_classes": 3,
+            "model_fingerprint": "f"}
     default = Settings(**base)
     assert Settings(**base, precision="float32").settings_hash == default.settings_hash
     assert Settings(**base, precision="mixed_bfloat16").settings_hash != default.settings_hash
