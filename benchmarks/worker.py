@@ -297,7 +297,8 @@ def efficiency(task):
     per_pass = task.get("images_per_pass", len(requests))
     for i in range(task["rounds"]):
         chunk = [requests[(i * per_pass + k) % len(requests)] for k in range(per_pass)]
-        for name, engine in engines.items():
+        order = list(engines.items())
+        for name, engine in (order if i % 2 == 0 else order[::-1]):  # ABBA: no order bias
             started = time.perf_counter()
             results = engine.attribute(chunk)
             seconds = time.perf_counter() - started
