@@ -320,6 +320,7 @@ def efficiency(task):
         d["fraction"] = d["rows_per_s"] / d["ceiling_rows_per_s"]
         d["median_ratio"] = float(np.median(d["ratio"]))
     return {"model": info.name, "batch_size": size, "images": len(requests),
+            "images_per_pass": per_pass,
             "method": task["method"], "steps": task["steps"],
             "tolerance": task.get("tolerance"), "variants": out}
 
