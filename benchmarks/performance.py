@@ -168,8 +168,10 @@ def pct(x):
 
 def markdown(r: dict) -> str:
     lines = [START, "## Issue 13: engine efficiency, fixed costs, precision, whole process\n",
-             f"Command: `python -m benchmarks.performance{r['args']}`, started {r['started']}, "
-             f"took {r['elapsed_s'] / 60:.1f} min; load average at start "
+             f"Last command: `python -m benchmarks.performance{r['args']}`, started "
+             f"{r['started']}, took {r['elapsed_s'] / 60:.1f} min (performance.json keeps "
+             "each part's latest results; parts not named ran in an earlier run of the same "
+             "command); load average at start "
              f"{', '.join(f'{x:.1f}' for x in r['machine']['load_average_at_start'] or ())} on "
              f"{r['machine']['nproc']} cores (shared: other developers' tests ran throughout, "
              "so only same-run ratios mean anything). Code: commit "
