@@ -789,13 +789,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(path: str, report: str) -> None:
-    """RESULTS.md anew, keeping the section benchmarks.performance wrote (issue 13)."""
+    """RESULTS.md anew, keeping the sections other benchmarks wrote after this one's:
+    benchmarks.performance's (issue 13) and benchmarks.scale's (from its header on)."""
     import re
     kept = ""
     if os.path.exists(path):
         with open(path) as f:
-            match = re.search(r"<!-- issue 13: .*?<!-- /issue 13 -->", f.read(), re.S)
-        kept = "\n\n" + match.group(0) + "\n" if match else ""
+            text = f.read()
+        match = re.search(r"<!-- issue 13: .*?<!-- /issue 13 -->", text, re.S)
+        kept = "\n" + match.group(0) + "\n" if match else ""
+        scale = text.find("## Simulated large run")
+        kept += ("\n" + text[scale:]) if scale >= 0 else ""
     with open(path, "w") as f:
         f.write(report + "\n" + kept)
 
