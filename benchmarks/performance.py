@@ -32,8 +32,7 @@ import time
 import numpy as np
 
 from benchmarks import models
-from benchmarks.run import (HERE, REPO, log, machine, run_pipeline, run_process, worker,
-                            write_pngs)
+from benchmarks.run import HERE, REPO, log, machine, run_pipeline, run_process, worker, write_pngs
 
 PARTS = ("efficiency", "fixed", "pipeline", "precision", "tutorial")
 START, END = "<!-- issue 13: benchmarks.performance -->", "<!-- /issue 13 -->"

@@ -314,7 +314,7 @@ def efficiency(task):
             d["ceiling_seconds"] += ceiling_seconds
             d["ceiling_rows"] += calls * size
             d["ratio"].append((rows / seconds) / (calls * size / ceiling_seconds))
-    for name, d in out.items():
+    for d in out.values():
         d["rows_per_s"] = d["rows"] / d["seconds"]
         d["ceiling_rows_per_s"] = d["ceiling_rows"] / d["ceiling_seconds"]
         d["fraction"] = d["rows_per_s"] / d["ceiling_rows_per_s"]
@@ -382,6 +382,7 @@ def fixed_costs(task):
 # --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
 def _png_arrays(pattern: str) -> np.ndarray:
     import glob
+
     from PIL import Image
     return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
                      for p in sorted(glob.glob(pattern))])
@@ -434,7 +435,7 @@ def precision(task):
                                                    for r in results]))
             out[name]["attributions"] = np.stack([r.attributions for r in results])
     reference = out[task["precisions"][0]]["attributions"]
-    for name, d in out.items():
+    for d in out.values():
         a = d.pop("attributions")
         d["images_per_s"] = len(requests) / float(np.median(d["times"]))
         d["correlation_with_first"] = float(np.median([
