@@ -54,23 +54,22 @@ def worker_processes(pipeline_options) -> bool:
 
 
 class WorkerLog:
-    """Redirect file descriptor 2 to the run's worker log until ``close()``; ``console`` is
-    the terminal's stderr meanwhile. A no-op (``console`` is sys.stderr) when not enabled."""
+    """Redirect file descriptor 2 to a temporary file until ``close()``, which appends what the
+    workers printed to ``DIR/workers.log`` (a local run folder; for a remote one the file
+    stays in the temporary folder, at ``path``). Nothing printed, no file; a job killed
+    mid-run leaves nothing in the run folder. ``console`` is the terminal's stderr meanwhile.
+    A no-op (``console`` is sys.stderr) when not enabled."""
 
     def __init__(self, output_dir: str, enabled: bool):
         self.console, self.path, self._saved = sys.stderr, None, None
         if not enabled:
             return
-        if "://" in output_dir:  # a remote run folder: the log stays on this machine
-            folder = tempfile.mkdtemp(prefix="ig-workers-")
-        else:
-            folder = output_dir
-            os.makedirs(folder, exist_ok=True)
-        self.path = os.path.join(folder, WORKER_LOG)
+        self._output_dir = output_dir
+        descriptor, self._temporary = tempfile.mkstemp(prefix="ig-workers-", suffix=".log")
         sys.stderr.flush()
         self._saved = os.dup(2)
-        with open(self.path, "ab") as log:
-            os.dup2(log.fileno(), 2)
+        os.dup2(descriptor, 2)
+        os.close(descriptor)
         self.console = os.fdopen(os.dup(self._saved), "w", buffering=1)
 
     def close(self) -> None:
@@ -83,3 +82,14 @@ class WorkerLog:
         self._saved = None
         self.console.close()
         self.console = sys.stderr
+        if os.path.getsize(self._temporary) == 0:
+            os.remove(self._temporary)
+            return
+        if "://" in self._output_dir:
+            self.path = self._temporary
+            return
+        os.makedirs(self._output_dir, exist_ok=True)
+        self.path = os.path.join(self._output_dir, WORKER_LOG)
+        with open(self._temporary, "rb") as source, open(self.path, "ab") as log:
+            log.write(source.read())
+        os.remove(self._temporary)
