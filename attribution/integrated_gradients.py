@@ -160,6 +160,8 @@ class IntegratedGradients:
         ints = tf.TensorSpec([batch_size], tf.int32)
         self._forward = tf.function(self._forward_impl, input_signature=[images],
                                     jit_compile=self.jit_compile)
+        self._points = tf.function(self._points_impl, input_signature=[images, ints],
+                                   jit_compile=self.jit_compile)  # traced on first use
         self._gradients = tf.function(
             self._gradients_impl, input_signature=[pool, pool, ints, floats, floats, ints, ints],
             jit_compile=self.jit_compile)
@@ -178,6 +180,10 @@ class IntegratedGradients:
             tape.watch(points)
             scores = tf.gather(self._scores(points), targets, axis=1, batch_dims=1)
         return scores, tape.gradient(scores, points)
+
+    def _points_impl(self, points, targets):
+        self.trace_count += 1
+        return self._target_gradients(points, targets)
 
     def _gradients_impl(self, images, baselines, rows, alphas, weights, targets, jobs):
         """One packed call: row r is request ``rows[r]`` at ``alphas[r]``; its gradient times
@@ -229,8 +235,8 @@ class IntegratedGradients:
         """Target scores [N] and input gradients [N, H, W, 3] at explicit points.
 
         For the methods whose path is not a straight line (attribution/methods/). Rows are
-        packed into the same fixed-size traced call as ``attribute`` (a point is the path at
-        alpha 1 from itself), so nothing retraces.
+        packed into fixed-size calls of one traced function (traced at its first use), so
+        nothing retraces.
         """
         inputs = np.asarray(inputs, np.float32)
         targets = np.asarray(targets, np.int32)
@@ -243,9 +249,8 @@ class IntegratedGradients:
             chunk = _pad(inputs[start:start + self.batch_size], self.batch_size)
             count = min(self.batch_size, len(inputs) - start)
             try:
-                score, grad = self._call(
-                    self._gradients, chunk, chunk, np.ones(self.batch_size, np.float32),
-                    _pad(targets[start:start + count], self.batch_size))
+                score, grad = self._call(self._points, chunk,
+                                         _pad(targets[start:start + count], self.batch_size))
             except _Retry:
                 continue
             scores.append(score[:count])
