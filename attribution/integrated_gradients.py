@@ -6,12 +6,16 @@ rows that are packed across images into model calls of one fixed size: many smal
 a call, one large job streams through many calls while its gradient integral is accumulated,
 so memory does not grow with the number of steps. Shapes never change (the last call is
 padded) and the target is a tensor, so the traced functions never retrace after warm-up.
+A request's images and baselines go to the device once; each call gathers its rows there and
+adds its weighted gradients to per-job integrals there (segment sums), so per call the host
+only sends index vectors and reads back the row scores.
 """
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -137,6 +141,13 @@ class IntegratedGradients:
         self.jit_compile = bool(jit_compile)
         self.trace_count = 0
         self.model_calls = 0
+        # the jobs' gradient integrals of the current round, on the device (float64)
+        shape = [*self.image_size, self.channels]
+        self._integrals = tf.Variable(tf.zeros([0, *shape], tf.float64), shape=[None, *shape],
+                                      trainable=False)
+        self._rule = quadrature.rule(self.method, self.steps)
+        self._refinements: dict[int, quadrature.Refinement] = {}  # by steps: computed once
+        self._lock = threading.Lock()  # one attribute() at a time: the integrals are shared
         self._build(int(batch_size))
 
     # -- traced functions ---------------------------------------------------------------
@@ -144,13 +155,16 @@ class IntegratedGradients:
         self.batch_size = batch_size
         h, w = self.image_size
         images = tf.TensorSpec([batch_size, h, w, self.channels], tf.float32)
-        vector = tf.TensorSpec([batch_size], tf.float32)
-        targets = tf.TensorSpec([batch_size], tf.int32)
+        pool = tf.TensorSpec([None, h, w, self.channels], tf.float32)  # a request's images
+        floats = tf.TensorSpec([batch_size], tf.float32)
+        ints = tf.TensorSpec([batch_size], tf.int32)
         self._forward = tf.function(self._forward_impl, input_signature=[images],
                                     jit_compile=self.jit_compile)
-        self._gradients = tf.function(self._gradients_impl,
-                                      input_signature=[images, images, vector, targets],
-                                      jit_compile=self.jit_compile)
+        self._points = tf.function(self._points_impl, input_signature=[images, ints],
+                                   jit_compile=self.jit_compile)  # traced on first use
+        self._gradients = tf.function(
+            self._gradients_impl, input_signature=[pool, pool, ints, floats, floats, ints, ints],
+            jit_compile=self.jit_compile)
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
         out = tf.cast(self.fn(images), tf.float32)
@@ -160,13 +174,30 @@ class IntegratedGradients:
         self.trace_count += 1
         return self._scores(images)
 
-    def _gradients_impl(self, images, baselines, alphas, targets):
-        self.trace_count += 1
-        path = baselines + alphas[:, None, None, None] * (images - baselines)
+    def _target_gradients(self, points: tf.Tensor, targets: tf.Tensor):
+        """(target scores [B], their gradients [B, H, W, 3]) at ``points``, in a traced call."""
         with tf.GradientTape() as tape:
-            tape.watch(path)
-            scores = tf.gather(self._scores(path), targets, axis=1, batch_dims=1)
-        return scores, tape.gradient(scores, path)
+            tape.watch(points)
+            scores = tf.gather(self._scores(points), targets, axis=1, batch_dims=1)
+        return scores, tape.gradient(scores, points)
+
+    def _points_impl(self, points, targets):
+        self.trace_count += 1
+        return self._target_gradients(points, targets)
+
+    def _gradients_impl(self, images, baselines, rows, alphas, weights, targets, jobs):
+        """One packed call: row r is request ``rows[r]`` at ``alphas[r]``; its gradient times
+        ``weights[r]`` is added to the integral of job ``jobs[r]`` (padding rows weigh 0).
+        The rows' images are gathered and the weighted sums accumulated here, on the device:
+        per call the host sends a few small vectors and gets the row scores back."""
+        self.trace_count += 1
+        x = tf.gather(images, rows)
+        b = tf.gather(baselines, rows)
+        scores, grads = self._target_gradients(b + alphas[:, None, None, None] * (x - b),
+                                               targets)
+        weighted = tf.cast(grads * weights[:, None, None, None], tf.float64)
+        self._integrals.scatter_nd_add(jobs[:, None], weighted)
+        return scores
 
     def _call(self, function, *arrays):
         """Run one fixed-size call; on out-of-memory halve the call size and re-raise to retry."""
@@ -183,6 +214,10 @@ class IntegratedGradients:
     def scores(self, images: np.ndarray) -> np.ndarray:
         """Scores (after the score transform) for float32 [N, H, W, 3], in packed calls."""
         images = np.asarray(images, np.float32)
+        with self._lock:
+            return self._scores_unlocked(images)
+
+    def _scores_unlocked(self, images: np.ndarray) -> np.ndarray:
         out, start = [], 0
         while start < len(images):
             chunk = images[start:start + self.batch_size]
@@ -200,8 +235,8 @@ class IntegratedGradients:
         """Target scores [N] and input gradients [N, H, W, 3] at explicit points.
 
         For the methods whose path is not a straight line (attribution/methods/). Rows are
-        packed into the same fixed-size traced call as ``attribute`` (a point is the path at
-        alpha 1 from itself), so nothing retraces.
+        packed into fixed-size calls of one traced function (traced at its first use), so
+        nothing retraces.
         """
         inputs = np.asarray(inputs, np.float32)
         targets = np.asarray(targets, np.int32)
@@ -214,9 +249,8 @@ class IntegratedGradients:
             chunk = _pad(inputs[start:start + self.batch_size], self.batch_size)
             count = min(self.batch_size, len(inputs) - start)
             try:
-                score, grad = self._call(
-                    self._gradients, chunk, chunk, np.ones(self.batch_size, np.float32),
-                    _pad(targets[start:start + count], self.batch_size))
+                score, grad = self._call(self._points, chunk,
+                                         _pad(targets[start:start + count], self.batch_size))
             except _Retry:
                 continue
             scores.append(score[:count])
@@ -234,22 +268,27 @@ class IntegratedGradients:
             targets = Targets.parse(targets)
         if not requests:
             return []
+        with self._lock:
+            return self._attribute(requests, targets)
+
+    def _attribute(self, requests: Sequence[Request], targets: Targets) -> list[Attribution]:
         images = np.stack([self._checked(r.image, "image") for r in requests])
         baselines = np.stack([self._checked(r.baseline, "baseline") for r in requests])
         n = len(requests)
-        both = self.scores(np.concatenate([images, baselines]))
+        both = self._scores_unlocked(np.concatenate([images, baselines]))
         image_scores, baseline_scores = both[:n], both[n:]
 
         jobs = []
         for i in range(n):
             for target in targets.select(image_scores[i]):
-                job = _Job(i, target, quadrature.rule(self.method, self.steps),
+                job = _Job(i, target, self._rule,
                            np.zeros(images.shape[1:], np.float64))
                 job.pending = job.rule.weights
                 jobs.append((job, job.rule.alphas))
         results: dict[int, tuple[int, int, Attribution]] = {}
+        pool = tf.constant(images), tf.constant(baselines)  # sent once, gathered per call
         while jobs:
-            self._integrate(jobs, images, baselines)
+            self._integrate(jobs, *pool)
             next_round = []
             for job, _ in jobs:
                 result = self._finish(job, requests, images, baselines, image_scores,
@@ -258,7 +297,7 @@ class IntegratedGradients:
                                     result)
                 if result.converged or self.tolerance is None:
                     continue
-                refinement = quadrature.refine(job.rule)
+                refinement = self._refine(job.rule)
                 if refinement.rule.steps > self.max_steps:
                     continue
                 job.integral *= refinement.scale
@@ -268,6 +307,11 @@ class IntegratedGradients:
         return [result for _, _, result in sorted(results.values(), key=lambda r: r[:2])]
 
     # -- internals ----------------------------------------------------------------------
+    def _refine(self, rule: quadrature.Rule) -> quadrature.Refinement:
+        if rule.steps not in self._refinements:
+            self._refinements[rule.steps] = quadrature.refine(rule)
+        return self._refinements[rule.steps]
+
     def _checked(self, array: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(array, np.float32)
         if array.shape != (*self.image_size, self.channels):
@@ -275,41 +319,36 @@ class IntegratedGradients:
                              f"{(*self.image_size, self.channels)}: resize it first")
         return array
 
-    def _rows(self, jobs) -> Iterator[tuple[int, float, float]]:
-        for j, (job, alphas) in enumerate(jobs):
-            for alpha, weight in zip(alphas, job.pending):
-                yield j, float(alpha), float(weight)
-
-    def _integrate(self, jobs, images, baselines) -> None:
+    def _integrate(self, jobs, images: tf.Tensor, baselines: tf.Tensor) -> None:
         """Evaluate every pending row, packed into fixed-size calls, into the jobs' integrals."""
-        rows = list(self._rows(jobs))
+        counts = [len(alphas) for _, alphas in jobs]
+        job_of_row = np.repeat(np.arange(len(jobs), dtype=np.int32), counts)
+        rows = np.array([job.request for job, _ in jobs], np.int32)[job_of_row]
+        targets = np.array([job.target for job, _ in jobs], np.int32)[job_of_row]
+        alphas = np.concatenate([alphas for _, alphas in jobs]).astype(np.float32)
+        weights = np.concatenate([job.pending for job, _ in jobs]).astype(np.float32)
+        scores = np.empty(len(alphas), np.float32)
+        self._integrals.assign(
+            tf.zeros([len(jobs), *self.image_size, self.channels], tf.float64))
         start = 0
-        while start < len(rows):
-            chunk = rows[start:start + self.batch_size]
-            job_index = np.array([r[0] for r in chunk])
-            request = np.array([jobs[j][0].request for j in job_index])
-            alphas = np.array([r[1] for r in chunk], np.float32)
-            target = np.array([jobs[j][0].target for j in job_index], np.int32)
+        while start < len(alphas):
+            chunk = slice(start, start + self.batch_size)
             try:
-                scores, grads = self._call(
-                    self._gradients, _pad(images[request], self.batch_size),
-                    _pad(baselines[request], self.batch_size), _pad(alphas, self.batch_size),
-                    _pad(target, self.batch_size))
+                (result,) = self._call(self._gradients, images, baselines,
+                                       *(_pad(a[chunk], self.batch_size)
+                                         for a in (rows, alphas, weights, targets, job_of_row)))
             except _Retry:
                 continue
-            weights = np.array([r[2] for r in chunk])
-            # rows of one job are contiguous: one weighted sum per job segment
-            bounds = np.flatnonzero(np.diff(job_index)) + 1
-            for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(chunk)]):
-                job = jobs[job_index[lo]][0]
-                # einsum's own loop, not BLAS: beside TensorFlow's busy threads OpenBLAS's
-                # tensordot took milliseconds per call here
-                job.integral += np.einsum("r,r...->...", weights[lo:hi].astype(np.float32),
-                                          grads[lo:hi])
-                job.evaluations += hi - lo
-                job.path.update(zip(np.float64(alphas[lo:hi]).tolist(),
-                                    scores[lo:hi].tolist()))
-            start += len(chunk)
+            n = len(alphas[chunk])
+            scores[start:start + n] = result[:n]
+            start += n
+        integrals = self._integrals.numpy()
+        bounds = np.cumsum([0, *counts])
+        for j, (job, _) in enumerate(jobs):
+            lo, hi = bounds[j], bounds[j + 1]
+            job.integral += integrals[j]
+            job.evaluations += hi - lo
+            job.path.update(zip(np.float64(alphas[lo:hi]).tolist(), scores[lo:hi].tolist()))
 
     def _finish(self, job, requests, images, baselines, image_scores, baseline_scores):
         i, t = job.request, job.target

@@ -458,8 +458,9 @@ def notes(results: dict) -> list[str]:
             f"demo: per gradient row the engine reaches {v['engine']['ceiling_fraction']:.0%} "
             f"of the bare model's rows/s where the Captum-style loop reaches "
             f"{v['captum']['ceiling_fraction']:.0%} at the same rule, steps and call size "
-            f"({v['engine']['rows_per_s']:.0f} vs {v['captum']['rows_per_s']:.0f} rows/s). The "
-            "engine does per call on the host, serially with the model: a fancy-index copy "
+            f"({v['engine']['rows_per_s']:.0f} vs {v['captum']['rows_per_s']:.0f} rows/s). "
+            "Before issue 13 (commit e4c0365 and earlier) the engine did per call on the host, "
+            "serially with the model: a fancy-index copy "
             "of the full image and baseline for every row, their numpy->tensor conversion, "
             "`.numpy()` of the whole gradient batch, and the weighted sum of the batch's "
             "gradients per job segment (a float32 `np.einsum` loop, kept off BLAS: a "
@@ -467,7 +468,8 @@ def notes(results: dict) -> list[str]:
             "cores); the Captum-style loop passes the images once, gathers rows in the graph "
             "and accumulates weighted gradients in the graph (`unsorted_segment_sum`). With "
             f"OPENBLAS_NUM_THREADS=1 the engine reaches {v['engine+blas1']['rows_per_s']:.0f} "
-            "rows/s.")
+            "rows/s. Since issue 13 the engine also gathers and accumulates in the graph "
+            "(before/after: the Issue 13 section, benchmarks.performance).")
     big = results["models"].get("mobilenet_v2")
     tutorial = next((x for x in (big or {}).get("runs", []) if x["kind"] == "tutorial"), None)
     if tutorial and tutorial.get("ceiling_now_rows_per_s"):
@@ -757,8 +759,7 @@ def main(argv: list[str] | None = None) -> int:
         results["targets"] = targets(results, {"levels": results["levels"]})
         results["notes"] = [n for n in results["notes"] if STAND_IN in n] + notes(results)
         report = markdown(results, results["profile"])
-        with open(os.path.join(args.output_dir, "RESULTS.md"), "w") as f:
-            f.write(report + "\n")
+        write_results(os.path.join(args.output_dir, "RESULTS.md"), report)
         print(report)
         return 0
     results = {"command": command, "profile": profile_name, "levels": list(profile["levels"]),
@@ -782,10 +783,25 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
-    with open(os.path.join(args.output_dir, "RESULTS.md"), "w") as f:
-        f.write(report + "\n")
+    write_results(os.path.join(args.output_dir, "RESULTS.md"), report)
     print(report)
     return 0
+
+
+def write_results(path: str, report: str) -> None:
+    """RESULTS.md anew, keeping the sections other benchmarks wrote after this one's:
+    benchmarks.performance's (issue 13) and benchmarks.scale's (from its header on)."""
+    import re
+    kept = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            text = f.read()
+        match = re.search(r"<!-- issue 13: .*?<!-- /issue 13 -->", text, re.S)
+        kept = "\n" + match.group(0) + "\n" if match else ""
+        scale = text.find("## Simulated large run")
+        kept += ("\n" + text[scale:]) if scale >= 0 else ""
+    with open(path, "w") as f:
+        f.write(report + "\n" + kept)
 
 
 if __name__ == "__main__":

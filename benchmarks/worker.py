@@ -256,6 +256,194 @@ def method(task):
             "self_peak_rss_mb": _rss_mb()}
 
 
+# --- efficiency: engine rows/s over the bare model's, interleaved in one process ---------
+def _engine_class(module_path: str | None):
+    """The engine class, or the one in ``module_path`` (a before/after A/B of its internals)."""
+    if not module_path:
+        from attribution.integrated_gradients import IntegratedGradients
+        return IntegratedGradients
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("engine_variant", module_path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module.IntegratedGradients
+
+
+def efficiency(task):
+    """Per round: one engine pass per variant, then the bare model's forward + input gradient
+    for as many rows at the same call size; the engine's gradient rows/s over that ceiling,
+    median over rounds. Each variant's engine is built and warmed up once (no traces timed)."""
+    from attribution.integrated_gradients import Request
+    from benchmarks import models
+    info = models.build(task["model"], task["cache_dir"])
+    model = _load({"model_path": info.path})
+    images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[1:])]
+    size = task["batch_size"]
+    raw = RawGradients(model, size)
+    engines = {}
+    for name, path in task["variants"].items():
+        engine = _engine_class(path)(
+            model.fn, image_size=model.image_size, method=task["method"], steps=task["steps"],
+            tolerance=task.get("tolerance"), max_steps=task.get("max_steps", 256),
+            batch_size=size)
+        engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
+        engines[name] = engine
+    out = {name: {"seconds": 0.0, "rows": 0, "ceiling_seconds": 0.0, "ceiling_rows": 0,
+                  "ratio": []} for name in engines}
+    # short passes alternate with the ceiling: the shared machine's load drifts within
+    # seconds, so each side of a ratio is measured under the same load
+    per_pass = task.get("images_per_pass", len(requests))
+    for i in range(task["rounds"]):
+        chunk = [requests[(i * per_pass + k) % len(requests)] for k in range(per_pass)]
+        order = list(engines.items())
+        for name, engine in (order if i % 2 == 0 else order[::-1]):  # ABBA: no order bias
+            started = time.perf_counter()
+            results = engine.attribute(chunk)
+            seconds = time.perf_counter() - started
+            rows = int(sum(r.gradient_evaluations for r in results))
+            calls = -(-rows // size)
+            started = time.perf_counter()
+            for _ in range(calls):
+                [v.numpy() for v in raw.step(raw.x, raw.t)]
+            ceiling_seconds = time.perf_counter() - started
+            d = out[name]
+            d["seconds"] += seconds
+            d["rows"] += rows
+            d["ceiling_seconds"] += ceiling_seconds
+            d["ceiling_rows"] += calls * size
+            d["ratio"].append((rows / seconds) / (calls * size / ceiling_seconds))
+    for d in out.values():
+        d["rows_per_s"] = d["rows"] / d["seconds"]
+        d["ceiling_rows_per_s"] = d["ceiling_rows"] / d["ceiling_seconds"]
+        d["fraction"] = d["rows_per_s"] / d["ceiling_rows_per_s"]
+        d["median_ratio"] = float(np.median(d["ratio"]))
+    return {"model": info.name, "batch_size": size, "images": len(requests),
+            "images_per_pass": per_pass,
+            "method": task["method"], "steps": task["steps"],
+            "tolerance": task.get("tolerance"), "variants": out}
+
+
+# --- fixed costs: where a 1-image job's seconds go ----------------------------------------
+def fixed_costs(task):
+    """Run ``python -m pipeline``'s work in this process with timers on its phases: imports
+    (TensorFlow, Beam, the rest), each load_model (launcher, worker), the engine's first
+    attribute() (traces + first calls), Beam's run, the report. Wall seconds, not cProfile."""
+    clock = time.perf_counter
+    phases, started = {}, clock()
+    t = clock()
+    import tensorflow  # noqa: F401
+    phases["import tensorflow"] = clock() - t
+    t = clock()
+    import apache_beam  # noqa: F401
+    phases["import apache_beam"] = clock() - t
+    t = clock()
+    from attribution import integrated_gradients
+    from pipeline import run as pipeline_run
+    from transforms import attribute
+    phases["import pipeline (ours + rest)"] = clock() - t
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            t = clock()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                phases.setdefault(name, []).append(clock() - t)
+        return wrapper
+
+    pipeline_run.load_model = timed("load_model (launcher)", pipeline_run.load_model)
+    attribute.load_model = timed("load_model (worker)", attribute.load_model)
+    first = {}
+    original_attribute = integrated_gradients.IntegratedGradients.attribute
+
+    def attribute_timed(self, *args, **kwargs):
+        t = clock()
+        try:
+            return original_attribute(self, *args, **kwargs)
+        finally:
+            key = "engine attribute, first call (traces)" if id(self) not in first else \
+                "engine attribute, later calls"
+            first.setdefault(id(self), True)
+            phases.setdefault(key, []).append(clock() - t)
+    integrated_gradients.IntegratedGradients.attribute = attribute_timed
+    pipeline_run._write_report = timed("report (draw + write)", pipeline_run._write_report)
+    import apache_beam as beam
+    beam.Pipeline.run = timed("beam Pipeline.run (whole job graph)", beam.Pipeline.run)
+    t = clock()
+    pipeline_run.run(task["pipeline_argv"], save_main_session=False)
+    phases["run() total"] = clock() - t
+    out = {k: (float(sum(v)) if isinstance(v, list) else float(v)) for k, v in phases.items()}
+    out["counts"] = {k: len(v) for k, v in phases.items() if isinstance(v, list)}
+    out["in-process total"] = clock() - started
+    return out
+
+
+# --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
+def _png_arrays(pattern: str) -> np.ndarray:
+    import glob
+
+    from PIL import Image
+    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
+                     for p in sorted(glob.glob(pattern))])
+
+
+def engine_rate(task):
+    """The engine alone on the decoded PNGs: every image in one attribute() call (best
+    packing), after a warm-up; images/s and gradient rows/s."""
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    model = _load(task)
+    images = _png_arrays(task["pattern"])
+    engine = IntegratedGradients(model.fn, image_size=model.image_size, method=task["method"],
+                                 steps=task["steps"], tolerance=task.get("tolerance"),
+                                 max_steps=task.get("max_steps", 256),
+                                 batch_size=task["batch_size"])
+    engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
+    started = time.perf_counter()
+    results = engine.attribute(requests)
+    seconds = time.perf_counter() - started
+    errors = np.array([r.relative_completeness_error for r in results])
+    return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
+            "rows": int(sum(r.gradient_evaluations for r in results)),
+            "errors": _stats(errors)}
+
+
+# --- precision: speed and completeness of each compute precision, interleaved -------------
+def precision(task):
+    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.models import load_model
+    from benchmarks import models
+    info = models.build(task["model"], task["cache_dir"])
+    images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[1:])]
+    engines = {}
+    for name in task["precisions"]:
+        model = load_model(info.path, precision=name)
+        engine = IntegratedGradients(model.fn, image_size=model.image_size,
+                                     method=task["method"], steps=task["steps"], tolerance=None,
+                                     batch_size=task["batch_size"])
+        engine.attribute(requests[:1])
+        engines[name] = engine
+    out = {name: {"times": []} for name in engines}
+    for _ in range(task["rounds"]):
+        for name, engine in engines.items():
+            started = time.perf_counter()
+            results = engine.attribute(requests)
+            out[name]["times"].append(time.perf_counter() - started)
+            out[name]["errors"] = _stats(np.array([r.relative_completeness_error
+                                                   for r in results]))
+            out[name]["attributions"] = np.stack([r.attributions for r in results])
+    reference = out[task["precisions"][0]]["attributions"]
+    for d in out.values():
+        a = d.pop("attributions")
+        d["images_per_s"] = len(requests) / float(np.median(d["times"]))
+        d["correlation_with_first"] = float(np.median([
+            np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, reference)]))
+    return {"model": info.name, "images": len(requests), "method": task["method"],
+            "steps": task["steps"], "batch_size": task["batch_size"], "precisions": out}
+
+
 # --- profile -------------------------------------------------------------------------------
 def _profile_summary(stats, buckets: dict, total: float) -> dict:
     """cumulative seconds of the first function matching each bucket's (file, name) parts."""
@@ -346,13 +534,16 @@ def profile(task):
 
 
 TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
-         "method": method, "profile": profile}
+         "method": method, "profile": profile,
+         "efficiency": efficiency, "fixed_costs": fixed_costs,
+         "engine_rate": engine_rate, "precision": precision}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
-    _quiet()
+    if task["task"] != "fixed_costs":  # it times its own imports
+        _quiet()
     started = time.perf_counter()
     result = TASKS[task["task"]](task)
     result["process_seconds"] = time.perf_counter() - started

@@ -13,6 +13,7 @@ from attribution.baselines import BASELINES
 from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
 from attribution.masks import MASK_TYPES, OVERLAYS, POLARITIES
 from attribution.methods import ATTRIBUTIONS, parse_baselines
+from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS
 from pipeline.launch import UsageError
@@ -83,6 +84,9 @@ class AttributionOptions(PipelineOptions):
             help="Do not write DIR/report.html at the end of the run.")
         add("--jit_compile", action="store_true",
             help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
+        add("--precision", default="float32", choices=PRECISIONS,
+            help="What a .keras model computes in (Keras mixed precision: bfloat16/float16 "
+                 "compute, float32 weights); scores and completeness stay float32/float64.")
         add("--progress_interval", type=float, default=10.0,
             help="Seconds between progress lines on DirectRunner; 0 turns them off.")
         add("--reuse_from", default=None,

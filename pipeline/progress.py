@@ -28,11 +28,26 @@ class ProgressReporter(threading.Thread):
         return (f"progress: {done}/{self.matched} images ({pct:.0f}%), {rate:.2f} images/s, "
                 f"ETA {eta}")
 
+    def _print(self, final: bool = False) -> None:
+        # on a terminal one line is rewritten in place; in a file or pipe, one line each time
+        if _is_terminal(self.stream):
+            print(f"\r\x1b[K{self.line()}", end="\n" if final else "", file=self.stream,
+                  flush=True)
+        else:
+            print(self.line(), file=self.stream, flush=True)
+
     def run(self):
         while not self.stopped.wait(self.interval):
-            print(self.line(), file=self.stream, flush=True)
+            self._print()
 
     def stop(self):
         """Stop, and print the final line."""
         self.stopped.set()
-        print(self.line(), file=self.stream, flush=True)
+        self._print(final=True)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

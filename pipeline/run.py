@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOption
 from attribution.faithfulness import parse_kinds
 from attribution.models import ModelLoadError, load_model
 from pipeline import folder, graph, lock, manifest, options
+from pipeline.console import WorkerLog, worker_processes
 from pipeline.launch import runner_name, ship_package
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
@@ -103,7 +104,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     try:
         model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
                            model_output=opts.model_output, output_key=opts.output_key,
-                           preprocess=opts.preprocess)
+                           preprocess=opts.preprocess, precision=opts.precision)
     except ModelLoadError as e:
         if opts.image_size is not None and "--image_size" in str(e):
             raise options.UsageError(str(e)) from None  # the option is wrong, not the model
@@ -128,7 +129,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         channels=model.channels, artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
         max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval, **chosen,
         faithfulness=parse_kinds(opts.faithfulness), faithfulness_points=opts.faithfulness_points,
-        randomize=opts.randomize)
+        randomize=opts.randomize, precision=opts.precision)
     records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
                          labels) if options.input_format(opts) == "tfrecord" else None
     if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
@@ -206,8 +207,9 @@ def _run_job(pipeline_options, settings, opts, records, runner, dry_run, matched
     show_progress = ("Direct" in runner and opts.progress_interval > 0 and not dry_run
                      and records is None)  # TFRecord: the image count is unknown up front
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
-    reporter = (ProgressReporter(progress_folder, matched_count, opts.progress_interval)
-                if show_progress else None)
+    workers = WorkerLog(settings.output_dir, worker_processes(pipeline_options) and not dry_run)
+    reporter = (ProgressReporter(progress_folder, matched_count, opts.progress_interval,
+                                 stream=workers.console) if show_progress else None)
     try:
         p = beam.Pipeline(options=pipeline_options)
         graph.build(p, dataclasses.replace(settings, progress_folder=progress_folder),
@@ -222,6 +224,7 @@ def _run_job(pipeline_options, settings, opts, records, runner, dry_run, matched
     finally:
         if reporter:
             reporter.stop()
+        workers.close()
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
     return result

@@ -13,19 +13,23 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up noi
 SIZE = 16
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A Keras 3 SavedModel (model.export) mapping [N, 16, 16, 3] in [0, 1] to 3 logits."""
+def tiny_cnn(filters: int = 4, activation: str = "relu", seed: int = 0):
+    """A Keras 3 CNN mapping [N, 16, 16, 3] in [0, 1] to 3 logits."""
     import keras
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
         keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
+        keras.layers.Conv2D(filters, 3, activation=activation),
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(3),
     ])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_cnn() as a Keras 3 SavedModel (model.export)."""
     path = tmp_path_factory.mktemp("models") / "tiny"
-    model.export(str(path), verbose=False)
+    tiny_cnn().export(str(path), verbose=False)
     return str(path)
 
 

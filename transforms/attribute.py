@@ -24,7 +24,8 @@ class _ProcessModel:
     def __init__(self, settings: Settings):
         model = load_model(settings.model, image_size=settings.image_size,
                            model_output=settings.model_output, output_key=settings.output_key,
-                           preprocess=settings.preprocess)
+                           preprocess=settings.preprocess, precision=settings.precision,
+                           reuse=not settings.randomize)  # randomized in place: a private copy
         if model.fingerprint != settings.model_fingerprint:
             raise RuntimeError(f"the model at {settings.model} changed since the job started "
                                f"(fingerprint {model.fingerprint[:12]}, expected "

@@ -31,6 +31,7 @@ class Settings:
     grid_cells: int = 14
     clip_percentile: float = 99.0
     jit_compile: bool = False
+    precision: str = "float32"  # what the model computes in (attribution.precision)
     labels: tuple[str, ...] = field(default=(), repr=False)
     artifacts: tuple[str, ...] = ("masks", "overlays")  # --artifacts: per-image files
     progress_folder: str | None = None  # local runners: where finished images are tallied
@@ -88,7 +89,8 @@ class Settings:
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
         asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
         numbers are computed, equal to float rounding). ``preprocess`` counts only when it is
-        not 'none', so hashes of runs made before the option existed stay valid.
+        not 'none', and ``precision`` only when not 'float32', so hashes of runs made before
+        these options existed stay valid.
 
         Computed once per Settings value (the job's, pickled to the workers with it), not once
         per row: hashing the whole value, 1001 ImageNet labels included, took ~10 ms a row.
@@ -111,6 +113,8 @@ class Settings:
             values["faithfulness_points"] = self.faithfulness_points
         if self.randomize is not None:
             values["randomize"] = self.randomize
+        if self.precision != "float32":  # bfloat16/float16 change the numbers, not rounding
+            values["precision"] = self.precision
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
