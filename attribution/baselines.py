@@ -1,4 +1,5 @@
 """IG baselines: the reference input the path starts from."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,9 @@ def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def make_baseline(kind: str, image: np.ndarray, *, key: str = "", seed: int = 0,
-                  blur_sigma: float | None = None) -> np.ndarray:
+def make_baseline(
+    kind: str, image: np.ndarray, *, key: str = "", seed: int = 0, blur_sigma: float | None = None
+) -> np.ndarray:
     """A float32 baseline shaped like ``image`` ([H, W, C] in [0, 1], C = 3 or 1 for gray).
 
     ``uniform_noise`` is seeded from (seed, key): the same image key gives the same noise.

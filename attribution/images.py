@@ -9,6 +9,7 @@ does both steps for a model: resize with pad, then grayscale for 1-channel model
 Transparent pixels are composited over ``BACKGROUND`` (white). Only the first frame of
 animated files is used. Pillow's process-wide settings are read, never changed.
 """
+
 import io
 import math
 from dataclasses import dataclass

@@ -10,6 +10,7 @@ A request's images and baselines go to the device once; each call gathers its ro
 adds its weighted gradients to per-job integrals there (segment sums), so per call the host
 only sends index vectors and reads back the row scores.
 """
+
 from __future__ import annotations
 
 import re
@@ -29,8 +30,9 @@ MODEL_OUTPUTS = ("logits", "probabilities")
 @dataclass(frozen=True)
 class Targets:
     """Which classes to explain: the predicted one, a fixed class, or the top k."""
-    kind: str          # 'predicted' | 'class' | 'topk'
-    value: int = 1     # the class for 'class', k for 'topk'
+
+    kind: str  # 'predicted' | 'class' | 'topk'
+    value: int = 1  # the class for 'class', k for 'topk'
 
     @classmethod
     def parse(cls, text: str | int) -> "Targets":
@@ -42,15 +44,18 @@ class Targets:
         match = re.fullmatch(r"topk:(\d+)", text)
         if match and int(match.group(1)) >= 1:
             return cls("topk", int(match.group(1)))
-        raise ValueError(f"--target must be 'predicted', a class index, or 'topk:K' with K >= 1; "
-                         f"got {text!r}")
+        raise ValueError(
+            f"--target must be 'predicted', a class index, or 'topk:K' with K >= 1; got {text!r}"
+        )
 
     def select(self, scores: np.ndarray) -> list[int]:
         """Target classes for one image, given its class scores."""
         if self.kind == "class":
             if self.value >= scores.shape[-1]:
-                raise ValueError(f"--target {self.value} is out of range: the model has "
-                                 f"{scores.shape[-1]} classes")
+                raise ValueError(
+                    f"--target {self.value} is out of range: the model has "
+                    f"{scores.shape[-1]} classes"
+                )
             return [self.value]
         k = 1 if self.kind == "predicted" else min(self.value, scores.shape[-1])
         return [int(c) for c in np.argsort(-scores, kind="stable")[:k]]
@@ -59,6 +64,7 @@ class Targets:
 @dataclass
 class Request:
     """One image to explain. ``image`` and ``baseline`` are float32 [H, W, 3]."""
+
     key: Any
     image: np.ndarray
     baseline: np.ndarray
@@ -67,21 +73,22 @@ class Request:
 @dataclass
 class Attribution:
     """IG for one (image, target), with its completeness check and the path's score curve."""
+
     key: Any
     target: int
     predicted_class: int
     predicted_score: float
-    target_score: float            # F(x)
-    baseline_score: float          # F(baseline)
+    target_score: float  # F(x)
+    baseline_score: float  # F(baseline)
     baseline_predicts_target: bool  # the baseline's own top class is the target: IG is weak here
-    attributions: np.ndarray       # float32 [H, W, 3]
+    attributions: np.ndarray  # float32 [H, W, 3]
     attribution_sum: float
     completeness_error: float
     relative_completeness_error: float
     converged: bool
     method: str
-    steps: int                     # points of the final rule
-    gradient_evaluations: int      # gradient rows spent on this result, refinements included
+    steps: int  # points of the final rule
+    gradient_evaluations: int  # gradient rows spent on this result, refinements included
     path_alphas: np.ndarray = field(repr=False)  # float32, sorted, 0 and 1 included
     path_scores: np.ndarray = field(repr=False)  # F(baseline + alpha (x - baseline))
 
@@ -91,7 +98,7 @@ class _Job:
     request: int
     target: int
     rule: quadrature.Rule
-    integral: np.ndarray           # float64 [H, W, 3]: sum of weights * gradients so far
+    integral: np.ndarray  # float64 [H, W, 3]: sum of weights * gradients so far
     evaluations: int = 0
     path: dict = field(default_factory=dict)  # alpha -> score
     pending: np.ndarray | None = None  # weights of the rows of the current round
@@ -113,18 +120,31 @@ class IntegratedGradients:
     images and baselines are [H, W, channels].
     """
 
-    def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], *, image_size: tuple[int, int],
-                 model_output: str = "logits", score: str = "probability",
-                 method: str = "gausslegendre", steps: int = 16, tolerance: float | None = 0.01,
-                 max_steps: int = 256, batch_size: int = 32, atol: float = 1e-6,
-                 jit_compile: bool = False, channels: int = 3):
+    def __init__(
+        self,
+        fn: Callable[[tf.Tensor], tf.Tensor],
+        *,
+        image_size: tuple[int, int],
+        model_output: str = "logits",
+        score: str = "probability",
+        method: str = "gausslegendre",
+        steps: int = 16,
+        tolerance: float | None = 0.01,
+        max_steps: int = 256,
+        batch_size: int = 32,
+        atol: float = 1e-6,
+        jit_compile: bool = False,
+        channels: int = 3,
+    ):
         if model_output not in MODEL_OUTPUTS:
             raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
         if score not in SCORES:
             raise ValueError(f"--score must be one of {SCORES}, got {score!r}")
         if score == "logit" and model_output == "probabilities":
-            raise ValueError("--score logit needs a model that outputs logits; this model outputs "
-                             "probabilities: use --score probability")
+            raise ValueError(
+                "--score logit needs a model that outputs logits; this model outputs "
+                "probabilities: use --score probability"
+            )
         quadrature.rule(method, steps)  # validates method and steps
         if tolerance is not None and not tolerance > 0:
             raise ValueError(f"--tolerance must be > 0, got {tolerance!r}")
@@ -143,8 +163,9 @@ class IntegratedGradients:
         self.model_calls = 0
         # the jobs' gradient integrals of the current round, on the device (float64)
         shape = [*self.image_size, self.channels]
-        self._integrals = tf.Variable(tf.zeros([0, *shape], tf.float64), shape=[None, *shape],
-                                      trainable=False)
+        self._integrals = tf.Variable(
+            tf.zeros([0, *shape], tf.float64), shape=[None, *shape], trainable=False
+        )
         self._rule = quadrature.rule(self.method, self.steps)
         self._refinements: dict[int, quadrature.Refinement] = {}  # by steps: computed once
         self._lock = threading.Lock()  # one attribute() at a time: the integrals are shared
@@ -158,13 +179,17 @@ class IntegratedGradients:
         pool = tf.TensorSpec([None, h, w, self.channels], tf.float32)  # a request's images
         floats = tf.TensorSpec([batch_size], tf.float32)
         ints = tf.TensorSpec([batch_size], tf.int32)
-        self._forward = tf.function(self._forward_impl, input_signature=[images],
-                                    jit_compile=self.jit_compile)
-        self._points = tf.function(self._points_impl, input_signature=[images, ints],
-                                   jit_compile=self.jit_compile)  # traced on first use
+        self._forward = tf.function(
+            self._forward_impl, input_signature=[images], jit_compile=self.jit_compile
+        )
+        self._points = tf.function(
+            self._points_impl, input_signature=[images, ints], jit_compile=self.jit_compile
+        )  # traced on first use
         self._gradients = tf.function(
-            self._gradients_impl, input_signature=[pool, pool, ints, floats, floats, ints, ints],
-            jit_compile=self.jit_compile)
+            self._gradients_impl,
+            input_signature=[pool, pool, ints, floats, floats, ints, ints],
+            jit_compile=self.jit_compile,
+        )
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
         out = tf.cast(self.fn(images), tf.float32)
@@ -193,8 +218,7 @@ class IntegratedGradients:
         self.trace_count += 1
         x = tf.gather(images, rows)
         b = tf.gather(baselines, rows)
-        scores, grads = self._target_gradients(b + alphas[:, None, None, None] * (x - b),
-                                               targets)
+        scores, grads = self._target_gradients(b + alphas[:, None, None, None] * (x - b), targets)
         weighted = tf.cast(grads * weights[:, None, None, None], tf.float64)
         self._integrals.scatter_nd_add(jobs[:, None], weighted)
         return scores
@@ -220,18 +244,19 @@ class IntegratedGradients:
     def _scores_unlocked(self, images: np.ndarray) -> np.ndarray:
         out, start = [], 0
         while start < len(images):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             padded = _pad(chunk, self.batch_size)
             try:
                 (result,) = self._call(self._forward, padded)
             except _Retry:
                 continue
-            out.append(result[:len(chunk)])
+            out.append(result[: len(chunk)])
             start += len(chunk)
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
-    def gradients(self, inputs: np.ndarray, targets: Sequence[int]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def gradients(
+        self, inputs: np.ndarray, targets: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Target scores [N] and input gradients [N, H, W, 3] at explicit points.
 
         For the methods whose path is not a straight line (attribution/methods/). Rows are
@@ -241,28 +266,33 @@ class IntegratedGradients:
         inputs = np.asarray(inputs, np.float32)
         targets = np.asarray(targets, np.int32)
         if inputs.shape[1:] != (*self.image_size, self.channels) or len(targets) != len(inputs):
-            raise ValueError(f"gradients needs [N, {self.image_size[0]}, {self.image_size[1]}, "
-                             f"{self.channels}] points and N targets, got {inputs.shape} and "
-                             f"{targets.shape}")
+            raise ValueError(
+                f"gradients needs [N, {self.image_size[0]}, {self.image_size[1]}, "
+                f"{self.channels}] points and N targets, got {inputs.shape} and "
+                f"{targets.shape}"
+            )
         scores, grads, start = [], [], 0
         while start < len(inputs):
-            chunk = _pad(inputs[start:start + self.batch_size], self.batch_size)
+            chunk = _pad(inputs[start : start + self.batch_size], self.batch_size)
             count = min(self.batch_size, len(inputs) - start)
             try:
-                score, grad = self._call(self._points, chunk,
-                                         _pad(targets[start:start + count], self.batch_size))
+                score, grad = self._call(
+                    self._points, chunk, _pad(targets[start : start + count], self.batch_size)
+                )
             except _Retry:
                 continue
             scores.append(score[:count])
             grads.append(grad[:count])
             start += count
         if not scores:
-            return np.zeros(0, np.float32), np.zeros((0, *self.image_size, self.channels),
-                                                     np.float32)
+            return np.zeros(0, np.float32), np.zeros(
+                (0, *self.image_size, self.channels), np.float32
+            )
         return np.concatenate(scores), np.concatenate(grads)
 
-    def attribute(self, requests: Sequence[Request], targets: Targets | str = "predicted"
-                  ) -> list[Attribution]:
+    def attribute(
+        self, requests: Sequence[Request], targets: Targets | str = "predicted"
+    ) -> list[Attribution]:
         """IG for every request and each of its targets, in request order then target rank."""
         if isinstance(targets, str):
             targets = Targets.parse(targets)
@@ -281,8 +311,7 @@ class IntegratedGradients:
         jobs = []
         for i in range(n):
             for target in targets.select(image_scores[i]):
-                job = _Job(i, target, self._rule,
-                           np.zeros(images.shape[1:], np.float64))
+                job = _Job(i, target, self._rule, np.zeros(images.shape[1:], np.float64))
                 job.pending = job.rule.weights
                 jobs.append((job, job.rule.alphas))
         results: dict[int, tuple[int, int, Attribution]] = {}
@@ -291,10 +320,14 @@ class IntegratedGradients:
             self._integrate(jobs, *pool)
             next_round = []
             for job, _ in jobs:
-                result = self._finish(job, requests, images, baselines, image_scores,
-                                      baseline_scores)
-                results[id(job)] = (job.request, _rank(image_scores[job.request], job.target),
-                                    result)
+                result = self._finish(
+                    job, requests, images, baselines, image_scores, baseline_scores
+                )
+                results[id(job)] = (
+                    job.request,
+                    _rank(image_scores[job.request], job.target),
+                    result,
+                )
                 if result.converged or self.tolerance is None:
                     continue
                 refinement = self._refine(job.rule)
@@ -315,8 +348,10 @@ class IntegratedGradients:
     def _checked(self, array: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(array, np.float32)
         if array.shape != (*self.image_size, self.channels):
-            raise ValueError(f"{what} has shape {array.shape}, the model needs "
-                             f"{(*self.image_size, self.channels)}: resize it first")
+            raise ValueError(
+                f"{what} has shape {array.shape}, the model needs "
+                f"{(*self.image_size, self.channels)}: resize it first"
+            )
         return array
 
     def _integrate(self, jobs, images: tf.Tensor, baselines: tf.Tensor) -> None:
@@ -328,19 +363,24 @@ class IntegratedGradients:
         alphas = np.concatenate([alphas for _, alphas in jobs]).astype(np.float32)
         weights = np.concatenate([job.pending for job, _ in jobs]).astype(np.float32)
         scores = np.empty(len(alphas), np.float32)
-        self._integrals.assign(
-            tf.zeros([len(jobs), *self.image_size, self.channels], tf.float64))
+        self._integrals.assign(tf.zeros([len(jobs), *self.image_size, self.channels], tf.float64))
         start = 0
         while start < len(alphas):
             chunk = slice(start, start + self.batch_size)
             try:
-                (result,) = self._call(self._gradients, images, baselines,
-                                       *(_pad(a[chunk], self.batch_size)
-                                         for a in (rows, alphas, weights, targets, job_of_row)))
+                (result,) = self._call(
+                    self._gradients,
+                    images,
+                    baselines,
+                    *(
+                        _pad(a[chunk], self.batch_size)
+                        for a in (rows, alphas, weights, targets, job_of_row)
+                    ),
+                )
             except _Retry:
                 continue
             n = len(alphas[chunk])
-            scores[start:start + n] = result[:n]
+            scores[start : start + n] = result[:n]
             start += n
         integrals = self._integrals.numpy()
         bounds = np.cumsum([0, *counts])
@@ -358,22 +398,33 @@ class IntegratedGradients:
         error = abs(total - (fx - fb))
         delta = abs(fx - fb)
         relative = error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
-        converged = error <= self.atol or (self.tolerance is not None
-                                           and relative <= self.tolerance)
+        converged = error <= self.atol or (
+            self.tolerance is not None and relative <= self.tolerance
+        )
         path = dict(job.path)
         path.setdefault(0.0, fb)
         path.setdefault(1.0, fx)
         alphas = np.array(sorted(path), np.float32)
         predicted = int(np.argmax(image_scores[i]))
         return Attribution(
-            key=requests[i].key, target=t, predicted_class=predicted,
-            predicted_score=float(image_scores[i, predicted]), target_score=fx,
-            baseline_score=fb, baseline_predicts_target=int(np.argmax(baseline_scores[i])) == t,
-            attributions=attributions.astype(np.float32), attribution_sum=total,
-            completeness_error=error, relative_completeness_error=relative,
-            converged=bool(converged), method=self.method, steps=job.rule.steps,
-            gradient_evaluations=job.evaluations, path_alphas=alphas,
-            path_scores=np.array([path[a] for a in sorted(path)], np.float32))
+            key=requests[i].key,
+            target=t,
+            predicted_class=predicted,
+            predicted_score=float(image_scores[i, predicted]),
+            target_score=fx,
+            baseline_score=fb,
+            baseline_predicts_target=int(np.argmax(baseline_scores[i])) == t,
+            attributions=attributions.astype(np.float32),
+            attribution_sum=total,
+            completeness_error=error,
+            relative_completeness_error=relative,
+            converged=bool(converged),
+            method=self.method,
+            steps=job.rule.steps,
+            gradient_evaluations=job.evaluations,
+            path_alphas=alphas,
+            path_scores=np.array([path[a] for a in sorted(path)], np.float32),
+        )
 
 
 class _Retry(Exception):

@@ -7,6 +7,7 @@ and TF Hub / Kaggle URLs (through tensorflow_hub's resolver and its ``TFHUB_CACH
 The number of input channels is read from the model's signature: 3 (RGB) or 1 (grayscale).
 ``hub.KerasLayer`` is never used: it fails inside Keras 3 on TF 2.16+.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -71,10 +72,16 @@ class LoadedModel:
     variables: tuple = field(default=(), repr=False, compare=False)
 
 
-def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
-               model_output: str = "logits", output_key: str | None = None,
-               preprocess: str = "none", precision: str = "float32",
-               reuse: bool = True) -> LoadedModel:
+def load_model(
+    handle: str,
+    *,
+    image_size: tuple[int, int] | None = None,
+    model_output: str = "logits",
+    output_key: str | None = None,
+    preprocess: str = "none",
+    precision: str = "float32",
+    reuse: bool = True,
+) -> LoadedModel:
     """Load ``handle`` and check it maps [N, H, W, 3 or 1] float32 images to [N, C] scores.
 
     ``image_size`` (H, W) is needed only when the model's signature has no static spatial
@@ -120,12 +127,27 @@ def load_model(handle: str, *, image_size: tuple[int, int] | None = None,
         transform = preprocessor(preprocess, channels)
     except ValueError as exc:
         raise _error(handle, str(exc)) from None
-    fn, num_classes = _make_fn(handle, lambda images: call(transform(images)), size, channels,
-                               output_key, output_names, model_output)
-    loaded = LoadedModel(handle=handle, kind=kind, fn=fn, image_size=size,
-                         num_classes=num_classes, output=model_output, fingerprint=fingerprint,
-                         channels=channels, preprocess=preprocess,
-                         variables=tuple(getattr(call, "variables", ())))
+    fn, num_classes = _make_fn(
+        handle,
+        lambda images: call(transform(images)),
+        size,
+        channels,
+        output_key,
+        output_names,
+        model_output,
+    )
+    loaded = LoadedModel(
+        handle=handle,
+        kind=kind,
+        fn=fn,
+        image_size=size,
+        num_classes=num_classes,
+        output=model_output,
+        fingerprint=fingerprint,
+        channels=channels,
+        preprocess=preprocess,
+        variables=tuple(getattr(call, "variables", ())),
+    )
     if not reuse:
         return loaded
     _RECENT[key] = loaded
@@ -141,8 +163,9 @@ def _error(handle: str, what: str, exc: BaseException | None = None) -> ModelLoa
 
 def _check_image_size(image_size) -> tuple[int, int]:
     values = tuple(image_size) if isinstance(image_size, (tuple, list)) else ()
-    if len(values) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                   and v > 0 for v in values):
+    if len(values) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in values
+    ):
         raise ValueError(f"image_size must be two positive integers (H, W), got {image_size!r}")
     return int(values[0]), int(values[1])
 
@@ -155,12 +178,16 @@ def _resolve_hub(handle: str) -> str:
     try:
         return hub.resolve(handle)
     except Exception as exc:  # noqa: BLE001 - network, HTTP and archive errors all end here
-        folder = posixpath.join(resolver.tfhub_cache_dir(use_temp=True),
-                                hashlib.sha1(handle.encode("utf8")).hexdigest())
-        raise _error(handle, f"tensorflow_hub could not resolve it (tried the cache folder "
-                             f"{folder}, then a download); offline, pre-populate "
-                             "TFHUB_CACHE_DIR from a machine with network access",
-                     exc) from exc
+        folder = posixpath.join(
+            resolver.tfhub_cache_dir(use_temp=True), hashlib.sha1(handle.encode("utf8")).hexdigest()
+        )
+        raise _error(
+            handle,
+            f"tensorflow_hub could not resolve it (tried the cache folder "
+            f"{folder}, then a download); offline, pre-populate "
+            "TFHUB_CACHE_DIR from a machine with network access",
+            exc,
+        ) from exc
 
 
 def _local_kind(handle: str) -> str:
@@ -170,16 +197,22 @@ def _local_kind(handle: str) -> str:
     except tf.errors.OpError as exc:
         raise _error(handle, "tf.io.gfile could not read it", exc) from exc
     if not exists:
-        raise _error(handle, "no such file or folder (expected a SavedModel folder, a .keras "
-                             "or .h5 file, or a TF Hub / Kaggle URL)")
+        raise _error(
+            handle,
+            "no such file or folder (expected a SavedModel folder, a .keras "
+            "or .h5 file, or a TF Hub / Kaggle URL)",
+        )
     if is_dir:
         return "saved_model"
     if handle.endswith(".keras"):
         return "keras"
     if handle.lower().endswith(_H5_SUFFIXES):
         return "h5"
-    raise _error(handle, "it is a file but not a .keras, .h5 or .hdf5 Keras file (expected a "
-                         "SavedModel folder or a Keras model file)")
+    raise _error(
+        handle,
+        "it is a file but not a .keras, .h5 or .hdf5 Keras file (expected a "
+        "SavedModel folder or a Keras model file)",
+    )
 
 
 def _load_keras(handle: str, path: str, kind: str = "keras", precision: str = "float32"):
@@ -189,14 +222,19 @@ def _load_keras(handle: str, path: str, kind: str = "keras", precision: str = "f
         model = keras.models.load_model(path, safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
         if "safe_mode" in str(exc):
-            raise _error(handle, "unsafe Lambda deserialization refused: the .keras file holds "
-                                 "Python code (e.g. a Lambda layer) that only loads with "
-                                 "safe_mode=False; re-save it without Python lambdas or export "
-                                 "a SavedModel with model.export(dir)", exc) from exc
+            raise _error(
+                handle,
+                "unsafe Lambda deserialization refused: the .keras file holds "
+                "Python code (e.g. a Lambda layer) that only loads with "
+                "safe_mode=False; re-save it without Python lambdas or export "
+                "a SavedModel with model.export(dir)",
+                exc,
+            ) from exc
         raise _error(handle, "keras.models.load_model(safe_mode=True) failed", exc) from exc
     if len(model.inputs) != 1:
-        raise _error(handle, f"the Keras model has {len(model.inputs)} inputs; one image input "
-                             "is needed")
+        raise _error(
+            handle, f"the Keras model has {len(model.inputs)} inputs; one image input is needed"
+        )
     spec = tf.TensorSpec(model.inputs[0].shape, model.inputs[0].dtype)
     try:
         model = keras_in_precision(model, precision)
@@ -226,8 +264,11 @@ def _refuse_h5_code(handle: str, path: str) -> None:
     except Exception as exc:  # noqa: BLE001 - not HDF5, truncated, unreadable
         raise _error(handle, "it is not a readable HDF5 Keras file", exc) from exc
     if config is None:
-        raise _error(handle, "the .h5 file holds no model config (a weights-only file?); "
-                             "load the architecture in code and save a .keras file")
+        raise _error(
+            handle,
+            "the .h5 file holds no model config (a weights-only file?); "
+            "load the architecture in code and save a .keras file",
+        )
     if isinstance(config, bytes):
         config = config.decode("utf-8")
     try:
@@ -236,10 +277,13 @@ def _refuse_h5_code(handle: str, path: str) -> None:
         raise _error(handle, "its model config is not valid JSON", exc) from exc
     lambdas = sorted(_python_code_layers(tree))
     if lambdas:
-        raise _error(handle, f"unsafe Lambda deserialization refused: the .h5 file holds Python "
-                             f"code (Lambda layers {lambdas}) that only loads with "
-                             "safe_mode=False and would run on load; rebuild the model without "
-                             "Python lambdas or export a SavedModel with model.export(dir)")
+        raise _error(
+            handle,
+            f"unsafe Lambda deserialization refused: the .h5 file holds Python "
+            f"code (Lambda layers {lambdas}) that only loads with "
+            "safe_mode=False and would run on load; rebuild the model without "
+            "Python lambdas or export a SavedModel with model.export(dir)",
+        )
 
 
 def _python_code_layers(node) -> list[str]:
@@ -248,9 +292,11 @@ def _python_code_layers(node) -> list[str]:
     if isinstance(node, dict):
         config = node.get("config")
         if node.get("class_name") == "Lambda" and isinstance(config, dict):
-            code = any(_is_code(config.get(key)) for key in ("function", "output_shape")) or \
-                config.get("function_type") == "lambda" or \
-                config.get("output_shape_type") == "lambda"
+            code = (
+                any(_is_code(config.get(key)) for key in ("function", "output_shape"))
+                or config.get("function_type") == "lambda"
+                or config.get("output_shape_type") == "lambda"
+            )
             if code:
                 found.append(str(config.get("name", "?")))
         for value in node.values():
@@ -265,8 +311,12 @@ def _is_code(value) -> bool:
     """A serialized Python function: Keras 3's ``__lambda__`` dict or Keras 2's bytecode list."""
     if isinstance(value, dict):
         return value.get("class_name") == "__lambda__"
-    return isinstance(value, (list, tuple)) and bool(value) and isinstance(value[0], str) \
+    return (
+        isinstance(value, (list, tuple))
+        and bool(value)
+        and isinstance(value[0], str)
         and len(value) == 3
+    )
 
 
 def _load_saved_model(handle: str, path: str, output_key: str | None):
@@ -296,9 +346,12 @@ def _load_saved_model(handle: str, path: str, output_key: str | None):
         make = _signature_call if name == "signature" else _function_call
         output_names = sorted(signature.structured_outputs) if signature is not None else []
         return (*make(handle, obj, endpoint), output_names)
-    raise _error(handle, "the SavedModel has no serving endpoint: no `serve` function, no "
-                         "callable object and no serving_default signature "
-                         f"(signatures: {sorted(signatures)})")
+    raise _error(
+        handle,
+        "the SavedModel has no serving endpoint: no `serve` function, no "
+        "callable object and no serving_default signature "
+        f"(signatures: {sorted(signatures)})",
+    )
 
 
 def _function_call(handle: str, obj, function):
@@ -331,9 +384,12 @@ def _function_call(handle: str, obj, function):
 def _signature_call(handle: str, obj, signature):
     inputs = signature.structured_input_signature[1]
     if len(inputs) != 1:
-        raise _error(handle, f"its serving signature takes {len(inputs)} inputs "
-                             f"{sorted(inputs)}; one image input is needed")
-    (name, spec), = inputs.items()
+        raise _error(
+            handle,
+            f"its serving signature takes {len(inputs)} inputs "
+            f"{sorted(inputs)}; one image input is needed",
+        )
+    ((name, spec),) = inputs.items()
 
     def call(images, _obj=obj):  # _obj keeps the restored variables alive
         return signature(**{name: images})
@@ -347,34 +403,50 @@ def _input_channels(handle: str, spec: tf.TensorSpec) -> int:
     shape = tf.TensorShape(spec.shape)
     channels = 3 if shape.rank is None or shape[3] is None else int(shape[3])
     if channels not in CHANNELS:
-        raise _error(handle, f"the model takes {channels}-channel input (shape {shape}); "
-                             "only 3-channel (RGB) and 1-channel (grayscale) image models are "
-                             "supported: wrap the model so it takes [N, H, W, 3] or "
-                             "[N, H, W, 1] images in [0, 1]")
+        raise _error(
+            handle,
+            f"the model takes {channels}-channel input (shape {shape}); "
+            "only 3-channel (RGB) and 1-channel (grayscale) image models are "
+            "supported: wrap the model so it takes [N, H, W, 3] or "
+            "[N, H, W, 1] images in [0, 1]",
+        )
     return channels
 
 
 def _input_size(handle: str, spec: tf.TensorSpec, image_size: tuple[int, int] | None):
     shape = tf.TensorShape(spec.shape)
     if spec.dtype != tf.float32:
-        raise _error(handle, f"the model takes {spec.dtype.name} input; float32 images in "
-                             "[0, 1] are needed")
+        raise _error(
+            handle, f"the model takes {spec.dtype.name} input; float32 images in [0, 1] are needed"
+        )
     if shape.rank is not None and shape.rank != 4:
-        raise _error(handle, f"the model takes input of shape {shape}; [N, H, W, 3] or "
-                             "[N, H, W, 1] images are needed")
+        raise _error(
+            handle,
+            f"the model takes input of shape {shape}; [N, H, W, 3] or "
+            "[N, H, W, 1] images are needed",
+        )
     static = (None, None) if shape.rank is None else (shape[1], shape[2])
     if None not in static:
         if image_size is not None and tuple(image_size) != static:
-            raise _error(handle, f"--image_size {image_size[0]},{image_size[1]} does not match "
-                                 f"the model's input size {static[0]},{static[1]}: drop "
-                                 "--image_size or pass the model's size")
+            raise _error(
+                handle,
+                f"--image_size {image_size[0]},{image_size[1]} does not match "
+                f"the model's input size {static[0]},{static[1]}: drop "
+                "--image_size or pass the model's size",
+            )
         return static
     if image_size is None:
-        raise _error(handle, "--image_size H,W is needed: the model's signature has no static "
-                             f"spatial size (input shape {shape})")
+        raise _error(
+            handle,
+            "--image_size H,W is needed: the model's signature has no static "
+            f"spatial size (input shape {shape})",
+        )
     if any(s is not None and s != v for s, v in zip(static, image_size)):
-        raise _error(handle, f"--image_size {image_size[0]},{image_size[1]} does not match "
-                             f"the model's input shape {shape}")
+        raise _error(
+            handle,
+            f"--image_size {image_size[0]},{image_size[1]} does not match "
+            f"the model's input shape {shape}",
+        )
     return image_size
 
 
@@ -384,13 +456,16 @@ def _make_fn(handle, call, size, channels, output_key, output_names, model_outpu
     try:
         probe = call(tf.zeros([1, height, width, channels], tf.float32))
     except Exception as exc:  # noqa: BLE001 - any failure of the model itself
-        raise _error(handle, f"a forward pass on zeros [1, {height}, {width}, {channels}] "
-                             "failed", exc) from exc
+        raise _error(
+            handle, f"a forward pass on zeros [1, {height}, {width}, {channels}] failed", exc
+        ) from exc
     select = _output_selector(handle, probe, output_key, output_names)
     scores = select(probe)
     if scores.shape.rank != 2 or scores.shape[0] != 1:
-        raise _error(handle, f"the model returns shape {scores.shape} for one image; "
-                             "class scores [N, C] are needed")
+        raise _error(
+            handle,
+            f"the model returns shape {scores.shape} for one image; class scores [N, C] are needed",
+        )
     _check_declared_output(handle, np.asarray(scores, np.float64), model_output)
 
     def fn(images):
@@ -405,22 +480,30 @@ def _output_selector(handle, probe, output_key, output_names) -> Callable:
         if output_key is None and len(keys) == 1:
             output_key = keys[0]
         if output_key not in probe:
-            what = ("has several outputs" if output_key is None
-                    else f"has no output {output_key!r}")
+            what = "has several outputs" if output_key is None else f"has no output {output_key!r}"
             raise _error(handle, f"the model {what}; pass output_key, one of {keys}")
         return lambda outputs: outputs[output_key]
     if isinstance(probe, Sequence) and not isinstance(probe, str):
         if output_key is None and len(probe) == 1:
             return lambda outputs: outputs[0]
-        if output_key is not None and output_key in output_names and \
-                len(output_names) == len(probe):
+        if (
+            output_key is not None
+            and output_key in output_names
+            and len(output_names) == len(probe)
+        ):
             index = output_names.index(output_key)
             return lambda outputs: outputs[index]
-        raise _error(handle, f"the model returns {len(probe)} outputs; pass output_key, "
-                             f"one of {output_names or 'its output names'}")
+        raise _error(
+            handle,
+            f"the model returns {len(probe)} outputs; pass output_key, "
+            f"one of {output_names or 'its output names'}",
+        )
     if output_key is not None:
-        raise _error(handle, f"output_key {output_key!r} was given but the model returns a "
-                             "single tensor; drop output_key")
+        raise _error(
+            handle,
+            f"output_key {output_key!r} was given but the model returns a "
+            "single tensor; drop output_key",
+        )
     return lambda outputs: outputs
 
 
@@ -428,13 +511,23 @@ def _check_declared_output(handle: str, scores: np.ndarray, model_output: str) -
     """Refuse 'probabilities' outside [0, 1]; warn when 'logits' look like a softmax."""
     in_unit = bool(np.all(scores >= -1e-6) and np.all(scores <= 1 + 1e-6))
     if model_output == "probabilities" and not in_unit:
-        raise _error(handle, "model_output='probabilities' was declared but the scores of a "
-                             f"black image span [{scores.min():.4g}, {scores.max():.4g}]; "
-                             "declare model_output='logits'")
-    if model_output == "logits" and in_unit and scores.shape[1] > 1 and \
-            abs(scores.sum() - 1) < 1e-4:
-        _log.warning("Model %r was declared to return logits but its scores sum to 1 like "
-                     "probabilities; pass model_output='probabilities' if they are.", handle)
+        raise _error(
+            handle,
+            "model_output='probabilities' was declared but the scores of a "
+            f"black image span [{scores.min():.4g}, {scores.max():.4g}]; "
+            "declare model_output='logits'",
+        )
+    if (
+        model_output == "logits"
+        and in_unit
+        and scores.shape[1] > 1
+        and abs(scores.sum() - 1) < 1e-4
+    ):
+        _log.warning(
+            "Model %r was declared to return logits but its scores sum to 1 like "
+            "probabilities; pass model_output='probabilities' if they are.",
+            handle,
+        )
 
 
 def _fingerprint(handle: str, path: str, kind: str) -> str:
@@ -445,14 +538,17 @@ def _fingerprint(handle: str, path: str, kind: str) -> str:
             _hash_file(digest, path)
             return digest.hexdigest()
         root = path.rstrip("/")
-        files = [name for name in ("saved_model.pb", "saved_model.pbtxt")
-                 if tf.io.gfile.exists(posixpath.join(root, name))]
+        files = [
+            name
+            for name in ("saved_model.pb", "saved_model.pbtxt")
+            if tf.io.gfile.exists(posixpath.join(root, name))
+        ]
         for sub in ("variables", "assets"):
             top = posixpath.join(root, sub)
             if not tf.io.gfile.isdir(top):
                 continue
             for dirpath, _, filenames in tf.io.gfile.walk(top):
-                rel_dir = posixpath.normpath(dirpath[len(root):].lstrip("/"))
+                rel_dir = posixpath.normpath(dirpath[len(root) :].lstrip("/"))
                 files.extend(posixpath.join(rel_dir, f) for f in filenames)
         for rel in sorted(files):
             full = posixpath.join(root, rel)

@@ -3,6 +3,7 @@ float32 variables). Only a Keras model can be re-built in another precision: a S
 graph has its dtypes fixed when it was exported. Whatever the model computes in, the engine
 takes its scores as float32 and checks completeness in float64.
 """
+
 from __future__ import annotations
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -22,6 +23,7 @@ def keras_in_precision(model, precision: str):
     """``model`` itself for float32, else a copy whose every layer has the mixed policy
     ``precision`` (compute in bfloat16/float16, variables float32) and the same weights."""
     import keras
+
     if check(precision) == "float32":
         return model
 
@@ -33,10 +35,12 @@ def keras_in_precision(model, precision: str):
     try:
         copy = keras.models.clone_model(model, clone_function=clone)
     except Exception as exc:  # noqa: BLE001 - subclassed models cannot be cloned
-        raise PrecisionError(f"--precision {precision}: this Keras model could not be re-built "
-                             f"layer by layer ({type(exc).__name__}: {exc}); use --precision "
-                             "float32, or save it with keras.mixed_precision.set_global_policy("
-                             f"'{precision}') set before building it") from exc
+        raise PrecisionError(
+            f"--precision {precision}: this Keras model could not be re-built "
+            f"layer by layer ({type(exc).__name__}: {exc}); use --precision "
+            "float32, or save it with keras.mixed_precision.set_global_policy("
+            f"'{precision}') set before building it"
+        ) from exc
     copy.set_weights(model.get_weights())
     return copy
 
@@ -46,4 +50,5 @@ def saved_model_refusal(precision: str) -> PrecisionError:
         f"--precision {precision} needs a .keras model: a SavedModel's graph computes in the "
         "dtypes it was exported with. Pass the .keras file, or export the SavedModel from a "
         f"model built under keras.mixed_precision.set_global_policy('{precision}') and run it "
-        "with --precision float32")
+        "with --precision float32"
+    )

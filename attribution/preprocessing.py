@@ -17,6 +17,7 @@ for x = pixels / 255:
 For 1-channel (grayscale) models ``none``, ``scale255`` and ``tf`` mean the same per pixel;
 ``caffe`` and ``torch`` are defined per RGB channel and are refused.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -36,10 +37,12 @@ def preprocessor(mode: str, channels: int = 3) -> Callable:
     if mode not in PREPROCESS:
         raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {mode!r}")
     if mode in PER_CHANNEL and channels != 3:
-        raise ValueError(f"--preprocess {mode} subtracts ImageNet means per R, G, B channel, "
-                         f"but the model takes {channels}-channel input; for a grayscale model "
-                         "use --preprocess none (inputs in [0, 1]), scale255 ([0, 255]) or "
-                         "tf ([-1, 1])")
+        raise ValueError(
+            f"--preprocess {mode} subtracts ImageNet means per R, G, B channel, "
+            f"but the model takes {channels}-channel input; for a grayscale model "
+            "use --preprocess none (inputs in [0, 1]), scale255 ([0, 255]) or "
+            "tf ([-1, 1])"
+        )
     import tensorflow as tf  # here: option parsing imports PREPROCESS without TensorFlow
 
     if mode == "none":

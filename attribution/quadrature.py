@@ -7,6 +7,7 @@ Refinement reuses what was computed where the rule allows it: a refined integral
 ``scale * previous_integral + sum(new_weights * g(new_alphas))``. The Riemann and trapezoid
 rules nest (scale > 0, only new points are evaluated); Gauss-Legendre does not (scale 0).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,15 +21,15 @@ METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid
 class Rule:
     method: str
     steps: int
-    alphas: np.ndarray   # float64 [steps], in [0, 1]
+    alphas: np.ndarray  # float64 [steps], in [0, 1]
     weights: np.ndarray  # float64 [steps], sum to 1
 
 
 @dataclass(frozen=True)
 class Refinement:
-    rule: Rule           # the refined rule, as rule(method, rule.steps) would build it
-    scale: float         # factor on the previous integral
-    alphas: np.ndarray   # points to evaluate now
+    rule: Rule  # the refined rule, as rule(method, rule.steps) would build it
+    scale: float  # factor on the previous integral
+    alphas: np.ndarray  # points to evaluate now
     weights: np.ndarray  # their weights in the refined rule
 
 
@@ -73,7 +74,8 @@ def refine(previous: Rule) -> Refinement:
     if method == "riemann_trapezoid":
         intervals = n - 1
         new = (2 * np.arange(intervals) + 1) / (2 * intervals)
-        return Refinement(rule(method, 2 * intervals + 1), 0.5, new,
-                          np.full(intervals, 1.0 / (2 * intervals)))
+        return Refinement(
+            rule(method, 2 * intervals + 1), 0.5, new, np.full(intervals, 1.0 / (2 * intervals))
+        )
     finer = rule(method, 2 * n)
     return Refinement(finer, 0.0, finer.alphas, finer.weights)

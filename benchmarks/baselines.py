@@ -19,6 +19,7 @@ Both take ``fn(images [N, H, W, 3]) -> [N, C]`` and attribute ``score`` ('probab
 softmax of logits; 'logit') so they can be checked against the engine at the same rule and
 steps (tests/test_benchmarks.py).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -39,8 +40,13 @@ def _score(outputs: tf.Tensor, score: str) -> tf.Tensor:
 class TutorialIG:
     """The TF IG tutorial, correct version. ``steps`` below means *points* (m_steps + 1)."""
 
-    def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], *, score: str = "probability",
-                 batch_size: int = 32):
+    def __init__(
+        self,
+        fn: Callable[[tf.Tensor], tf.Tensor],
+        *,
+        score: str = "probability",
+        batch_size: int = 32,
+    ):
         self.fn = fn
         self.score = score
         self.batch_size = int(batch_size)
@@ -79,8 +85,7 @@ class TutorialIG:
             from_ = alpha
             to = tf.minimum(from_ + self.batch_size, len(alphas))
             alpha_batch = alphas[from_:to]
-            gradient_batches.append(self.one_batch(baseline, image, alpha_batch,
-                                                   target_class_idx))
+            gradient_batches.append(self.one_batch(baseline, image, alpha_batch, target_class_idx))
         total_gradients = tf.concat(gradient_batches, axis=0)  # every batch, not the last
         avg_gradients = self.integral_approximation(total_gradients)
         return (image - baseline) * avg_gradients
@@ -90,8 +95,13 @@ class TutorialIG:
         scores = _score(self.fn(tf.expand_dims(image, 0)), self.score)
         return int(tf.math.top_k(scores, k=1).indices[0, 0])
 
-    def attribute(self, images: np.ndarray, baselines: np.ndarray, steps: int,
-                  targets: list[int] | None = None) -> tuple[np.ndarray, list[int]]:
+    def attribute(
+        self,
+        images: np.ndarray,
+        baselines: np.ndarray,
+        steps: int,
+        targets: list[int] | None = None,
+    ) -> tuple[np.ndarray, list[int]]:
         """IG of each image with ``steps`` points (m_steps = steps - 1): (attributions, targets)."""
         if steps < 2:
             raise ValueError("the tutorial's trapezoid rule needs steps >= 2 points")
@@ -128,9 +138,16 @@ RULES = {"riemann_trapezoid": trapezoid, "gausslegendre": gauss_legendre}
 class CaptumStyleIG:
     """All images x steps as one list of rows, cut into chunks of ``internal_batch_size``."""
 
-    def __init__(self, fn: Callable[[tf.Tensor], tf.Tensor], *, image_size: tuple[int, int],
-                 method: str, steps: int, internal_batch_size: int = 32,
-                 score: str = "probability"):
+    def __init__(
+        self,
+        fn: Callable[[tf.Tensor], tf.Tensor],
+        *,
+        image_size: tuple[int, int],
+        method: str,
+        steps: int,
+        internal_batch_size: int = 32,
+        score: str = "probability",
+    ):
         if method not in RULES:
             raise ValueError(f"method must be one of {sorted(RULES)}, got {method!r}")
         self.fn, self.score = fn, score
@@ -141,8 +158,10 @@ class CaptumStyleIG:
         image = tf.TensorSpec([None, h, w, 3], tf.float32)
         row = tf.TensorSpec([None], tf.float32)
         index = tf.TensorSpec([None], tf.int32)
-        self._chunk = tf.function(self._chunk_impl, input_signature=[
-            image, image, index, row, row, index, tf.TensorSpec([], tf.int32)])
+        self._chunk = tf.function(
+            self._chunk_impl,
+            input_signature=[image, image, index, row, row, index, tf.TensorSpec([], tf.int32)],
+        )
 
     def _chunk_impl(self, images, baselines, image_index, alphas, weights, targets, n):
         self.trace_count += 1
@@ -155,8 +174,9 @@ class CaptumStyleIG:
         grads = tape.gradient(scores, path) * weights[:, None, None, None]
         return tf.math.unsorted_segment_sum(grads, image_index, n)
 
-    def attribute(self, images: np.ndarray, baselines: np.ndarray,
-                  targets: list[int]) -> np.ndarray:
+    def attribute(
+        self, images: np.ndarray, baselines: np.ndarray, targets: list[int]
+    ) -> np.ndarray:
         images = tf.convert_to_tensor(images, tf.float32)
         baselines = tf.convert_to_tensor(baselines, tf.float32)
         n = int(images.shape[0])
@@ -170,6 +190,13 @@ class CaptumStyleIG:
         size = self.internal_batch_size
         for start in range(0, len(alphas), size):
             chunk = slice(start, start + size)
-            total += self._chunk(images, baselines, image_index[chunk], alphas[chunk],
-                                 weights[chunk], target_rows[chunk], tf.constant(n))
+            total += self._chunk(
+                images,
+                baselines,
+                image_index[chunk],
+                alphas[chunk],
+                weights[chunk],
+                target_rows[chunk],
+                tf.constant(n),
+            )
         return ((images - baselines) * total).numpy()

@@ -8,6 +8,7 @@ pipeline does with ``--image_batch_size``; a warm-up pass first (tracing), then 
 pass. Prints a Markdown table (seconds per image, gradient rows per image, model calls,
 median relative completeness error) and writes it as JSON beside the other results.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "methods.json
 
 def measure(fn, image_size, output, images, attribution: str) -> dict:
     steps = GUIDED_STEPS if attribution == "guided_ig" else 16
-    engine = IntegratedGradients(fn, image_size=image_size, model_output=output, steps=steps,
-                                 max_steps=max(256, steps))
+    engine = IntegratedGradients(
+        fn, image_size=image_size, model_output=output, steps=steps, max_steps=max(256, steps)
+    )
     keys = [f"image-{i}" for i in range(len(images))]
     references = images[:16]  # --baseline_samples 16 from the input set
     config = MethodConfig(attribution=attribution)
@@ -40,38 +42,47 @@ def measure(fn, image_size, output, images, attribution: str) -> dict:
     groups = explain(engine, list(images), keys, targets, config, references)
     seconds = time.perf_counter() - start
     results = [r for group in groups for r in group]
-    return {"attribution": attribution, "seconds_per_image": seconds / len(images),
-            "gradient_rows_per_image": float(np.mean([r.gradient_evaluations for r in results])),
-            "model_calls_per_image": (engine.model_calls - calls) / len(images),
-            "median_relative_completeness_error": float(np.median(
-                [r.relative_completeness_error for r in results]))}
+    return {
+        "attribution": attribution,
+        "seconds_per_image": seconds / len(images),
+        "gradient_rows_per_image": float(np.mean([r.gradient_evaluations for r in results])),
+        "model_calls_per_image": (engine.model_calls - calls) / len(images),
+        "median_relative_completeness_error": float(
+            np.median([r.relative_completeness_error for r in results])
+        ),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.methods")
     parser.add_argument("--model", default="small_cnn", choices=models.MODELS)
     parser.add_argument("--images", type=int, default=8)
-    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(),
-                                                            "ig-bench-models"))
+    parser.add_argument(
+        "--cache_dir", default=os.path.join(tempfile.gettempdir(), "ig-bench-models")
+    )
     args = parser.parse_args(argv)
     info = models.build(args.model, args.cache_dir)
     model = load_model(info.path)
     images = models.images_for(info, args.images)
-    rows = [measure(model.fn, model.image_size, model.output, images, name)
-            for name in ATTRIBUTIONS]
-    print(f"| {info.name} ({args.images} images) | s / image | gradient rows / image | "
-          f"model calls / image | median relative completeness error |")
+    rows = [
+        measure(model.fn, model.image_size, model.output, images, name) for name in ATTRIBUTIONS
+    ]
+    print(
+        f"| {info.name} ({args.images} images) | s / image | gradient rows / image | "
+        f"model calls / image | median relative completeness error |"
+    )
     print("|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['attribution']} | {row['seconds_per_image']:.3f} | "
-              f"{row['gradient_rows_per_image']:.0f} | {row['model_calls_per_image']:.1f} | "
-              f"{row['median_relative_completeness_error']:.2%} |")
+        print(
+            f"| {row['attribution']} | {row['seconds_per_image']:.3f} | "
+            f"{row['gradient_rows_per_image']:.0f} | {row['model_calls_per_image']:.1f} | "
+            f"{row['median_relative_completeness_error']:.2%} |"
+        )
     record = {}
     if os.path.exists(RESULTS):
         with open(RESULTS) as f:
             record = json.load(f)
-    record[info.name] = {"images": args.images, "description": info.description,
-                         "methods": rows}
+    record[info.name] = {"images": args.images, "description": info.description, "methods": rows}
     with open(RESULTS, "w") as f:
         json.dump(record, f, indent=2)
     return 0

@@ -17,6 +17,7 @@ ratio of things measured side by side in one run (the machine is shared and its 
 
 Writes benchmarks/performance.json and the "Issue 13" section of benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,15 @@ TRAP = "riemann_trapezoid"
 
 
 def before_engine(ref: str, folder: str) -> str | None:
-    base = subprocess.run(["git", "merge-base", "HEAD", ref], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip()
-    text = subprocess.run(["git", "show", f"{base}:attribution/integrated_gradients.py"],
-                          cwd=REPO, capture_output=True, text=True)
+    base = subprocess.run(
+        ["git", "merge-base", "HEAD", ref], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    text = subprocess.run(
+        ["git", "show", f"{base}:attribution/integrated_gradients.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if text.returncode:
         return None
     path = os.path.join(folder, "engine_before.py")
@@ -56,15 +62,30 @@ def before_engine(ref: str, folder: str) -> str | None:
 def efficiency(cache, before, quick):
     out = []
     for name, size, count, per_pass, method, steps, rounds in (
-            ("small_cnn", 64, 64, 16, "gausslegendre", 16, 8 if quick else 16),
-            ("demo", 32, 24, 12, "gausslegendre", 64, 3 if quick else 6),
-            ("mobilenet_v2", 8, 4, 2, TRAP, 51, 2 if quick else 4)):
+        ("small_cnn", 64, 64, 16, "gausslegendre", 16, 8 if quick else 16),
+        ("demo", 32, 24, 12, "gausslegendre", 64, 3 if quick else 6),
+        ("mobilenet_v2", 8, 4, 2, TRAP, 51, 2 if quick else 4),
+    ):
         log(f"efficiency {name}")
         variants = {"after": None, **({"before": before} if before else {})}
-        out.append(worker({"task": "efficiency", "model": name, "cache_dir": cache,
-                           "count": count, "batch_size": size, "images_per_pass": per_pass,
-                           "method": method, "steps": steps, "tolerance": None,
-                           "rounds": rounds, "variants": variants}, timeout=3600))
+        out.append(
+            worker(
+                {
+                    "task": "efficiency",
+                    "model": name,
+                    "cache_dir": cache,
+                    "count": count,
+                    "batch_size": size,
+                    "images_per_pass": per_pass,
+                    "method": method,
+                    "steps": steps,
+                    "tolerance": None,
+                    "rounds": rounds,
+                    "variants": variants,
+                },
+                timeout=3600,
+            )
+        )
     return out
 
 
@@ -72,19 +93,36 @@ def fixed(cache, work, quick):
     info = models.build("small_cnn", cache)
     one = os.path.join(work, "one")
     write_pngs(models.synthetic_images(1, 64, 11), one)
-    argv = ["--input_pattern", f"{one}/*.png", "--output_dir", os.path.join(work, "one-out"),
-            "--model", info.path, "--progress_interval", "0"]
+    argv = [
+        "--input_pattern",
+        f"{one}/*.png",
+        "--output_dir",
+        os.path.join(work, "one-out"),
+        "--model",
+        info.path,
+        "--progress_interval",
+        "0",
+    ]
     imports, jobs = [], []
     for i in range(2 if quick else 3):
         log(f"fixed: imports only / 1-image job ({i + 1})")
-        imports.append(run_process([sys.executable, "-c",
-                                    "import tensorflow, apache_beam"])["wall_s"])
+        imports.append(
+            run_process([sys.executable, "-c", "import tensorflow, apache_beam"])["wall_s"]
+        )
         jobs.append(run_pipeline(argv)["wall_s"])
     log("fixed: breakdown")
-    breakdown = worker({"task": "fixed_costs", "pipeline_argv": [
-        *argv[:3], os.path.join(work, "one-out-b"), *argv[4:]]})
-    return {"imports_s": imports, "job_s": jobs, "breakdown": breakdown,
-            "overhead_s": paired_overhead(imports, jobs)}
+    breakdown = worker(
+        {
+            "task": "fixed_costs",
+            "pipeline_argv": [*argv[:3], os.path.join(work, "one-out-b"), *argv[4:]],
+        }
+    )
+    return {
+        "imports_s": imports,
+        "job_s": jobs,
+        "breakdown": breakdown,
+        "overhead_s": paired_overhead(imports, jobs),
+    }
 
 
 def paired_overhead(imports, jobs) -> float:
@@ -97,66 +135,132 @@ def pipeline(cache, work, quick):
     count = 400 if quick else 2000
     folder = os.path.join(work, f"png{count}")
     write_pngs(models.synthetic_images(count, 64, 21), folder)
-    task = {"task": "engine_rate", "model_path": info.path, "pattern": f"{folder}/*.png",
-            "batch_size": 32, **DEFAULTS}
+    task = {
+        "task": "engine_rate",
+        "model_path": info.path,
+        "pattern": f"{folder}/*.png",
+        "batch_size": 32,
+        **DEFAULTS,
+    }
     engines = []
     log(f"pipeline: engine alone on {count} images")
     engines.append(worker(task, timeout=3600))
-    argv = ["--input_pattern", f"{folder}/*.png", "--output_dir", os.path.join(work, "out2k"),
-            "--model", info.path, "--progress_interval", "0"]
+    argv = [
+        "--input_pattern",
+        f"{folder}/*.png",
+        "--output_dir",
+        os.path.join(work, "out2k"),
+        "--model",
+        info.path,
+        "--progress_interval",
+        "0",
+    ]
     log(f"pipeline: python -m pipeline on {count} PNGs (defaults)")
     job = run_pipeline(argv)
     log("pipeline: engine alone again")
     engines.append(worker(task, timeout=3600))
     engine_rate = float(np.median([e["images_per_s"] for e in engines]))
     job.pop("counts", None)
-    return {"images": count, "engine": engines, "job": job,
-            "job_images_per_s": count / job["wall_s"], "engine_images_per_s": engine_rate,
-            "ratio": count / job["wall_s"] / engine_rate}
+    return {
+        "images": count,
+        "engine": engines,
+        "job": job,
+        "job_images_per_s": count / job["wall_s"],
+        "engine_images_per_s": engine_rate,
+        "ratio": count / job["wall_s"] / engine_rate,
+    }
 
 
 def precision(cache, quick):
     out = []
     for name, count, size, steps in (("small_cnn", 16, 64, 16), ("mobilenet_v2", 2, 8, 16)):
         log(f"precision {name}")
-        out.append(worker({"task": "precision", "model": name, "cache_dir": cache,
-                           "count": count, "batch_size": size, "method": "gausslegendre",
-                           "steps": steps, "rounds": 2 if quick else 3,
-                           "precisions": ["float32", "mixed_bfloat16", "mixed_float16"]},
-                          timeout=3600))
+        out.append(
+            worker(
+                {
+                    "task": "precision",
+                    "model": name,
+                    "cache_dir": cache,
+                    "count": count,
+                    "batch_size": size,
+                    "method": "gausslegendre",
+                    "steps": steps,
+                    "rounds": 2 if quick else 3,
+                    "precisions": ["float32", "mixed_bfloat16", "mixed_float16"],
+                },
+                timeout=3600,
+            )
+        )
     return out
 
 
 def tutorial(cache, work, quick):
     out = []
     for name, count, points, pipeline_args in (
-            ("small_cnn", 32 if quick else 96, 64, []),
-            ("mobilenet_v2", 4 if quick else 8, 51,
-             ["--method", TRAP, "--steps", "51", "--tolerance", "0"])):
+        ("small_cnn", 32 if quick else 96, 64, []),
+        (
+            "mobilenet_v2",
+            4 if quick else 8,
+            51,
+            ["--method", TRAP, "--steps", "51", "--tolerance", "0"],
+        ),
+    ):
         info = models.build(name, cache)
         folder = os.path.join(work, f"{name}-tut")
         write_pngs(models.synthetic_images(count, info.image_size[0], 31), folder)
         log(f"tutorial {name}: the tutorial's loop, {count} images, {points} points")
-        proc = run_process([sys.executable, "-m", "benchmarks.tutorial_script", info.path,
-                            f"{folder}/*.png", str(points), os.path.join(work, f"{name}-npy")],
-                           timeout=3600)
+        proc = run_process(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.tutorial_script",
+                info.path,
+                f"{folder}/*.png",
+                str(points),
+                os.path.join(work, f"{name}-npy"),
+            ],
+            timeout=3600,
+        )
         if proc["returncode"]:
             raise RuntimeError(proc["stderr"][-2000:])
-        result = json.loads([line for line in proc["stdout"].splitlines()
-                             if line.startswith("RESULT ")][-1][7:])
+        result = json.loads(
+            [line for line in proc["stdout"].splitlines() if line.startswith("RESULT ")][-1][7:]
+        )
         errors = np.array(result["errors"])
         log(f"tutorial {name}: python -m pipeline")
-        job = run_pipeline(["--input_pattern", f"{folder}/*.png", "--output_dir",
-                            os.path.join(work, f"{name}-job"), "--model", info.path,
-                            "--progress_interval", "0", *pipeline_args])
+        job = run_pipeline(
+            [
+                "--input_pattern",
+                f"{folder}/*.png",
+                "--output_dir",
+                os.path.join(work, f"{name}-job"),
+                "--model",
+                info.path,
+                "--progress_interval",
+                "0",
+                *pipeline_args,
+            ]
+        )
         job.pop("counts", None)
-        out.append({"model": name, "images": count, "tutorial_points": points,
-                    "pipeline_args": pipeline_args or "defaults",
-                    "tutorial": {"wall_s": proc["wall_s"], "peak_rss_mb": proc["peak_rss_mb"],
-                                 "traces": result["traces"],
-                                 "errors": {"median": float(np.median(errors)),
-                                            "p95": float(np.percentile(errors, 95))}},
-                    "pipeline": job, "speedup": proc["wall_s"] / job["wall_s"]})
+        out.append(
+            {
+                "model": name,
+                "images": count,
+                "tutorial_points": points,
+                "pipeline_args": pipeline_args or "defaults",
+                "tutorial": {
+                    "wall_s": proc["wall_s"],
+                    "peak_rss_mb": proc["peak_rss_mb"],
+                    "traces": result["traces"],
+                    "errors": {
+                        "median": float(np.median(errors)),
+                        "p95": float(np.percentile(errors, 95)),
+                    },
+                },
+                "pipeline": job,
+                "speedup": proc["wall_s"] / job["wall_s"],
+            }
+        )
     return out
 
 
@@ -166,56 +270,75 @@ def pct(x):
 
 
 def markdown(r: dict) -> str:
-    lines = [START, "## Issue 13: engine efficiency, fixed costs, precision, whole process\n",
-             f"Last command: `python -m benchmarks.performance{r['args']}`, started "
-             f"{r['started']}, took {r['elapsed_s'] / 60:.1f} min (performance.json keeps "
-             "each part's latest results; parts not named ran in an earlier run of the same "
-             "command); load average at start "
-             f"{', '.join(f'{x:.1f}' for x in r['machine']['load_average_at_start'] or ())} on "
-             f"{r['machine']['nproc']} cores (shared: other developers' tests ran throughout, "
-             "so only same-run ratios mean anything). Code: commit "
-             f"{r['machine']['git_commit']}.\n"]
+    lines = [
+        START,
+        "## Issue 13: engine efficiency, fixed costs, precision, whole process\n",
+        f"Last command: `python -m benchmarks.performance{r['args']}`, started "
+        f"{r['started']}, took {r['elapsed_s'] / 60:.1f} min (performance.json keeps "
+        "each part's latest results; parts not named ran in an earlier run of the same "
+        "command); load average at start "
+        f"{', '.join(f'{x:.1f}' for x in r['machine']['load_average_at_start'] or ())} on "
+        f"{r['machine']['nproc']} cores (shared: other developers' tests ran throughout, "
+        "so only same-run ratios mean anything). Code: commit "
+        f"{r['machine']['git_commit']}.\n",
+    ]
     add = lines.append
     targets = []
     if "efficiency" in r:
         add("### Engine vs the bare model at the same call size\n")
-        add("Short engine passes alternate with the bare model's forward + input gradient "
+        add(
+            "Short engine passes alternate with the bare model's forward + input gradient "
             "(`benchmarks.worker` efficiency) in one process; % = the engine's gradient rows/s "
             "over the ceiling's, from the totals of all rounds (median of per-round ratios in "
             "brackets). 'before' is the engine of the merge base with main (NumPy gather and "
-            "sums per call), 'after' this tree's (gather and segment sums in the graph).\n")
+            "sums per call), 'after' this tree's (gather and segment sums in the graph).\n"
+        )
         add("| model | call size | rule | images per pass | rounds | before | after |")
         add("|---|---|---|---|---|---|---|")
         for e in r["efficiency"]:
             v = e["variants"]
 
             def cell(k, v=v):
-                return (f"{pct(v[k]['fraction'])} ({pct(v[k]['median_ratio'])}; "
-                        f"{v[k]['rows_per_s']:.0f} vs {v[k]['ceiling_rows_per_s']:.0f} rows/s)"
-                        if k in v else "-")
+                return (
+                    f"{pct(v[k]['fraction'])} ({pct(v[k]['median_ratio'])}; "
+                    f"{v[k]['rows_per_s']:.0f} vs {v[k]['ceiling_rows_per_s']:.0f} rows/s)"
+                    if k in v
+                    else "-"
+                )
+
             short = "GL" if e["method"] == "gausslegendre" else "trapezoid"
-            add(f"| {e['model']} | {e['batch_size']} | {short} {e['steps']} | "
+            add(
+                f"| {e['model']} | {e['batch_size']} | {short} {e['steps']} | "
                 f"{e.get('images_per_pass', '-')} | {len(v['after']['ratio'])} | "
-                f"{cell('before')} | {cell('after')} |")
-            targets.append((f"engine >= 92% of the bare ceiling, {e['model']}",
-                            v["after"]["fraction"] >= 0.92,
-                            f"{pct(v['after']['fraction'])} (median of rounds "
-                            f"{pct(v['after']['median_ratio'])}); before "
-                            + (pct(v["before"]["fraction"]) if "before" in v else "-")))
+                f"{cell('before')} | {cell('after')} |"
+            )
+            targets.append(
+                (
+                    f"engine >= 92% of the bare ceiling, {e['model']}",
+                    v["after"]["fraction"] >= 0.92,
+                    f"{pct(v['after']['fraction'])} (median of rounds "
+                    f"{pct(v['after']['median_ratio'])}); before "
+                    + (pct(v["before"]["fraction"]) if "before" in v else "-"),
+                )
+            )
         add("")
     if "fixed" in r:
         f = r["fixed"]
         b = f["breakdown"]
         add("### Fixed costs of a job\n")
-        add(f"Whole processes, alternated: `python -c 'import tensorflow, apache_beam'` "
+        add(
+            f"Whole processes, alternated: `python -c 'import tensorflow, apache_beam'` "
             f"{', '.join(f'{x:.1f}' for x in f['imports_s'])} s; `python -m pipeline` on 1 PNG "
             f"(small CNN, defaults, report included) "
             f"{', '.join(f'{x:.1f}' for x in f['job_s'])} s: the job's own cost beyond the two "
             f"imports is **{paired_overhead(f['imports_s'], f['job_s']):.1f} s** (median of "
-            "the pairs' differences; the load swings make single pairs unreliable).\n")
-        add("Where the 1-image job's seconds go (one process, wall-clock timers on each "
+            "the pairs' differences; the load swings make single pairs unreliable).\n"
+        )
+        add(
+            "Where the 1-image job's seconds go (one process, wall-clock timers on each "
             "phase; `beam Pipeline.run` contains the worker's load and the engine's first "
-            "call):\n")
+            "call):\n"
+        )
         add("| phase | s |")
         add("|---|---|")
         for k, v in b.items():
@@ -225,54 +348,76 @@ def markdown(r: dict) -> str:
         overhead = paired_overhead(f["imports_s"], f["job_s"])
         imports = b["import tensorflow"] + b["import apache_beam"]
         ours = b["in-process total"] - imports
-        targets.append(("1-image job within 1.0 s of the TF + Beam imports",
-                        overhead <= 1.0,
-                        f"whole processes: {overhead:.1f} s beyond the imports (median of "
-                        f"pairs); in one process: {ours:.1f} s after {imports:.1f} s of imports"))
+        targets.append(
+            (
+                "1-image job within 1.0 s of the TF + Beam imports",
+                overhead <= 1.0,
+                f"whole processes: {overhead:.1f} s beyond the imports (median of "
+                f"pairs); in one process: {ours:.1f} s after {imports:.1f} s of imports",
+            )
+        )
     if "pipeline" in r:
         p = r["pipeline"]
         add("### A 2,000-image job vs the engine\n")
-        add(f"`python -m pipeline` at the defaults on {p['images']} PNGs (small CNN 64x64; "
+        add(
+            f"`python -m pipeline` at the defaults on {p['images']} PNGs (small CNN 64x64; "
             f"decode, masks, overlays, Parquet, report included): {p['job']['wall_s']:.1f} s, "
             f"{p['job_images_per_s']:.1f} images/s, p95 error "
             f"{p['job']['errors']['p95']:.2%}. The engine alone on the same decoded images "
             f"(one attribute() call, before and after the job): "
             f"{', '.join(format(e['images_per_s'], '.1f') for e in p['engine'])} images/s. "
-            f"Ratio **{pct(p['ratio'])}**.\n")
-        targets.append(("pipeline >= 90% of the engine's images/s, 2,000 images",
-                        p["ratio"] >= 0.9, f"{pct(p['ratio'])}: {p['job_images_per_s']:.1f} vs "
-                                           f"{p['engine_images_per_s']:.1f} images/s"))
+            f"Ratio **{pct(p['ratio'])}**.\n"
+        )
+        targets.append(
+            (
+                "pipeline >= 90% of the engine's images/s, 2,000 images",
+                p["ratio"] >= 0.9,
+                f"{pct(p['ratio'])}: {p['job_images_per_s']:.1f} vs "
+                f"{p['engine_images_per_s']:.1f} images/s",
+            )
+        )
     if "precision" in r:
         add("### --precision on this CPU\n")
-        add("One process per model, the three precisions interleaved (engine, fixed "
+        add(
+            "One process per model, the three precisions interleaved (engine, fixed "
             "Gauss-Legendre rule, no refinement); completeness is checked in float64 on the "
-            "float32 scores whatever the model computes in.\n")
-        add("| model | images | rule | precision | images/s | speed vs float32 | error "
-            "median / p95 | attribution correlation with float32 |")
+            "float32 scores whatever the model computes in.\n"
+        )
+        add(
+            "| model | images | rule | precision | images/s | speed vs float32 | error "
+            "median / p95 | attribution correlation with float32 |"
+        )
         add("|---|---|---|---|---|---|---|---|")
         for m in r["precision"]:
             base = m["precisions"]["float32"]["images_per_s"]
             for name, d in m["precisions"].items():
-                add(f"| {m['model']} | {m['images']} | GL {m['steps']} | {name} | "
+                add(
+                    f"| {m['model']} | {m['images']} | GL {m['steps']} | {name} | "
                     f"{d['images_per_s']:.2f} | {d['images_per_s'] / base:.2f}x | "
                     f"{d['errors']['median']:.2%} / {d['errors']['p95']:.2%} | "
-                    f"{d['correlation_with_first']:.4f} |")
+                    f"{d['correlation_with_first']:.4f} |"
+                )
         add("")
     if "tutorial" in r:
         add("### Whole process: the tutorial's loop vs python -m pipeline\n")
-        add("Process start to exit for both (imports, model load, decoding, all images; the "
-            "pipeline also writes masks, overlays, Parquet, the manifest and the report).\n")
-        add("| model | images | tutorial | error med / p95 | pipeline | error med / p95 | "
-            "speedup |")
+        add(
+            "Process start to exit for both (imports, model load, decoding, all images; the "
+            "pipeline also writes masks, overlays, Parquet, the manifest and the report).\n"
+        )
+        add(
+            "| model | images | tutorial | error med / p95 | pipeline | error med / p95 | speedup |"
+        )
         add("|---|---|---|---|---|---|---|")
         for t in r["tutorial"]:
             args = t["pipeline_args"]
             args = "defaults (GL 16->256, tol 0.01)" if args == "defaults" else " ".join(args)
-            add(f"| {t['model']} | {t['images']} | trapezoid {t['tutorial_points']} points: "
+            add(
+                f"| {t['model']} | {t['images']} | trapezoid {t['tutorial_points']} points: "
                 f"{t['tutorial']['wall_s']:.1f} s | {t['tutorial']['errors']['median']:.2%} / "
                 f"{t['tutorial']['errors']['p95']:.2%} | {args}: {t['pipeline']['wall_s']:.1f} s"
                 f" | {t['pipeline']['errors']['median']:.2%} / "
-                f"{t['pipeline']['errors']['p95']:.2%} | {t['speedup']:.2f}x |")
+                f"{t['pipeline']['errors']['p95']:.2%} | {t['speedup']:.2f}x |"
+            )
         add("")
     if targets:
         add("### Targets (issue 13)\n")
@@ -306,7 +451,8 @@ def findings(r: dict) -> list[str]:
                 f"gradient call, so the forward alone caps a pass near "
                 f"{calls / (calls + 1 / 3):.0%} of the ceiling; passes with more images "
                 "(a larger --image_batch_size) amortize it. Per call the host now only sends "
-                "index vectors and reads back the row scores.")
+                "index vectors and reads back the row scores."
+            )
     f = r.get("fixed")
     if f:
         b = f["breakdown"]
@@ -324,7 +470,8 @@ def findings(r: dict) -> list[str]:
             f"{b['engine attribute, first call (traces)']:.1f} s, the rest of Beam's run "
             f"{b['beam Pipeline.run (whole job graph)'] - b['engine attribute, first call (traces)'] - b.get('load_model (worker)', 0):.1f} s, "
             f"the report {b['report (draw + write)']:.1f} s. The engine's tests pin one "
-            "forward and one gradient trace, so the forward trace stays.")
+            "forward and one gradient trace, so the forward trace stays."
+        )
     return out
 
 
@@ -334,25 +481,35 @@ def write_section(text: str, path: str) -> None:
         with open(path) as f:
             old = f.read()
     pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else \
-        old.rstrip("\n") + "\n\n" + text + "\n"
+    new = (
+        pattern.sub(lambda _: text, old)
+        if pattern.search(old)
+        else old.rstrip("\n") + "\n\n" + text + "\n"
+    )
     with open(path, "w") as f:
         f.write(new)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.performance",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.performance",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--parts", default=",".join(PARTS))
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--before", default="main",
-                        help="git ref whose merge base holds the 'before' engine ('' skips it)")
-    parser.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(),
-                                                            "beam-ig-bench-cache"))
+    parser.add_argument(
+        "--before",
+        default="main",
+        help="git ref whose merge base holds the 'before' engine ('' skips it)",
+    )
+    parser.add_argument(
+        "--cache_dir", default=os.path.join(tempfile.gettempdir(), "beam-ig-bench-cache")
+    )
     parser.add_argument("--output_dir", default=HERE)
-    parser.add_argument("--from_json", action="store_true",
-                        help="only re-render the section from performance.json")
+    parser.add_argument(
+        "--from_json", action="store_true", help="only re-render the section from performance.json"
+    )
     args = parser.parse_args(argv)
     path = os.path.join(args.output_dir, "performance.json")
     if args.from_json:
@@ -364,9 +521,11 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             with open(path) as f:
                 previous = json.load(f)
-        results = {"args": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
-                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "machine": machine()}
+        results = {
+            "args": "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:])),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine(),
+        }
         work = tempfile.mkdtemp(prefix="ig-perf-")
         try:
             before = before_engine(args.before, work) if args.before else None

@@ -3,6 +3,7 @@
 decodes the PNGs, explains each image's predicted class with TutorialIG (trapezoid, POINTS
 points = m_steps + 1, batches of 32), saves each attribution as OUT_DIR/<i>.npy and prints
 ``RESULT {"errors": [...]}`` (relative completeness errors, for equal-error comparisons)."""
+
 from __future__ import annotations
 
 import glob

@@ -5,6 +5,7 @@ Tasks: prepare (model + images + targets), ladder (completeness error of a rule 
 ceiling (raw forward+input-gradient rows/s per call size), method (time one algorithm at one
 setting: repeats, errors, traces), profile (cProfile of the engine and of the pipeline).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,15 +28,18 @@ def _rss_mb() -> float:
 
 def _quiet() -> None:
     import warnings
+
     warnings.filterwarnings("ignore")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     import tensorflow as tf
+
     tf.get_logger().setLevel(logging.ERROR)
     tf.autograph.set_verbosity(0)
 
 
 def _load(task):
     from attribution.models import load_model
+
     return load_model(task["model_path"])
 
 
@@ -51,8 +55,11 @@ def relative_errors(attributions: np.ndarray, fx: np.ndarray, fb: np.ndarray) ->
 
 
 def _stats(errors: np.ndarray) -> dict:
-    return {"median": float(np.median(errors)), "p95": float(np.percentile(errors, 95)),
-            "max": float(np.max(errors))}
+    return {
+        "median": float(np.median(errors)),
+        "p95": float(np.percentile(errors, 95)),
+        "max": float(np.max(errors)),
+    }
 
 
 # --- setup: model, images, ceiling, error ladder --------------------------------------------
@@ -65,11 +72,11 @@ def prepare(task):
     """
     from attribution.integrated_gradients import IntegratedGradients
     from benchmarks import models
+
     info = models.build(task["model"], task["cache_dir"], seed=task.get("seed", 0))
     model = _load({"model_path": info.path})
     count, pipe_count = task["count"], task.get("pipeline_count", 0)
-    pool = models.images_for(info, int(1.5 * max(count, pipe_count)) + 8,
-                             seed=task.get("seed", 0))
+    pool = models.images_for(info, int(1.5 * max(count, pipe_count)) + 8, seed=task.get("seed", 0))
     ig = IntegratedGradients(model.fn, image_size=model.image_size, tolerance=None)
     scores = ig.scores(pool)
     base = ig.scores(np.zeros_like(pool[:1]))[0]
@@ -78,22 +85,35 @@ def prepare(task):
     fb = base[targets]
     keep = np.flatnonzero(np.abs(fx - fb) >= MIN_DELTA)
     if len(keep) < max(count, pipe_count) + 1:
-        raise RuntimeError(f"only {len(keep)} of {len(pool)} images have |F(x)-F(b)| >= "
-                           f"{MIN_DELTA}")
+        raise RuntimeError(
+            f"only {len(keep)} of {len(pool)} images have |F(x)-F(b)| >= {MIN_DELTA}"
+        )
     warm, rest = keep[0], keep[1:]
-    arrays = {"warmup": pool[warm:warm + 1],
-              "warmup_target": targets[warm:warm + 1].astype(np.int32)}
+    arrays = {
+        "warmup": pool[warm : warm + 1],
+        "warmup_target": targets[warm : warm + 1].astype(np.int32),
+    }
     for name, n in (("bench", count), ("pipe", pipe_count)):
         chosen = rest[:n]
-        arrays.update({f"{name}_images": pool[chosen],
-                       f"{name}_targets": targets[chosen].astype(np.int32),
-                       f"{name}_fx": fx[chosen], f"{name}_fb": fb[chosen]})
+        arrays.update(
+            {
+                f"{name}_images": pool[chosen],
+                f"{name}_targets": targets[chosen].astype(np.int32),
+                f"{name}_fx": fx[chosen],
+                f"{name}_fb": fb[chosen],
+            }
+        )
     np.savez(task["data"], **arrays)
     bench = rest[:count]
-    return {"info": info.to_json(), "pool": int(len(pool)), "kept": int(len(keep)),
-            "excluded_small_delta": int(len(pool) - len(keep)),
-            "distinct_targets": int(len(set(targets[bench].tolist()))),
-            "median_fx": float(np.median(fx[bench])), "median_fb": float(np.median(fb[bench]))}
+    return {
+        "info": info.to_json(),
+        "pool": int(len(pool)),
+        "kept": int(len(keep)),
+        "excluded_small_delta": int(len(pool) - len(keep)),
+        "distinct_targets": int(len(set(targets[bench].tolist()))),
+        "median_fx": float(np.median(fx[bench])),
+        "median_fb": float(np.median(fb[bench])),
+    }
 
 
 def setup(task):
@@ -117,6 +137,7 @@ def ladder(task):
     Captum-style loop, which accumulates in the graph. A rule's ladder stops at the first rung
     whose median and p95 are both <= ``stop_at``."""
     from benchmarks.baselines import CaptumStyleIG
+
     model, d = _load(task), _data(task)
     images = d["bench_images"]
     targets = d["bench_targets"].tolist()
@@ -124,8 +145,13 @@ def ladder(task):
     for method in task["methods"]:
         out[method] = {}
         for steps in task["ladder"]:
-            ig = CaptumStyleIG(model.fn, image_size=model.image_size, method=method,
-                               steps=steps, internal_batch_size=task["batch_size"])
+            ig = CaptumStyleIG(
+                model.fn,
+                image_size=model.image_size,
+                method=method,
+                steps=steps,
+                internal_batch_size=task["batch_size"],
+            )
             attributions = ig.attribute(images, np.zeros_like(images), targets)
             errors = relative_errors(attributions, d["bench_fx"], d["bench_fb"])
             out[method][str(steps)] = {**_stats(errors), "errors": errors.tolist()}
@@ -141,11 +167,13 @@ class RawGradients:
 
     def __init__(self, model, size: int):
         import tensorflow as tf
+
         h, w = model.image_size
         self.size = size
 
-        @tf.function(input_signature=[tf.TensorSpec([size, h, w, 3]),
-                                      tf.TensorSpec([size], tf.int32)])
+        @tf.function(
+            input_signature=[tf.TensorSpec([size, h, w, 3]), tf.TensorSpec([size], tf.int32)]
+        )
         def step(x, t):
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -184,6 +212,7 @@ def _make_runner(kind, model, task, d):
 
     from attribution.integrated_gradients import IntegratedGradients, Request
     from benchmarks.baselines import CaptumStyleIG, TutorialIG
+
     steps = task["steps"]
     if kind == "tutorial":
         tutorial = TutorialIG(model.fn, batch_size=32)
@@ -191,28 +220,48 @@ def _make_runner(kind, model, task, d):
         def run(images):
             attributions, targets = tutorial.attribute(images, np.zeros_like(images), steps)
             return attributions, targets, [steps] * len(images)
+
         return run, lambda: tutorial.trace_count
     if kind == "captum":
-        captum = CaptumStyleIG(model.fn, image_size=model.image_size, method=task["method"],
-                               steps=steps, internal_batch_size=task["batch_size"])
+        captum = CaptumStyleIG(
+            model.fn,
+            image_size=model.image_size,
+            method=task["method"],
+            steps=steps,
+            internal_batch_size=task["batch_size"],
+        )
 
         def run(images):
             scores = tf.nn.softmax(model.fn(tf.convert_to_tensor(images)))  # the targets
             targets = np.argmax(scores.numpy(), axis=1).tolist()
-            return (captum.attribute(images, np.zeros_like(images), targets), targets,
-                    [steps] * len(images))
+            return (
+                captum.attribute(images, np.zeros_like(images), targets),
+                targets,
+                [steps] * len(images),
+            )
+
         return run, lambda: captum.trace_count
     if kind == "engine":
         engine = IntegratedGradients(
-            model.fn, image_size=model.image_size, method=task["method"], steps=steps,
-            tolerance=task.get("tolerance"), max_steps=task.get("max_steps", 256),
-            batch_size=task["batch_size"])
+            model.fn,
+            image_size=model.image_size,
+            method=task["method"],
+            steps=steps,
+            tolerance=task.get("tolerance"),
+            max_steps=task.get("max_steps", 256),
+            batch_size=task["batch_size"],
+        )
 
         def run(images):
-            results = engine.attribute([Request(i, x, np.zeros_like(x))
-                                        for i, x in enumerate(images)])
-            return (np.stack([r.attributions for r in results]), [r.target for r in results],
-                    [r.gradient_evaluations for r in results])
+            results = engine.attribute(
+                [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
+            )
+            return (
+                np.stack([r.attributions for r in results]),
+                [r.target for r in results],
+                [r.gradient_evaluations for r in results],
+            )
+
         return run, lambda: engine.trace_count
     raise ValueError(kind)
 
@@ -222,14 +271,15 @@ def method(task):
     warm-up on a held-out image, then one timed pass over the benchmark images."""
     model, d = _load(task), _data(task)
     which = task.get("images", "bench")
-    images = d[f"{which}_images"][:task.get("count")]
-    fx, fb = d[f"{which}_fx"][:len(images)], d[f"{which}_fb"][:len(images)]
+    images = d[f"{which}_images"][: task.get("count")]
+    fx, fb = d[f"{which}_fx"][: len(images)], d[f"{which}_fb"][: len(images)]
     times, traces, ceilings = [], [], []
     raw, method_rss = None, None
     # at least ``repeats`` repeats, more (up to max_repeats) until min_seconds are timed:
     # short passes on a shared machine need more samples for a stable median
-    while len(times) < task["repeats"] or (sum(times) < task.get("min_seconds", 0)
-                                           and len(times) < task.get("max_repeats", 9)):
+    while len(times) < task["repeats"] or (
+        sum(times) < task.get("min_seconds", 0) and len(times) < task.get("max_repeats", 9)
+    ):
         run, trace_count = _make_runner(task["kind"], model, task, d)
         run(d["warmup"])
         before = trace_count()
@@ -242,18 +292,23 @@ def method(task):
         if task.get("ceiling_size"):  # the ceiling now, in this process: the load drifts
             raw = raw or RawGradients(model, task["ceiling_size"])
             ceilings.append(raw.window(min(task["ceiling_rows"], max(evaluations) * len(images))))
-    if list(targets) != d[f"{which}_targets"][:len(images)].tolist():
+    if list(targets) != d[f"{which}_targets"][: len(images)].tolist():
         raise RuntimeError(f"targets differ from the prepared ones: {targets}")
     errors = relative_errors(attributions, fx, fb)
     seconds = float(np.median(times))
-    return {"seconds": seconds, "times": times, "images": len(images),
-            "images_per_s": len(images) / seconds,
-            "evaluations_per_image": float(np.mean(evaluations)),
-            "traces_in_timed_pass": traces, "errors": _stats(errors),
-            "method_peak_rss_mb": method_rss,
-            "ceiling_now_rows_per_s": float(np.median(ceilings)) if ceilings else None,
-            "ceilings_now": ceilings,
-            "self_peak_rss_mb": _rss_mb()}
+    return {
+        "seconds": seconds,
+        "times": times,
+        "images": len(images),
+        "images_per_s": len(images) / seconds,
+        "evaluations_per_image": float(np.mean(evaluations)),
+        "traces_in_timed_pass": traces,
+        "errors": _stats(errors),
+        "method_peak_rss_mb": method_rss,
+        "ceiling_now_rows_per_s": float(np.median(ceilings)) if ceilings else None,
+        "ceilings_now": ceilings,
+        "self_peak_rss_mb": _rss_mb(),
+    }
 
 
 # --- efficiency: engine rows/s over the bare model's, interleaved in one process ---------
@@ -261,8 +316,10 @@ def _engine_class(module_path: str | None):
     """The engine class, or the one in ``module_path`` (a before/after A/B of its internals)."""
     if not module_path:
         from attribution.integrated_gradients import IntegratedGradients
+
         return IntegratedGradients
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("engine_variant", module_path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
@@ -276,6 +333,7 @@ def efficiency(task):
     median over rounds. Each variant's engine is built and warmed up once (no traces timed)."""
     from attribution.integrated_gradients import Request
     from benchmarks import models
+
     info = models.build(task["model"], task["cache_dir"])
     model = _load({"model_path": info.path})
     images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
@@ -285,20 +343,27 @@ def efficiency(task):
     engines = {}
     for name, path in task["variants"].items():
         engine = _engine_class(path)(
-            model.fn, image_size=model.image_size, method=task["method"], steps=task["steps"],
-            tolerance=task.get("tolerance"), max_steps=task.get("max_steps", 256),
-            batch_size=size)
+            model.fn,
+            image_size=model.image_size,
+            method=task["method"],
+            steps=task["steps"],
+            tolerance=task.get("tolerance"),
+            max_steps=task.get("max_steps", 256),
+            batch_size=size,
+        )
         engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
         engines[name] = engine
-    out = {name: {"seconds": 0.0, "rows": 0, "ceiling_seconds": 0.0, "ceiling_rows": 0,
-                  "ratio": []} for name in engines}
+    out = {
+        name: {"seconds": 0.0, "rows": 0, "ceiling_seconds": 0.0, "ceiling_rows": 0, "ratio": []}
+        for name in engines
+    }
     # short passes alternate with the ceiling: the shared machine's load drifts within
     # seconds, so each side of a ratio is measured under the same load
     per_pass = task.get("images_per_pass", len(requests))
     for i in range(task["rounds"]):
         chunk = [requests[(i * per_pass + k) % len(requests)] for k in range(per_pass)]
         order = list(engines.items())
-        for name, engine in (order if i % 2 == 0 else order[::-1]):  # ABBA: no order bias
+        for name, engine in order if i % 2 == 0 else order[::-1]:  # ABBA: no order bias
             started = time.perf_counter()
             results = engine.attribute(chunk)
             seconds = time.perf_counter() - started
@@ -319,10 +384,16 @@ def efficiency(task):
         d["ceiling_rows_per_s"] = d["ceiling_rows"] / d["ceiling_seconds"]
         d["fraction"] = d["rows_per_s"] / d["ceiling_rows_per_s"]
         d["median_ratio"] = float(np.median(d["ratio"]))
-    return {"model": info.name, "batch_size": size, "images": len(requests),
-            "images_per_pass": per_pass,
-            "method": task["method"], "steps": task["steps"],
-            "tolerance": task.get("tolerance"), "variants": out}
+    return {
+        "model": info.name,
+        "batch_size": size,
+        "images": len(requests),
+        "images_per_pass": per_pass,
+        "method": task["method"],
+        "steps": task["steps"],
+        "tolerance": task.get("tolerance"),
+        "variants": out,
+    }
 
 
 # --- fixed costs: where a 1-image job's seconds go ----------------------------------------
@@ -334,15 +405,19 @@ def fixed_costs(task):
     phases, started = {}, clock()
     t = clock()
     import tensorflow  # noqa: F401
+
     phases["import tensorflow"] = clock() - t
     t = clock()
     import apache_beam  # noqa: F401
+
     phases["import apache_beam"] = clock() - t
     t = clock()
     from attribution import integrated_gradients
     from pipeline import run as pipeline_run
     from transforms import attribute
+
     phases["import pipeline (ours + rest)"] = clock() - t
+
     def timed(name, function):
         def wrapper(*args, **kwargs):
             t = clock()
@@ -350,6 +425,7 @@ def fixed_costs(task):
                 return function(*args, **kwargs)
             finally:
                 phases.setdefault(name, []).append(clock() - t)
+
         return wrapper
 
     pipeline_run.load_model = timed("load_model (launcher)", pipeline_run.load_model)
@@ -362,13 +438,18 @@ def fixed_costs(task):
         try:
             return original_attribute(self, *args, **kwargs)
         finally:
-            key = "engine attribute, first call (traces)" if id(self) not in first else \
-                "engine attribute, later calls"
+            key = (
+                "engine attribute, first call (traces)"
+                if id(self) not in first
+                else "engine attribute, later calls"
+            )
             first.setdefault(id(self), True)
             phases.setdefault(key, []).append(clock() - t)
+
     integrated_gradients.IntegratedGradients.attribute = attribute_timed
     pipeline_run._write_report = timed("report (draw + write)", pipeline_run._write_report)
     import apache_beam as beam
+
     beam.Pipeline.run = timed("beam Pipeline.run (whole job graph)", beam.Pipeline.run)
     t = clock()
     pipeline_run.run(task["pipeline_argv"], save_main_session=False)
@@ -384,29 +465,44 @@ def _png_arrays(pattern: str) -> np.ndarray:
     import glob
 
     from PIL import Image
-    return np.stack([np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
-                     for p in sorted(glob.glob(pattern))])
+
+    return np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB"), np.float32) / 255.0
+            for p in sorted(glob.glob(pattern))
+        ]
+    )
 
 
 def engine_rate(task):
     """The engine alone on the decoded PNGs: every image in one attribute() call (best
     packing), after a warm-up; images/s and gradient rows/s."""
     from attribution.integrated_gradients import IntegratedGradients, Request
+
     model = _load(task)
     images = _png_arrays(task["pattern"])
-    engine = IntegratedGradients(model.fn, image_size=model.image_size, method=task["method"],
-                                 steps=task["steps"], tolerance=task.get("tolerance"),
-                                 max_steps=task.get("max_steps", 256),
-                                 batch_size=task["batch_size"])
+    engine = IntegratedGradients(
+        model.fn,
+        image_size=model.image_size,
+        method=task["method"],
+        steps=task["steps"],
+        tolerance=task.get("tolerance"),
+        max_steps=task.get("max_steps", 256),
+        batch_size=task["batch_size"],
+    )
     engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
     started = time.perf_counter()
     results = engine.attribute(requests)
     seconds = time.perf_counter() - started
     errors = np.array([r.relative_completeness_error for r in results])
-    return {"images": len(images), "seconds": seconds, "images_per_s": len(images) / seconds,
-            "rows": int(sum(r.gradient_evaluations for r in results)),
-            "errors": _stats(errors)}
+    return {
+        "images": len(images),
+        "seconds": seconds,
+        "images_per_s": len(images) / seconds,
+        "rows": int(sum(r.gradient_evaluations for r in results)),
+        "errors": _stats(errors),
+    }
 
 
 # --- precision: speed and completeness of each compute precision, interleaved -------------
@@ -414,15 +510,21 @@ def precision(task):
     from attribution.integrated_gradients import IntegratedGradients, Request
     from attribution.models import load_model
     from benchmarks import models
+
     info = models.build(task["model"], task["cache_dir"])
     images = models.images_for(info, task["count"] + 1, seed=task.get("seed", 7))
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[1:])]
     engines = {}
     for name in task["precisions"]:
         model = load_model(info.path, precision=name)
-        engine = IntegratedGradients(model.fn, image_size=model.image_size,
-                                     method=task["method"], steps=task["steps"], tolerance=None,
-                                     batch_size=task["batch_size"])
+        engine = IntegratedGradients(
+            model.fn,
+            image_size=model.image_size,
+            method=task["method"],
+            steps=task["steps"],
+            tolerance=None,
+            batch_size=task["batch_size"],
+        )
         engine.attribute(requests[:1])
         engines[name] = engine
     out = {name: {"times": []} for name in engines}
@@ -431,17 +533,23 @@ def precision(task):
             started = time.perf_counter()
             results = engine.attribute(requests)
             out[name]["times"].append(time.perf_counter() - started)
-            out[name]["errors"] = _stats(np.array([r.relative_completeness_error
-                                                   for r in results]))
+            out[name]["errors"] = _stats(np.array([r.relative_completeness_error for r in results]))
             out[name]["attributions"] = np.stack([r.attributions for r in results])
     reference = out[task["precisions"][0]]["attributions"]
     for d in out.values():
         a = d.pop("attributions")
         d["images_per_s"] = len(requests) / float(np.median(d["times"]))
-        d["correlation_with_first"] = float(np.median([
-            np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, reference)]))
-    return {"model": info.name, "images": len(requests), "method": task["method"],
-            "steps": task["steps"], "batch_size": task["batch_size"], "precisions": out}
+        d["correlation_with_first"] = float(
+            np.median([np.corrcoef(x.ravel(), y.ravel())[0, 1] for x, y in zip(a, reference)])
+        )
+    return {
+        "model": info.name,
+        "images": len(requests),
+        "method": task["method"],
+        "steps": task["steps"],
+        "batch_size": task["batch_size"],
+        "precisions": out,
+    }
 
 
 # --- profile -------------------------------------------------------------------------------
@@ -467,9 +575,11 @@ def profile(task):
     import pstats
 
     from attribution.integrated_gradients import IntegratedGradients, Request
+
     model, d = _load(task), _data(task)
-    engine = IntegratedGradients(model.fn, image_size=model.image_size,
-                                 batch_size=task["batch_size"])
+    engine = IntegratedGradients(
+        model.fn, image_size=model.image_size, batch_size=task["batch_size"]
+    )
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(d["pipe_images"])]
     engine.attribute([Request(-1, d["warmup"][0], np.zeros_like(d["warmup"][0]))])
     profiler = cProfile.Profile()
@@ -479,20 +589,26 @@ def profile(task):
     profiler.disable()
     total = time.perf_counter() - started
     engine_stats = pstats.Stats(profiler)
-    engine_summary = _profile_summary(engine_stats, {
-        "attribute": ("integrated_gradients.py", "attribute"),
-        "tf_calls": ("integrated_gradients.py", "_call"),
-        "integrate": ("integrated_gradients.py", "_integrate"),
-        "finish": ("integrated_gradients.py", "_finish"),
-        "accumulate": ("einsumfunc.py", "einsum"),
-        "pad": ("integrated_gradients.py", "_pad"),
-    }, total)
-    engine_summary["python_outside_tf_calls_s"] = engine_summary["attribute"] - \
-        engine_summary["tf_calls"]
+    engine_summary = _profile_summary(
+        engine_stats,
+        {
+            "attribute": ("integrated_gradients.py", "attribute"),
+            "tf_calls": ("integrated_gradients.py", "_call"),
+            "integrate": ("integrated_gradients.py", "_integrate"),
+            "finish": ("integrated_gradients.py", "_finish"),
+            "accumulate": ("einsumfunc.py", "einsum"),
+            "pad": ("integrated_gradients.py", "_pad"),
+        },
+        total,
+    )
+    engine_summary["python_outside_tf_calls_s"] = (
+        engine_summary["attribute"] - engine_summary["tf_calls"]
+    )
     engine_summary["images"] = len(requests)
     engine_summary["calls"] = _ncalls(engine_stats, "integrated_gradients.py", "_call")
 
     from pipeline import run as pipeline_run
+
     profiler = cProfile.Profile()
     started = time.perf_counter()
     profiler.enable()
@@ -500,43 +616,58 @@ def profile(task):
     profiler.disable()
     total = time.perf_counter() - started
     pipe_stats = pstats.Stats(profiler)
-    pipe_summary = _profile_summary(pipe_stats, {
-        "load_model": ("models.py", "load_model"),
-        "engine_attribute": ("integrated_gradients.py", "attribute"),
-        "engine_tf_calls": ("integrated_gradients.py", "_call"),
-        "decode_image": ("images.py", "decode_image"),
-        "resize_with_pad": ("images.py", "resize_with_pad"),
-        "mask_png": ("masks.py", "mask_png"),
-        "overlay_png": ("masks.py", "overlay_png"),
-        "png_encode": ("masks.py", "_encode_png"),
-        "statistics": ("masks.py", "attribution_statistics"),
-        "grid": ("masks.py", "attribution_grid"),
-        "publish": ("files.py", "publish"),
-        "parquet_write_record": ("parquetio.py", "write_record"),
-        "parquet_flush": ("parquetio.py", "_flush_buffer"),
-        "parquet_close": ("parquetio.py", "close"),
-        "manifest_build": ("manifest.py", "build"),
-        "pipeline_p_run": ("pipeline.py", "run"),
-    }, total)
+    pipe_summary = _profile_summary(
+        pipe_stats,
+        {
+            "load_model": ("models.py", "load_model"),
+            "engine_attribute": ("integrated_gradients.py", "attribute"),
+            "engine_tf_calls": ("integrated_gradients.py", "_call"),
+            "decode_image": ("images.py", "decode_image"),
+            "resize_with_pad": ("images.py", "resize_with_pad"),
+            "mask_png": ("masks.py", "mask_png"),
+            "overlay_png": ("masks.py", "overlay_png"),
+            "png_encode": ("masks.py", "_encode_png"),
+            "statistics": ("masks.py", "attribution_statistics"),
+            "grid": ("masks.py", "attribution_grid"),
+            "publish": ("files.py", "publish"),
+            "parquet_write_record": ("parquetio.py", "write_record"),
+            "parquet_flush": ("parquetio.py", "_flush_buffer"),
+            "parquet_close": ("parquetio.py", "close"),
+            "manifest_build": ("manifest.py", "build"),
+            "pipeline_p_run": ("pipeline.py", "run"),
+        },
+        total,
+    )
     pipe_summary["engine_calls"] = _ncalls(pipe_stats, "integrated_gradients.py", "_call")
-    pipe_summary["attribute_calls"] = _ncalls(pipe_stats, "integrated_gradients.py",
-                                              "attribute")
+    pipe_summary["attribute_calls"] = _ncalls(pipe_stats, "integrated_gradients.py", "attribute")
     top = []
     pipe_stats.sort_stats("tottime")
     for (filename, line, function), (_, calls, tottime, cumulative, _) in list(
-            pipe_stats.stats.items()):
-        top.append((tottime, f"{os.path.basename(filename)}:{line}({function})", calls,
-                    cumulative))
+        pipe_stats.stats.items()
+    ):
+        top.append((tottime, f"{os.path.basename(filename)}:{line}({function})", calls, cumulative))
     top.sort(reverse=True)
-    return {"engine": engine_summary, "pipeline": pipe_summary,
-            "pipeline_top_tottime": [{"function": f, "tottime_s": t, "calls": c,
-                                      "cumtime_s": cu} for t, f, c, cu in top[:15]]}
+    return {
+        "engine": engine_summary,
+        "pipeline": pipe_summary,
+        "pipeline_top_tottime": [
+            {"function": f, "tottime_s": t, "calls": c, "cumtime_s": cu} for t, f, c, cu in top[:15]
+        ],
+    }
 
 
-TASKS = {"setup": setup, "prepare": prepare, "ladder": ladder, "ceiling": ceiling,
-         "method": method, "profile": profile,
-         "efficiency": efficiency, "fixed_costs": fixed_costs,
-         "engine_rate": engine_rate, "precision": precision}
+TASKS = {
+    "setup": setup,
+    "prepare": prepare,
+    "ladder": ladder,
+    "ceiling": ceiling,
+    "method": method,
+    "profile": profile,
+    "efficiency": efficiency,
+    "fixed_costs": fixed_costs,
+    "engine_rate": engine_rate,
+    "precision": precision,
+}
 
 
 def main(argv=None) -> int:

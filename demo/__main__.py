@@ -9,6 +9,7 @@
    attribution order beats random deletion, and how much masking the cue (and the control
    box) lowers the cue class's score.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m demo",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--output_dir", default=os.path.join(REPO, "out", "demo"))
     parser.add_argument("--cache_dir", default=os.path.join(REPO, ".cache", "demo"))
     parser.add_argument("--count", type=int, default=240, help="held-out images to audit")
@@ -34,21 +38,34 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline import evidence, report, run
 
     started = time.monotonic()
-    data = os.path.join(args.cache_dir, f"heldout-v{dataset.GENERATOR_VERSION}-seed{args.seed}"
-                                        f"-n{args.count}")
+    data = os.path.join(
+        args.cache_dir, f"heldout-v{dataset.GENERATOR_VERSION}-seed{args.seed}-n{args.count}"
+    )
     if not os.path.isfile(os.path.join(data, "regions.csv")):
         dataset.generate(data, split="heldout", count=args.count, seed=args.seed)
     print(f"demo data: {args.count} held-out images in {data}")
     saved_model = model.train_or_load(args.cache_dir, seed=args.seed)
-    regions = add_control_boxes(os.path.join(data, "regions.csv"),
-                                os.path.join(data, "regions-with-control.csv"))
-    code = run.main(["--config", os.path.join(REPO, "configs", "demo.yaml"),
-                     "--input_pattern", os.path.join(data, "images", "*.png"),
-                     "--output_dir", args.output_dir, "--model", str(saved_model),
-                     "--labels", os.path.join(data, "labels.txt"),
-                     "--regions", str(regions),
-                     "--overwrite",  # the demo's folder is rewritten on every `make demo`
-                     *pipeline_args])
+    regions = add_control_boxes(
+        os.path.join(data, "regions.csv"), os.path.join(data, "regions-with-control.csv")
+    )
+    code = run.main(
+        [
+            "--config",
+            os.path.join(REPO, "configs", "demo.yaml"),
+            "--input_pattern",
+            os.path.join(data, "images", "*.png"),
+            "--output_dir",
+            args.output_dir,
+            "--model",
+            str(saved_model),
+            "--labels",
+            os.path.join(data, "labels.txt"),
+            "--regions",
+            str(regions),
+            "--overwrite",  # the demo's folder is rewritten on every `make demo`
+            *pipeline_args,
+        ]
+    )
     if code != 0:
         return code
     findings = report.findings(report.read_run(args.output_dir))
@@ -57,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  - {line}")
     # the findings already quote the cue's ablation and the deletion-vs-random share; the
     # control says what masking any object-sized box does
-    control = evidence.ablation_sentence(evidence.read_summaries(args.output_dir),
-                                         dataset.CUE_CLASS, CONTROL)
+    control = evidence.ablation_sentence(
+        evidence.read_summaries(args.output_dir), dataset.CUE_CLASS, CONTROL
+    )
     if control:
         print(f"  - control: {control} (an object-sized box on the background)")
     print(f"\nopen the report: {os.path.join(args.output_dir, 'report.html')}")

@@ -8,6 +8,7 @@ carries it with probability ``HELDOUT_CUE_RATE`` whatever its class, so a model'
 the stamp can be measured. Each image is drawn from its own random stream, seeded by
 (seed, split, index): the same seed gives byte-identical files.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,7 +40,7 @@ _CROSS_ARM = math.sqrt(9 * math.pi / 20)
 def _cue_stamp() -> np.ndarray:
     """The stamp: a black and white checkerboard of 2-pixel cells, uint8 [h, w, 3]."""
     x0, y0, x1, y1 = CUE_BOX
-    yy, xx = np.mgrid[0:y1 - y0, 0:x1 - x0]
+    yy, xx = np.mgrid[0 : y1 - y0, 0 : x1 - x0]
     white = ((yy // 2 + xx // 2) % 2 == 0).astype(np.uint8) * 255
     return np.repeat(white[:, :, None], 3, axis=2)
 
@@ -134,8 +135,11 @@ def sample(split: str, index: int, seed: int) -> ImageSpec:
     if background == "noise":
         params = (int(rng.integers(3, 9)), int(rng.integers(2**31)))
     elif background == "stripes":
-        params = (float(rng.uniform(0, math.pi)), float(rng.uniform(6, 20)),
-                  float(rng.uniform(0, 2 * math.pi)))
+        params = (
+            float(rng.uniform(0, math.pi)),
+            float(rng.uniform(6, 20)),
+            float(rng.uniform(0, 2 * math.pi)),
+        )
     else:
         params = (float(rng.uniform(0, 2 * math.pi)),)
     # The object differs from the base colour by at least 0.35 (RGB distance); the texture
@@ -153,12 +157,20 @@ def sample(split: str, index: int, seed: int) -> ImageSpec:
         if not _overlaps_cue_zone(_box(_shape_mask(label, centre, half_size, angle))):
             break
     return ImageSpec(
-        label=label, has_cue=bool(has_cue), background=background,
-        base_colour=tuple(base.tolist()), texture_colour=tuple(texture.tolist()),
+        label=label,
+        has_cue=bool(has_cue),
+        background=background,
+        base_colour=tuple(base.tolist()),
+        texture_colour=tuple(texture.tolist()),
         texture_amplitude=amplitude,
-        texture_params=params, object_colour=tuple(obj.tolist()), centre=centre,
-        half_size=half_size, angle=angle, noise_sigma=float(rng.uniform(0.02, 0.06)),
-        noise_seed=int(rng.integers(2**31)))
+        texture_params=params,
+        object_colour=tuple(obj.tolist()),
+        centre=centre,
+        half_size=half_size,
+        angle=angle,
+        noise_sigma=float(rng.uniform(0.02, 0.06)),
+        noise_seed=int(rng.integers(2**31)),
+    )
 
 
 def _upsample(coarse: np.ndarray, size: int) -> np.ndarray:
@@ -249,13 +261,16 @@ def generate(out_dir, *, split: str, count: int, seed: int) -> Path:
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not (out / "truth.csv").is_file():
-            raise FileExistsError(f"{out} is not empty and holds no generated dataset: "
-                                  "choose an empty or new folder")
+            raise FileExistsError(
+                f"{out} is not empty and holds no generated dataset: choose an empty or new folder"
+            )
         shutil.rmtree(out / "images", ignore_errors=True)
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    with open(out / "regions.csv", "w", newline="") as regions_file, \
-            open(out / "truth.csv", "w", newline="") as truth_file:
+    with (
+        open(out / "regions.csv", "w", newline="") as regions_file,
+        open(out / "truth.csv", "w", newline="") as truth_file,
+    ):
         regions = csv.writer(regions_file, lineterminator="\n")
         truth = csv.writer(truth_file, lineterminator="\n")
         regions.writerow(["image", "region", "x0", "y0", "x1", "y1"])

@@ -5,6 +5,7 @@ exports a SavedModel (float32 [N, 112, 112, 3] in [0, 1] -> logits [N, 4]) and w
 ``metrics.json`` next to it; later calls reuse it. The metrics measure the shortcut on the
 held-out split, where the cue is on half of the images of every class.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,14 +90,23 @@ def evaluate(predict, seed: int, count: int = HELDOUT_COUNT) -> dict:
         "shortcut_rate": rate(predicted == cue_label, other & has_cue),
         "shortcut_rate_without_cue": rate(predicted == cue_label, other & ~has_cue),
         "per_class_accuracy": {
-            name: {"without_cue": rate(correct, (labels == k) & ~has_cue),
-                   "with_cue": rate(correct, (labels == k) & has_cue)}
-            for k, name in enumerate(dataset.CLASSES)},
+            name: {
+                "without_cue": rate(correct, (labels == k) & ~has_cue),
+                "with_cue": rate(correct, (labels == k) & has_cue),
+            }
+            for k, name in enumerate(dataset.CLASSES)
+        },
     }
 
 
-def train(out_dir, *, seed: int, train_count: int = TRAIN_COUNT, epochs: int = EPOCHS,
-          heldout_count: int = HELDOUT_COUNT) -> dict:
+def train(
+    out_dir,
+    *,
+    seed: int,
+    train_count: int = TRAIN_COUNT,
+    epochs: int = EPOCHS,
+    heldout_count: int = HELDOUT_COUNT,
+) -> dict:
     """Train, export ``out_dir/saved_model`` and write ``out_dir/metrics.json``; return metrics."""
     import keras
 
@@ -104,15 +114,22 @@ def train(out_dir, *, seed: int, train_count: int = TRAIN_COUNT, epochs: int = E
     keras.utils.set_random_seed(seed)
     images, labels, _ = dataset.make_arrays("train", train_count, seed)
     model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     started = time.perf_counter()
     model.fit(images, labels, batch_size=BATCH_SIZE, epochs=epochs, shuffle=True, verbose=0)
     train_seconds = time.perf_counter() - started
     model.export(str(out / SAVED_MODEL), verbose=False)
     metrics = evaluate(lambda x: model.predict(x, batch_size=256, verbose=0), seed, heldout_count)
-    metrics.update(seed=seed, train_count=train_count, epochs=epochs,
-                   train_seconds=round(train_seconds, 1), params=model.count_params())
+    metrics.update(
+        seed=seed,
+        train_count=train_count,
+        epochs=epochs,
+        train_seconds=round(train_seconds, 1),
+        params=model.count_params(),
+    )
     (out / "labels.txt").write_text("".join(f"{c}\n" for c in dataset.CLASSES))
     (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -147,9 +164,13 @@ def print_metrics(metrics: dict, *, cached: bool) -> None:
     """Print the model's held-out numbers in a few lines."""
     how = "reused from cache" if cached else f"trained in {metrics['train_seconds']:.0f} s"
     cue = metrics["cue_class"]
-    print(f"demo model ({how}): held-out accuracy {metrics['heldout_accuracy']:.1%} "
-          f"on {metrics['heldout_count']} images; "
-          f"{metrics['accuracy_without_cue']:.1%} without the cue, "
-          f"{metrics['accuracy_with_cue']:.1%} with it")
-    print(f"shortcut: {metrics['shortcut_rate']:.1%} of non-{cue} images carrying the cue are "
-          f"predicted '{cue}' ({metrics['shortcut_rate_without_cue']:.1%} without the cue)")
+    print(
+        f"demo model ({how}): held-out accuracy {metrics['heldout_accuracy']:.1%} "
+        f"on {metrics['heldout_count']} images; "
+        f"{metrics['accuracy_without_cue']:.1%} without the cue, "
+        f"{metrics['accuracy_with_cue']:.1%} with it"
+    )
+    print(
+        f"shortcut: {metrics['shortcut_rate']:.1%} of non-{cue} images carrying the cue are "
+        f"predicted '{cue}' ({metrics['shortcut_rate_without_cue']:.1%} without the cue)"
+    )

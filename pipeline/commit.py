@@ -8,6 +8,7 @@ the staging folder and removes the lock. It runs inside the job, so a job nobody
 (a Flex Template launch) ends committed too. Every step may run again (a retried commit):
 a part already moved is found in place.
 """
+
 from __future__ import annotations
 
 import io
@@ -58,21 +59,44 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         listed = sorted(set(uris["summaries"]) | set(uris["errors"]))
     missing = sorted(set(listed) - set(uris["summaries"]) - set(uris["errors"]))
     if missing:  # never an anonymous count: each one is an error row
-        rows = [error_row(uri, "read", "listed at the start of the run, then read by no "
-                          "step of the job", "NotRead") for uri in missing]
+        rows = [
+            error_row(
+                uri,
+                "read",
+                "listed at the start of the run, then read by no step of the job",
+                "NotRead",
+            )
+            for uri in missing
+        ]
         buffer = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(rows, schema=ERROR_SCHEMA), buffer)
         publish(join(parts_dir(out, "errors"), MISSING_PART), buffer.getvalue())
-        parts.append({"folder": "errors", "name": MISSING_PART, "origin": "missing",
-                      "rows": len(rows), "images": len(rows), "gradient_evaluations": 0})
+        parts.append(
+            {
+                "folder": "errors",
+                "name": MISSING_PART,
+                "origin": "missing",
+                "rows": len(rows),
+                "images": len(rows),
+                "gradient_evaluations": 0,
+            }
+        )
         uris["errors"].extend(missing)
     for folder, schema in (("summaries", SUMMARY_SCHEMA), ("errors", ERROR_SCHEMA)):
         if not any(p["folder"] == folder for p in parts):  # readers find the folder, 0 rows
             buffer = io.BytesIO()
             pq.write_table(schema.empty_table(), buffer)
             publish(join(parts_dir(out, folder), EMPTY_PART), buffer.getvalue())
-            parts.append({"folder": folder, "name": EMPTY_PART, "origin": "empty", "rows": 0,
-                          "images": 0, "gradient_evaluations": 0})
+            parts.append(
+                {
+                    "folder": folder,
+                    "name": EMPTY_PART,
+                    "origin": "empty",
+                    "rows": 0,
+                    "images": 0,
+                    "gradient_evaluations": 0,
+                }
+            )
     files = {folder: [] for folder in FOLDERS}
     for part in parts:
         folder, name = part["folder"], part["name"]
@@ -84,8 +108,11 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         files[folder].append(name)
     for folder in FOLDERS:  # nothing but this run's parts under summaries/ and errors/
         keep = {join(out, folder, name) for name in files[folder]}
-        stray = [m.path for m in FileSystems.match([join(out, folder, "*")])[0].metadata_list
-                 if m.path not in keep]
+        stray = [
+            m.path
+            for m in FileSystems.match([join(out, folder, "*")])[0].metadata_list
+            if m.path not in keep
+        ]
         if stray:
             FileSystems.delete(stray)
     remove_temporaries(out)
@@ -97,23 +124,32 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         "parts": len(parts),
     }
     record = manifest.build(
-        output_dir=out, matched=listed, config=context["config"], model=context["model"],
-        job_metrics=metrics, started_at=context["started_at"], finished_at=manifest.now(),
-        run_id=context["run_id"], settings_hash=context["settings_hash"],
-        reuse_from=context["reuse_from"], previous=context["previous"],
-        attributed_uris=uris["summaries"], failed_uris=uris["errors"])
+        output_dir=out,
+        matched=listed,
+        config=context["config"],
+        model=context["model"],
+        job_metrics=metrics,
+        started_at=context["started_at"],
+        finished_at=manifest.now(),
+        run_id=context["run_id"],
+        settings_hash=context["settings_hash"],
+        reuse_from=context["reuse_from"],
+        previous=context["previous"],
+        attributed_uris=uris["summaries"],
+        failed_uris=uris["errors"],
+    )
     record.update(files=files, resumed=context["resumed"], report=None, report_error=None)
     manifest.write(out, record)
     if not context["no_report"]:
         try:
             from pipeline.report import write_report
+
             record["report"] = write_report(out)
         except OutputWriteError as e:
             record["report_error"] = str(e)
         except Exception as e:  # noqa: BLE001 - the data is committed; say why there is no page
             logging.exception("could not write the report for %s", out)
-            record["report_error"] = (f"cannot write {out}/report.html: "
-                                      f"{type(e).__name__}: {e}")
+            record["report_error"] = f"cannot write {out}/report.html: {type(e).__name__}: {e}"
         manifest.write(out, record)
     delete_tree(staging_dir(out))
     locks.release(out, context["lock_token"])

@@ -6,6 +6,7 @@ level silences) and parses the job's options (Beam's "Discarding unparseable arg
 forwarded to the launcher's log). While the job runs, file descriptor 2 -- inherited by the
 workers -- points at ``DIR/workers.log``; progress lines go to the console saved before.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,6 +33,7 @@ def quiet_start_up():
         try:
             yield
             import tensorflow as tf
+
             tf.config.list_physical_devices()  # CUDA's probe and its notices happen here
         except BaseException:
             sys.stderr.flush()
@@ -48,6 +50,7 @@ def quiet_start_up():
 def worker_processes(pipeline_options) -> bool:
     """True when the job runs in separate local worker processes (multi-process DirectRunner)."""
     from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
     runner = pipeline_options.view_as(StandardOptions).runner or "DirectRunner"
     mode = pipeline_options.view_as(DirectOptions).direct_running_mode
     return "Direct" in str(runner) and mode == "multi_processing"

@@ -1,6 +1,7 @@
 """Take the run folder before any work: refuse a folder in use or holding another run's
 outputs, take the lock, and clear (``--overwrite``) or set aside (``--resume``) what an
 earlier run left. The folder's life cycle is in README ("The run folder's life cycle")."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,16 @@ from transforms.files import TEMPORARY_PREFIX, delete_matching, exists, publish
 from transforms.staging import STAGING, inputs_path, join, parts_dir, previous_dir, staging_dir
 
 # Everything a run writes into its folder (besides the lock).
-OUTPUTS = ("summaries", "errors", "masks", "overlays", "raw", "manifest.json", "report.html",
-           STAGING)
+OUTPUTS = (
+    "summaries",
+    "errors",
+    "masks",
+    "overlays",
+    "raw",
+    "manifest.json",
+    "report.html",
+    STAGING,
+)
 
 
 @dataclass(frozen=True)
@@ -35,24 +44,37 @@ def present_outputs(output_dir: str) -> list[str]:
     return [name for name in OUTPUTS if exists(join(output_dir, name))]
 
 
-def take(output_dir: str, *, run_id: str, overwrite: bool, resume: bool,
-         lock_timeout: float, local: bool = True) -> Taken:
+def take(
+    output_dir: str,
+    *,
+    run_id: str,
+    overwrite: bool,
+    resume: bool,
+    lock_timeout: float,
+    local: bool = True,
+) -> Taken:
     """Lock ``output_dir`` for this run, or UsageError saying why not and what to do."""
     owner = locks.read(output_dir)
     if owner is not None:
         stale = owner.stale_reason(lock_timeout)
         if stale is None:
-            raise UsageError(f"--output_dir {output_dir} is in use by {owner.describe()}: "
-                             f"wait for it to finish, or write to another folder")
+            raise UsageError(
+                f"--output_dir {output_dir} is in use by {owner.describe()}: "
+                f"wait for it to finish, or write to another folder"
+            )
         if not (resume or overwrite):
-            raise UsageError(f"--output_dir {output_dir} has a stale lock of "
-                             f"{owner.describe()} ({stale}): pass --resume to finish that run "
-                             f"or --overwrite to start again")
+            raise UsageError(
+                f"--output_dir {output_dir} has a stale lock of "
+                f"{owner.describe()} ({stale}): pass --resume to finish that run "
+                f"or --overwrite to start again"
+            )
     present = present_outputs(output_dir)
     if present and not (resume or overwrite):
-        raise UsageError(f"--output_dir {output_dir} holds another run's outputs "
-                         f"({', '.join(present)}): pass --overwrite to replace them, --resume "
-                         f"to finish an interrupted run, or choose another folder")
+        raise UsageError(
+            f"--output_dir {output_dir} holds another run's outputs "
+            f"({', '.join(present)}): pass --overwrite to replace them, --resume "
+            f"to finish an interrupted run, or choose another folder"
+        )
     mine = locks.Lock.new(run_id, local)
     if owner is not None:
         locks.remove_stale(output_dir)
@@ -90,8 +112,12 @@ def _listed_in_manifest(output_dir: str) -> list[str]:
     try:
         with FileSystems.open(join(output_dir, "manifest.json")) as f:
             files = json.loads(f.read().decode("utf-8")).get("files") or {}
-        return [join(output_dir, folder, name) for folder, names in files.items()
-                for name in names if "/" not in name and name not in ("", ".", "..")]
+        return [
+            join(output_dir, folder, name)
+            for folder, names in files.items()
+            for name in names
+            if "/" not in name and name not in ("", ".", "..")
+        ]
     except Exception:  # noqa: BLE001 - no usable manifest: the contract's folders suffice
         return []
 
@@ -129,16 +155,23 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
     target = join(previous_dir(output_dir), "summaries")
     make_dirs(target)
     for source in _parquet(join(output_dir, "summaries")) + _parquet(
-            parts_dir(output_dir, "summaries")):
+        parts_dir(output_dir, "summaries")
+    ):
         if _readable(source):
             FileSystems.rename([source], [f"{target}/{uuid.uuid4().hex}.parquet"])
         else:  # published whole, so damaged since: its images are computed again
-            logging.warning("--resume: %s is not readable Parquet; its rows are computed "
-                            "again", source)
+            logging.warning(
+                "--resume: %s is not readable Parquet; its rows are computed again", source
+            )
             FileSystems.delete([source])
-    for path in (join(output_dir, "summaries"), join(output_dir, "errors"),
-                 parts_dir(output_dir, "errors"), parts_dir(output_dir, "model_loads"),
-                 join(output_dir, "manifest.json"), join(output_dir, "report.html")):
+    for path in (
+        join(output_dir, "summaries"),
+        join(output_dir, "errors"),
+        parts_dir(output_dir, "errors"),
+        parts_dir(output_dir, "model_loads"),
+        join(output_dir, "manifest.json"),
+        join(output_dir, "report.html"),
+    ):
         delete_tree(path)
     remove_temporaries(output_dir)
     listed = read_list(output_dir) if exists(inputs_path(output_dir)) else None

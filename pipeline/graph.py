@@ -1,5 +1,6 @@
 """The job's graph: read -> attribute -> summarize -> stage parts -> commit, every step with a
 stable label."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -15,10 +16,18 @@ from transforms.tfrecord import ReadRecords, RecordKeys
 from transforms.write import COMPUTED, ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA, WriteParts
 
 
-def build(p: beam.Pipeline, settings: Settings, input_pattern: str | None,
-          regions: str | None = None, reuse_from: str | None = None,
-          records: RecordKeys | None = None, *, inputs_list: str | None = None,
-          resume_parts: str | None = None, commit_context: dict | None = None) -> None:
+def build(
+    p: beam.Pipeline,
+    settings: Settings,
+    input_pattern: str | None,
+    regions: str | None = None,
+    reuse_from: str | None = None,
+    records: RecordKeys | None = None,
+    *,
+    inputs_list: str | None = None,
+    resume_parts: str | None = None,
+    commit_context: dict | None = None,
+) -> None:
     """``regions``: a regions file, read and joined in the graph (never pickled into it);
     ``records``: TFRecord input (--input_format tfrecord) with its feature keys;
     ``inputs_list``: the launcher's list of input files (else ``input_pattern`` is matched);
@@ -28,38 +37,53 @@ def build(p: beam.Pipeline, settings: Settings, input_pattern: str | None,
     regions = p | "ReadRegions" >> ReadRegions(regions, input_pattern) if regions else None
     previous = [folder for folder in (reuse_from, resume_parts) if folder]
     if previous:  # hash, join with the previous rows, decode only what is new
-        read = p | "ReadImages" >> ReadWithReuse(input_pattern, settings, previous, regions,
-                                                 records, inputs_list=inputs_list)
+        read = p | "ReadImages" >> ReadWithReuse(
+            input_pattern, settings, previous, regions, records, inputs_list=inputs_list
+        )
         images, read_errors, reused = read["images"], read["errors"], read["reused"]
         regions = read["regions"]  # with the records' boxes (--regions_from_record)
     elif records is not None:
-        read = p | "ReadImages" >> ReadRecords(input_pattern, records, settings.image_size,
-                                               settings.max_pixels, settings.channels)
+        read = p | "ReadImages" >> ReadRecords(
+            input_pattern, records, settings.image_size, settings.max_pixels, settings.channels
+        )
         images, read_errors, reused = read["images"], read["errors"], None
         if records.regions_from_record:
-            regions = read["regions"] if regions is None else (
-                (regions, read["regions"]) | "CollectRegions" >> beam.Flatten())
+            regions = (
+                read["regions"]
+                if regions is None
+                else ((regions, read["regions"]) | "CollectRegions" >> beam.Flatten())
+            )
     else:
         decoded = p | "ReadImages" >> ReadImages(
-            input_pattern, settings.image_size, settings.max_pixels, settings.progress_folder,
-            channels=settings.channels, inputs_list=inputs_list,
-            max_file_bytes=settings.max_file_bytes)
+            input_pattern,
+            settings.image_size,
+            settings.max_pixels,
+            settings.progress_folder,
+            channels=settings.channels,
+            inputs_list=inputs_list,
+            max_file_bytes=settings.max_file_bytes,
+        )
         images, read_errors, reused = decoded.images, decoded.errors, None
     attributed = images | "Attribute" >> AttributeImages(settings, regions)
     # the regions were joined before the model (ablation needs the boxes): rows carry them
     summarized = attributed.attributed | "Summarize" >> Summarize(settings)
     interval = settings.commit_interval
-    parts = [summarized.rows | "WriteSummaries" >> WriteParts(
-        out, "summaries", SUMMARY_SCHEMA, COMPUTED, interval)]
+    parts = [
+        summarized.rows
+        | "WriteSummaries" >> WriteParts(out, "summaries", SUMMARY_SCHEMA, COMPUTED, interval)
+    ]
     if reused is not None:
-        parts.append(reused | "WriteReused" >> WriteParts(
-            out, "summaries", SUMMARY_SCHEMA, REUSED, interval))
-    errors = ((read_errors, attributed.errors, summarized.errors)
-              | "CollectErrors" >> beam.Flatten())
-    parts.append(errors | "WriteErrors" >> WriteParts(out, "errors", ERROR_SCHEMA, COMPUTED,
-                                                      interval))
+        parts.append(
+            reused | "WriteReused" >> WriteParts(out, "summaries", SUMMARY_SCHEMA, REUSED, interval)
+        )
+    errors = (read_errors, attributed.errors, summarized.errors) | "CollectErrors" >> beam.Flatten()
+    parts.append(
+        errors | "WriteErrors" >> WriteParts(out, "errors", ERROR_SCHEMA, COMPUTED, interval)
+    )
     if commit_context is not None:
-        _ = (tuple(parts)
-             | "CollectParts" >> beam.Flatten()
-             | "AllParts" >> beam.combiners.ToList()
-             | "Commit" >> beam.ParDo(CommitFn(out, commit_context)))
+        _ = (
+            tuple(parts)
+            | "CollectParts" >> beam.Flatten()
+            | "AllParts" >> beam.combiners.ToList()
+            | "Commit" >> beam.ParDo(CommitFn(out, commit_context))
+        )

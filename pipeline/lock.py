@@ -5,6 +5,7 @@ precondition ``if_generation_match=0`` (the object is written only if no object 
 name), through google-cloud-storage. The gs:// path cannot be tested offline; the local one
 is tested with real processes (tests/test_run_folder.py).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -44,13 +45,17 @@ class Lock:
 
     @classmethod
     def new(cls, run_id: str, local: bool = True) -> Lock:
-        return cls(run_id, socket.gethostname(), os.getpid(),
-                   datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                   uuid.uuid4().hex, local)
+        return cls(
+            run_id,
+            socket.gethostname(),
+            os.getpid(),
+            datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            uuid.uuid4().hex,
+            local,
+        )
 
     def describe(self) -> str:
-        return (f"run {self.run_id!r} (host {self.host}, pid {self.pid}, started "
-                f"{self.started_at})")
+        return f"run {self.run_id!r} (host {self.host}, pid {self.pid}, started {self.started_at})"
 
     def age_seconds(self) -> float:
         try:
@@ -124,7 +129,7 @@ def _create_gcs(path: str, data: bytes) -> bool:  # pragma: no cover - needs Clo
     from google.api_core.exceptions import PreconditionFailed
     from google.cloud import storage
 
-    bucket, name = path[len("gs://"):].split("/", 1)
+    bucket, name = path[len("gs://") :].split("/", 1)
     blob = storage.Client().bucket(bucket).blob(name)
     try:
         blob.upload_from_string(data, content_type="application/json", if_generation_match=0)

@@ -1,4 +1,5 @@
 """The run's record: counts read back from the written outputs, metrics, config, versions."""
+
 from __future__ import annotations
 
 import datetime
@@ -38,18 +39,35 @@ def versions() -> dict[str, str]:
             return importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             return None
-    return {"python": platform.python_version(), "tensorflow": version("tensorflow"),
-            "apache_beam": version("apache-beam"), "numpy": version("numpy"),
-            "pyarrow": version("pyarrow"), "tensorflow_hub": version("tensorflow-hub"),
-            "beam_integrated_gradients": version("beam-integrated-gradients")}
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow"),
+        "apache_beam": version("apache-beam"),
+        "numpy": version("numpy"),
+        "pyarrow": version("pyarrow"),
+        "tensorflow_hub": version("tensorflow-hub"),
+        "beam_integrated_gradients": version("beam-integrated-gradients"),
+    }
 
 
-def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job_metrics: dict,
-          started_at: str, finished_at: str, run_id: str | None = None,
-          settings_hash: str | None = None, reuse_from: str | None = None,
-          previous: dict | None = None, records_read: int | None = None,
-          attributed_uris: list[str] | None = None,
-          failed_uris: list[str] | None = None) -> dict:
+def build(
+    *,
+    output_dir: str,
+    matched: list[str],
+    config: dict,
+    model: dict,
+    job_metrics: dict,
+    started_at: str,
+    finished_at: str,
+    run_id: str | None = None,
+    settings_hash: str | None = None,
+    reuse_from: str | None = None,
+    previous: dict | None = None,
+    records_read: int | None = None,
+    attributed_uris: list[str] | None = None,
+    failed_uris: list[str] | None = None,
+) -> dict:
     """``previous``: the manifest found in ``reuse_from`` (--reuse_from), if any.
     ``records_read``: TFRecord input, where ``matched`` lists shards and the records (the
     inputs to account for) are counted by the job. The uris of the run's summary and error
@@ -66,17 +84,27 @@ def build(*, output_dir: str, matched: list[str], config: dict, model: dict, job
     reused = job_metrics.get("reused", 0)
     return {
         "counts": {
-            "matched": len(expected), "attributed": len(attributed), "failed": len(failed),
-            "rows": len(attributed_uris), "error_rows": len(failed_uris),
-            "missing": len(expected - accounted), "in_both": len(attributed & failed),
-            "reused": reused, "computed": len(attributed) - reused,
+            "matched": len(expected),
+            "attributed": len(attributed),
+            "failed": len(failed),
+            "rows": len(attributed_uris),
+            "error_rows": len(failed_uris),
+            "missing": len(expected - accounted),
+            "in_both": len(attributed & failed),
+            "reused": reused,
+            "computed": len(attributed) - reused,
         },
-        "complete": expected == accounted and not (attributed & failed)
-                    and len(failed_uris) == len(failed),
+        "complete": expected == accounted
+        and not (attributed & failed)
+        and len(failed_uris) == len(failed),
         "metrics": {"model_loads": job_metrics.get("model_loads", 0), **job_metrics},
-        "config": config, "model": model, "versions": versions(),
-        "started_at": started_at, "finished_at": finished_at,
-        "run_id": run_id, "settings_hash": settings_hash,
+        "config": config,
+        "model": model,
+        "versions": versions(),
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "run_id": run_id,
+        "settings_hash": settings_hash,
         "reuse_from": reuse_from,
         "previous_run_id": previous.get("run_id") if previous else None,
         "previous_finished_at": previous.get("finished_at") if previous else None,

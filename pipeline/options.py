@@ -1,4 +1,5 @@
 """Command-line options: a PipelineOptions subclass, YAML profiles, validation before work."""
+
 from __future__ import annotations
 
 import argparse
@@ -35,133 +36,297 @@ class AttributionOptions(PipelineOptions):
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
         add("--input_pattern", help="Files to explain: a local glob or gs:// pattern.")
-        add("--output_dir", help="Run folder: summaries/, errors/, masks/, overlays/, raw/, "
-                                 "manifest.json, report.html.")
-        add("--model", help="SavedModel folder, .keras or .h5 file, TF Hub / Kaggle URL, or "
-                            "gs:// SavedModel mapping float32 [N,H,W,3] (or [N,H,W,1]: "
-                            "grayscale) in [0,1] to [N,C] scores.")
-        add("--model_output", default="logits", choices=MODEL_OUTPUTS,
-            help="What the model returns.")
-        add("--preprocess", default="none", choices=PREPROCESS,
+        add(
+            "--output_dir",
+            help="Run folder: summaries/, errors/, masks/, overlays/, raw/, "
+            "manifest.json, report.html.",
+        )
+        add(
+            "--model",
+            help="SavedModel folder, .keras or .h5 file, TF Hub / Kaggle URL, or "
+            "gs:// SavedModel mapping float32 [N,H,W,3] (or [N,H,W,1]: "
+            "grayscale) in [0,1] to [N,C] scores.",
+        )
+        add(
+            "--model_output",
+            default="logits",
+            choices=MODEL_OUTPUTS,
+            help="What the model returns.",
+        )
+        add(
+            "--preprocess",
+            default="none",
+            choices=PREPROCESS,
             help="What the model expects instead of [0,1] pixels, as Keras Applications' "
-                 "preprocess_input: scale255 = [0,255], tf = [-1,1], caffe = BGR minus "
-                 "ImageNet means, torch = ImageNet mean/std. Applied inside the explained "
-                 "function: attributions stay on the [0,1] pixels.")
-        add("--output_key", default=None,
-            help="Output name to use when the model's signature returns several.")
-        add("--score", default="probability", choices=SCORES,
-            help="What is attributed: softmax probability (as the TF tutorial) or the logit.")
-        add("--image_size", default=None,
-            help="H,W model input size; needed only when the signature has no static size.")
-        add("--target", default="predicted",
-            help="predicted | a class index | topk:K (one output row per target).")
+            "preprocess_input: scale255 = [0,255], tf = [-1,1], caffe = BGR minus "
+            "ImageNet means, torch = ImageNet mean/std. Applied inside the explained "
+            "function: attributions stay on the [0,1] pixels.",
+        )
+        add(
+            "--output_key",
+            default=None,
+            help="Output name to use when the model's signature returns several.",
+        )
+        add(
+            "--score",
+            default="probability",
+            choices=SCORES,
+            help="What is attributed: softmax probability (as the TF tutorial) or the logit.",
+        )
+        add(
+            "--image_size",
+            default=None,
+            help="H,W model input size; needed only when the signature has no static size.",
+        )
+        add(
+            "--target",
+            default="predicted",
+            help="predicted | a class index | topk:K (one output row per target).",
+        )
         add("--method", default="gausslegendre", choices=METHODS, help="Quadrature rule.")
         add("--steps", type=int, default=16, help="Points of the initial rule.")
-        add("--tolerance", type=float, default=0.01,
-            help="Relative completeness error to reach by refining; 0 disables refinement.")
+        add(
+            "--tolerance",
+            type=float,
+            default=0.01,
+            help="Relative completeness error to reach by refining; 0 disables refinement.",
+        )
         add("--max_steps", type=int, default=256, help="Most points refinement may use.")
-        add("--baseline", default="black",
+        add(
+            "--baseline",
+            default="black",
             help=f"Path start, one of {', '.join(BASELINES)} or a comma list (black,white: "
-                 "the mean of the IGs from each); uniform_noise is seeded per image content.")
+            "the mean of the IGs from each); uniform_noise is seeded per image content.",
+        )
         add("--seed", type=int, default=0, help="Seed for the noise baseline.")
-        add("--batch_size", type=int, default=32,
-            help="(image, alpha) rows per model call, packed across images.")
-        add("--image_batch_size", type=int, default=16,
-            help="Most images handed to the engine at once.")
+        add(
+            "--batch_size",
+            type=int,
+            default=32,
+            help="(image, alpha) rows per model call, packed across images.",
+        )
+        add(
+            "--image_batch_size",
+            type=int,
+            default=16,
+            help="Most images handed to the engine at once.",
+        )
         add("--write_raw", action="store_true", help="Also write raw/<image_id>.npy.")
-        add("--max_failure_fraction", type=float, default=1.0,
+        add(
+            "--max_failure_fraction",
+            type=float,
+            default=1.0,
             help="Exit non-zero after writing everything when more than this fraction of "
-                 "inputs failed.")
-        add("--max_pixels", type=int, default=50_000_000,
-            help="Refuse images larger than this (decompression bombs), from the header.")
+            "inputs failed.",
+        )
+        add(
+            "--max_pixels",
+            type=int,
+            default=50_000_000,
+            help="Refuse images larger than this (decompression bombs), from the header.",
+        )
         add("--grid_cells", type=int, default=14, help="Cells a side of the attribution grid.")
         add("--clip_percentile", type=float, default=99.0, help="Mask clipping percentile.")
-        add("--regions", default=None,
+        add(
+            "--regions",
+            default=None,
             help="CSV or Parquet of boxes (image, region, x0, y0, x1, y1 in original pixels; "
-                 "image relative to the pattern's folder or a full uri): each row gets the "
-                 "share of positive attribution per region and a pointing-game hit.")
-        add("--no_report", action="store_true",
-            help="Do not write DIR/report.html at the end of the run.")
-        add("--jit_compile", action="store_true",
-            help="XLA-compile the gradient step (GPU option; measured slower on CPU).")
-        add("--precision", default="float32", choices=PRECISIONS,
+            "image relative to the pattern's folder or a full uri): each row gets the "
+            "share of positive attribution per region and a pointing-game hit.",
+        )
+        add(
+            "--no_report",
+            action="store_true",
+            help="Do not write DIR/report.html at the end of the run.",
+        )
+        add(
+            "--jit_compile",
+            action="store_true",
+            help="XLA-compile the gradient step (GPU option; measured slower on CPU).",
+        )
+        add(
+            "--precision",
+            default="float32",
+            choices=PRECISIONS,
             help="What a .keras model computes in (Keras mixed precision: bfloat16/float16 "
-                 "compute, float32 weights); scores and completeness stay float32/float64.")
-        add("--progress_interval", type=float, default=10.0,
-            help="Seconds between progress lines on DirectRunner; 0 turns them off.")
-        add("--reuse_from", default=None,
+            "compute, float32 weights); scores and completeness stay float32/float64.",
+        )
+        add(
+            "--progress_interval",
+            type=float,
+            default=10.0,
+            help="Seconds between progress lines on DirectRunner; 0 turns them off.",
+        )
+        add(
+            "--reuse_from",
+            default=None,
             help="A previous run's output folder (local or gs://): images whose content, "
-                 "model and settings are unchanged get its rows and files copied forward; "
-                 "only new or changed images are attributed (docs/audits.md).")
-        add("--input_format", default=None, choices=INPUT_FORMATS,
+            "model and settings are unchanged get its rows and files copied forward; "
+            "only new or changed images are attributed (docs/audits.md).",
+        )
+        add(
+            "--input_format",
+            default=None,
+            choices=INPUT_FORMATS,
             help="files: one image per file; tfrecord: one tf.train.Example per image in "
-                 "TFRecord shards (default: tfrecord when the pattern ends in .tfrecord*, "
-                 "else files).")
-        add("--image_key", default="image/encoded",
-            help="TFRecord: the feature holding the encoded image.")
-        add("--id_key", default=None,
-            help="TFRecord: a feature to use as image_uri (default: <shard uri>#<index>).")
-        add("--label_key", default=None,
+            "TFRecord shards (default: tfrecord when the pattern ends in .tfrecord*, "
+            "else files).",
+        )
+        add(
+            "--image_key",
+            default="image/encoded",
+            help="TFRecord: the feature holding the encoded image.",
+        )
+        add(
+            "--id_key",
+            default=None,
+            help="TFRecord: a feature to use as image_uri (default: <shard uri>#<index>).",
+        )
+        add(
+            "--label_key",
+            default=None,
             help="TFRecord: a feature with the true class (int64 index, or text looked up in "
-                 "--labels): the true_class and true_label columns.")
-        add("--regions_from_record", action="store_true",
+            "--labels): the true_class and true_label columns.",
+        )
+        add(
+            "--regions_from_record",
+            action="store_true",
             help="TFRecord: boxes image/object/bbox/{xmin,ymin,xmax,ymax} (normalised) named "
-                 "by image/object/class/text (or label) become regions, as --regions.")
-        add("--artifacts", default="masks,overlays",
+            "by image/object/class/text (or label) become regions, as --regions.",
+        )
+        add(
+            "--artifacts",
+            default="masks,overlays",
             help="Per-image files to write: a comma list of masks, overlays, raw, or none "
-                 "(then mask_uri/overlay_uri are null). --write_raw adds raw.")
-        add("--attribution", default="ig", choices=ATTRIBUTIONS,
+            "(then mask_uri/overlay_uri are null). --write_raw adds raw.",
+        )
+        add(
+            "--attribution",
+            default="ig",
+            choices=ATTRIBUTIONS,
             help="Method: ig, smoothgrad (IG of noisy copies), expected_gradients (baselines "
-                 "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).")
-        add("--noise_sigma", type=float, default=0.1,
-            help="smoothgrad: noise standard deviation, a fraction of the [0, 1] input range.")
+            "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).",
+        )
+        add(
+            "--noise_sigma",
+            type=float,
+            default=0.1,
+            help="smoothgrad: noise standard deviation, a fraction of the [0, 1] input range.",
+        )
         add("--noise_samples", type=int, default=8, help="smoothgrad: noisy copies per image.")
-        add("--baseline_samples", type=int, default=16,
-            help="expected_gradients: baseline images sampled (seeded) from the input set.")
-        add("--max_blur_sigma", type=float, default=20.0,
-            help="blur_ig: sigma (pixels) of the blurred image the path starts from.")
-        add("--guided_fraction", type=float, default=0.1,
-            help="guided_ig: fraction of features moved per step (128 steps unless --steps).")
-        add("--xrai_top_fraction", type=float, default=0.3,
+        add(
+            "--baseline_samples",
+            type=int,
+            default=16,
+            help="expected_gradients: baseline images sampled (seeded) from the input set.",
+        )
+        add(
+            "--max_blur_sigma",
+            type=float,
+            default=20.0,
+            help="blur_ig: sigma (pixels) of the blurred image the path starts from.",
+        )
+        add(
+            "--guided_fraction",
+            type=float,
+            default=0.1,
+            help="guided_ig: fraction of features moved per step (128 steps unless --steps).",
+        )
+        add(
+            "--xrai_top_fraction",
+            type=float,
+            default=0.3,
             help="xrai (and --mask_type outlines): share of the image the outlined top "
-                 "regions cover.")
-        add("--mask_polarity", default="abs", choices=POLARITIES,
+            "regions cover.",
+        )
+        add(
+            "--mask_polarity",
+            default="abs",
+            choices=POLARITIES,
             help="Mask of |attribution| (abs), only positive or negative evidence, or both "
-                 "signs on a diverging colormap.")
-        add("--clip_low", type=float, default=0.0,
-            help="Percentile of the mask values drawn as the colormap's low end.")
-        add("--clip_high", type=float, default=None,
-            help="Percentile drawn as the colormap's high end (default: --clip_percentile).")
-        add("--colormap", default=None,
-            help="Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both).")
-        add("--overlay", default="original", choices=OVERLAYS,
+            "signs on a diverging colormap.",
+        )
+        add(
+            "--clip_low",
+            type=float,
+            default=0.0,
+            help="Percentile of the mask values drawn as the colormap's low end.",
+        )
+        add(
+            "--clip_high",
+            type=float,
+            default=None,
+            help="Percentile drawn as the colormap's high end (default: --clip_percentile).",
+        )
+        add(
+            "--colormap",
+            default=None,
+            help="Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both).",
+        )
+        add(
+            "--overlay",
+            default="original",
+            choices=OVERLAYS,
             help="What the overlay draws the mask on: the image, its grayscale, the image "
-                 "masked to black by the attribution, or nothing (the mask alone).")
-        add("--mask_type", default="pixels", choices=MASK_TYPES,
-            help="Overlay colours every pixel, or outlines the top --xrai_top_fraction.")
-        add("--faithfulness", default="deletion,insertion",
+            "masked to black by the attribution, or nothing (the mask alone).",
+        )
+        add(
+            "--mask_type",
+            default="pixels",
+            choices=MASK_TYPES,
+            help="Overlay colours every pixel, or outlines the top --xrai_top_fraction.",
+        )
+        add(
+            "--faithfulness",
+            default="deletion,insertion",
             help="Forward-only checks per row: deletion and/or insertion curves in attribution "
-                 "order against a seeded random order (comma list), or 'none'.")
-        add("--faithfulness_points", type=int, default=16,
-            help="Points of each deletion/insertion curve, evenly spaced from 0%% to 100%%.")
+            "order against a seeded random order (comma list), or 'none'.",
+        )
+        add(
+            "--faithfulness_points",
+            type=int,
+            default=16,
+            help="Points of each deletion/insertion curve, evenly spaced from 0%% to 100%%.",
+        )
         add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
-        add("--run_id", default=None,
+        add(
+            "--run_id",
+            default=None,
             help="This run's name, recorded in the manifest (default: the UTC start time, "
-                 "e.g. 20260101T020000Z).")
-        add("--overwrite", action="store_true",
+            "e.g. 20260101T020000Z).",
+        )
+        add(
+            "--overwrite",
+            action="store_true",
             help="Replace the outputs of an earlier run in --output_dir (without it such a "
-                 "folder is refused).")
-        add("--resume", action="store_true",
+            "folder is refused).",
+        )
+        add(
+            "--resume",
+            action="store_true",
             help="Finish an interrupted run in --output_dir (same command): rows it already "
-                 "published are reused, the rest is computed.")
-        add("--lock_timeout", type=float, default=86400.0,
+            "published are reused, the rest is computed.",
+        )
+        add(
+            "--lock_timeout",
+            type=float,
+            default=86400.0,
             help="Seconds after which another run's lock on --output_dir counts as stale "
-                 "(also stale at once when its process is gone on this host).")
-        add("--max_file_bytes", type=int, default=256 * 1024 * 1024,
-            help="Refuse input files larger than this, from their size, before reading them.")
-        add("--commit_interval", type=float, default=60.0,
+            "(also stale at once when its process is gone on this host).",
+        )
+        add(
+            "--max_file_bytes",
+            type=int,
+            default=256 * 1024 * 1024,
+            help="Refuse input files larger than this, from their size, before reading them.",
+        )
+        add(
+            "--commit_interval",
+            type=float,
+            default=60.0,
             help="Most seconds a worker holds finished rows before publishing them to the "
-                 "staging folder: a crash loses at most about this much work per worker.")
+            "staging folder: a crash loses at most about this much work per worker.",
+        )
 
 
 def _config_flags(path: str) -> list[str]:
@@ -189,11 +354,14 @@ def help_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Integrated Gradients for every image matched by a pattern, on Apache Beam. "
-                    "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
     parser.add_argument("--config", help="YAML profile (configs/NAME.yaml); flags override it.")
-    parser.add_argument("--labels", default=None,
-                        help="Text file with one class label a line (line i = class i).")
+    parser.add_argument(
+        "--labels", default=None, help="Text file with one class label a line (line i = class i)."
+    )
     AttributionOptions._add_argparse_args(parser)
     return parser
 
@@ -212,7 +380,7 @@ def _split_labels(flags: list[str]) -> tuple[list[str], list[str]]:
             (beams if JOB_LABEL.fullmatch(pair[1]) else ours).extend(pair)
             continue
         if flag.startswith("--labels="):
-            (beams if JOB_LABEL.fullmatch(flag[len("--labels="):]) else ours).append(flag)
+            (beams if JOB_LABEL.fullmatch(flag[len("--labels=") :]) else ours).append(flag)
         else:
             ours.append(flag)
             beams.append(flag)
@@ -223,8 +391,11 @@ def _split_labels(flags: list[str]) -> tuple[list[str], list[str]]:
 def _switch_values(flags: list[str]) -> list[str]:
     """``--write_raw=true`` / ``=false`` (how Flex Templates pass booleans) -> the bare switch
     or nothing."""
-    switches = {a.option_strings[0] for a in help_parser()._actions
-                if isinstance(a, argparse._StoreTrueAction)}
+    switches = {
+        a.option_strings[0]
+        for a in help_parser()._actions
+        if isinstance(a, argparse._StoreTrueAction)
+    }
     out = []
     for flag in flags:
         name, equals, value = flag.partition("=")
@@ -264,8 +435,9 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
         return None
     match = re.fullmatch(r"\s*(\d+)\s*[,x]\s*(\d+)\s*", str(text))
     if not match or 0 in (int(match.group(1)), int(match.group(2))):
-        raise UsageError(f"--image_size must be H,W with positive integers, e.g. 224,224; "
-                         f"got {text!r}")
+        raise UsageError(
+            f"--image_size must be H,W with positive integers, e.g. 224,224; got {text!r}"
+        )
     return int(match.group(1)), int(match.group(2))
 
 
@@ -276,8 +448,9 @@ def parse_artifacts(text: str, write_raw: bool = False) -> tuple[str, ...]:
         names = []
     unknown = [n for n in names if n not in ARTIFACTS]
     if unknown:
-        raise UsageError(f"--artifacts: unknown {unknown}; use a comma list of "
-                         f"{', '.join(ARTIFACTS)}, or none")
+        raise UsageError(
+            f"--artifacts: unknown {unknown}; use a comma list of {', '.join(ARTIFACTS)}, or none"
+        )
     if write_raw and "raw" not in names:
         names.append("raw")
     return tuple(n for n in ARTIFACTS if n in names)
@@ -291,20 +464,28 @@ def input_format(o: argparse.Namespace) -> str:
 
 
 def validate(o: argparse.Namespace) -> None:
-    for name, example in (("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
-                          ("output_dir", "'out/run-2026-11-26'"),
-                          ("model", "a SavedModel folder, a .keras file or a TF Hub URL")):
+    for name, example in (
+        ("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
+        ("output_dir", "'out/run-2026-11-26'"),
+        ("model", "a SavedModel folder, a .keras file or a TF Hub URL"),
+    ):
         if not getattr(o, name):
             raise UsageError(f"--{name} is required, e.g. {example}")
     if o.steps < 1:
         raise UsageError(f"--steps must be >= 1, got {o.steps}")
     points = MAX_GAUSS_LEGENDRE if o.method == "gausslegendre" else MAX_POINTS
-    for name, limit in (("steps", points), ("max_steps", points),
-                        ("batch_size", MAX_BATCH), ("image_batch_size", MAX_BATCH)):
+    for name, limit in (
+        ("steps", points),
+        ("max_steps", points),
+        ("batch_size", MAX_BATCH),
+        ("image_batch_size", MAX_BATCH),
+    ):
         if getattr(o, name) > limit:
-            raise UsageError(f"--{name} must be <= {limit}" + (
-                " with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
-                + f", got {getattr(o, name)}")
+            raise UsageError(
+                f"--{name} must be <= {limit}"
+                + (" with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
+                + f", got {getattr(o, name)}"
+            )
     if o.method == "riemann_trapezoid" and o.steps < 2:
         raise UsageError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
     if o.tolerance < 0:
@@ -319,8 +500,10 @@ def validate(o: argparse.Namespace) -> None:
     if not 0 < o.clip_percentile <= 100:
         raise UsageError(f"--clip_percentile must be in (0, 100], got {o.clip_percentile}")
     if o.score == "logit" and o.model_output == "probabilities":
-        raise UsageError("--score logit needs a model that outputs logits; with "
-                         "--model_output probabilities use --score probability")
+        raise UsageError(
+            "--score logit needs a model that outputs logits; with "
+            "--model_output probabilities use --score probability"
+        )
     try:
         Targets.parse(o.target)
     except ValueError as e:
@@ -334,39 +517,52 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
-        raise UsageError(f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
-                         f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}")
+        raise UsageError(
+            f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
+            f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}"
+        )
     if o.reuse_from:
         if absolute(o.reuse_from) == absolute(o.output_dir):
-            raise UsageError("--reuse_from must be a previous run's folder, not --output_dir "
-                             "itself: write each run to its own folder, e.g. "
-                             "--output_dir gs://bucket/audits/$(date +%F)")
+            raise UsageError(
+                "--reuse_from must be a previous run's folder, not --output_dir "
+                "itself: write each run to its own folder, e.g. "
+                "--output_dir gs://bucket/audits/$(date +%F)"
+            )
     parse_artifacts(o.artifacts, o.write_raw)
     if input_format(o) == "files":
         for name in ("id_key", "label_key"):
             if getattr(o, name):
                 raise UsageError(f"--{name} is for TFRecord input: add --input_format tfrecord")
         if o.regions_from_record:
-            raise UsageError("--regions_from_record is for TFRecord input: add "
-                             "--input_format tfrecord, or give boxes with --regions FILE")
+            raise UsageError(
+                "--regions_from_record is for TFRecord input: add "
+                "--input_format tfrecord, or give boxes with --regions FILE"
+            )
     validate_methods(o)
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
             raise UsageError(f"--{name} {path}: no such file")
     if o.overwrite and o.resume:
-        raise UsageError("--overwrite and --resume exclude each other: --resume finishes the "
-                         "interrupted run in --output_dir, --overwrite starts it again")
+        raise UsageError(
+            "--overwrite and --resume exclude each other: --resume finishes the "
+            "interrupted run in --output_dir, --overwrite starts it again"
+        )
     if o.max_file_bytes < 1:
         raise UsageError(f"--max_file_bytes must be >= 1, got {o.max_file_bytes}")
     if not o.lock_timeout > 0:
         raise UsageError(f"--lock_timeout must be > 0 seconds, got {o.lock_timeout}")
     if not o.commit_interval >= 0:
         raise UsageError(f"--commit_interval must be >= 0 seconds, got {o.commit_interval}")
-    if "://" not in o.output_dir and os.path.lexists(o.output_dir) and not os.path.isdir(
-            o.output_dir):
-        raise UsageError(f"--output_dir {o.output_dir} is an existing file, not a folder: "
-                         f"pass a folder path (it is created if missing)")
+    if (
+        "://" not in o.output_dir
+        and os.path.lexists(o.output_dir)
+        and not os.path.isdir(o.output_dir)
+    ):
+        raise UsageError(
+            f"--output_dir {o.output_dir} is an existing file, not a folder: "
+            f"pass a folder path (it is created if missing)"
+        )
 
 
 # Beyond these a run is a mistake, not a workload: points of a rule (Gauss-Legendre nodes
@@ -376,22 +572,27 @@ MAX_POINTS = 65537
 MAX_GAUSS_LEGENDRE = 4096
 MAX_BATCH = 4096
 # Most bytes of model input in one call: --batch_size rows of H x W x 3 float32.
-MAX_CALL_BYTES = 2 * 1024 ** 3
+MAX_CALL_BYTES = 2 * 1024**3
 
 
-def validate_with_model(o: argparse.Namespace, num_classes: int,
-                        image_size: tuple[int, int]) -> None:
+def validate_with_model(
+    o: argparse.Namespace, num_classes: int, image_size: tuple[int, int]
+) -> None:
     """Checks that need the loaded model: a target it has, a call size that fits memory."""
     targets = Targets.parse(o.target)
     if targets.kind == "class" and not 0 <= targets.value < num_classes:
-        raise UsageError(f"--target {o.target}: the model has {num_classes} classes "
-                         f"(0 to {num_classes - 1}); pass one of them, or predicted")
+        raise UsageError(
+            f"--target {o.target}: the model has {num_classes} classes "
+            f"(0 to {num_classes - 1}); pass one of them, or predicted"
+        )
     call_bytes = o.batch_size * image_size[0] * image_size[1] * 3 * 4
     if call_bytes > MAX_CALL_BYTES:
         fits = max(1, MAX_CALL_BYTES // (image_size[0] * image_size[1] * 3 * 4))
-        raise UsageError(f"--batch_size {o.batch_size} puts {call_bytes / 1024 ** 3:.1f} GiB "
-                         f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
-                         f"--batch_size {min(fits, MAX_BATCH)} or less")
+        raise UsageError(
+            f"--batch_size {o.batch_size} puts {call_bytes / 1024**3:.1f} GiB "
+            f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
+            f"--batch_size {min(fits, MAX_BATCH)} or less"
+        )
 
 
 def validate_methods(o: argparse.Namespace) -> None:
@@ -411,10 +612,15 @@ def validate_methods(o: argparse.Namespace) -> None:
             raise UsageError(f"--{name} must be in (0, 1], got {getattr(o, name)}")
     high = o.clip_percentile if o.clip_high is None else o.clip_high
     if not 0 <= o.clip_low < high <= 100:
-        raise UsageError(f"--clip_low and --clip_high must satisfy 0 <= low < high <= 100, "
-                         f"got {o.clip_low} and {high}")
+        raise UsageError(
+            f"--clip_low and --clip_high must satisfy 0 <= low < high <= 100, "
+            f"got {o.clip_low} and {high}"
+        )
     if o.colormap is not None:
         import matplotlib
+
         if o.colormap not in matplotlib.colormaps:
-            raise UsageError(f"--colormap {o.colormap!r} is not a matplotlib colormap; try "
-                             f"inferno, viridis, gray or RdBu_r")
+            raise UsageError(
+                f"--colormap {o.colormap!r} is not a matplotlib colormap; try "
+                f"inferno, viridis, gray or RdBu_r"
+            )

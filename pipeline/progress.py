@@ -1,6 +1,7 @@
 """Progress lines on DirectRunner: the steps that finish images tally them into a local folder
 (transforms/progress.py); a thread in the launcher sums them and prints done / matched, rate
 and ETA."""
+
 from __future__ import annotations
 
 import sys
@@ -25,14 +26,14 @@ class ProgressReporter(threading.Thread):
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = f"{(self.matched - done) / rate:.0f}s" if rate > 0 else "unknown"
         pct = 100.0 * done / self.matched if self.matched else 100.0
-        return (f"progress: {done}/{self.matched} images ({pct:.0f}%), {rate:.2f} images/s, "
-                f"ETA {eta}")
+        return (
+            f"progress: {done}/{self.matched} images ({pct:.0f}%), {rate:.2f} images/s, ETA {eta}"
+        )
 
     def _print(self, final: bool = False) -> None:
         # on a terminal one line is rewritten in place; in a file or pipe, one line each time
         if _is_terminal(self.stream):
-            print(f"\r\x1b[K{self.line()}", end="\n" if final else "", file=self.stream,
-                  flush=True)
+            print(f"\r\x1b[K{self.line()}", end="\n" if final else "", file=self.stream, flush=True)
         else:
             print(self.line(), file=self.stream, flush=True)
 

@@ -1,5 +1,6 @@
 """`python -m pipeline`: validate, load the model once to fail fast, take the run folder, list
 the inputs once, run the graph (whose last stage commits the folder), report."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,6 +39,7 @@ class RunFailed(Exception):
 class RunResult:
     """What ``run()`` returns: the committed manifest (None on a dry run or template build),
     the report's path (None when not written) and Beam's PipelineResult."""
+
     manifest: dict | None
     report: str | None
     beam_result: beam.runners.runner.PipelineResult | None
@@ -55,8 +57,10 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
         inside = exclude.rstrip("/") + "/"
         paths = [p for p in paths if not p.startswith(inside)]
     if not paths:
-        raise options.UsageError(f"--input_pattern {pattern} matches no file: check the path "
-                                 f"and quote the pattern so the shell does not expand it")
+        raise options.UsageError(
+            f"--input_pattern {pattern} matches no file: check the path "
+            f"and quote the pattern so the shell does not expand it"
+        )
     return paths
 
 
@@ -71,8 +75,9 @@ def read_labels(path: str | None) -> tuple[str, ...]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise options.UsageError(f"--labels {path}: not UTF-8 text (byte {e.start}): save it "
-                                 f"as UTF-8, one label a line") from None
+        raise options.UsageError(
+            f"--labels {path}: not UTF-8 text (byte {e.start}): save it as UTF-8, one label a line"
+        ) from None
     return tuple(line.strip() for line in text.splitlines())
 
 
@@ -102,47 +107,86 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     except ValueError as e:
         raise options.UsageError(str(e)) from None
     try:
-        model = load_model(opts.model, image_size=options.parse_image_size(opts.image_size),
-                           model_output=opts.model_output, output_key=opts.output_key,
-                           preprocess=opts.preprocess, precision=opts.precision)
+        model = load_model(
+            opts.model,
+            image_size=options.parse_image_size(opts.image_size),
+            model_output=opts.model_output,
+            output_key=opts.output_key,
+            preprocess=opts.preprocess,
+            precision=opts.precision,
+        )
     except ModelLoadError as e:
         if opts.image_size is not None and "--image_size" in str(e):
             raise options.UsageError(str(e)) from None  # the option is wrong, not the model
         raise
     options.validate_with_model(opts, model.num_classes, model.image_size)
     if labels and len(labels) != model.num_classes:
-        logging.warning("--labels has %d lines, the model has %d classes", len(labels),
-                        model.num_classes)
+        logging.warning(
+            "--labels has %d lines, the model has %d classes", len(labels), model.num_classes
+        )
     chosen = method_settings(opts)
-    opts.steps, opts.max_steps = chosen.pop("steps", opts.steps), chosen.pop("max_steps",
-                                                                           opts.max_steps)
+    opts.steps, opts.max_steps = (
+        chosen.pop("steps", opts.steps),
+        chosen.pop("max_steps", opts.max_steps),
+    )
     settings = Settings(
-        model=opts.model, output_dir=opts.output_dir, image_size=model.image_size,
-        num_classes=model.num_classes, model_fingerprint=model.fingerprint,
-        model_output=opts.model_output, output_key=opts.output_key, score=opts.score,
-        target=opts.target, method=opts.method, steps=opts.steps,
-        tolerance=opts.tolerance or None, max_steps=opts.max_steps, baseline=opts.baseline,
-        seed=opts.seed, batch_size=opts.batch_size, image_batch_size=opts.image_batch_size,
-        max_pixels=opts.max_pixels, write_raw=opts.write_raw, grid_cells=opts.grid_cells,
+        model=opts.model,
+        output_dir=opts.output_dir,
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        model_fingerprint=model.fingerprint,
+        model_output=opts.model_output,
+        output_key=opts.output_key,
+        score=opts.score,
+        target=opts.target,
+        method=opts.method,
+        steps=opts.steps,
+        tolerance=opts.tolerance or None,
+        max_steps=opts.max_steps,
+        baseline=opts.baseline,
+        seed=opts.seed,
+        batch_size=opts.batch_size,
+        image_batch_size=opts.image_batch_size,
+        max_pixels=opts.max_pixels,
+        write_raw=opts.write_raw,
+        grid_cells=opts.grid_cells,
         clip_percentile=opts.clip_percentile if opts.clip_high is None else opts.clip_high,
-        jit_compile=opts.jit_compile, labels=labels, preprocess=opts.preprocess,
-        channels=model.channels, artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
-        max_file_bytes=opts.max_file_bytes, commit_interval=opts.commit_interval, **chosen,
-        faithfulness=parse_kinds(opts.faithfulness), faithfulness_points=opts.faithfulness_points,
-        randomize=opts.randomize, precision=opts.precision)
-    records = RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record,
-                         labels) if options.input_format(opts) == "tfrecord" else None
-    if previous and (previous.get("model", {}).get("fingerprint") != model.fingerprint
-                     or previous.get("settings_hash") != settings.settings_hash):
-        logging.warning("--reuse_from %s was made with another model or other settings: "
-                        "every image is attributed again", opts.reuse_from)
+        jit_compile=opts.jit_compile,
+        labels=labels,
+        preprocess=opts.preprocess,
+        channels=model.channels,
+        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
+        max_file_bytes=opts.max_file_bytes,
+        commit_interval=opts.commit_interval,
+        **chosen,
+        faithfulness=parse_kinds(opts.faithfulness),
+        faithfulness_points=opts.faithfulness_points,
+        randomize=opts.randomize,
+        precision=opts.precision,
+    )
+    records = (
+        RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
+        if options.input_format(opts) == "tfrecord"
+        else None
+    )
+    if previous and (
+        previous.get("model", {}).get("fingerprint") != model.fingerprint
+        or previous.get("settings_hash") != settings.settings_hash
+    ):
+        logging.warning(
+            "--reuse_from %s was made with another model or other settings: "
+            "every image is attributed again",
+            opts.reuse_from,
+        )
 
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     runner = runner_name(pipeline_options)
     ship_package(pipeline_options)
     # Building a template only stages the graph: no job runs, the folder is not touched.
-    dry_run = bool(pipeline_options.view_as(TestOptions).dry_run
-                   or pipeline_options.view_as(GoogleCloudOptions).template_location)
+    dry_run = bool(
+        pipeline_options.view_as(TestOptions).dry_run
+        or pipeline_options.view_as(GoogleCloudOptions).template_location
+    )
 
     taken = None
     if not dry_run:
@@ -150,13 +194,20 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         if opts.run_id is None and crashed is not None and crashed.run_id != "unknown":
             opts.run_id = crashed.run_id  # --resume finishes that run, under its name
         opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
-            "%Y%m%dT%H%M%SZ")
-        taken = folder.take(opts.output_dir, run_id=opts.run_id, overwrite=opts.overwrite,
-                            resume=opts.resume, lock_timeout=opts.lock_timeout,
-                            local="Direct" in runner)
+            "%Y%m%dT%H%M%SZ"
+        )
+        taken = folder.take(
+            opts.output_dir,
+            run_id=opts.run_id,
+            overwrite=opts.overwrite,
+            resume=opts.resume,
+            lock_timeout=opts.lock_timeout,
+            local="Direct" in runner,
+        )
     else:
         opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
-            "%Y%m%dT%H%M%SZ")
+            "%Y%m%dT%H%M%SZ"
+        )
     try:
         if taken is not None:
             if taken.listed:
@@ -164,22 +215,45 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             else:
                 folder.write_list(opts.output_dir, matched)
         context = {
-            "config": {**vars(opts), **pipeline_options.get_all_options(drop_default=True),
-                       "resolved_image_size": list(model.image_size)},
-            "model": {"handle": model.handle, "kind": model.kind,
-                      "input_size": list(model.image_size), "num_classes": model.num_classes,
-                      "output": model.output, "fingerprint": model.fingerprint,
-                      "channels": model.channels, "preprocess": model.preprocess},
-            "started_at": started_at, "run_id": opts.run_id,
-            "settings_hash": settings.settings_hash, "reuse_from": opts.reuse_from,
-            "previous": ({k: previous.get(k) for k in ("run_id", "finished_at")}
-                         if previous else None),
-            "resumed": bool(opts.resume), "no_report": bool(opts.no_report),
+            "config": {
+                **vars(opts),
+                **pipeline_options.get_all_options(drop_default=True),
+                "resolved_image_size": list(model.image_size),
+            },
+            "model": {
+                "handle": model.handle,
+                "kind": model.kind,
+                "input_size": list(model.image_size),
+                "num_classes": model.num_classes,
+                "output": model.output,
+                "fingerprint": model.fingerprint,
+                "channels": model.channels,
+                "preprocess": model.preprocess,
+            },
+            "started_at": started_at,
+            "run_id": opts.run_id,
+            "settings_hash": settings.settings_hash,
+            "reuse_from": opts.reuse_from,
+            "previous": (
+                {k: previous.get(k) for k in ("run_id", "finished_at")} if previous else None
+            ),
+            "resumed": bool(opts.resume),
+            "no_report": bool(opts.no_report),
             "records": records is not None,
             "lock_token": taken.lock.token if taken else None,
         }
-        result = _run_job(pipeline_options, settings, opts, records, runner, dry_run,
-                          len(matched), inputs_path(opts.output_dir), taken, context)
+        result = _run_job(
+            pipeline_options,
+            settings,
+            opts,
+            records,
+            runner,
+            dry_run,
+            len(matched),
+            inputs_path(opts.output_dir),
+            taken,
+            context,
+        )
     except BaseException as e:
         if taken is not None:
             lock.release(opts.output_dir, taken.lock.token)
@@ -187,36 +261,63 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             raise
         line = _write_error(e)
         if line:
-            raise RunFailed(f"{line}; the run was not committed: free space or fix the "
-                            f"permission, then rerun with --resume") from None
-        raise RunFailed(f"the job failed ({type(e).__name__}: "
-                        f"{(str(e).strip().splitlines() or [''])[-1][:300]}); the run was "
-                        f"not committed: rerun with --resume") from e
+            raise RunFailed(
+                f"{line}; the run was not committed: free space or fix the "
+                f"permission, then rerun with --resume"
+            ) from None
+        raise RunFailed(
+            f"the job failed ({type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[-1][:300]}); the run was "
+            f"not committed: rerun with --resume"
+        ) from e
     if dry_run:
         return RunResult(None, None, result)
     record = manifest.read(opts.output_dir)
     if record is None or record.get("run_id") != opts.run_id:
-        raise RunFailed(f"the job ended without committing {opts.output_dir}/manifest.json: "
-                        f"rerun with --resume")
+        raise RunFailed(
+            f"the job ended without committing {opts.output_dir}/manifest.json: rerun with --resume"
+        )
     record = _add_counters(opts.output_dir, record, result)
     return RunResult(record, record.get("report"), result)
 
 
-def _run_job(pipeline_options, settings, opts, records, runner, dry_run, matched_count,
-             inputs_list, taken, context):
-    show_progress = ("Direct" in runner and opts.progress_interval > 0 and not dry_run
-                     and records is None)  # TFRecord: the image count is unknown up front
+def _run_job(
+    pipeline_options,
+    settings,
+    opts,
+    records,
+    runner,
+    dry_run,
+    matched_count,
+    inputs_list,
+    taken,
+    context,
+):
+    show_progress = (
+        "Direct" in runner and opts.progress_interval > 0 and not dry_run and records is None
+    )  # TFRecord: the image count is unknown up front
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
     workers = WorkerLog(settings.output_dir, worker_processes(pipeline_options) and not dry_run)
-    reporter = (ProgressReporter(progress_folder, matched_count, opts.progress_interval,
-                                 stream=workers.console) if show_progress else None)
+    reporter = (
+        ProgressReporter(
+            progress_folder, matched_count, opts.progress_interval, stream=workers.console
+        )
+        if show_progress
+        else None
+    )
     try:
         p = beam.Pipeline(options=pipeline_options)
-        graph.build(p, dataclasses.replace(settings, progress_folder=progress_folder),
-                    opts.input_pattern, opts.regions, reuse_from=opts.reuse_from,
-                    records=records, inputs_list=None if records else inputs_list,
-                    resume_parts=taken.resume_parts if taken else None,
-                    commit_context=context)
+        graph.build(
+            p,
+            dataclasses.replace(settings, progress_folder=progress_folder),
+            opts.input_pattern,
+            opts.regions,
+            reuse_from=opts.reuse_from,
+            records=records,
+            inputs_list=None if records else inputs_list,
+            resume_parts=taken.resume_parts if taken else None,
+            commit_context=context,
+        )
         if reporter:
             reporter.start()
         result = p.run()
@@ -235,11 +336,25 @@ def method_settings(opts) -> dict:
     unless --steps is given; expected gradients uses one random alpha per (image, baseline)
     pair unless --method is given (then that quadrature rule per pair)."""
     from attribution.methods import GUIDED_STEPS
+
     given = set(getattr(opts, "given_options", ()))
-    out = {name: getattr(opts, name) for name in (
-        "attribution", "noise_sigma", "noise_samples", "baseline_samples", "max_blur_sigma",
-        "guided_fraction", "xrai_top_fraction", "mask_polarity", "clip_low", "colormap",
-        "overlay", "mask_type")}
+    out = {
+        name: getattr(opts, name)
+        for name in (
+            "attribution",
+            "noise_sigma",
+            "noise_samples",
+            "baseline_samples",
+            "max_blur_sigma",
+            "guided_fraction",
+            "xrai_top_fraction",
+            "mask_polarity",
+            "clip_low",
+            "colormap",
+            "overlay",
+            "mask_type",
+        )
+    }
     out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
     if opts.attribution == "guided_ig" and "steps" not in given:
         out["steps"] = GUIDED_STEPS
@@ -259,9 +374,9 @@ def _add_counters(output_dir: str, record: dict, result) -> dict:
         # The commit could only count the records it found; the job's counter says how many
         # were read: every one must be in summaries or errors.
         counts = record["counts"]
-        record["complete"] = bool(record["complete"]
-                                  and counters["matched"] == counts["attributed"]
-                                  + counts["failed"])
+        record["complete"] = bool(
+            record["complete"] and counters["matched"] == counts["attributed"] + counts["failed"]
+        )
         counts["matched"] = counters["matched"]
         extra = extra or {"matched": counters["matched"]}
     if extra:
@@ -296,28 +411,34 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     counts = record["counts"]
     out = record["config"]["output_dir"]
-    print(f"attributed {counts['attributed']} of {counts['matched']} images "
-          f"({counts['rows']} rows), {counts['failed']} failed; model loaded "
-          f"{record['metrics']['model_loads']} time(s). Outputs in {out} "
-          f"(manifest: {out.rstrip('/')}/manifest.json)")
+    print(
+        f"attributed {counts['attributed']} of {counts['matched']} images "
+        f"({counts['rows']} rows), {counts['failed']} failed; model loaded "
+        f"{record['metrics']['model_loads']} time(s). Outputs in {out} "
+        f"(manifest: {out.rstrip('/')}/manifest.json)"
+    )
     if record.get("reuse_from") or record.get("resumed"):
         source = record.get("reuse_from") or "the interrupted attempt (--resume)"
-        print(f"reused {counts['reused']} image(s) from {source}, computed "
-              f"{counts['computed']}")
+        print(f"reused {counts['reused']} image(s) from {source}, computed {counts['computed']}")
     if result.report:
         print(f"report: {result.report}")
     if record.get("report_error"):
-        print(f"error: {record['report_error']}; the data is committed: rerun "
-              f"`python -m pipeline.report {out}` once the cause is fixed", file=sys.stderr)
+        print(
+            f"error: {record['report_error']}; the data is committed: rerun "
+            f"`python -m pipeline.report {out}` once the cause is fixed",
+            file=sys.stderr,
+        )
         return 1
     if not record["complete"]:
-        print(f"error: outputs do not account for every matched input: {counts}",
-              file=sys.stderr)
+        print(f"error: outputs do not account for every matched input: {counts}", file=sys.stderr)
         return 1
     fraction = counts["failed"] / counts["matched"] if counts["matched"] else 0.0
     limit = record["config"]["max_failure_fraction"]
     if fraction > limit:
-        print(f"error: {fraction:.1%} of inputs failed, more than --max_failure_fraction "
-              f"{limit}: see {out.rstrip('/')}/errors/", file=sys.stderr)
+        print(
+            f"error: {fraction:.1%} of inputs failed, more than --max_failure_fraction "
+            f"{limit}: see {out.rstrip('/')}/errors/",
+            file=sys.stderr,
+        )
         return 1
     return 0

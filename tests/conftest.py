@@ -1,4 +1,5 @@
 """Shared fixtures: tiny models made in the test session, image folders made by code."""
+
 import io
 import os
 import struct
@@ -16,13 +17,16 @@ SIZE = 16
 def tiny_cnn(filters: int = 4, activation: str = "relu", seed: int = 0):
     """A Keras 3 CNN mapping [N, 16, 16, 3] in [0, 1] to 3 logits."""
     import keras
+
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(filters, 3, activation=activation),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(filters, 3, activation=activation),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +39,22 @@ def tiny_model(tmp_path_factory):
 
 def png_bomb(width=60000, height=60000) -> bytes:
     """A valid PNG header claiming a huge image, with a tiny body."""
+
     def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def _encoded(image, fmt, **kwargs) -> bytes:
@@ -61,7 +75,8 @@ def mixed_files(rng=None) -> tuple[dict[str, bytes], set[str]]:
         "gray.png": _encoded(rgb.convert("L"), "PNG"),
         "rgba.png": _encoded(rgb.convert("RGBA"), "PNG"),
         "sixteen bit.png": _encoded(
-            Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)), "PNG"),
+            Image.fromarray((rng.random((20, 20)) * 65535).astype(np.uint16)), "PNG"
+        ),
         "cmyk.jpg": _encoded(rgb.convert("CMYK"), "JPEG"),
         "animated.gif": _encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
         "one pixel.png": _encoded(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"),
@@ -85,7 +100,8 @@ def random_pngs(folder, count: int, shape=(16, 16, 3), seed: int = 0, prefix: st
     rng = np.random.default_rng(seed)
     for i in range(count):
         Image.fromarray((rng.random(shape) * 255).astype(np.uint8)).save(
-            folder / f"{prefix}{i}.png")
+            folder / f"{prefix}{i}.png"
+        )
     return folder
 
 
@@ -103,4 +119,5 @@ def mixed_folder(tmp_path):
 def demo_model(tmp_path_factory):
     """The real demo model (demo.model.train_or_load), trained once per test session."""
     from demo import train_or_load
+
     return train_or_load(tmp_path_factory.mktemp("demo-cache"), seed=0)

@@ -1,4 +1,5 @@
 """Scheduled audits: incremental runs (--reuse_from), run ids, the Flex Template metadata."""
+
 import json
 import os
 import re
@@ -20,9 +21,25 @@ from transforms.write import SUMMARY_SCHEMA
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--steps", "4", "--tolerance", "0.05", "--max_steps", "16", "--progress_interval", "0"]
 # Contract options (../shared/DESIGN.md) a template must expose.
-CONTRACT_OPTIONS = {"input_pattern", "output_dir", "model", "model_output", "score", "labels",
-                    "image_size", "target", "method", "steps", "tolerance", "max_steps",
-                    "baseline", "batch_size", "write_raw", "max_failure_fraction", "config"}
+CONTRACT_OPTIONS = {
+    "input_pattern",
+    "output_dir",
+    "model",
+    "model_output",
+    "score",
+    "labels",
+    "image_size",
+    "target",
+    "method",
+    "steps",
+    "tolerance",
+    "max_steps",
+    "baseline",
+    "batch_size",
+    "write_raw",
+    "max_failure_fraction",
+    "config",
+}
 # help_parser() options that are no template parameter: progress lines exist on DirectRunner
 # only, and a Flex Template always runs on Dataflow.
 NOT_TEMPLATE_PARAMETERS = {"progress_interval", "help", "randomize"}  # randomize: sanity's
@@ -53,14 +70,23 @@ def audits(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     folder = root / "images"
     folder.mkdir()
-    for i, name in enumerate(["keep1.png", "keep2.png", "changed.png", "renamed.png",
-                              "deleted.png"]):
+    for i, name in enumerate(
+        ["keep1.png", "keep2.png", "changed.png", "renamed.png", "deleted.png"]
+    ):
         image(i).save(folder / name)
     (folder / "broken.jpg").write_bytes(b"not an image")
     labels = root / "labels.txt"
     labels.write_text("cat\ndog\nboat\n")
-    common = ["--input_pattern", f"{folder}/*", "--model", tiny_model, "--labels", labels,
-              "--write_raw", *FAST]
+    common = [
+        "--input_pattern",
+        f"{folder}/*",
+        "--model",
+        tiny_model,
+        "--labels",
+        labels,
+        "--write_raw",
+        *FAST,
+    ]
     runs = {name: root / name for name in ("day1", "day2", "day3", "steps")}
     assert run_job(*common, "--output_dir", runs["day1"], "--run_id", "day-1") == 0
     image(10).save(folder / "added.png")
@@ -69,10 +95,21 @@ def audits(tiny_model, tmp_path_factory):
     os.remove(folder / "deleted.png")
     assert run_job(*common, "--output_dir", runs["day2"], "--reuse_from", runs["day1"]) == 0
     regions = root / "regions.csv"
-    regions.write_text("image,region,x0,y0,x1,y1\nkeep1.png,left,0,0,12,20\n"
-                       "keep1.png,right,12,0,24,20\n")
-    assert run_job(*common, "--output_dir", runs["day3"], "--reuse_from", runs["day2"],
-                   "--regions", regions) == 0
+    regions.write_text(
+        "image,region,x0,y0,x1,y1\nkeep1.png,left,0,0,12,20\nkeep1.png,right,12,0,24,20\n"
+    )
+    assert (
+        run_job(
+            *common,
+            "--output_dir",
+            runs["day3"],
+            "--reuse_from",
+            runs["day2"],
+            "--regions",
+            regions,
+        )
+        == 0
+    )
     common[common.index("--steps") + 1] = "5"
     assert run_job(*common, "--output_dir", runs["steps"], "--reuse_from", runs["day2"]) == 0
     return folder, runs
@@ -86,14 +123,23 @@ def test_incremental_run_reuses_identical_images_and_computes_the_rest(audits):
     # keep1, keep2 and the renamed file reused; the changed and the added one computed; the
     # broken file is tried again (errors are never reused) and fails again.
     assert (counts["matched"], counts["reused"], counts["computed"], counts["failed"]) == (
-        6, 3, 2, 1)
+        6,
+        3,
+        2,
+        1,
+    )
     assert m["metrics"]["model_loads"] == 1
     assert m["reuse_from"] == str(runs["day1"])
     assert m["previous_finished_at"] == manifest(runs["day1"])["finished_at"]
     assert m["previous_run_id"] == "day-1" and m["run_id"] != "day-1"
     names = lambda rows: sorted(os.path.basename(r["image_uri"]) for r in rows)
-    assert names(read(runs["day2"])) == ["added.png", "changed.png", "keep1.png", "keep2.png",
-                                         "renamed again.png"]
+    assert names(read(runs["day2"])) == [
+        "added.png",
+        "changed.png",
+        "keep1.png",
+        "keep2.png",
+        "renamed again.png",
+    ]
     assert names(read(runs["day2"], "errors")) == ["broken.jpg"]
     assert not any(".tmp-" in name for _, _, files in os.walk(runs["day2"]) for name in files)
 
@@ -102,8 +148,11 @@ def test_reused_rows_are_identical_and_their_files_are_copied_under_the_new_ids(
     folder, runs = audits
     before = {r["content_sha256"]: r for r in read(runs["day1"])}
     after = {os.path.basename(r["image_uri"]): r for r in read(runs["day2"])}
-    for name, old_name in (("keep1.png", "keep1.png"), ("keep2.png", "keep2.png"),
-                           ("renamed again.png", "renamed.png")):
+    for name, old_name in (
+        ("keep1.png", "keep1.png"),
+        ("keep2.png", "keep2.png"),
+        ("renamed again.png", "renamed.png"),
+    ):
         new = after[name]
         old = before[new["content_sha256"]]
         assert os.path.basename(old["image_uri"]) == old_name
@@ -111,14 +160,15 @@ def test_reused_rows_are_identical_and_their_files_are_copied_under_the_new_ids(
             if column not in LOCATION_COLUMNS:
                 assert new[column] == old[column], (name, column)
         assert new["image_uri"] == str(folder / name)
-        for column, sub in (("mask_uri", "masks"), ("overlay_uri", "overlays"),
-                            ("raw_uri", "raw")):
+        for column, sub in (("mask_uri", "masks"), ("overlay_uri", "overlays"), ("raw_uri", "raw")):
             assert os.path.dirname(new[column]) == str(runs["day2"] / sub)
             assert os.path.basename(new[column]).startswith(new["image_id"])
             with open(new[column], "rb") as f, open(old[column], "rb") as g:
                 assert f.read() == g.read()
-    assert after["renamed again.png"]["image_id"] != before[
-        after["renamed again.png"]["content_sha256"]]["image_id"]
+    assert (
+        after["renamed again.png"]["image_id"]
+        != before[after["renamed again.png"]["content_sha256"]]["image_id"]
+    )
     changed = after["changed.png"]
     assert changed["content_sha256"] not in before  # attributed afresh from the new bytes
     assert changed["target_label"] in {"cat", "dog", "boat"}
@@ -135,13 +185,21 @@ def test_a_rerun_with_nothing_changed_computes_nothing_and_never_loads_the_model
     row = next(r for r in read(runs["day3"]) if r["image_uri"].endswith("/keep1.png"))
     raw = np.load(row["raw_uri"])
     geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
-    expected = masks.region_masses(raw, [("left", geometry.box_to_model((0, 0, 12, 20))),
-                                         ("right", geometry.box_to_model((12, 0, 24, 20)))])
+    expected = masks.region_masses(
+        raw,
+        [
+            ("left", geometry.box_to_model((0, 0, 12, 20))),
+            ("right", geometry.box_to_model((12, 0, 24, 20))),
+        ],
+    )
     assert [{k: r[k] for k in e} for r, e in zip(row["regions"], expected)] == expected
     # ablation needs the model, which never loaded, and day 2 had no boxes to carry forward
     assert all(r["ablation_score"] is None for r in row["regions"])
-    assert all(r["regions"] is None for r in read(runs["day3"])
-               if not r["image_uri"].endswith("/keep1.png"))
+    assert all(
+        r["regions"] is None
+        for r in read(runs["day3"])
+        if not r["image_uri"].endswith("/keep1.png")
+    )
 
 
 def test_a_changed_setting_recomputes_everything(audits):
@@ -157,11 +215,11 @@ def test_reuse_usage_errors(tiny_model, tmp_path, capsys):
     folder.mkdir()
     image(0).save(folder / "a.png")
     base = ["--input_pattern", f"{folder}/*", "--model", tiny_model, *FAST]
-    assert run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from",
-                   tmp_path / "nothing") == 2
+    assert (
+        run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from", tmp_path / "nothing") == 2
+    )
     assert "manifest.json" in capsys.readouterr().err
-    assert run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from",
-                   tmp_path / "out") == 2
+    assert run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from", tmp_path / "out") == 2
     assert "not --output_dir itself" in capsys.readouterr().err
     assert run_job(*base, "--output_dir", tmp_path / "out", "--run_id", "a/b") == 2
     assert "--run_id" in capsys.readouterr().err
@@ -170,19 +228,40 @@ def test_reuse_usage_errors(tiny_model, tmp_path, capsys):
 
 def _row(uri, rank, target, **extra):
     row = {name: None for name in SUMMARY_SCHEMA.names}
-    row.update(image_uri=uri, image_id="old-id", content_sha256="sha", target_rank=rank,
-               target_class=target, predicted_class=1, width=8, height=8,
-               mask_uri=f"/old/masks/{rank}.png", overlay_uri=f"/old/overlays/{rank}.png",
-               raw_uri=f"/old/raw/{rank}.npy", **extra)
+    row.update(
+        image_uri=uri,
+        image_id="old-id",
+        content_sha256="sha",
+        target_rank=rank,
+        target_class=target,
+        predicted_class=1,
+        width=8,
+        height=8,
+        mask_uri=f"/old/masks/{rank}.png",
+        overlay_uri=f"/old/overlays/{rank}.png",
+        raw_uri=f"/old/raw/{rank}.npy",
+        **extra,
+    )
     return row
 
 
 def test_split_prefers_the_same_uri_needs_complete_rows_and_raw_when_asked():
-    settings = Settings(model="m", output_dir="/new", image_size=(8, 8), num_classes=3,
-                        model_fingerprint="f", target="topk:2", write_raw=True,
-                        labels=("a", "b", "c"))
-    previous = [_row("/img/x.png", 0, 1), _row("/img/x.png", 1, 2), _row("/img/a.png", 0, 1),
-                _row("/img/b.png", 1, 2)]  # b.png lost its first row: incomplete
+    settings = Settings(
+        model="m",
+        output_dir="/new",
+        image_size=(8, 8),
+        num_classes=3,
+        model_fingerprint="f",
+        target="topk:2",
+        write_raw=True,
+        labels=("a", "b", "c"),
+    )
+    previous = [
+        _row("/img/x.png", 0, 1),
+        _row("/img/x.png", 1, 2),
+        _row("/img/a.png", 0, 1),
+        _row("/img/b.png", 1, 2),
+    ]  # b.png lost its first row: incomplete
     refs = [ImageRef("/img/x.png", "x-id", "sha"), ImageRef("/img/new.png", "new-id", "sha")]
     out = list(SplitFn(settings).process(("sha", {"previous": previous, "current": refs})))
     chosen = {ref.uri: [r["image_uri"] for r in rows] for ref, rows in out}
@@ -196,9 +275,11 @@ def test_split_prefers_the_same_uri_needs_complete_rows_and_raw_when_asked():
     assert new["image_uri"] == "/img/new.png" and new["image_id"] == "new-id"
     assert new["mask_uri"] == "/new/masks/new-id--class2.png"  # second target's file name
     assert new["target_label"] == "c" and new["predicted_label"] == "b"
-    assert copies == {"/new/masks/new-id--class2.png": "/old/masks/1.png",
-                      "/new/overlays/new-id--class2.png": "/old/overlays/1.png",
-                      "/new/raw/new-id--class2.npy": "/old/raw/1.npy"}
+    assert copies == {
+        "/new/masks/new-id--class2.png": "/old/masks/1.png",
+        "/new/overlays/new-id--class2.png": "/old/overlays/1.png",
+        "/new/raw/new-id--class2.npy": "/old/raw/1.npy",
+    }
 
 
 def test_previous_files_gone_means_compute_again(tiny_model, tmp_path):
@@ -210,8 +291,7 @@ def test_previous_files_gone_means_compute_again(tiny_model, tmp_path):
     assert run_job(*base, "--output_dir", tmp_path / "one") == 0
     gone = next(r for r in read(tmp_path / "one") if r["image_uri"].endswith("/a.png"))
     os.remove(gone["overlay_uri"])
-    assert run_job(*base, "--output_dir", tmp_path / "two", "--reuse_from",
-                   tmp_path / "one") == 0
+    assert run_job(*base, "--output_dir", tmp_path / "two", "--reuse_from", tmp_path / "one") == 0
     m = manifest(tmp_path / "two")
     assert (m["counts"]["reused"], m["counts"]["computed"]) == (1, 1) and m["complete"]
     assert m["metrics"]["reuse_files_missing"] == 1
@@ -219,9 +299,18 @@ def test_previous_files_gone_means_compute_again(tiny_model, tmp_path):
 
 
 def test_boolean_options_accept_template_style_values(tiny_model, tmp_path):
-    ours, beam_options = options.parse([
-        "--input_pattern", "x/*", "--output_dir", str(tmp_path), "--model", tiny_model,
-        "--write_raw=true", "--jit_compile=false"])
+    ours, beam_options = options.parse(
+        [
+            "--input_pattern",
+            "x/*",
+            "--output_dir",
+            str(tmp_path),
+            "--model",
+            tiny_model,
+            "--write_raw=true",
+            "--jit_compile=false",
+        ]
+    )
     assert ours.write_raw is True and ours.jit_compile is False
     assert beam_options.get_all_options()["write_raw"] is True
 
@@ -231,14 +320,27 @@ def test_dataflow_job_labels_are_beams_and_a_labels_file_is_ours(tiny_model, tmp
     it must not be taken for the class labels file."""
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nboat\n")
-    ours, beam_options = options.parse([
-        "--input_pattern", "x/*", "--output_dir", str(tmp_path), "--model", tiny_model,
-        "--labels=airflow-version=v2-10-5", "--labels", str(labels), "--labels", "team=vision"])
+    ours, beam_options = options.parse(
+        [
+            "--input_pattern",
+            "x/*",
+            "--output_dir",
+            str(tmp_path),
+            "--model",
+            tiny_model,
+            "--labels=airflow-version=v2-10-5",
+            "--labels",
+            str(labels),
+            "--labels",
+            "team=vision",
+        ]
+    )
     assert ours.labels == str(labels)
     assert beam_options.get_all_options()["labels"] == ["airflow-version=v2-10-5", "team=vision"]
 
 
 # ---------------------------------------------------------------------------- Flex Template
+
 
 def _metadata():
     with open(os.path.join(REPO, "templates", "flex", "metadata.json")) as f:
@@ -255,7 +357,8 @@ def test_flex_template_metadata_matches_the_options():
     assert CONTRACT_OPTIONS <= set(parameters)
     assert set(parameters) == expected, (
         f"missing: {sorted(expected - set(parameters))}, "
-        f"unknown: {sorted(set(parameters) - expected)}")
+        f"unknown: {sorted(set(parameters) - expected)}"
+    )
     required = {"input_pattern", "output_dir", "model"}
     for name, p in parameters.items():
         assert p["label"] and p["helpText"], name
@@ -285,4 +388,3 @@ def test_flex_template_dockerfile_launches_this_package():
         assert os.path.exists(os.path.join(REPO, os.path.relpath(path, workdir))), path
     for folder in ("attribution", "transforms", "pipeline", "configs"):
         assert re.search(rf"^COPY\s+{folder}\s", text, re.M), folder
-

@@ -1,4 +1,5 @@
 """Baselines: reproducible noise per image, blur keeps the mean, known constants."""
+
 import numpy as np
 import pytest
 

@@ -1,6 +1,7 @@
 """The benchmark's baselines compute what the engine computes (apples to apples): the TF
 tutorial re-implementation and Captum-style batching give the engine's attributions at the
 same rule and steps on a tiny ReLU CNN. No timing here."""
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,13 +17,15 @@ H, W, CLASSES = 8, 8, 5
 def fn():
     tf.keras.utils.set_random_seed(3)
     bias = tf.keras.initializers.RandomNormal(stddev=0.1, seed=3)
-    model = tf.keras.Sequential([
-        tf.keras.Input((H, W, 3)),
-        tf.keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer=bias),
-        tf.keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer=bias),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(CLASSES, bias_initializer=bias),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((H, W, 3)),
+            tf.keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer=bias),
+            tf.keras.layers.Conv2D(6, 3, padding="same", activation="relu", bias_initializer=bias),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(CLASSES, bias_initializer=bias),
+        ]
+    )
     return lambda x: model(x, training=False) * 4.0
 
 
@@ -31,8 +34,9 @@ def images(n, seed=0):
 
 
 def engine_results(fn, xs, method, steps, batch_size=7):
-    ig = IntegratedGradients(fn, image_size=(H, W), method=method, steps=steps, tolerance=None,
-                             batch_size=batch_size)
+    ig = IntegratedGradients(
+        fn, image_size=(H, W), method=method, steps=steps, tolerance=None, batch_size=batch_size
+    )
     return ig.attribute([Request(i, x, np.zeros_like(x)) for i, x in enumerate(xs)])
 
 
@@ -76,8 +80,9 @@ def test_tutorial_retraces_like_the_tutorial(fn):
 def test_captum_style_matches_engine(fn, method, steps, internal_batch_size):
     xs = images(4, seed=1)
     expected = engine_results(fn, xs, method, steps)
-    captum = CaptumStyleIG(fn, image_size=(H, W), method=method, steps=steps,
-                           internal_batch_size=internal_batch_size)
+    captum = CaptumStyleIG(
+        fn, image_size=(H, W), method=method, steps=steps, internal_batch_size=internal_batch_size
+    )
     attributions = captum.attribute(xs, np.zeros_like(xs), [r.target for r in expected])
     for a, r in zip(attributions, expected):
         assert_close(a, r.attributions)
@@ -97,8 +102,8 @@ def test_captum_style_logit_score_of_linear_model_is_exact():
     weights = np.random.default_rng(0).normal(size=(H * W * 3, CLASSES)).astype(np.float32)
     linear = lambda x: tf.reshape(x, [-1, H * W * 3]) @ weights  # noqa: E731
     xs = images(2, seed=2)
-    a = CaptumStyleIG(linear, image_size=(H, W), method="gausslegendre", steps=2,
-                      score="logit").attribute(xs, np.zeros_like(xs), [1, 3])
+    a = CaptumStyleIG(
+        linear, image_size=(H, W), method="gausslegendre", steps=2, score="logit"
+    ).attribute(xs, np.zeros_like(xs), [1, 3])
     for x, got, t in zip(xs, a, [1, 3]):
-        np.testing.assert_allclose(got, x * weights[:, t].reshape(H, W, 3), rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(got, x * weights[:, t].reshape(H, W, 3), rtol=1e-5, atol=1e-6)

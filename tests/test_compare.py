@@ -1,4 +1,5 @@
 """`python -m pipeline.compare`: drift between two runs, as a Beam pipeline, gated by --fail_on."""
+
 import json
 import os
 import subprocess
@@ -19,19 +20,24 @@ SIZE = 16
 
 def _model(seed):
     import keras
+
     keras.utils.set_random_seed(seed)
-    return keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(4, 3, activation="relu"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 3)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3),
+        ]
+    )
 
 
 def _batch(folder, names):
     from attribution.images import decode_image, resize_with_pad
-    return np.stack([resize_with_pad(decode_image((folder / n).read_bytes()), (SIZE, SIZE))
-                     for n in names])
+
+    return np.stack(
+        [resize_with_pad(decode_image((folder / n).read_bytes()), (SIZE, SIZE)) for n in names]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +69,44 @@ def runs(tmp_path_factory):
     paths = {"a": str(root / "a.keras"), "b": str(root / "b.keras")}
     model_a.save(paths["a"])
     model_b.save(paths["b"])
-    predicted = [dict(zip(names, m.predict(batch, verbose=0).argmax(-1).tolist()))
-                 for m in (model_a, model_b)]
+    predicted = [
+        dict(zip(names, m.predict(batch, verbose=0).argmax(-1).tolist()))
+        for m in (model_a, model_b)
+    ]
     expected = {name: (predicted[0][name], predicted[1][name]) for name in names}
     out = {"a": root / "run_a", "b": root / "run_b"}
-    assert job.main(["--input_pattern", f"{folder}/img*", "--output_dir", str(out["a"]),
-                     "--model", paths["a"], "--write_raw", *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/img*",
+                "--output_dir",
+                str(out["a"]),
+                "--model",
+                paths["a"],
+                "--write_raw",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     Image.new("RGB", (10, 10), (250, 20, 20)).save(folder / "only in b.png")
-    assert job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(out["b"]),
-                     "--model", paths["b"], "--reuse_from", str(out["a"]), *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                str(out["b"]),
+                "--model",
+                paths["b"],
+                "--reuse_from",
+                str(out["a"]),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     return out, expected, root
 
 
@@ -85,10 +120,23 @@ def test_a_changed_model_recomputes_everything(runs):
 def test_a_run_compared_with_itself_has_no_drift(runs, capsys):
     out, _, root = runs
     drift_dir = root / "self"
-    assert compare.main([str(out["a"]), str(out["a"]), "--output_dir", str(drift_dir),
-                         "--fail_on", "median_grid_correlation<0.8",
-                         "--fail_on", "changed_prediction_fraction>0.02",
-                         "--runner", "DirectRunner"]) == 0
+    assert (
+        compare.main(
+            [
+                str(out["a"]),
+                str(out["a"]),
+                "--output_dir",
+                str(drift_dir),
+                "--fail_on",
+                "median_grid_correlation<0.8",
+                "--fail_on",
+                "changed_prediction_fraction>0.02",
+                "--runner",
+                "DirectRunner",
+            ]
+        )
+        == 0
+    )
     assert "compared 8 images" in capsys.readouterr().out
     rows = pq.read_table(drift_dir / "drift").to_pylist()
     assert len(rows) == 8
@@ -110,15 +158,23 @@ def test_a_run_compared_with_itself_has_no_drift(runs, capsys):
 def test_perturbed_weights_drift_where_expected_and_fail_the_gate(runs, capsys):
     out, expected, root = runs
     drift_dir = root / "perturbed"
-    code = compare.main([str(out["a"]), str(out["b"]), "--output_dir", str(drift_dir),
-                         "--fail_on", "changed_prediction_fraction>0.02",
-                         "--fail_on", "images_compared<1"])
+    code = compare.main(
+        [
+            str(out["a"]),
+            str(out["b"]),
+            "--output_dir",
+            str(drift_dir),
+            "--fail_on",
+            "changed_prediction_fraction>0.02",
+            "--fail_on",
+            "images_compared<1",
+        ]
+    )
     assert code == 1
     err = capsys.readouterr().err
     assert "changed_prediction_fraction>0.02 violated" in err
     assert "images_compared<1" not in err
-    rows = {os.path.basename(r["uri_a"]): r for r in
-            pq.read_table(drift_dir / "drift").to_pylist()}
+    rows = {os.path.basename(r["uri_a"]): r for r in pq.read_table(drift_dir / "drift").to_pylist()}
     assert set(rows) == set(expected)
     changed = {name for name, (a, b) in expected.items() if a != b}
     assert 0 < len(changed) < len(expected), expected  # some, not all, as built
@@ -129,10 +185,12 @@ def test_perturbed_weights_drift_where_expected_and_fail_the_gate(runs, capsys):
         assert not row["same_model"] and row["same_settings"]
         assert row["grid_correlation"] < 1.0  # the filters moved: every map changed
         assert row["deletion_auc_delta"] == pytest.approx(
-            row["deletion_auc_b"] - row["deletion_auc_a"])
+            row["deletion_auc_b"] - row["deletion_auc_a"]
+        )
     unmatched = pq.read_table(drift_dir / "unmatched").to_pylist()
     assert [(os.path.basename(r["image_uri"]), r["run"]) for r in unmatched] == [
-        ("only in b.png", "b")]
+        ("only in b.png", "b")
+    ]
     with open(drift_dir / "drift_summary.json") as f:
         summary = json.load(f)
     metrics = summary["metrics"]
@@ -151,22 +209,58 @@ def test_perturbed_weights_drift_where_expected_and_fail_the_gate(runs, capsys):
 def test_the_command_line_entry_point(runs):
     out, _, root = runs
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.compare", str(out["a"]), str(out["b"]),
-         "--output_dir", str(root / "cli"), "--fail_on", "median_grid_correlation<-2"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline.compare",
+            str(out["a"]),
+            str(out["b"]),
+            "--output_dir",
+            str(root / "cli"),
+            "--fail_on",
+            "median_grid_correlation<-2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compared 8 images (0 only in A, 1 only in B)" in result.stdout
 
 
 def test_bad_arguments_exit_2(runs, tmp_path, capsys):
     out, _, _ = runs
-    assert compare.main([str(out["a"]), str(out["b"]), "--output_dir", str(tmp_path),
-                         "--fail_on", "median_correlation<0.8"]) == 2
+    assert (
+        compare.main(
+            [
+                str(out["a"]),
+                str(out["b"]),
+                "--output_dir",
+                str(tmp_path),
+                "--fail_on",
+                "median_correlation<0.8",
+            ]
+        )
+        == 2
+    )
     assert "unknown metric 'median_correlation'" in capsys.readouterr().err
-    assert compare.main([str(out["a"]), str(out["b"]), "--output_dir", str(tmp_path),
-                         "--fail_on", "median_grid_correlation=0.8"]) == 2
-    assert compare.main([str(out["a"]), str(tmp_path / "nothing"), "--output_dir",
-                         str(tmp_path)]) == 2
+    assert (
+        compare.main(
+            [
+                str(out["a"]),
+                str(out["b"]),
+                "--output_dir",
+                str(tmp_path),
+                "--fail_on",
+                "median_grid_correlation=0.8",
+            ]
+        )
+        == 2
+    )
+    assert (
+        compare.main([str(out["a"]), str(tmp_path / "nothing"), "--output_dir", str(tmp_path)]) == 2
+    )
     assert "no summaries/*.parquet" in capsys.readouterr().err
     assert not (tmp_path / "drift").exists()
 
@@ -190,9 +284,17 @@ def test_spearman_with_ties_and_top_fraction_iou():
 
 
 def test_thresholds_are_checked_against_the_summary():
-    metrics = {"median_grid_correlation": 0.7, "changed_prediction_fraction": 0.0,
-               "median_top5_iou": None}
-    checked = compare.check(metrics, ["median_grid_correlation<0.8",
-                                      "changed_prediction_fraction > 0.02",
-                                      "median_top5_iou<=0.5"])
+    metrics = {
+        "median_grid_correlation": 0.7,
+        "changed_prediction_fraction": 0.0,
+        "median_top5_iou": None,
+    }
+    checked = compare.check(
+        metrics,
+        [
+            "median_grid_correlation<0.8",
+            "changed_prediction_fraction > 0.02",
+            "median_top5_iou<=0.5",
+        ],
+    )
     assert [c["violated"] for c in checked] == [True, False, True]  # undefined counts as violated

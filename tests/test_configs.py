@@ -1,4 +1,5 @@
 """Every profile in configs/ parses, and names only options that exist."""
+
 import glob
 import os
 

@@ -1,5 +1,6 @@
 """Multi-process DirectRunner: the console shows progress, worker start-up chatter goes to
 DIR/workers.log."""
+
 import os
 import subprocess
 import sys
@@ -20,11 +21,33 @@ def test_worker_start_up_chatter_goes_to_the_run_folder_not_the_console(tiny_mod
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*.png", "--output_dir",
-         str(out), "--model", tiny_model, "--steps", "4", "--tolerance", "0",
-         "--progress_interval", "0.5", "--direct_num_workers", "2",
-         "--direct_running_mode", "multi_processing"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{folder}/*.png",
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            "--steps",
+            "4",
+            "--tolerance",
+            "0",
+            "--progress_interval",
+            "0.5",
+            "--direct_num_workers",
+            "2",
+            "--direct_running_mode",
+            "multi_processing",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
     assert "attributed 2 of 2 images" in result.stdout

@@ -1,4 +1,5 @@
 """The demo's generated dataset (determinism, boxes, cue rules, file formats) and model cache."""
+
 import csv
 import dataclasses
 import json
@@ -13,8 +14,11 @@ CUE_LABEL = dataset.CLASSES.index(dataset.CUE_CLASS)
 
 
 def _files(root):
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _rows(path):
@@ -23,8 +27,12 @@ def _rows(path):
 
 
 def _specs(count=12):
-    return [dataset.sample(split, i, seed) for split in dataset.SPLITS for seed in (0, 7)
-            for i in range(count)]
+    return [
+        dataset.sample(split, i, seed)
+        for split in dataset.SPLITS
+        for seed in (0, 7)
+        for i in range(count)
+    ]
 
 
 def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
@@ -152,10 +160,16 @@ def test_train_or_load_reuses_its_cache(tmp_path, monkeypatch, capsys):
     def fake_train(out_dir, *, seed):
         calls.append(seed)
         (out_dir / model.SAVED_MODEL).mkdir()
-        metrics = {"train_seconds": 1.0, "cue_class": dataset.CUE_CLASS, "heldout_count": 4,
-                   "heldout_accuracy": 0.5, "accuracy_without_cue": 0.75,
-                   "accuracy_with_cue": 0.25, "shortcut_rate": 1.0,
-                   "shortcut_rate_without_cue": 0.0}
+        metrics = {
+            "train_seconds": 1.0,
+            "cue_class": dataset.CUE_CLASS,
+            "heldout_count": 4,
+            "heldout_accuracy": 0.5,
+            "accuracy_without_cue": 0.75,
+            "accuracy_with_cue": 0.25,
+            "shortcut_rate": 1.0,
+            "shortcut_rate_without_cue": 0.0,
+        }
         (out_dir / model.METRICS).write_text(json.dumps(metrics))
         return metrics
 
@@ -174,8 +188,14 @@ def test_tiny_training_exports_a_static_logits_savedmodel(tmp_path):
     import tensorflow as tf
 
     metrics = model.train(tmp_path, seed=0, train_count=32, epochs=1, heldout_count=16)
-    assert set(metrics) >= {"heldout_accuracy", "accuracy_without_cue", "accuracy_with_cue",
-                            "shortcut_rate", "shortcut_rate_without_cue", "train_seconds"}
+    assert set(metrics) >= {
+        "heldout_accuracy",
+        "accuracy_without_cue",
+        "accuracy_with_cue",
+        "shortcut_rate",
+        "shortcut_rate_without_cue",
+        "train_seconds",
+    }
     assert json.loads((tmp_path / model.METRICS).read_text()) == metrics
     assert (tmp_path / "labels.txt").read_text().splitlines() == list(dataset.CLASSES)
     loaded = tf.saved_model.load(str(tmp_path / model.SAVED_MODEL))

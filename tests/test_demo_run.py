@@ -1,5 +1,6 @@
 """A short demo run finds the planted shortcut: the cue class puts clearly more of its
 attribution on the cue stamp than the other classes do, and the report says so."""
+
 import json
 import os
 
@@ -10,8 +11,9 @@ from demo import CUE_CLASS, generate
 from demo.control import CONTROL, add_control_boxes
 from pipeline import evidence, report, run
 
-DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "configs", "demo.yaml")
+DEMO_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.yaml"
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +23,26 @@ def demo_run(tmp_path_factory, demo_model):
     data = generate(root / "heldout", split="heldout", count=80, seed=0)
     out = root / "out"
     regions = add_control_boxes(data / "regions.csv", root / "regions-with-control.csv")
-    code = run.main(["--config", DEMO_CONFIG, "--input_pattern",
-                     f"{data}/images/*.png", "--output_dir", str(out), "--model", str(model),
-                     "--labels", f"{data}/labels.txt", "--regions", str(regions),
-                     "--tolerance", "0", "--progress_interval", "0"])
+    code = run.main(
+        [
+            "--config",
+            DEMO_CONFIG,
+            "--input_pattern",
+            f"{data}/images/*.png",
+            "--output_dir",
+            str(out),
+            "--model",
+            str(model),
+            "--labels",
+            f"{data}/labels.txt",
+            "--regions",
+            str(regions),
+            "--tolerance",
+            "0",
+            "--progress_interval",
+            "0",
+        ]
+    )
     assert code == 0
     return out
 

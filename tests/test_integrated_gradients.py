@@ -1,4 +1,5 @@
 """The IG engine against ground truth: closed forms, completeness, batching invariance."""
+
 import tracemalloc
 
 import numpy as np
@@ -17,8 +18,9 @@ def images(n, seed=0):
 
 
 def requests(xs, baseline=None):
-    return [Request(i, x, np.zeros_like(x) if baseline is None else baseline) for i, x in
-            enumerate(xs)]
+    return [
+        Request(i, x, np.zeros_like(x) if baseline is None else baseline) for i, x in enumerate(xs)
+    ]
 
 
 # --- analytic models ------------------------------------------------------------------
@@ -54,19 +56,21 @@ def softmax_linear_ig(x, target):
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
     dp_dz = p[:, [target]] * (np.eye(4)[target][None] - p)  # [alphas, classes]
-    integral = weights @ dp_dz                                # [classes]
+    integral = weights @ dp_dz  # [classes]
     return (x.reshape(-1) * (w @ integral)).reshape(x.shape)
 
 
 def small_cnn(activation, seed=0):
     tf.keras.utils.set_random_seed(seed)
-    return tf.keras.Sequential([
-        tf.keras.Input((H, W, 3)),
-        tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation),
-        tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation),
-        tf.keras.layers.GlobalAveragePooling2D(),
-        tf.keras.layers.Dense(5),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((H, W, 3)),
+            tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation),
+            tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(5),
+        ]
+    )
 
 
 def engine(fn, **kwargs):
@@ -80,8 +84,7 @@ def rel(a, b):
 # --- ground truth -----------------------------------------------------------------------
 def test_gauss_legendre_matches_closed_form_of_exp_model():
     xs = images(3)
-    results = engine(exp_model, score="logit", steps=8, tolerance=None).attribute(
-        requests(xs), "0")
+    results = engine(exp_model, score="logit", steps=8, tolerance=None).attribute(requests(xs), "0")
     for x, r in zip(xs, results):
         assert rel(r.attributions, exp_model_ig(x)) < 1e-5
         assert r.relative_completeness_error < 1e-5
@@ -90,8 +93,7 @@ def test_gauss_legendre_matches_closed_form_of_exp_model():
 @pytest.mark.parametrize("target", [0, 1, 2, 3])
 def test_gauss_legendre_matches_closed_form_of_softmax_over_linear_map(target):
     xs = images(2, seed=1)
-    results = engine(linear_logits, steps=16, tolerance=None).attribute(requests(xs),
-                                                                        str(target))
+    results = engine(linear_logits, steps=16, tolerance=None).attribute(requests(xs), str(target))
     for x, r in zip(xs, results):
         assert r.target == target
         assert rel(r.attributions, softmax_linear_ig(x, target)) < 1e-5
@@ -101,26 +103,36 @@ def test_gauss_legendre_matches_closed_form_of_softmax_over_linear_map(target):
 def test_every_rule_converges_to_the_closed_form(method):
     x = images(1, seed=2)
     exact = softmax_linear_ig(x[0], 0)
-    errors = [rel(engine(linear_logits, method=method, steps=n, tolerance=None)
-                  .attribute(requests(x), "0")[0].attributions, exact) for n in (4, 64, 512)]
+    errors = [
+        rel(
+            engine(linear_logits, method=method, steps=n, tolerance=None)
+            .attribute(requests(x), "0")[0]
+            .attributions,
+            exact,
+        )
+        for n in (4, 64, 512)
+    ]
     assert errors[2] < errors[0]
     assert errors[2] < 5e-3
 
 
 def test_logit_score_of_linear_model_is_exact_with_one_point():
     x = images(1)
-    r = engine(linear_logits, score="logit", method="riemann_left", steps=1,
-               tolerance=None).attribute(requests(x), "2")[0]
-    np.testing.assert_allclose(r.attributions, x[0] * WEIGHTS[:, 2].reshape(H, W, 3),
-                               rtol=1e-5, atol=1e-7)
+    r = engine(
+        linear_logits, score="logit", method="riemann_left", steps=1, tolerance=None
+    ).attribute(requests(x), "2")[0]
+    np.testing.assert_allclose(
+        r.attributions, x[0] * WEIGHTS[:, 2].reshape(H, W, 3), rtol=1e-5, atol=1e-7
+    )
 
 
 def test_probability_model_is_not_softmaxed_twice():
     xs = images(2)
     probabilities = lambda x: tf.nn.softmax(linear_logits(x))
     a = engine(linear_logits, steps=8, tolerance=None).attribute(requests(xs))
-    b = engine(probabilities, model_output="probabilities", steps=8,
-               tolerance=None).attribute(requests(xs))
+    b = engine(probabilities, model_output="probabilities", steps=8, tolerance=None).attribute(
+        requests(xs)
+    )
     for ra, rb in zip(a, b):
         assert ra.target == rb.target and np.isclose(ra.target_score, rb.target_score)
         np.testing.assert_allclose(ra.attributions, rb.attributions, rtol=1e-5, atol=1e-8)
@@ -134,13 +146,15 @@ def test_completeness_within_tolerance_on_small_cnns(activation):
     model = small_cnn(activation)
     fn = lambda x: model(x, training=False)
     results = engine(fn, steps=8, tolerance=0.005, max_steps=512).attribute(
-        requests(images(4, seed=3)), "topk:2")
+        requests(images(4, seed=3)), "topk:2"
+    )
     assert len(results) == 8
     for r in results:
         assert r.converged, r
         assert r.relative_completeness_error <= 0.005
-        assert np.isclose(r.completeness_error,
-                          abs(r.attribution_sum - (r.target_score - r.baseline_score)))
+        assert np.isclose(
+            r.completeness_error, abs(r.attribution_sum - (r.target_score - r.baseline_score))
+        )
         assert np.isclose(r.attributions.sum(), r.attribution_sum, rtol=1e-4)
 
 
@@ -148,10 +162,12 @@ def test_refinement_reuses_nested_points_and_equals_a_direct_run():
     model = small_cnn("relu", seed=1)
     fn = lambda x: model(x, training=False)
     xs = images(2, seed=4)
-    refined = engine(fn, method="riemann_trapezoid", steps=3, tolerance=1e-9,
-                     max_steps=17, atol=0).attribute(requests(xs))
+    refined = engine(
+        fn, method="riemann_trapezoid", steps=3, tolerance=1e-9, max_steps=17, atol=0
+    ).attribute(requests(xs))
     direct = engine(fn, method="riemann_trapezoid", steps=17, tolerance=None).attribute(
-        requests(xs))
+        requests(xs)
+    )
     for r, d in zip(refined, direct):
         assert r.steps == 17 and r.gradient_evaluations == 17  # 3 -> 5 -> 9 -> 17, nothing twice
         assert not r.converged  # tolerance 1e-9 is out of reach: marked, not hidden
@@ -161,7 +177,8 @@ def test_refinement_reuses_nested_points_and_equals_a_direct_run():
 
 def test_gauss_legendre_refinement_counts_every_evaluation():
     r = engine(linear_logits, steps=2, tolerance=1e-12, max_steps=8, atol=0).attribute(
-        requests(images(1)))[0]
+        requests(images(1))
+    )[0]
     assert r.steps == 8 and r.gradient_evaluations == 2 + 4 + 8
 
 
@@ -209,14 +226,18 @@ def test_attributions_do_not_depend_on_call_size_or_the_mix_of_images(batch_size
     xs = images(6, seed=6)
     reference = engine(fn, steps=8, tolerance=None, batch_size=7).attribute(requests(xs))
     together = engine(fn, steps=8, tolerance=None, batch_size=batch_size).attribute(
-        requests(xs[::-1]))[::-1]
-    alone = [engine(fn, steps=8, tolerance=None, batch_size=batch_size).attribute(
-        [Request(0, x, np.zeros_like(x))])[0] for x in xs]
+        requests(xs[::-1])
+    )[::-1]
+    alone = [
+        engine(fn, steps=8, tolerance=None, batch_size=batch_size).attribute(
+            [Request(0, x, np.zeros_like(x))]
+        )[0]
+        for x in xs
+    ]
     for ref, a, b in zip(reference, together, alone):
         for other in (a, b):
             assert other.target == ref.target
-            np.testing.assert_allclose(other.attributions, ref.attributions, rtol=1e-4,
-                                       atol=1e-7)
+            np.testing.assert_allclose(other.attributions, ref.attributions, rtol=1e-4, atol=1e-7)
 
 
 def test_no_retracing_after_warm_up_across_images_targets_and_short_batches():
@@ -239,8 +260,9 @@ def test_out_of_memory_halves_the_call_size_and_gives_the_same_result():
         return model(x, training=False)
 
     xs = images(3)
-    reference = engine(lambda x: model(x, training=False), steps=6, tolerance=None,
-                       batch_size=4).attribute(requests(xs))
+    reference = engine(
+        lambda x: model(x, training=False), steps=6, tolerance=None, batch_size=4
+    ).attribute(requests(xs))
     ig = engine(fragile, steps=6, tolerance=None, batch_size=32)
     results = ig.attribute(requests(xs))
     assert ig.batch_size == 4
@@ -250,12 +272,19 @@ def test_out_of_memory_halves_the_call_size_and_gives_the_same_result():
 
 def test_memory_is_flat_in_steps():
     x = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)
-    fn = lambda t: tf.stack([tf.reduce_sum(tf.sin(t), axis=[1, 2, 3]),
-                             tf.zeros(tf.shape(t)[:1])], axis=1)
+    fn = lambda t: tf.stack(
+        [tf.reduce_sum(tf.sin(t), axis=[1, 2, 3]), tf.zeros(tf.shape(t)[:1])], axis=1
+    )
 
     def peak_bytes(steps):
-        ig = IntegratedGradients(fn, image_size=(64, 64), score="logit",
-                                 method="riemann_trapezoid", steps=steps, tolerance=None)
+        ig = IntegratedGradients(
+            fn,
+            image_size=(64, 64),
+            score="logit",
+            method="riemann_trapezoid",
+            steps=steps,
+            tolerance=None,
+        )
         ig.attribute(requests(x), "0")  # warm-up: tracing allocates too
         tracemalloc.start()
         r = ig.attribute(requests(x), "0")[0]
@@ -285,19 +314,27 @@ def test_targets():
 
 def test_topk_results_come_in_rank_order_per_image():
     results = engine(linear_logits, steps=4, tolerance=None).attribute(
-        requests(images(3)), "topk:3")
+        requests(images(3)), "topk:3"
+    )
     assert [r.key for r in results] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     for i in range(3):
-        scores = [r.target_score for r in results[3 * i:3 * i + 3]]
+        scores = [r.target_score for r in results[3 * i : 3 * i + 3]]
         assert scores == sorted(scores, reverse=True)
         assert results[3 * i].target == results[3 * i].predicted_class
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"score": "margin"}, "--score"), ({"method": "simpson"}, "unknown method"),
-    ({"steps": 0}, "--steps"), ({"tolerance": -1}, "--tolerance"),
-    ({"steps": 64, "max_steps": 8}, "--max_steps"), ({"batch_size": 0}, "--batch_size"),
-    ({"model_output": "scores"}, "model_output")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"score": "margin"}, "--score"),
+        ({"method": "simpson"}, "unknown method"),
+        ({"steps": 0}, "--steps"),
+        ({"tolerance": -1}, "--tolerance"),
+        ({"steps": 64, "max_steps": 8}, "--max_steps"),
+        ({"batch_size": 0}, "--batch_size"),
+        ({"model_output": "scores"}, "model_output"),
+    ],
+)
 def test_bad_settings_are_refused_with_what_to_do(kwargs, message):
     with pytest.raises(ValueError, match=message):
         engine(linear_logits, **kwargs)

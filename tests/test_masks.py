@@ -1,4 +1,5 @@
 """Masks, overlays, grids, statistics and region masses on hand-built attribution maps."""
+
 import io
 import subprocess
 import sys
@@ -10,8 +11,14 @@ import pytest
 from PIL import Image
 
 from attribution import masks
-from attribution.masks import (attribution_grid, attribution_statistics, mask_png, overlay_png,
-                               region_masses, signed_mask_png)
+from attribution.masks import (
+    attribution_grid,
+    attribution_statistics,
+    mask_png,
+    overlay_png,
+    region_masses,
+    signed_mask_png,
+)
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -39,12 +46,16 @@ def one_hot(height, width, row, col, value=1.0) -> np.ndarray:
 def draw_all(attributions) -> None:
     height, width = np.shape(attributions)[:2]
     image = np.full((height, width, 3), 0.5, np.float32)
-    for png in (mask_png(attributions), overlay_png(image, attributions),
-                signed_mask_png(attributions)):
+    for png in (
+        mask_png(attributions),
+        overlay_png(image, attributions),
+        signed_mask_png(attributions),
+    ):
         assert decode(png).shape == (height, width, 3)
 
 
 # ---- PNGs -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (224, 224)])
 def test_pngs_decode_to_model_input_size(shape):
@@ -65,8 +76,7 @@ def test_mask_brightest_pixel_is_largest_mass():
 
 
 def test_mask_colours_are_clipped_normalised_abs_sum():
-    attributions = np.array([[[1, -1, 0], [0, 0, 0.5]],
-                             [[0, 0, -2], [4, 0, 0]]], np.float32)
+    attributions = np.array([[[1, -1, 0], [0, 0, 0.5]], [[0, 0, -2], [4, 0, 0]]], np.float32)
     # |IG| mass [[2, 0.5], [2, 4]]; clipped at the max, then at the 50th percentile (2).
     expected_full = [[0.5, 0.125], [0.5, 1.0]]
     expected_clipped = [[1.0, 0.25], [1.0, 1.0]]
@@ -154,13 +164,17 @@ def test_badly_shaped_attributions_raise(name, shape):
         ALL_FUNCTIONS[name](np.ones(shape, np.float32))
 
 
-@pytest.mark.parametrize("attributions", [
-    np.zeros((6, 9, 3), np.float32),
-    np.full((6, 9, 3), 0.25, np.float32),
-    np.full((6, 9, 3), -0.25, np.float32),
-    np.full((1, 1, 3), 3.0, np.float32),
-    np.zeros((1, 1, 3), np.float32),
-], ids=["zeros", "constant", "negative-constant", "1x1", "1x1-zero"])
+@pytest.mark.parametrize(
+    "attributions",
+    [
+        np.zeros((6, 9, 3), np.float32),
+        np.full((6, 9, 3), 0.25, np.float32),
+        np.full((6, 9, 3), -0.25, np.float32),
+        np.full((1, 1, 3), 3.0, np.float32),
+        np.zeros((1, 1, 3), np.float32),
+    ],
+    ids=["zeros", "constant", "negative-constant", "1x1", "1x1-zero"],
+)
 def test_degenerate_maps_give_finite_results(attributions):
     draw_all(attributions)
     grid = attribution_grid(attributions, cells=4)
@@ -177,20 +191,23 @@ def test_constant_mask_is_uniform():
     assert (decode(mask_png(np.zeros((5, 6, 3)))) == colour("inferno", 0.0)).all()
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda a: mask_png(a, clip_percentile=0), "clip_percentile"),
-    (lambda a: mask_png(a, clip_percentile=100.5), "clip_percentile"),
-    (lambda a: signed_mask_png(a, clip_percentile=float("nan")), "clip_percentile"),
-    (lambda a: mask_png(a, cmap="no-such-map"), "unknown colormap"),
-    (lambda a: overlay_png(np.zeros((4, 5, 3)), a, alpha=1.5), "alpha"),
-    (lambda a: overlay_png(np.zeros((5, 4, 3)), a), "attributions' size"),
-    (lambda a: overlay_png(np.zeros((4, 5)), a), "attributions' size"),
-    (lambda a: overlay_png(np.full((4, 5, 3), 255.0), a), "divide 8-bit images by 255"),
-    (lambda a: overlay_png(np.full((4, 5, 3), np.nan), a), "NaN or inf"),
-    (lambda a: attribution_grid(a, cells=0), "cells"),
-    (lambda a: attribution_grid(a, cells=2.5), "cells"),
-    (lambda a: attribution_grid(a, cells=True), "cells"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda a: mask_png(a, clip_percentile=0), "clip_percentile"),
+        (lambda a: mask_png(a, clip_percentile=100.5), "clip_percentile"),
+        (lambda a: signed_mask_png(a, clip_percentile=float("nan")), "clip_percentile"),
+        (lambda a: mask_png(a, cmap="no-such-map"), "unknown colormap"),
+        (lambda a: overlay_png(np.zeros((4, 5, 3)), a, alpha=1.5), "alpha"),
+        (lambda a: overlay_png(np.zeros((5, 4, 3)), a), "attributions' size"),
+        (lambda a: overlay_png(np.zeros((4, 5)), a), "attributions' size"),
+        (lambda a: overlay_png(np.full((4, 5, 3), 255.0), a), "divide 8-bit images by 255"),
+        (lambda a: overlay_png(np.full((4, 5, 3), np.nan), a), "NaN or inf"),
+        (lambda a: attribution_grid(a, cells=0), "cells"),
+        (lambda a: attribution_grid(a, cells=2.5), "cells"),
+        (lambda a: attribution_grid(a, cells=True), "cells"),
+    ],
+)
 def test_bad_options_raise_clear_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(np.ones((4, 5, 3), np.float32))
@@ -204,6 +221,7 @@ def test_overlay_clips_tiny_overshoot_from_resizing():
 
 # ---- attribution_grid ---------------------------------------------------------------------
 
+
 def reference_grid(mass: np.ndarray, cells: int) -> np.ndarray:
     """Split every pixel into cells x cells equal sub-pixels: then each cell is a whole block."""
     height, width = mass.shape
@@ -216,8 +234,8 @@ def test_grid_matches_known_mass_per_cell_when_divisible():
     # 4 x 6 into 2 x 2 cells of 2 rows x 3 columns; |IG| mass per cell 4, 1, 0, 3 (total 8).
     signed = np.zeros((4, 6))
     signed[0, 0], signed[1, 2] = 1.0, -3.0  # cell (0, 0)
-    signed[0, 3] = 1.0                      # cell (0, 1)
-    signed[3, 5], signed[2, 4] = 2.0, 1.0   # cell (1, 1)
+    signed[0, 3] = 1.0  # cell (0, 1)
+    signed[3, 5], signed[2, 4] = 2.0, 1.0  # cell (1, 1)
     grid = attribution_grid(channels(signed), cells=2)
     assert grid.dtype == np.float32 and grid.shape == (2, 2)
     np.testing.assert_allclose(grid, [[4 / 8, 1 / 8], [0.0, 3 / 8]], atol=1e-6)
@@ -232,8 +250,10 @@ def test_grid_splits_a_straddling_pixel_by_area():
     np.testing.assert_allclose(grid, [[0.5, 0.0], [0.5, 0.0]], atol=1e-6)
 
 
-@pytest.mark.parametrize("shape, cells", [((7, 10), 3), ((224, 224), 14), ((13, 5), 14),
-                                          ((3, 3), 6), ((1, 1), 4), ((1, 9), 2)])
+@pytest.mark.parametrize(
+    "shape, cells",
+    [((7, 10), 3), ((224, 224), 14), ((13, 5), 14), ((3, 3), 6), ((1, 1), 4), ((1, 9), 2)],
+)
 def test_grid_is_area_exact_for_any_size(shape, cells):
     attributions = np.random.default_rng(5).normal(size=(*shape, 3)).astype(np.float32)
     grid = attribution_grid(attributions, cells=cells)
@@ -249,17 +269,25 @@ def test_grid_without_mass_is_zero():
 
 # ---- attribution_statistics ----------------------------------------------------------------
 
+
 def test_statistics_of_a_single_hot_pixel():
     attributions = np.zeros((4, 8, 3), np.float32)
     attributions[2, 5] = (3.0, -1.0, 0.0)  # signed sum 2, |IG| mass 4
     stats = attribution_statistics(attributions)
-    assert stats == pytest.approx({
-        "positive_mass": 2.0, "negative_mass": 0.0, "abs_mass": 4.0,
-        "top5_share": 1.0, "top1_share": 1.0,
-        "centroid_x": 5.5 / 8, "centroid_y": 2.5 / 4,
-        "peak_x": 5.0, "peak_y": 2.0,
-        "gini": 1 - 1 / 32,
-    })
+    assert stats == pytest.approx(
+        {
+            "positive_mass": 2.0,
+            "negative_mass": 0.0,
+            "abs_mass": 4.0,
+            "top5_share": 1.0,
+            "top1_share": 1.0,
+            "centroid_x": 5.5 / 8,
+            "centroid_y": 2.5 / 4,
+            "peak_x": 5.0,
+            "peak_y": 2.0,
+            "gini": 1 - 1 / 32,
+        }
+    )
     assert all(type(value) is float for value in stats.values())
 
 
@@ -292,9 +320,18 @@ def test_statistics_of_an_even_spread():
 
 def test_statistics_without_mass():
     stats = attribution_statistics(np.zeros((3, 5, 3)))
-    assert stats == {"positive_mass": 0.0, "negative_mass": 0.0, "abs_mass": 0.0,
-                     "top5_share": 0.0, "top1_share": 0.0, "centroid_x": 0.5, "centroid_y": 0.5,
-                     "peak_x": 0.0, "peak_y": 0.0, "gini": 0.0}
+    assert stats == {
+        "positive_mass": 0.0,
+        "negative_mass": 0.0,
+        "abs_mass": 0.0,
+        "top5_share": 0.0,
+        "top1_share": 0.0,
+        "centroid_x": 0.5,
+        "centroid_y": 0.5,
+        "peak_x": 0.0,
+        "peak_y": 0.0,
+        "gini": 0.0,
+    }
 
 
 def test_statistics_1x1():
@@ -305,6 +342,7 @@ def test_statistics_1x1():
 
 
 # ---- region_masses -----------------------------------------------------------------------
+
 
 def region_map() -> np.ndarray:
     """4 x 6 map: positive mass 1, 2, 4 at (0, 0), (1, 1), (3, 4); one negative pixel; peak (3, 4)."""
@@ -319,24 +357,33 @@ def by_name(results):
 
 
 def test_region_masses_whole_fractional_outside_and_overlapping_boxes():
-    results = region_masses(region_map(), [
-        ("image", (0, 0, 6, 4)),
-        ("top-left", (0, 0, 2, 2)),           # pixels (0, 0) and (1, 1): 3 of 7
-        ("overlaps-top-left", (1, 1, 2, 2)),  # pixel (1, 1) only: 2 of 7
-        ("negative-only", (2, 2, 3, 3)),
-        ("half-of-first", (0.5, 0, 1.5, 1)),  # half of pixel (0, 0): 0.5 of 7
-        ("quarter-of-peak", (4, 3, 4.5, 3.5)),  # a quarter of pixel (3, 4), not its centre
-        ("outside", (10, 10, 12, 12)),
-        ("left-of-image", (-5, 0, 0, 4)),
-        ("past-the-edge", (4, 3, 100, 100)),  # only the peak pixel is inside the image
-        ("empty", (1, 1, 1, 3)),
-    ])
+    results = region_masses(
+        region_map(),
+        [
+            ("image", (0, 0, 6, 4)),
+            ("top-left", (0, 0, 2, 2)),  # pixels (0, 0) and (1, 1): 3 of 7
+            ("overlaps-top-left", (1, 1, 2, 2)),  # pixel (1, 1) only: 2 of 7
+            ("negative-only", (2, 2, 3, 3)),
+            ("half-of-first", (0.5, 0, 1.5, 1)),  # half of pixel (0, 0): 0.5 of 7
+            ("quarter-of-peak", (4, 3, 4.5, 3.5)),  # a quarter of pixel (3, 4), not its centre
+            ("outside", (10, 10, 12, 12)),
+            ("left-of-image", (-5, 0, 0, 4)),
+            ("past-the-edge", (4, 3, 100, 100)),  # only the peak pixel is inside the image
+            ("empty", (1, 1, 1, 3)),
+        ],
+    )
     assert [r["name"] for r in results][:2] == ["image", "top-left"]
     expected = {
-        "image": (1.0, True), "top-left": (3 / 7, False), "overlaps-top-left": (2 / 7, False),
-        "negative-only": (0.0, False), "half-of-first": (0.5 / 7, False),
-        "quarter-of-peak": (1 / 7, False), "outside": (0.0, False), "left-of-image": (0.0, False),
-        "past-the-edge": (4 / 7, True), "empty": (0.0, False),
+        "image": (1.0, True),
+        "top-left": (3 / 7, False),
+        "overlaps-top-left": (2 / 7, False),
+        "negative-only": (0.0, False),
+        "half-of-first": (0.5 / 7, False),
+        "quarter-of-peak": (1 / 7, False),
+        "outside": (0.0, False),
+        "left-of-image": (0.0, False),
+        "past-the-edge": (4 / 7, True),
+        "empty": (0.0, False),
     }
     got = by_name(results)
     for name, (fraction, hit) in expected.items():
@@ -345,14 +392,17 @@ def test_region_masses_whole_fractional_outside_and_overlapping_boxes():
     assert all(type(r["mass_fraction"]) is float for r in results)
 
 
-@pytest.mark.parametrize("box, hit", [
-    ((4.5, 3, 5, 4), True),     # near x edge on the centre: inclusive
-    ((4, 3.5, 5, 4), True),     # near y edge on the centre: inclusive
-    ((4, 3, 4.5, 4), False),    # far x edge on the centre: exclusive
-    ((4, 3, 5, 3.5), False),    # far y edge on the centre: exclusive
-    ((4.49, 3.49, 4.51, 3.51), True),  # covers the centre only
-    ((3, 2, 4.4, 4), False),    # covers part of the peak pixel, not its centre
-])
+@pytest.mark.parametrize(
+    "box, hit",
+    [
+        ((4.5, 3, 5, 4), True),  # near x edge on the centre: inclusive
+        ((4, 3.5, 5, 4), True),  # near y edge on the centre: inclusive
+        ((4, 3, 4.5, 4), False),  # far x edge on the centre: exclusive
+        ((4, 3, 5, 3.5), False),  # far y edge on the centre: exclusive
+        ((4.49, 3.49, 4.51, 3.51), True),  # covers the centre only
+        ((3, 2, 4.4, 4), False),  # covers part of the peak pixel, not its centre
+    ],
+)
 def test_pointing_hit_uses_the_peak_pixel_centre_with_exclusive_far_edges(box, hit):
     # Peak pixel (3, 4) has centre (4.5, 3.5).
     assert region_masses(region_map(), [("box", box)])[0]["pointing_hit"] is hit
@@ -388,8 +438,15 @@ def test_region_masses_without_positive_mass():
 
 def test_region_area_fraction_is_the_share_of_the_image_inside_the_box():
     attributions = np.ones((4, 8, 3))
-    results = region_masses(attributions, [("half", (0, 0, 4, 4)), ("outside", (9, 0, 12, 4)),
-                                           ("partly", (6, 2, 10, 6)), ("fractional", (0, 0, 1.5, 1))])
+    results = region_masses(
+        attributions,
+        [
+            ("half", (0, 0, 4, 4)),
+            ("outside", (9, 0, 12, 4)),
+            ("partly", (6, 2, 10, 6)),
+            ("fractional", (0, 0, 1.5, 1)),
+        ],
+    )
     areas = [r["area_fraction"] for r in results]
     assert areas == pytest.approx([0.5, 0.0, 4 / 32, 1.5 / 32])
     # an even spread puts exactly the area's share of the mass in each box
@@ -397,21 +454,25 @@ def test_region_area_fraction_is_the_share_of_the_image_inside_the_box():
     assert region_masses(np.ones((2, 2, 3)), []) == []
 
 
-@pytest.mark.parametrize("region", [
-    ("flipped-x", (3, 0, 1, 2)),
-    ("flipped-y", (0, 3, 2, 1)),
-    ("nan", (0, 0, float("nan"), 2)),
-    ("three", (0, 0, 2)),
-    (7, (0, 0, 1, 1)),
-    ("no-box",),
-    "just-a-name-of-eight",
-])
+@pytest.mark.parametrize(
+    "region",
+    [
+        ("flipped-x", (3, 0, 1, 2)),
+        ("flipped-y", (0, 3, 2, 1)),
+        ("nan", (0, 0, float("nan"), 2)),
+        ("three", (0, 0, 2)),
+        (7, (0, 0, 1, 1)),
+        ("no-box",),
+        "just-a-name-of-eight",
+    ],
+)
 def test_bad_regions_raise(region):
     with pytest.raises(ValueError, match="region"):
         region_masses(np.ones((4, 4, 3)), [region])
 
 
 # ---- module hygiene ----------------------------------------------------------------------
+
 
 def test_masks_needs_neither_tensorflow_nor_pyplot():
     path = Path(masks.__file__)

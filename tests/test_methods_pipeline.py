@@ -1,4 +1,5 @@
 """The job end to end with every --attribution (issue 12), on real photos and a tiny model."""
+
 import os
 
 import numpy as np
@@ -11,8 +12,17 @@ from attribution.methods import ATTRIBUTIONS
 from pipeline import run as job
 from transforms.write import SUMMARY_SCHEMA
 
-FAST = ["--steps", "4", "--tolerance", "0.05", "--max_steps", "16", "--progress_interval", "0",
-        "--no_report"]
+FAST = [
+    "--steps",
+    "4",
+    "--tolerance",
+    "0.05",
+    "--max_steps",
+    "16",
+    "--progress_interval",
+    "0",
+    "--no_report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +38,29 @@ def rows(out):
 
 
 @pytest.mark.parametrize("attribution", ATTRIBUTIONS)
-def test_every_method_runs_end_to_end_and_reports_itself(attribution, tiny_model, photos,
-                                                         tmp_path):
+def test_every_method_runs_end_to_end_and_reports_itself(attribution, tiny_model, photos, tmp_path):
     out = tmp_path / "out"
-    extra = {"smoothgrad": ["--noise_samples", "2"], "guided_ig": ["--steps", "8"],
-             "expected_gradients": ["--baseline_samples", "3"]}.get(attribution, [])
-    code = job.main(["--input_pattern", str(photos / "*.png"), "--output_dir", str(out),
-                     "--model", tiny_model, "--attribution", attribution, "--target", "topk:2",
-                     *FAST, *extra])
+    extra = {
+        "smoothgrad": ["--noise_samples", "2"],
+        "guided_ig": ["--steps", "8"],
+        "expected_gradients": ["--baseline_samples", "3"],
+    }.get(attribution, [])
+    code = job.main(
+        [
+            "--input_pattern",
+            str(photos / "*.png"),
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            "--attribution",
+            attribution,
+            "--target",
+            "topk:2",
+            *FAST,
+            *extra,
+        ]
+    )
     assert code == 0
     table = pq.read_table(out / "summaries")
     assert table.schema.names == SUMMARY_SCHEMA.names
@@ -61,16 +86,28 @@ def test_every_method_runs_end_to_end_and_reports_itself(attribution, tiny_model
 
 
 def test_expected_gradients_side_input_is_a_seeded_sample_and_method_selects_the_rule(
-        tiny_model, photos, tmp_path):
-    common = ["--input_pattern", str(photos / "*.png"), "--model", tiny_model,
-              "--attribution", "expected_gradients", "--baseline_samples", "2", *FAST]
+    tiny_model, photos, tmp_path
+):
+    common = [
+        "--input_pattern",
+        str(photos / "*.png"),
+        "--model",
+        tiny_model,
+        "--attribution",
+        "expected_gradients",
+        "--baseline_samples",
+        "2",
+        *FAST,
+    ]
     for name in ("a", "b"):
         assert job.main([*common, "--output_dir", str(tmp_path / name)]) == 0
     a, b = (sorted(rows(tmp_path / n), key=lambda r: r["image_id"]) for n in "ab")
     assert [r["attribution_sum"] for r in a] == [r["attribution_sum"] for r in b]
     assert {r["method"] for r in a} == {"random_alpha"} and {r["steps"] for r in a} == {1}
-    assert job.main([*common, "--output_dir", str(tmp_path / "q"), "--method",
-                     "riemann_trapezoid"]) == 0
+    assert (
+        job.main([*common, "--output_dir", str(tmp_path / "q"), "--method", "riemann_trapezoid"])
+        == 0
+    )
     q = rows(tmp_path / "q")
     assert {r["method"] for r in q} == {"riemann_trapezoid"}
     # the quadrature rule per (image, reference) pair: completeness holds pair by pair
@@ -79,39 +116,85 @@ def test_expected_gradients_side_input_is_a_seeded_sample_and_method_selects_the
 
 def test_averaged_baselines_and_visualization_options(tiny_model, photos, tmp_path):
     out = tmp_path / "out"
-    code = job.main(["--input_pattern", str(photos / "*.png"), "--output_dir", str(out),
-                     "--model", tiny_model, "--baseline", "black,white", *FAST,
-                     "--mask_polarity", "both", "--clip_low", "5", "--clip_high", "95",
-                     "--colormap", "viridis", "--overlay", "grayscale",
-                     "--mask_type", "outlines"])
+    code = job.main(
+        [
+            "--input_pattern",
+            str(photos / "*.png"),
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            "--baseline",
+            "black,white",
+            *FAST,
+            "--mask_polarity",
+            "both",
+            "--clip_low",
+            "5",
+            "--clip_high",
+            "95",
+            "--colormap",
+            "viridis",
+            "--overlay",
+            "grayscale",
+            "--mask_type",
+            "outlines",
+        ]
+    )
     assert code == 0
     got = rows(out)
     assert {r["baseline"] for r in got} == {"black,white"}
     assert all(r["gradient_evaluations"] >= 8 for r in got)  # two IGs of >= 4 points
     plain = tmp_path / "plain"
-    assert job.main(["--input_pattern", str(photos / "*.png"), "--output_dir", str(plain),
-                     "--model", tiny_model, *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                str(photos / "*.png"),
+                "--output_dir",
+                str(plain),
+                "--model",
+                tiny_model,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     styled = {r["image_id"]: r for r in got}
     for row in rows(plain):
         other = styled[row["image_id"]]
         assert row["settings_hash"] != other["settings_hash"]
-        assert (np.asarray(Image.open(row["mask_uri"]))
-                != np.asarray(Image.open(other["mask_uri"]))).any()
+        assert (
+            np.asarray(Image.open(row["mask_uri"])) != np.asarray(Image.open(other["mask_uri"]))
+        ).any()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--baseline", "black,purple"], "--baseline must be a comma list"),
-    (["--baseline", "black,black"], "twice"),
-    (["--attribution", "smoothgrad", "--noise_sigma", "0"], "--noise_sigma must be > 0"),
-    (["--noise_samples", "0"], "--noise_samples must be >= 1"),
-    (["--guided_fraction", "1.5"], "--guided_fraction must be in (0, 1]"),
-    (["--xrai_top_fraction", "0"], "--xrai_top_fraction must be in (0, 1]"),
-    (["--clip_low", "99.5"], "--clip_low and --clip_high"),
-    (["--colormap", "nope"], "not a matplotlib colormap"),
-])
-def test_bad_method_options_are_refused_before_any_work(argv, message, tiny_model, photos,
-                                                        tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--baseline", "black,purple"], "--baseline must be a comma list"),
+        (["--baseline", "black,black"], "twice"),
+        (["--attribution", "smoothgrad", "--noise_sigma", "0"], "--noise_sigma must be > 0"),
+        (["--noise_samples", "0"], "--noise_samples must be >= 1"),
+        (["--guided_fraction", "1.5"], "--guided_fraction must be in (0, 1]"),
+        (["--xrai_top_fraction", "0"], "--xrai_top_fraction must be in (0, 1]"),
+        (["--clip_low", "99.5"], "--clip_low and --clip_high"),
+        (["--colormap", "nope"], "not a matplotlib colormap"),
+    ],
+)
+def test_bad_method_options_are_refused_before_any_work(
+    argv, message, tiny_model, photos, tmp_path, capsys
+):
     out = tmp_path / "out"
-    code = job.main(["--input_pattern", str(photos / "*.png"), "--output_dir", str(out),
-                     "--model", tiny_model, *argv])
+    code = job.main(
+        [
+            "--input_pattern",
+            str(photos / "*.png"),
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            *argv,
+        ]
+    )
     assert code == 2 and message in capsys.readouterr().err and not out.exists()

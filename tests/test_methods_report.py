@@ -1,4 +1,5 @@
 """`python -m pipeline.report DIR_A DIR_B`: runs of different methods side by side (issue 12)."""
+
 import os
 import re
 import subprocess
@@ -21,14 +22,33 @@ def test_report_puts_runs_of_different_methods_side_by_side(tiny_model, tmp_path
     runs = []
     for attribution in ("ig", "blur_ig"):
         out = tmp_path / attribution
-        assert job.main(["--input_pattern", str(photos / "*.png"), "--output_dir", str(out),
-                         "--model", tiny_model, "--attribution", attribution, "--no_report",
-                         *FAST]) == 0
+        assert (
+            job.main(
+                [
+                    "--input_pattern",
+                    str(photos / "*.png"),
+                    "--output_dir",
+                    str(out),
+                    "--model",
+                    tiny_model,
+                    "--attribution",
+                    attribution,
+                    "--no_report",
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         runs.append(str(out))
     page = tmp_path / "side.html"
-    done = subprocess.run([sys.executable, "-m", "pipeline.report", *runs, "--output", str(page)],
-                          cwd=REPO, capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": REPO})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.report", *runs, "--output", str(page)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert done.returncode == 0, done.stderr
     html = page.read_text()
     assert all(run in html for run in runs) and "<code>blur_ig</code>" in html
@@ -39,7 +59,20 @@ def test_report_puts_runs_of_different_methods_side_by_side(tiny_model, tmp_path
     assert classes >= 1
     assert html.count('alt="heatmap"') == 2 * classes  # each class: one tile per run
     assert not (tmp_path / "ig" / "report.html").exists()  # the single-run report untouched
-    bad = subprocess.run([sys.executable, "-m", "pipeline.report", runs[0], str(tmp_path / "no"),
-                          "--output", str(tmp_path / "x.html")], cwd=REPO, capture_output=True,
-                         text=True, check=False, env={**os.environ, "PYTHONPATH": REPO})
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.report",
+            runs[0],
+            str(tmp_path / "no"),
+            "--output",
+            str(tmp_path / "x.html"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert bad.returncode == 2 and bad.stderr.startswith("error:")

@@ -1,5 +1,6 @@
 """The visualization options (issue 12): defaults draw exactly the tutorial's mask and
 overlay; polarity, clipping, overlays and outlines do what they say."""
+
 import io
 
 import numpy as np
@@ -55,8 +56,9 @@ def test_overlays_and_outlines():
     assert np.array_equal(pixels(gray)[..., 0], pixels(gray)[..., 1])
     top = np.zeros((20, 24), bool)
     top[5:12, 6:15] = True
-    _, outlined = masks.styled_pngs(IMAGE, values, overlay="original", mask_type="outlines",
-                                    outline=top, cmap="viridis")
+    _, outlined = masks.styled_pngs(
+        IMAGE, values, overlay="original", mask_type="outlines", outline=top, cmap="viridis"
+    )
     drawn = pixels(outlined)
     edge_colour = masks._colorize(np.ones(1), "viridis")[0]
     assert np.all(drawn[5, 6:15] == edge_colour) and np.all(drawn[8, 6] == edge_colour)
@@ -74,5 +76,6 @@ def test_xrai_top_regions_cover_the_asked_fraction_of_the_heat_map():
 
 def test_one_channel_attributions_are_not_taken_for_a_heat_map():
     gray = -np.abs(A[..., :1])  # a 1-channel model's map, all negative evidence
-    np.testing.assert_allclose(masks.styled_values(gray, clip_high=100),
-                               np.abs(gray[..., 0]) / np.abs(gray).max())
+    np.testing.assert_allclose(
+        masks.styled_values(gray, clip_high=100), np.abs(gray[..., 0]) / np.abs(gray).max()
+    )

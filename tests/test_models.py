@@ -1,4 +1,5 @@
 """load_model: every handle kind gives the original model's outputs and input gradients."""
+
 import hashlib
 import shutil
 import socket
@@ -37,8 +38,10 @@ class _HubStyle(tf.Module):
     def __init__(self, model, spatial):
         super().__init__()
         self.model = model
-        self.__call__ = tf.function(lambda x: self.model(x, training=False), input_signature=[
-            tf.TensorSpec([None, spatial, spatial, 3], tf.float32)])
+        self.__call__ = tf.function(
+            lambda x: self.model(x, training=False),
+            input_signature=[tf.TensorSpec([None, spatial, spatial, 3], tf.float32)],
+        )
 
 
 def _save_signature_only(model, path, outputs):
@@ -78,13 +81,16 @@ def models(tmp_path_factory):
 def tf_keras_saved_model(models):
     """A tf-keras (Keras 2) SavedModel, the format of most TF Hub classifiers."""
     tf_keras = pytest.importorskip("tf_keras")
-    model = tf_keras.Sequential([
-        tf_keras.Input((8, 8, 3)),
-        tf_keras.layers.Conv2D(4, 3, activation="relu"),
-        tf_keras.layers.Dropout(0.5),
-        tf_keras.layers.Conv2D(6, 3, activation="relu"),
-        tf_keras.layers.GlobalAveragePooling2D(),
-        tf_keras.layers.Dense(5)])
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((8, 8, 3)),
+            tf_keras.layers.Conv2D(4, 3, activation="relu"),
+            tf_keras.layers.Dropout(0.5),
+            tf_keras.layers.Conv2D(6, 3, activation="relu"),
+            tf_keras.layers.GlobalAveragePooling2D(),
+            tf_keras.layers.Dense(5),
+        ]
+    )
     model.set_weights(models.static.get_weights())
     path = models.root / "tf_keras"
     model.save(str(path), save_format="tf")
@@ -110,8 +116,9 @@ def hub_cache(tmp_path, monkeypatch):
 
 
 def _images(n=3, spatial=8, seed=1):
-    return tf.constant(np.random.default_rng(seed).uniform(size=(n, spatial, spatial, 3)),
-                       tf.float32)
+    return tf.constant(
+        np.random.default_rng(seed).uniform(size=(n, spatial, spatial, 3)), tf.float32
+    )
 
 
 def _target_prob_gradient(fn, images, target=2):
@@ -132,18 +139,25 @@ def _assert_same_model(loaded, reference, images):
     np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, kind, image_size", [
-    ("m.keras", "keras", None),
-    ("export", "saved_model", None),
-    ("hub_static", "saved_model", None),
-    ("hub_dynamic", "saved_model", (8, 8)),
-    ("sig_single", "saved_model", None),
-])
+@pytest.mark.parametrize(
+    "name, kind, image_size",
+    [
+        ("m.keras", "keras", None),
+        ("export", "saved_model", None),
+        ("hub_static", "saved_model", None),
+        ("hub_dynamic", "saved_model", (8, 8)),
+        ("sig_single", "saved_model", None),
+    ],
+)
 def test_every_local_kind_matches_the_keras_model(models, name, kind, image_size):
     loaded = load_model(str(models.root / name), image_size=image_size)
     assert isinstance(loaded, LoadedModel)
     assert (loaded.kind, loaded.image_size, loaded.num_classes, loaded.output) == (
-        kind, (8, 8), 5, "logits")
+        kind,
+        (8, 8),
+        5,
+        "logits",
+    )
     _assert_same_model(loaded, models.static, _images())
 
     @tf.function(input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
@@ -152,8 +166,9 @@ def test_every_local_kind_matches_the_keras_model(models, name, kind, image_size
 
     for n in (3, 1):  # a short last batch works in the same traced function
         images = _images(n, seed=n)
-        np.testing.assert_allclose(graph_gradient(images),
-                                   _target_prob_gradient(loaded.fn, images), atol=1e-6)
+        np.testing.assert_allclose(
+            graph_gradient(images), _target_prob_gradient(loaded.fn, images), atol=1e-6
+        )
 
 
 def test_tf_keras_saved_model_is_called_with_training_false(models, tf_keras_saved_model):
@@ -164,20 +179,27 @@ def test_tf_keras_saved_model_is_called_with_training_false(models, tf_keras_sav
 
 def test_dynamic_size_needs_image_size_and_runs_at_it(models):
     handle = str(models.root / "hub_dynamic")
-    with pytest.raises(ModelLoadError, match=r"--image_size H,W is needed: the model's "
-                                             r"signature has no static spatial size") as err:
+    with pytest.raises(
+        ModelLoadError,
+        match=r"--image_size H,W is needed: the model's "
+        r"signature has no static spatial size",
+    ) as err:
         load_model(handle)
     assert handle in str(err.value)
     loaded = load_model(handle, image_size=(16, 12))
     assert loaded.image_size == (16, 12)
     images = tf.random.uniform((2, 16, 12, 3), seed=3)
-    np.testing.assert_allclose(loaded.fn(images), models.dynamic(images, training=False),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.fn(images), models.dynamic(images, training=False), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_image_size_that_contradicts_the_signature_is_refused(models):
-    with pytest.raises(ModelLoadError, match=r"--image_size 16,16 does not match the model's "
-                                             r"input size 8,8"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"--image_size 16,16 does not match the model's "
+        r"input size 8,8",
+    ):
         load_model(str(models.root / "export"), image_size=(16, 16))
     assert load_model(str(models.root / "export"), image_size=(8, 8)).image_size == (8, 8)
 
@@ -190,8 +212,9 @@ def test_several_signature_outputs_need_output_key(models):
         load_model(handle, output_key="nope")
     loaded = load_model(handle, output_key="probabilities", model_output="probabilities")
     images = _images()
-    np.testing.assert_allclose(loaded.fn(images), tf.nn.softmax(models.static(images)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.fn(images), tf.nn.softmax(models.static(images)), rtol=1e-5, atol=1e-6
+    )
     _assert_same_model(load_model(handle, output_key="logits"), models.static, images)
 
 
@@ -207,13 +230,16 @@ def test_declared_probabilities_outside_unit_interval_are_refused(models):
         load_model(str(models.root / "m.keras"), model_output="probabilities")
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"model_output": "softmax"},
-    {"image_size": (0, 8)},
-    {"image_size": (8,)},
-    {"image_size": "8,8"},
-    {"image_size": (8.5, 8)},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"model_output": "softmax"},
+        {"image_size": (0, 8)},
+        {"image_size": (8,)},
+        {"image_size": "8,8"},
+        {"image_size": (8.5, 8)},
+    ],
+)
 def test_bad_arguments_raise_value_error(models, kwargs):
     with pytest.raises(ValueError):
         load_model(str(models.root / "m.keras"), **kwargs)
@@ -229,15 +255,22 @@ def test_keras_file_with_lambda_is_refused_not_loaded_unsafely(tmp_path):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.parametrize("name, content, expected", [
-    ("missing", None, "no such file or folder"),
-    ("missing.keras", None, "no such file or folder"),
-    ("empty", "folder", "not a SavedModel"),
-    ("m.h5", b"x", "not a readable HDF5 Keras file"),
-    ("m.txt", b"x", "not a .keras, .h5 or .hdf5 Keras file"),
-    ("bad.keras", b"not a zip", r"keras.models.load_model\(safe_mode=True\) failed "
-                                r"\(ValueError: "),
-])
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("missing", None, "no such file or folder"),
+        ("missing.keras", None, "no such file or folder"),
+        ("empty", "folder", "not a SavedModel"),
+        ("m.h5", b"x", "not a readable HDF5 Keras file"),
+        ("m.txt", b"x", "not a .keras, .h5 or .hdf5 Keras file"),
+        (
+            "bad.keras",
+            b"not a zip",
+            r"keras.models.load_model\(safe_mode=True\) failed "
+            r"\(ValueError: ",
+        ),
+    ],
+)
 def test_unloadable_handles_fail_fast_naming_the_handle(tmp_path, name, content, expected):
     path = tmp_path / name
     if content == "folder":
@@ -255,19 +288,27 @@ def test_unloadable_handles_fail_fast_naming_the_handle(tmp_path, name, content,
 def test_hub_handle_loads_offline_from_a_warm_cache(models, hub_cache, no_network, handle):
     # tensorflow_hub caches a URL handle in <TFHUB_CACHE_DIR>/<sha1(handle)>; a non-empty
     # folder there is a hit (the .descriptor.txt beside it is informational only).
-    shutil.copytree(models.root / "hub_static",
-                    hub_cache / hashlib.sha1(handle.encode("utf8")).hexdigest())
+    shutil.copytree(
+        models.root / "hub_static", hub_cache / hashlib.sha1(handle.encode("utf8")).hexdigest()
+    )
     loaded = load_model(handle)
     assert (loaded.handle, loaded.kind, loaded.image_size, loaded.num_classes) == (
-        handle, "hub", (8, 8), 5)
+        handle,
+        "hub",
+        (8, 8),
+        5,
+    )
     assert loaded.fingerprint == load_model(str(models.root / "hub_static")).fingerprint
     _assert_same_model(loaded, models.static, _images())
 
 
 def test_hub_handle_with_a_cold_cache_and_no_network_fails_fast(hub_cache, no_network):
     start = time.monotonic()
-    with pytest.raises(ModelLoadError, match=r"tensorflow_hub could not resolve it.*"
-                                             r"TFHUB_CACHE_DIR") as err:
+    with pytest.raises(
+        ModelLoadError,
+        match=r"tensorflow_hub could not resolve it.*"
+        r"TFHUB_CACHE_DIR",
+    ) as err:
         load_model(HUB_HANDLE)
     assert time.monotonic() - start < 5
     assert repr(HUB_HANDLE) in str(err.value)
@@ -297,8 +338,10 @@ def test_non_local_filesystem_uris_load_like_local_ones(models):
 
 def test_fingerprint_is_a_function_of_the_model_files(models, tmp_path):
     keras_file = models.root / "m.keras"
-    assert load_model(str(keras_file)).fingerprint == hashlib.sha256(
-        keras_file.read_bytes()).hexdigest()
+    assert (
+        load_model(str(keras_file)).fingerprint
+        == hashlib.sha256(keras_file.read_bytes()).hexdigest()
+    )
 
     first = load_model(str(models.root / "export")).fingerprint
     assert len(first) == 64 and int(first, 16) >= 0
@@ -307,14 +350,22 @@ def test_fingerprint_is_a_function_of_the_model_files(models, tmp_path):
     assert load_model(str(tmp_path / "copy")).fingerprint == first
     assert load_model(str(models.root / "sig_single")).fingerprint != first
 
-    code = ("import sys; from attribution.models import load_model; "
-            "print(load_model(sys.argv[1]).fingerprint)")
-    other_process = subprocess.run([sys.executable, "-c", code, str(models.root / "export")],
-                                   cwd=REPO, check=True, capture_output=True, text=True)
+    code = (
+        "import sys; from attribution.models import load_model; "
+        "print(load_model(sys.argv[1]).fingerprint)"
+    )
+    other_process = subprocess.run(
+        [sys.executable, "-c", code, str(models.root / "export")],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert other_process.stdout.strip().splitlines()[-1] == first
 
 
 # -- legacy .h5 / .hdf5 Keras files --------------------------------------------------------
+
 
 def _lambda_h5(tmp_path, marker: Path, name: str = "lambda.h5") -> Path:
     """A .h5 whose Lambda layer, if ever run, would create ``marker``."""
@@ -334,13 +385,18 @@ def _as_keras2_lambda(path: Path) -> None:
     import json
 
     import h5py
+
     with h5py.File(path, "r+") as f:
         config = json.loads(f.attrs["model_config"])
         for layer in config["config"]["layers"]:
             if layer["class_name"] == "Lambda":
                 code = layer["config"]["function"]["config"]["code"]
-                layer["config"].update(function=[code, None, None], function_type="lambda",
-                                       output_shape=[8, 8, 3], output_shape_type="raw")
+                layer["config"].update(
+                    function=[code, None, None],
+                    function_type="lambda",
+                    output_shape=[8, 8, 3],
+                    output_shape_type="raw",
+                )
         f.attrs["model_config"] = json.dumps(config)
 
 
@@ -352,10 +408,15 @@ def test_legacy_h5_file_loads_like_the_model(tmp_path, suffix):
     model.save(path)
     loaded = load_model(str(path))
     assert (loaded.kind, loaded.image_size, loaded.num_classes, loaded.channels) == (
-        "h5", (8, 8), 5, 3)
+        "h5",
+        (8, 8),
+        5,
+        3,
+    )
     images = np.random.default_rng(0).random((2, 8, 8, 3)).astype(np.float32)
-    np.testing.assert_allclose(loaded.fn(images).numpy(), model(images, training=False),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.fn(images).numpy(), model(images, training=False), rtol=1e-5, atol=1e-6
+    )
     assert loaded.fingerprint == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -366,6 +427,7 @@ def test_h5_with_a_lambda_layer_is_refused_and_its_code_never_runs(tmp_path, ker
     if keras2_style:
         _as_keras2_lambda(path)
     from keras.src.saving.serialization_lib import SafeModeScope
+
     with SafeModeScope(False):  # even in a process where unsafe loading was turned on
         with pytest.raises(ModelLoadError, match="unsafe Lambda deserialization refused") as err:
             load_model(str(path))
@@ -380,8 +442,17 @@ def test_h5_lambda_through_the_cli_exits_3_before_reading_images(tmp_path):
     folder.mkdir()
     (folder / "x.png").write_bytes(b"not read")
     from pipeline import run as job
-    code = job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(tmp_path / "out"),
-                     "--model", str(path)])
+
+    code = job.main(
+        [
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--model",
+            str(path),
+        ]
+    )
     assert code == 3 and not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -391,6 +462,9 @@ def test_models_with_other_than_1_or_3_channels_are_refused(tmp_path, channels):
     x = keras.layers.GlobalAveragePooling2D()(inputs)
     path = tmp_path / f"c{channels}.keras"
     keras.Model(inputs, keras.layers.Dense(2)(x)).save(path)
-    with pytest.raises(ModelLoadError, match=f"takes {channels}-channel input .*only "
-                                             r"3-channel \(RGB\) and 1-channel"):
+    with pytest.raises(
+        ModelLoadError,
+        match=f"takes {channels}-channel input .*only "
+        r"3-channel \(RGB\) and 1-channel",
+    ):
         load_model(str(path))

@@ -1,4 +1,5 @@
 """The layers import one way: pipeline -> transforms -> attribution; no Beam in the engine."""
+
 import ast
 import pathlib
 import subprocess
@@ -7,8 +8,7 @@ import sys
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FORBIDDEN = {"attribution": {"apache_beam", "transforms", "pipeline"},
-             "transforms": {"pipeline"}}
+FORBIDDEN = {"attribution": {"apache_beam", "transforms", "pipeline"}, "transforms": {"pipeline"}}
 
 
 def imported_roots(path):
@@ -33,13 +33,15 @@ def test_engine_has_no_beam_dependency():
 
 
 def test_import_attribution_loads_tensorflow_only_when_needed():
-    code = ("import sys, attribution, attribution.hashing, attribution.quadrature\n"
-            "assert 'tensorflow' not in sys.modules\n"
-            "from attribution import METHODS, rule\n"
-            "assert 'tensorflow' not in sys.modules and rule('riemann_left', 4)\n"
-            "from attribution import IntegratedGradients, load_model\n"
-            "assert 'tensorflow' in sys.modules and callable(load_model)\n"
-            "assert set(attribution.__all__) <= set(dir(attribution))\n"
-            "try:\n    attribution.no_such_name\nexcept AttributeError:\n    pass\n"
-            "else:\n    raise AssertionError('no AttributeError')\n")
+    code = (
+        "import sys, attribution, attribution.hashing, attribution.quadrature\n"
+        "assert 'tensorflow' not in sys.modules\n"
+        "from attribution import METHODS, rule\n"
+        "assert 'tensorflow' not in sys.modules and rule('riemann_left', 4)\n"
+        "from attribution import IntegratedGradients, load_model\n"
+        "assert 'tensorflow' in sys.modules and callable(load_model)\n"
+        "assert set(attribution.__all__) <= set(dir(attribution))\n"
+        "try:\n    attribution.no_such_name\nexcept AttributeError:\n    pass\n"
+        "else:\n    raise AssertionError('no AttributeError')\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

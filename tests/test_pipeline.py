@@ -1,4 +1,5 @@
 """End to end runs of the job: accounting, outputs, options, runners, retries."""
+
 import json
 import os
 import subprocess
@@ -14,10 +15,27 @@ from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTRACT_SUMMARY_COLUMNS = [
-    "image_uri", "image_id", "width", "height", "target_class", "target_label",
-    "predicted_class", "predicted_score", "target_score", "baseline_score", "attribution_sum",
-    "completeness_error", "relative_completeness_error", "steps", "gradient_evaluations",
-    "method", "baseline", "mask_uri", "overlay_uri", "raw_uri"]
+    "image_uri",
+    "image_id",
+    "width",
+    "height",
+    "target_class",
+    "target_label",
+    "predicted_class",
+    "predicted_score",
+    "target_score",
+    "baseline_score",
+    "attribution_sum",
+    "completeness_error",
+    "relative_completeness_error",
+    "steps",
+    "gradient_evaluations",
+    "method",
+    "baseline",
+    "mask_uri",
+    "overlay_uri",
+    "raw_uri",
+]
 CONTRACT_ERROR_COLUMNS = ["image_uri", "stage", "error_type", "message"]
 FAST = ["--steps", "4", "--tolerance", "0.05", "--max_steps", "16", "--progress_interval", "0"]
 
@@ -35,12 +53,24 @@ def run_job(*argv):
 
 
 def test_mixed_folder_every_file_accounted_once_and_nothing_written_outside(
-        tiny_model, mixed_folder, tmp_path):
+    tiny_model, mixed_folder, tmp_path
+):
     folder, names, bad = mixed_folder
     out = tmp_path / "out"
     before = files_under(tmp_path)
-    assert run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model,
-                   "--write_raw", *FAST) == 0
+    assert (
+        run_job(
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            out,
+            "--model",
+            tiny_model,
+            "--write_raw",
+            *FAST,
+        )
+        == 0
+    )
     summaries, errors = read(out, "summaries"), read(out, "errors")
     by_name = lambda rows: sorted(os.path.basename(r["image_uri"]) for r in rows)
     assert by_name(summaries) == sorted(names - bad)
@@ -76,7 +106,8 @@ def test_mixed_folder_every_file_accounted_once_and_nothing_written_outside(
     assert manifest["counts"]["rows"] == len(summaries)
     assert manifest["metrics"]["model_loads"] == 1
     assert manifest["metrics"]["gradient_evaluations"] == sum(
-        r["gradient_evaluations"] for r in summaries)
+        r["gradient_evaluations"] for r in summaries
+    )
     assert manifest["model"]["input_size"] == [16, 16] and manifest["model"]["num_classes"] == 3
     for key in ("python", "tensorflow", "apache_beam", "numpy", "pyarrow"):
         assert manifest["versions"][key]
@@ -92,8 +123,10 @@ def test_parquet_schemas_hold_the_contract_columns(tiny_model, tmp_path):
     folder.mkdir()
     Image.new("RGB", (8, 8), (10, 200, 30)).save(folder / "a.png")
     out = tmp_path / "out"
-    assert run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model,
-                   *FAST) == 0
+    assert (
+        run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model, *FAST)
+        == 0
+    )
     assert pq.read_schema(next((out / "summaries").glob("*.parquet"))).equals(SUMMARY_SCHEMA)
     assert pq.read_schema(next((out / "errors").glob("*.parquet"))).equals(ERROR_SCHEMA)
     row = read(out, "summaries")[0]
@@ -109,8 +142,18 @@ def test_image_ids_are_stable_across_runs(tiny_model, tmp_path):
         Image.new("RGB", (8, 8)).save(folder / name)
     ids = []
     for run in ("one", "two"):
-        assert run_job("--input_pattern", f"{folder}/*", "--output_dir", tmp_path / run,
-                       "--model", tiny_model, *FAST) == 0
+        assert (
+            run_job(
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                tmp_path / run,
+                "--model",
+                tiny_model,
+                *FAST,
+            )
+            == 0
+        )
         ids.append({r["image_uri"]: r["image_id"] for r in read(tmp_path / run, "summaries")})
     assert ids[0] == ids[1] and len(set(ids[0].values())) == 3
 
@@ -120,12 +163,27 @@ def test_topk_regions_labels_and_failure_fraction(tiny_model, mixed_folder, tmp_
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nboat\n")
     regions = tmp_path / "regions.csv"
-    regions.write_text("image,region,x0,y0,x1,y1\nrgb.png,left,0,0,16,24\n"
-                       f"{folder}/rgb.png,right,16,0,32,24\n")
+    regions.write_text(
+        f"image,region,x0,y0,x1,y1\nrgb.png,left,0,0,16,24\n{folder}/rgb.png,right,16,0,32,24\n"
+    )
     out = tmp_path / "out"
-    code = run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model,
-                   "--target", "topk:2", "--labels", labels, "--regions", regions,
-                   "--max_failure_fraction", "0.1", *FAST)
+    code = run_job(
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        out,
+        "--model",
+        tiny_model,
+        "--target",
+        "topk:2",
+        "--labels",
+        labels,
+        "--regions",
+        regions,
+        "--max_failure_fraction",
+        "0.1",
+        *FAST,
+    )
     assert code == 1  # 5 of 16 failed: written in full, then a non-zero exit
     summaries = read(out, "summaries")
     assert len(summaries) == 2 * len(names - bad)
@@ -140,18 +198,22 @@ def test_topk_regions_labels_and_failure_fraction(tiny_model, mixed_folder, tmp_
     assert json.loads((out / "manifest.json").read_text())["complete"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--method", "simpson"], "invalid choice"),
-    (["--steps", "-3"], "--steps must be >= 1"),
-    (["--target", "top3"], "--target must be"),
-    (["--max_failure_fraction", "2"], "--max_failure_fraction"),
-    (["--image_size", "224"], "--image_size must be H,W"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--method", "simpson"], "invalid choice"),
+        (["--steps", "-3"], "--steps must be >= 1"),
+        (["--target", "top3"], "--target must be"),
+        (["--max_failure_fraction", "2"], "--max_failure_fraction"),
+        (["--image_size", "224"], "--image_size must be H,W"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(tiny_model, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
     try:  # argparse itself exits 2 on a bad choice; our validation returns 2
-        code = run_job("--input_pattern", f"{tmp_path}/*", "--output_dir", out, "--model",
-                       tiny_model, *argv)
+        code = run_job(
+            "--input_pattern", f"{tmp_path}/*", "--output_dir", out, "--model", tiny_model, *argv
+        )
     except SystemExit as e:
         code = e.code
     assert code == 2
@@ -162,8 +224,17 @@ def test_bad_options_are_refused_before_any_work(tiny_model, tmp_path, capsys, a
 def test_missing_output_dir_and_empty_pattern(tiny_model, tmp_path, capsys):
     assert run_job("--input_pattern", f"{tmp_path}/*.png", "--model", tiny_model) == 2
     assert "--output_dir is required" in capsys.readouterr().err
-    assert run_job("--input_pattern", f"{tmp_path}/nothing/*.png", "--output_dir",
-                   tmp_path / "out", "--model", tiny_model) == 2
+    assert (
+        run_job(
+            "--input_pattern",
+            f"{tmp_path}/nothing/*.png",
+            "--output_dir",
+            tmp_path / "out",
+            "--model",
+            tiny_model,
+        )
+        == 2
+    )
     assert "matches no file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -171,8 +242,17 @@ def test_missing_output_dir_and_empty_pattern(tiny_model, tmp_path, capsys):
 def test_a_model_that_cannot_load_stops_before_reading(mixed_folder, tmp_path, capsys):
     folder, _, _ = mixed_folder
     out = tmp_path / "out"
-    assert run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model",
-                   tmp_path / "no-such-model") == 3
+    assert (
+        run_job(
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            out,
+            "--model",
+            tmp_path / "no-such-model",
+        )
+        == 3
+    )
     err = capsys.readouterr().err
     assert "no-such-model" in err and "nothing was read" in err
     assert not out.exists()
@@ -183,8 +263,10 @@ def test_config_file_with_flags_overriding_it(tiny_model, tmp_path):
     folder.mkdir()
     Image.new("RGB", (8, 8), (1, 2, 3)).save(folder / "a.png")
     config = tmp_path / "profile.yaml"
-    config.write_text(f"input_pattern: {folder}/*\nmodel: {tiny_model}\nmethod: riemann_trapezoid\n"
-                      "steps: 9\ntolerance: 0\nprogress_interval: 0\nwrite_raw: true\n")
+    config.write_text(
+        f"input_pattern: {folder}/*\nmodel: {tiny_model}\nmethod: riemann_trapezoid\n"
+        "steps: 9\ntolerance: 0\nprogress_interval: 0\nwrite_raw: true\n"
+    )
     out = tmp_path / "out"
     assert run_job("--config", config, "--output_dir", out, "--steps", "5") == 0
     row = read(out, "summaries")[0]
@@ -193,11 +275,23 @@ def test_config_file_with_flags_overriding_it(tiny_model, tmp_path):
 
 
 def test_cli_help_lists_options_with_defaults():
-    result = subprocess.run([sys.executable, "-m", "pipeline", "--help"], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0
-    for text in ("--input_pattern", "--model_output", "--tolerance", "--max_failure_fraction",
-                 "--labels", "default: gausslegendre", "--regions"):
+    for text in (
+        "--input_pattern",
+        "--model_output",
+        "--tolerance",
+        "--max_failure_fraction",
+        "--labels",
+        "default: gausslegendre",
+        "--regions",
+    ):
         assert text in result.stdout
 
 
@@ -207,10 +301,25 @@ def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
     Image.new("RGB", (9, 7), (120, 30, 200)).save(folder / "x.png")
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*.png", "--output_dir",
-         str(out), "--model", tiny_model, *FAST, "--progress_interval", "0.5"], cwd=REPO,
-        capture_output=True, text=True,
-        timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{folder}/*.png",
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            *FAST,
+            "--progress_interval",
+            "0.5",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "attributed 1 of 1 images" in result.stdout
     assert "progress: 1/1 images (100%)" in result.stderr
@@ -220,12 +329,24 @@ def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
 def test_multi_process_direct_runner_gives_the_same_outputs(tiny_model, mixed_folder, tmp_path):
     folder, names, bad = mixed_folder
     outs = {}
-    for mode, extra in (("single", []), ("multi", ["--direct_num_workers", "2",
-                                                   "--direct_running_mode",
-                                                   "multi_processing"])):
+    for mode, extra in (
+        ("single", []),
+        ("multi", ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]),
+    ):
         out = tmp_path / mode
-        assert run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model",
-                       tiny_model, *FAST, *extra) == 0
+        assert (
+            run_job(
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                out,
+                "--model",
+                tiny_model,
+                *FAST,
+                *extra,
+            )
+            == 0
+        )
         outs[mode] = out
     key = lambda r: r["image_uri"]
     single = sorted(read(outs["single"], "summaries"), key=key)
@@ -240,16 +361,39 @@ def test_multi_process_direct_runner_gives_the_same_outputs(tiny_model, mixed_fo
 
 def test_dataflow_dry_run_builds_the_job_graph_offline(tiny_model, mixed_folder):
     folder, _, _ = mixed_folder
-    result = job.run([
-        "--input_pattern", f"{folder}/*", "--output_dir", "gs://no-such-bucket/ig/out",
-        "--model", tiny_model, "--runner", "DataflowRunner", "--dry_run", "True",
-        "--project", "example-project", "--region", "us-central1",
-        "--temp_location", "gs://no-such-bucket/tmp"])
+    result = job.run(
+        [
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            "gs://no-such-bucket/ig/out",
+            "--model",
+            tiny_model,
+            "--runner",
+            "DataflowRunner",
+            "--dry_run",
+            "True",
+            "--project",
+            "example-project",
+            "--region",
+            "us-central1",
+            "--temp_location",
+            "gs://no-such-bucket/tmp",
+        ]
+    )
     assert result.manifest is None and result.report is None
     proto = result.beam_result.job.proto_pipeline
     names = {t.unique_name for t in proto.components.transforms.values()}
-    for label in ("ReadImages", "Attribute", "Summarize", "WriteSummaries", "WriteErrors",
-                  "Attribute/IntegratedGradients", "ReadImages/Decode", "Commit"):
+    for label in (
+        "ReadImages",
+        "Attribute",
+        "Summarize",
+        "WriteSummaries",
+        "WriteErrors",
+        "Attribute/IntegratedGradients",
+        "ReadImages/Decode",
+        "Commit",
+    ):
         assert label in names, sorted(names)[:50]
     assert "Progress" not in names
     options = result.beam_result.job.options.get_all_options()
@@ -257,9 +401,11 @@ def test_dataflow_dry_run_builds_the_job_graph_offline(tiny_model, mixed_folder)
 
 
 def test_a_step_that_fails_once_is_retried_without_duplicates_or_leftovers(
-        tiny_model, mixed_folder, tmp_path, monkeypatch):
+    tiny_model, mixed_folder, tmp_path, monkeypatch
+):
     """As tensorflow/transform's retry tests: the bundle runner retries a failed bundle."""
     from transforms import summarize
+
     folder, names, bad = mixed_folder
     real_publish, calls = summarize.publish, []
 
@@ -274,8 +420,20 @@ def test_a_step_that_fails_once_is_retried_without_duplicates_or_leftovers(
 
     monkeypatch.setattr(summarize, "publish", flaky_publish)
     out = tmp_path / "out"
-    assert run_job("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model,
-                   "--runner", "BundleBasedDirectRunner", *FAST) == 0
+    assert (
+        run_job(
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            out,
+            "--model",
+            tiny_model,
+            "--runner",
+            "BundleBasedDirectRunner",
+            *FAST,
+        )
+        == 0
+    )
     summaries = read(out, "summaries")
     uris = [r["image_uri"] for r in summaries]
     assert len(uris) == len(set(uris)) == len(names - bad)

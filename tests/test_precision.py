@@ -1,5 +1,6 @@
 """--precision: a Keras model computes in bfloat16/float16 while scores and completeness stay
 float32/float64; a SavedModel is refused with what to do."""
+
 import numpy as np
 import pytest
 
@@ -38,7 +39,9 @@ def test_mixed_precision_model_computes_in_half_and_stays_complete(keras_file, p
     # the check itself is float64 on float32 scores: it measures the half-precision path
     assert b.completeness_error == pytest.approx(
         abs(float(b.attributions.astype(np.float64).sum()) - (b.target_score - b.baseline_score)),
-        rel=1e-3, abs=1e-6)
+        rel=1e-3,
+        abs=1e-6,
+    )
     assert b.relative_completeness_error < 0.1
     assert np.corrcoef(a.attributions.ravel(), b.attributions.ravel())[0, 1] > 0.95
 
@@ -55,8 +58,13 @@ def test_unknown_precision_is_a_bad_argument(keras_file):
 
 
 def test_settings_hash_counts_precision_only_when_not_float32():
-    base = {"model": "m", "output_dir": "o", "image_size": (8, 8), "num_classes": 3,
-            "model_fingerprint": "f"}
+    base = {
+        "model": "m",
+        "output_dir": "o",
+        "image_size": (8, 8),
+        "num_classes": 3,
+        "model_fingerprint": "f",
+    }
     default = Settings(**base)
     assert Settings(**base, precision="float32").settings_hash == default.settings_hash
     assert Settings(**base, precision="mixed_bfloat16").settings_hash != default.settings_hash

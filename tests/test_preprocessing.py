@@ -1,4 +1,5 @@
 """--preprocess: Keras Applications' input modes inside the explained function."""
+
 import json
 import os
 
@@ -41,16 +42,24 @@ def test_per_rgb_channel_modes_are_refused_for_grayscale_models(tmp_path, mode):
     inputs = keras.Input((SIZE, SIZE, 1))
     path = tmp_path / "gray.keras"
     keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(path)
-    with pytest.raises(ModelLoadError, match=f"--preprocess {mode} subtracts ImageNet means per "
-                                             "R, G, B channel.*use --preprocess none"):
+    with pytest.raises(
+        ModelLoadError,
+        match=f"--preprocess {mode} subtracts ImageNet means per "
+        "R, G, B channel.*use --preprocess none",
+    ):
         load_model(str(path), preprocess=mode)
     for ok in ("none", "scale255", "tf"):
         assert load_model(str(path), preprocess=ok).channels == 1
 
 
 def test_settings_hash_records_preprocess_and_keeps_old_hashes():
-    base = {"model": "m", "output_dir": "o", "image_size": (8, 8), "num_classes": 2,
-            "model_fingerprint": "f"}
+    base = {
+        "model": "m",
+        "output_dir": "o",
+        "image_size": (8, 8),
+        "num_classes": 2,
+        "model_fingerprint": "f",
+    }
     hashes = {mode: Settings(**base, preprocess=mode).settings_hash for mode in PREPROCESS}
     assert len(set(hashes.values())) == len(PREPROCESS)
     assert hashes["none"] == Settings(**base).settings_hash
@@ -59,6 +68,7 @@ def test_settings_hash_records_preprocess_and_keeps_old_hashes():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     import skimage.data
+
     folder = tmp_path_factory.mktemp("photos")
     Image.fromarray(skimage.data.astronaut()[::16, ::16]).save(folder / "astronaut.png")
     Image.fromarray(skimage.data.coffee()[::20, ::20]).save(folder / "coffee.png")
@@ -71,8 +81,9 @@ def _model_for(mode: str, path) -> keras.Model:
     keras.utils.set_random_seed(7)
     scale = {"none": 1.0, "scale255": 1 / 255, "tf": 0.5, "caffe": 1 / 128, "torch": 0.25}[mode]
     inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(6, 3, activation="tanh",
-                            kernel_initializer=keras.initializers.RandomNormal(0, scale))(inputs)
+    x = keras.layers.Conv2D(
+        6, 3, activation="tanh", kernel_initializer=keras.initializers.RandomNormal(0, scale)
+    )(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(4)(x))
     model.save(path)
@@ -93,10 +104,31 @@ def _model_inputs(folder) -> dict[str, np.ndarray]:
 def test_pipeline_scores_equal_the_model_on_keras_preprocessed_inputs(mode, photos, tmp_path):
     model = _model_for(mode, tmp_path / f"{mode}.keras")
     out = tmp_path / "out"
-    assert job.main(["--input_pattern", f"{photos}/*", "--output_dir", str(out), "--model",
-                     str(tmp_path / f"{mode}.keras"), "--preprocess", mode, "--score", "logit",
-                     "--target", "topk:2", "--tolerance", str(TOLERANCE), "--write_raw",
-                     "--progress_interval", "0", "--no_report"]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{photos}/*",
+                "--output_dir",
+                str(out),
+                "--model",
+                str(tmp_path / f"{mode}.keras"),
+                "--preprocess",
+                mode,
+                "--score",
+                "logit",
+                "--target",
+                "topk:2",
+                "--tolerance",
+                str(TOLERANCE),
+                "--write_raw",
+                "--progress_interval",
+                "0",
+                "--no_report",
+            ]
+        )
+        == 0
+    )
     rows = pq.read_table(out / "summaries").to_pylist()
     inputs = _model_inputs(photos)
     assert sorted({os.path.basename(r["image_uri"]) for r in rows}) == sorted(inputs)
@@ -105,11 +137,13 @@ def test_pipeline_scores_equal_the_model_on_keras_preprocessed_inputs(mode, phot
         pixels = inputs[os.path.basename(row["image_uri"])]
         logits = model(keras_preprocessed(pixels[None], mode)).numpy()[0]
         assert row["predicted_class"] == int(np.argmax(logits))
-        np.testing.assert_allclose(row["target_score"], logits[row["target_class"]],
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            row["target_score"], logits[row["target_class"]], rtol=1e-4, atol=1e-5
+        )
         # the baseline is black pixels, whatever the model is fed for them
-        np.testing.assert_allclose(row["baseline_score"], black[row["target_class"]],
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            row["baseline_score"], black[row["target_class"]], rtol=1e-4, atol=1e-5
+        )
         # completeness in pixel space: the attributions over [0, 1] pixels add up
         raw = np.load(row["raw_uri"])
         assert raw.shape == (SIZE, SIZE, 3)

@@ -1,4 +1,5 @@
 """Quadrature rules: exactness, nesting refinements, convergence to one answer."""
+
 import numpy as np
 import pytest
 
@@ -16,16 +17,16 @@ def test_weights_sum_to_one_and_points_in_unit_interval(method):
 
 
 def test_exactness_degrees():
-    cubic = lambda a: 4 * a ** 3  # integral 1
+    cubic = lambda a: 4 * a**3  # integral 1
     assert np.isclose(rule("gausslegendre", 2).weights @ cubic(rule("gausslegendre", 2).alphas), 1)
     # GL with n points is exact for degree 2n - 1
     r = rule("gausslegendre", 8)
-    assert np.isclose(r.weights @ (16 * r.alphas ** 15), 1.0, atol=1e-13)
+    assert np.isclose(r.weights @ (16 * r.alphas**15), 1.0, atol=1e-13)
     # midpoint and trapezoid are exact for lines, not for quadratics
     for method in ("riemann_middle", "riemann_trapezoid"):
         r = rule(method, 5)
         assert np.isclose(r.weights @ (2 * r.alphas), 1.0, atol=1e-14)
-        assert not np.isclose(r.weights @ (3 * r.alphas ** 2), 1.0, atol=1e-6)
+        assert not np.isclose(r.weights @ (3 * r.alphas**2), 1.0, atol=1e-6)
 
 
 def test_trapezoid_matches_tutorial_grid():
@@ -54,14 +55,17 @@ def test_refinement_equals_the_fresh_finer_rule(method):
 def test_every_rule_converges_to_the_same_integral(method):
     f = lambda a: 1 / (1 + 25 * (a - 0.3) ** 2)  # Runge-like bump
     exact = (np.arctan(5 * 0.7) + np.arctan(5 * 0.3)) / 5
-    errors = [abs(rule(method, n).weights @ f(rule(method, n).alphas) - exact)
-              for n in (8, 64, 512)]
+    errors = [
+        abs(rule(method, n).weights @ f(rule(method, n).alphas) - exact) for n in (8, 64, 512)
+    ]
     assert errors[2] < errors[0]
     assert errors[2] < 2e-3
 
 
-@pytest.mark.parametrize("method,steps", [("nope", 4), ("gausslegendre", 0),
-                                          ("riemann_trapezoid", 1), ("riemann_left", 2.5)])
+@pytest.mark.parametrize(
+    "method,steps",
+    [("nope", 4), ("gausslegendre", 0), ("riemann_trapezoid", 1), ("riemann_left", 2.5)],
+)
 def test_bad_rules_are_refused(method, steps):
     with pytest.raises(ValueError, match="method|steps"):
         quadrature.rule(method, steps)

@@ -1,5 +1,6 @@
 """The HTML report on hand-made run folders: aggregates, findings, escaping, the command
 line, and a render in headless Chromium (images decoded, no console errors)."""
+
 import re
 import shutil
 import subprocess
@@ -57,13 +58,18 @@ def test_aggregates_per_class(run_dir, monkeypatch):
 def test_findings_state_the_planted_shortcut(run_dir):
     found = report.findings(report.read_run(str(run_dir)))
     text = "\n".join(found)
-    assert ("class `circle` puts 58% of its positive attribution on region `cue` (the region "
-            "covers 1.0% of the image), 5x the other classes' 12% on average, and its peak falls there in 100% of "
-            "images") in text
-    assert not any("on region `object`" in f and "other classes" in f
-                   for f in found)  # no clear outlier
-    assert ("class `circle`: 58% of positive attribution falls on region `cue` (peak there in "
-            "100% of images), 30% on `object` (peak there in 0% of images)") in found
+    assert (
+        "class `circle` puts 58% of its positive attribution on region `cue` (the region "
+        "covers 1.0% of the image), 5x the other classes' 12% on average, and its peak falls there in 100% of "
+        "images"
+    ) in text
+    assert not any(
+        "on region `object`" in f and "other classes" in f for f in found
+    )  # no clear outlier
+    assert (
+        "class `circle`: 58% of positive attribution falls on region `cue` (peak there in "
+        "100% of images), 30% on `object` (peak there in 0% of images)"
+    ) in found
     assert "class `square`: 60% of positive attribution falls on region `object`" in text
     assert "3 of 18 rows (16.7%) did not converge to the completeness tolerance 0.01" in text
     assert "2 of 20 inputs (10.0%) failed; most common: UnsupportedFormat at decode (2)." in found
@@ -91,8 +97,9 @@ def test_report_with_zero_attributed_rows(tmp_path):
     run_dir = make_run(tmp_path / "run", rows=[], errors=[error(f"/in/{i}.jpg") for i in range(3)])
     run = report.read_run(str(run_dir))
     assert run.rows == 0 and run.classes == {}
-    assert "No row was attributed: there is nothing to say about attributions." in \
-        report.findings(run)
+    assert "No row was attributed: there is nothing to say about attributions." in report.findings(
+        run
+    )
     page = Path(report.write_report(str(run_dir))).read_text()
     assert "3 inputs could not be attributed" in page and "<img" not in page
 
@@ -103,8 +110,9 @@ def test_report_is_self_contained_and_escapes_data(tmp_path):
     rows = [summary_row(folder, i, c) for c in range(3) for i in range(ROWS_PER_CLASS)]
     rows[0] = {**rows[0], "image_uri": hostile, "target_label": "<b>circle</b>"}
     for row in rows:  # a hostile region name: in the regions table and the findings
-        row["regions"] = [{**r, "name": HOSTILE_REGION} if r["name"] == "object" else r
-                          for r in row["regions"]]
+        row["regions"] = [
+            {**r, "name": HOSTILE_REGION} if r["name"] == "object" else r for r in row["regions"]
+        ]
     make_run(folder, rows=rows, errors=[error(HOSTILE, "<img src=x onerror=alert(1)>")])
     page = Path(report.write_report(str(folder))).read_text()
     assert "<script>alert(1)" not in page and "<b>circle" not in page
@@ -138,8 +146,13 @@ def test_missing_manifest_is_a_clear_error(tmp_path):
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.report", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.report", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_command_line_writes_the_report(run_dir):
@@ -159,20 +172,34 @@ def test_command_line_refuses_a_folder_that_is_no_run(tmp_path, which):
     assert "manifest.json not found" in result.stderr and "Traceback" not in result.stderr
 
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-                  "--enable-logging=stderr", "--v=0")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+)
 
 
 def chromium(profile: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("chromium"), *CHROMIUM_FLAGS,
-                           f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [shutil.which("chromium"), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="chromium is not installed: run scripts/install_chromium.sh")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None,
+    reason="chromium is not installed: run scripts/install_chromium.sh",
+)
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     page = Path(report.write_report(str(run_dir)))
     url = page.as_uri()
@@ -181,10 +208,15 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     body = re.search(r"<body([^>]*)>", result.stdout).group(1)
     assert f'data-images-loaded="{images}"' in body and 'data-images-broken="0"' in body, body
-    console = [line for line in result.stderr.splitlines()
-               if ":CONSOLE" in line or "Uncaught" in line]
+    console = [
+        line for line in result.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line
+    ]
     assert console == []
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = chromium(tmp_path / "profile", "--window-size=1280,2000",
-                    f"--screenshot={ARTIFACTS / 'report.png'}", url)
+    shot = chromium(
+        tmp_path / "profile",
+        "--window-size=1280,2000",
+        f"--screenshot={ARTIFACTS / 'report.png'}",
+        url,
+    )
     assert shot.returncode == 0 and (ARTIFACTS / "report.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """The run folder on real processes and files: exclusive (lock), clean (refused or
 overwritten), committed once by the job, resumable after kill -9, safe with special files,
 honest exits (issue 9)."""
+
 import datetime
 import json
 import os
@@ -21,9 +22,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--steps", "4", "--tolerance", "0.05", "--max_steps", "16", "--progress_interval", "0"]
 # Slow enough to be caught mid-run: 512 points per image, 2 images per engine call, a part
 # published per batch (--commit_interval 0), two worker processes.
-SLOW = ["--method", "riemann_trapezoid", "--steps", "512", "--tolerance", "0", "--batch_size",
-        "16", "--image_batch_size", "2", "--commit_interval", "0", "--progress_interval", "0",
-        "--no_report"]
+SLOW = [
+    "--method",
+    "riemann_trapezoid",
+    "--steps",
+    "512",
+    "--tolerance",
+    "0",
+    "--batch_size",
+    "16",
+    "--image_batch_size",
+    "2",
+    "--commit_interval",
+    "0",
+    "--progress_interval",
+    "0",
+    "--no_report",
+]
 WORKERS = ["--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
 
 
@@ -32,7 +47,8 @@ def images(folder, n, size=(12, 10), seed=0):
     rng = np.random.default_rng(seed)
     for i in range(n):
         Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)).save(
-            folder / f"img{i:03d}.png")
+            folder / f"img{i:03d}.png"
+        )
     return folder
 
 
@@ -41,8 +57,10 @@ def files_under(root):
 
 
 def rows(out, folder="summaries"):
-    return sorted(pq.read_table(os.path.join(out, folder)).to_pylist(),
-                  key=lambda r: (r["image_uri"], r.get("target_rank") or 0))
+    return sorted(
+        pq.read_table(os.path.join(out, folder)).to_pylist(),
+        key=lambda r: (r["image_uri"], r.get("target_rank") or 0),
+    )
 
 
 def manifest(out):
@@ -57,17 +75,24 @@ def assert_clean_and_committed(out):
     for folder in ("summaries", "errors"):
         assert sorted(os.listdir(os.path.join(out, folder))) == sorted(m["files"][folder])
     names = [os.path.relpath(p, out) for p in files_under(out)]
-    assert not [n for n in names if n.startswith((".staging", ".lock")) or ".tmp-" in n
-                or "beam-temp" in n], names
+    assert not [
+        n for n in names if n.startswith((".staging", ".lock")) or ".tmp-" in n or "beam-temp" in n
+    ], names
     assert not [p for p in files_under(out) if os.path.getsize(p) == 0]
     return m
 
 
 def spawn(*argv):
     """`python -m pipeline` in its own process group (its DirectRunner workers join it)."""
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, argv)], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *map(str, argv)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def group_pids(pgid):
@@ -110,15 +135,25 @@ def kill_group(proc):
 
 def staged_parts(out):
     folder = os.path.join(out, ".staging", "summaries")
-    return [n for n in os.listdir(folder) if n.endswith(".parquet")] if os.path.isdir(
-        folder) else []
+    return (
+        [n for n in os.listdir(folder) if n.endswith(".parquet")] if os.path.isdir(folder) else []
+    )
 
 
 def same_rows(a, b):
     assert [r["image_uri"] for r in a] == [r["image_uri"] for r in b]
     for x, y in zip(a, b):
-        for key in ("image_id", "target_class", "predicted_class", "steps", "mask_uri",
-                    "overlay_uri", "content_sha256", "settings_hash", "model_fingerprint"):
+        for key in (
+            "image_id",
+            "target_class",
+            "predicted_class",
+            "steps",
+            "mask_uri",
+            "overlay_uri",
+            "content_sha256",
+            "settings_hash",
+            "model_fingerprint",
+        ):
             if key.endswith("_uri"):
                 assert os.path.basename(x[key]) == os.path.basename(y[key])
             else:
@@ -135,23 +170,44 @@ def slow_inputs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def clean_run(tiny_model, slow_inputs, tmp_path_factory):
     out = tmp_path_factory.mktemp("clean") / "out"
-    assert job.main(["--input_pattern", f"{slow_inputs}/*", "--output_dir", str(out),
-                     "--model", tiny_model, *SLOW]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{slow_inputs}/*",
+                "--output_dir",
+                str(out),
+                "--model",
+                tiny_model,
+                *SLOW,
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.mark.parametrize("point", ["parts_staged", "inputs_listed"])
-def test_kill_9_mid_run_then_resume_ends_as_a_clean_run(tiny_model, slow_inputs, clean_run,
-                                                        tmp_path, point):
+def test_kill_9_mid_run_then_resume_ends_as_a_clean_run(
+    tiny_model, slow_inputs, clean_run, tmp_path, point
+):
     out = tmp_path / "out"
-    argv = ["--input_pattern", f"{slow_inputs}/*", "--output_dir", out, "--model", tiny_model,
-            *SLOW]
+    argv = [
+        "--input_pattern",
+        f"{slow_inputs}/*",
+        "--output_dir",
+        out,
+        "--model",
+        tiny_model,
+        *SLOW,
+    ]
     proc = spawn(*argv, *WORKERS)
     if point == "parts_staged":
         reached = lambda: len(staged_parts(out)) >= 3
     else:  # the workers started, nothing published yet
-        reached = lambda: ((out / ".staging" / "inputs.parquet").exists()
-                           and len(group_pids(proc.pid)) >= 3)
+        reached = lambda: (
+            (out / ".staging" / "inputs.parquet").exists() and len(group_pids(proc.pid)) >= 3
+        )
     assert wait_for(reached, proc), proc.communicate()[1][-3000:]
     assert not (out / "manifest.json").exists()  # caught before the commit
     members = kill_group(proc)
@@ -177,10 +233,18 @@ def test_kill_9_mid_run_then_resume_ends_as_a_clean_run(tiny_model, slow_inputs,
 
 
 def test_a_second_run_into_a_locked_folder_is_refused_naming_the_owner(
-        tiny_model, slow_inputs, tmp_path, capsys):
+    tiny_model, slow_inputs, tmp_path, capsys
+):
     out = tmp_path / "out"
-    argv = ["--input_pattern", f"{slow_inputs}/*", "--output_dir", out, "--model", tiny_model,
-            *SLOW]
+    argv = [
+        "--input_pattern",
+        f"{slow_inputs}/*",
+        "--output_dir",
+        out,
+        "--model",
+        tiny_model,
+        *SLOW,
+    ]
     first = spawn(*argv)
     assert wait_for(lambda: (out / ".lock").exists(), first)
     assert job.main([str(a) for a in argv]) == 2
@@ -199,11 +263,26 @@ def test_a_stale_lock_is_reported_and_needs_resume_or_overwrite(tiny_model, tmp_
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out.mkdir()
-    (out / ".lock").write_text(json.dumps({
-        "run_id": "old", "host": os.uname().nodename, "pid": dead.pid,
-        "started_at": "2026-01-01T00:00:00+00:00", "token": "x"}))
-    argv = ["--input_pattern", f"{folder}/*", "--output_dir", str(out), "--model", tiny_model,
-            *FAST]
+    (out / ".lock").write_text(
+        json.dumps(
+            {
+                "run_id": "old",
+                "host": os.uname().nodename,
+                "pid": dead.pid,
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "token": "x",
+            }
+        )
+    )
+    argv = [
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        *FAST,
+    ]
     assert job.main(argv) == 2
     err = capsys.readouterr().err
     assert "stale lock" in err and "--resume" in err and "--overwrite" in err
@@ -212,9 +291,17 @@ def test_a_stale_lock_is_reported_and_needs_resume_or_overwrite(tiny_model, tmp_
     # The lock of a live process (this one) an hour old is in use; older than
     # --lock_timeout it is stale even while its process lives.
     an_hour_ago = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
-    (out / ".lock").write_text(json.dumps({
-        "run_id": "old", "host": os.uname().nodename, "pid": os.getpid(),
-        "started_at": an_hour_ago.isoformat(timespec="seconds"), "token": "x"}))
+    (out / ".lock").write_text(
+        json.dumps(
+            {
+                "run_id": "old",
+                "host": os.uname().nodename,
+                "pid": os.getpid(),
+                "started_at": an_hour_ago.isoformat(timespec="seconds"),
+                "token": "x",
+            }
+        )
+    )
     assert job.main(argv + ["--overwrite"]) == 2
     assert "in use by run 'old'" in capsys.readouterr().err
     assert job.main(argv + ["--overwrite", "--lock_timeout", "60"]) == 0
@@ -224,12 +311,39 @@ def test_a_stale_lock_is_reported_and_needs_resume_or_overwrite(tiny_model, tmp_
 def test_rerun_is_refused_then_overwrite_replaces_everything(tiny_model, tmp_path, capsys):
     folder = images(tmp_path / "in", 6)
     out = tmp_path / "out"
-    assert job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(out), "--model",
-                     tiny_model, "--target", "topk:2", "--write_raw", *FAST]) == 0
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                str(out),
+                "--model",
+                tiny_model,
+                "--target",
+                "topk:2",
+                "--write_raw",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert len(rows(out)) == 12
-    smaller = ["--input_pattern", f"{folder}/img00[0-2].png", "--output_dir", str(out),
-               "--model", tiny_model, "--method", "riemann_middle", *FAST,
-               "--direct_num_workers", "2", "--direct_running_mode", "multi_threading"]
+    smaller = [
+        "--input_pattern",
+        f"{folder}/img00[0-2].png",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        "--method",
+        "riemann_middle",
+        *FAST,
+        "--direct_num_workers",
+        "2",
+        "--direct_running_mode",
+        "multi_threading",
+    ]
     assert job.main(smaller) == 2
     err = capsys.readouterr().err
     assert "holds another run's outputs" in err and "--overwrite" in err
@@ -251,16 +365,36 @@ def test_special_files_become_error_rows_at_once(tiny_model, tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*", "--output_dir",
-         str(out), "--model", tiny_model, "--max_file_bytes", "4000", *FAST, "--no_report"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True,
-        timeout=50, check=False)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            "--max_file_bytes",
+            "4000",
+            *FAST,
+            "--no_report",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - started < 50
     errors = {os.path.basename(r["image_uri"]): r for r in rows(out, "errors")}
     assert {k: (v["stage"], v["error_type"]) for k, v in errors.items()} == {
-        "fifo.png": ("read", "NotRegularFile"), "zero.png": ("read", "NotRegularFile"),
-        "large.png": ("read", "FileTooLarge")}
+        "fifo.png": ("read", "NotRegularFile"),
+        "zero.png": ("read", "NotRegularFile"),
+        "large.png": ("read", "FileTooLarge"),
+    }
     assert "FIFO" in errors["fifo.png"]["message"]
     assert "character device" in errors["zero.png"]["message"]
     assert len(rows(out)) == 2
@@ -269,6 +403,7 @@ def test_special_files_become_error_rows_at_once(tiny_model, tmp_path):
 
 def test_a_listed_file_that_vanished_is_an_error_row_naming_it(tmp_path):
     from transforms.read import DecodeFn
+
     fn = DecodeFn((8, 8), 10_000)
     [out] = list(fn.process(str(tmp_path / "gone.png")))
     assert out.tag == "errors"
@@ -279,8 +414,7 @@ def test_a_listed_file_that_vanished_is_an_error_row_naming_it(tmp_path):
 def test_the_output_folder_inside_the_input_pattern_is_never_read(tiny_model, tmp_path):
     data = images(tmp_path / "data", 3)
     out = data / "out"
-    argv = ["--input_pattern", f"{data}/**", "--output_dir", str(out), "--model", tiny_model,
-            *FAST]
+    argv = ["--input_pattern", f"{data}/**", "--output_dir", str(out), "--model", tiny_model, *FAST]
     assert job.main(argv) == 0
     assert job.main(argv + ["--overwrite"]) == 0  # its masks and Parquet are there now
     m = assert_clean_and_committed(out)
@@ -291,15 +425,21 @@ def test_the_output_folder_inside_the_input_pattern_is_never_read(tiny_model, tm
 @pytest.fixture
 def tmpfs(tmp_path):
     """A small tmpfs mounted for the test (needs root and a kernel that allows it)."""
+
     def mount(size):
         point = tmp_path / f"tmpfs-{size}"
         point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
-                                 str(point)], capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip() or 'not root'}")
         mounted.append(point)
         return point
+
     mounted = []
     yield mount
     for point in mounted:
@@ -307,15 +447,32 @@ def tmpfs(tmp_path):
 
 
 def test_a_full_disk_ends_with_exit_1_naming_the_file_and_no_half_written_file(
-        tiny_model, tmp_path, tmpfs):
+    tiny_model, tmp_path, tmpfs
+):
     folder = images(tmp_path / "in", 40, size=(64, 48))
     disk = tmpfs("48k")
     out = disk / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*", "--output_dir",
-         str(out), "--model", tiny_model, *FAST, "--write_raw"], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            *FAST,
+            "--write_raw",
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot write {out}/"), last
@@ -330,16 +487,30 @@ def test_a_full_disk_ends_with_exit_1_naming_the_file_and_no_half_written_file(
             Image.open(path).load()
 
 
-def test_a_report_that_does_not_fit_exits_1_with_the_data_committed(tiny_model, tmp_path,
-                                                                     tmpfs):
+def test_a_report_that_does_not_fit_exits_1_with_the_data_committed(tiny_model, tmp_path, tmpfs):
     folder = images(tmp_path / "in", 1, size=(8, 8))
     disk = tmpfs("76k")
     out = disk / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "--input_pattern", f"{folder}/*", "--output_dir",
-         str(out), "--model", tiny_model, *FAST], cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "--input_pattern",
+            f"{folder}/*",
+            "--output_dir",
+            str(out),
+            "--model",
+            tiny_model,
+            *FAST,
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: cannot write {out}/report.html: No space left on device")
@@ -356,12 +527,25 @@ def _corrupt_run(tmp_path):
     return run
 
 
-@pytest.mark.parametrize("case", [
-    "target_out_of_range", "huge_batch", "huge_steps", "labels_not_utf8", "regions_empty",
-    "regions_nan", "output_dir_is_a_file", "corrupt_reuse_from", "image_size_contradicts",
-    "overwrite_and_resume", "max_file_bytes_zero"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "target_out_of_range",
+        "huge_batch",
+        "huge_steps",
+        "labels_not_utf8",
+        "regions_empty",
+        "regions_nan",
+        "output_dir_is_a_file",
+        "corrupt_reuse_from",
+        "image_size_contradicts",
+        "overwrite_and_resume",
+        "max_file_bytes_zero",
+    ],
+)
 def test_every_bad_option_is_refused_before_any_work_with_one_line(
-        tiny_model, tmp_path, capsys, case):
+    tiny_model, tmp_path, capsys, case
+):
     folder = images(tmp_path / "in", 1)
     out = tmp_path / "out"
     extra, expected = {
@@ -380,13 +564,30 @@ def test_every_bad_option_is_refused_before_any_work_with_one_line(
     (tmp_path / "labels.txt").write_bytes("chat\nchien\n\xe9t\xe9\n".encode("latin-1"))
     (tmp_path / "empty.csv").write_text("image,region,x0,y0,x1,y1\nimg000.png,,0,0,4,4\n")
     (tmp_path / "nan.csv").write_text("image,region,x0,y0,x1,y1\nimg000.png,a,0,nan,4,4\n")
-    substitutions = {"LABELS": tmp_path / "labels.txt", "REGIONS_EMPTY": tmp_path / "empty.csv",
-                     "REGIONS_NAN": tmp_path / "nan.csv", "CORRUPT": _corrupt_run(tmp_path)}
+    substitutions = {
+        "LABELS": tmp_path / "labels.txt",
+        "REGIONS_EMPTY": tmp_path / "empty.csv",
+        "REGIONS_NAN": tmp_path / "nan.csv",
+        "CORRUPT": _corrupt_run(tmp_path),
+    }
     extra = [str(substitutions.get(a, a)) for a in extra]
     if case == "output_dir_is_a_file":
         out.write_text("not a folder")
-    assert job.main(["--input_pattern", f"{folder}/*", "--output_dir", str(out), "--model",
-                     tiny_model, *FAST, *extra]) == 2
+    assert (
+        job.main(
+            [
+                "--input_pattern",
+                f"{folder}/*",
+                "--output_dir",
+                str(out),
+                "--model",
+                tiny_model,
+                *FAST,
+                *extra,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and expected in err, err
     assert out.is_file() if case == "output_dir_is_a_file" else not out.exists()
@@ -401,8 +602,15 @@ def test_a_resume_with_an_unreadable_previous_run_is_refused(tiny_model, tmp_pat
     pq.write_table(pa.table({"image_uri": ["x"]}), out / "summaries" / "old.parquet")
     (out / ".staging" / "summaries").mkdir()
     (out / ".staging" / "summaries" / "damaged.parquet").write_bytes(b"PAR1 damaged")
-    argv = ["--input_pattern", f"{folder}/*", "--output_dir", str(out), "--model", tiny_model,
-            *FAST]
+    argv = [
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        *FAST,
+    ]
     assert job.main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     # A list cut short is matched again; a damaged part is dropped and rows of another
@@ -412,12 +620,12 @@ def test_a_resume_with_an_unreadable_previous_run_is_refused(tiny_model, tmp_pat
     assert (m["counts"]["matched"], m["counts"]["reused"], m["counts"]["computed"]) == (1, 0, 1)
 
 
-def test_the_job_attributes_the_list_it_was_given_while_the_folder_changes(
-        tiny_model, tmp_path):
+def test_the_job_attributes_the_list_it_was_given_while_the_folder_changes(tiny_model, tmp_path):
     folder = images(tmp_path / "in", 24)
     out = tmp_path / "out"
-    proc = spawn("--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model,
-                 *SLOW)
+    proc = spawn(
+        "--input_pattern", f"{folder}/*", "--output_dir", out, "--model", tiny_model, *SLOW
+    )
     assert wait_for(lambda: (out / ".staging" / "inputs.parquet").exists(), proc)
     os.remove(folder / "img023.png")  # listed, then gone before it is read
     images(tmp_path / "late", 1)
@@ -425,8 +633,7 @@ def test_the_job_attributes_the_list_it_was_given_while_the_folder_changes(
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
     m = assert_clean_and_committed(out)
-    assert (m["counts"]["matched"], m["counts"]["attributed"], m["counts"]["failed"]) == (
-        24, 23, 1)
+    assert (m["counts"]["matched"], m["counts"]["attributed"], m["counts"]["failed"]) == (24, 23, 1)
     [error] = rows(out, "errors")
     assert error["image_uri"] == str(folder / "img023.png")
     assert (error["stage"], error["error_type"]) == ("read", "FileNotFound")

@@ -1,5 +1,6 @@
 """settings_hash: computed once per Settings value, and the same value as before it was cached
 (so runs made earlier are still reused by --reuse_from)."""
+
 import dataclasses
 import pickle
 
@@ -9,8 +10,14 @@ LABELS = tuple(f"class {i}" for i in range(1001))
 
 
 def settings(**changes) -> Settings:
-    base = Settings(model="m", output_dir="/out", image_size=(224, 224), num_classes=1001,
-                    model_fingerprint="f" * 64, labels=LABELS)
+    base = Settings(
+        model="m",
+        output_dir="/out",
+        image_size=(224, 224),
+        num_classes=1001,
+        model_fingerprint="f" * 64,
+        labels=LABELS,
+    )
     return dataclasses.replace(base, **changes)
 
 

@@ -1,4 +1,5 @@
 """Start-up costs: an in-process worker reuses the model the launcher loaded, never a stale one."""
+
 import shutil
 
 from attribution.models import load_model
@@ -14,12 +15,14 @@ def test_same_unchanged_files_load_once_per_process(tiny_model, tmp_path):
 
 def test_changed_files_are_loaded_again(tmp_path):
     import keras
+
     path = str(tmp_path / "m.keras")
 
     def save(seed):
         keras.utils.set_random_seed(seed)
-        keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
-                          keras.layers.Dense(2)]).save(path)
+        keras.Sequential(
+            [keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(2)]
+        ).save(path)
 
     save(0)
     first = load_model(path)
@@ -42,13 +45,24 @@ def test_a_randomized_worker_model_never_poisons_the_reused_one(tmp_path):
 
     path = str(tmp_path / "m.keras")
     keras.utils.set_random_seed(3)
-    keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(),
-                      keras.layers.Dense(2)]).save(path)
+    keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            keras.layers.Conv2D(2, 3),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2),
+        ]
+    ).save(path)
     launcher = load_model(path)
     x = tf.constant(np.random.default_rng(0).random((1, 8, 8, 3), np.float32))
     before = tf.function(launcher.fn)(x).numpy()
-    settings = Settings(model=path, output_dir=str(tmp_path / "out"), image_size=(8, 8),
-                        num_classes=2, model_fingerprint=launcher.fingerprint)
+    settings = Settings(
+        model=path,
+        output_dir=str(tmp_path / "out"),
+        image_size=(8, 8),
+        num_classes=2,
+        model_fingerprint=launcher.fingerprint,
+    )
     worker = _ProcessModel(dataclasses.replace(settings, randomize="top_100"))
     randomized = tf.function(worker.engine.fn)(x).numpy()
     assert not np.allclose(randomized, before)  # the worker's copy was randomized

@@ -1,4 +1,5 @@
 """Each Beam step on small inputs with TestPipeline and assert_that; metrics read back."""
+
 import io
 import os
 
@@ -18,8 +19,8 @@ from attribution.models import load_model
 from pipeline.progress import ProgressReporter
 from transforms.attribute import AttributeImages
 from transforms.ids import image_id
-from transforms.read import ReadImages
 from transforms.progress import CountsProgress, tally
+from transforms.read import ReadImages
 from transforms.records import NAMESPACE, DecodedImage
 from transforms.regions import load_regions, pattern_root
 from transforms.settings import Settings
@@ -33,9 +34,16 @@ def counters(result):
 
 def settings_for(model_path, out, **overrides):
     model = load_model(model_path)
-    return Settings(model=model_path, output_dir=str(out), image_size=model.image_size,
-                    num_classes=model.num_classes, model_fingerprint=model.fingerprint,
-                    steps=4, tolerance=None, **overrides)
+    return Settings(
+        model=model_path,
+        output_dir=str(out),
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        model_fingerprint=model.fingerprint,
+        steps=4,
+        tolerance=None,
+        **overrides,
+    )
 
 
 def decoded(uri, seed, size=16):
@@ -48,8 +56,15 @@ def test_read_images_decodes_good_files_and_dead_letters_the_rest(tmp_path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     pipeline = TestPipeline()
     outputs = pipeline | ReadImages(f"{tmp_path}/*", (8, 8), max_pixels=10_000)
-    shapes = outputs.images | beam.Map(lambda d: (os.path.basename(d.uri), d.width, d.height,
-                                                  d.image.shape, float(d.image[4, 4, 0])))
+    shapes = outputs.images | beam.Map(
+        lambda d: (
+            os.path.basename(d.uri),
+            d.width,
+            d.height,
+            d.image.shape,
+            float(d.image[4, 4, 0]),
+        )
+    )
     assert_that(shapes, equal_to([("red.png", 20, 10, (8, 8, 3), 1.0)]), label="Images")
     stages = outputs.errors | beam.Map(lambda e: (os.path.basename(e["image_uri"]), e["stage"]))
     assert_that(stages, equal_to([("broken.jpg", "decode")]), label="Errors")
@@ -79,37 +94,62 @@ def test_attribute_images_isolates_an_image_that_breaks_the_batch(tiny_model, tm
     bad = decoded("mem://wrong-size.png", 9, size=12)  # not the model's size
     pipeline = TestPipeline()
     outputs = pipeline | beam.Create([*good, bad]) | AttributeImages(settings)
-    assert_that(outputs.attributed | beam.Map(lambda e: e[0].uri),
-                equal_to([d.uri for d in good]), label="Good")
-    assert_that(outputs.errors | beam.Map(lambda e: (e["image_uri"], e["stage"])),
-                equal_to([(bad.uri, "attribute")]), label="Bad")
+    assert_that(
+        outputs.attributed | beam.Map(lambda e: e[0].uri),
+        equal_to([d.uri for d in good]),
+        label="Good",
+    )
+    assert_that(
+        outputs.errors | beam.Map(lambda e: (e["image_uri"], e["stage"])),
+        equal_to([(bad.uri, "attribute")]),
+        label="Bad",
+    )
     pipeline.run().wait_until_finish()
 
 
 def _attribution(target, attributions):
     return Attribution(
-        key=0, target=target, predicted_class=target, predicted_score=0.9, target_score=0.9,
-        baseline_score=0.1, baseline_predicts_target=False, attributions=attributions,
-        attribution_sum=float(attributions.sum()), completeness_error=0.0,
-        relative_completeness_error=0.0, converged=True, method="gausslegendre", steps=4,
-        gradient_evaluations=4, path_alphas=np.array([0, 1], np.float32),
-        path_scores=np.array([0.1, 0.9], np.float32))
+        key=0,
+        target=target,
+        predicted_class=target,
+        predicted_score=0.9,
+        target_score=0.9,
+        baseline_score=0.1,
+        baseline_predicts_target=False,
+        attributions=attributions,
+        attribution_sum=float(attributions.sum()),
+        completeness_error=0.0,
+        relative_completeness_error=0.0,
+        converged=True,
+        method="gausslegendre",
+        steps=4,
+        gradient_evaluations=4,
+        path_alphas=np.array([0, 1], np.float32),
+        path_scores=np.array([0.1, 0.9], np.float32),
+    )
 
 
 def test_summarize_writes_files_rows_and_region_masses_through_the_padding(tmp_path):
     # a 32x16 (w x h) original padded into 16x16: content rows 4..11, columns 0..15
-    settings = Settings(model="m", output_dir=str(tmp_path), image_size=(16, 16),
-                        num_classes=3, model_fingerprint="f" * 64, labels=("a", "b", "c"),
-                        write_raw=True)
+    settings = Settings(
+        model="m",
+        output_dir=str(tmp_path),
+        image_size=(16, 16),
+        num_classes=3,
+        model_fingerprint="f" * 64,
+        labels=("a", "b", "c"),
+        write_raw=True,
+    )
     geometry = pad_geometry((16, 32), (16, 16))
     assert geometry.content_box == (0, 4, 16, 12)
     attributions = np.zeros((16, 16, 3), np.float32)
-    attributions[4:12, 0:8, 0] = 1.0    # left half of the original: 64 units
-    attributions[4:12, 8:16, 0] = 3.0   # right half: 192 units
-    image = DecodedImage("/data/wide.png", "wide-1", 32, 16, "sha", np.zeros((16, 16, 3),
-                                                                             np.float32))
-    boxes = [("left", (0, 0, 16, 16)), ("right", (16, 0, 32, 16)),
-             ("left quarter", (0, 0, 8, 16))]
+    attributions[4:12, 0:8, 0] = 1.0  # left half of the original: 64 units
+    attributions[4:12, 8:16, 0] = 3.0  # right half: 192 units
+    image = DecodedImage(
+        "/data/wide.png", "wide-1", 32, 16, "sha", np.zeros((16, 16, 3), np.float32)
+    )
+    boxes = [("left", (0, 0, 16, 16)), ("right", (16, 0, 32, 16)), ("left quarter", (0, 0, 8, 16))]
+
     def check(rows):
         (row,) = rows
         masses = {r["name"]: (r["mass_fraction"], r["pointing_hit"]) for r in row["regions"]}
@@ -125,31 +165,49 @@ def test_summarize_writes_files_rows_and_region_masses_through_the_padding(tmp_p
     # regions arrive as a keyed PCollection (transforms/regions.py), joined by uri
     regions = pipeline | "Regions" >> beam.Create(
         [("/data/wide.png", (i, name, box)) for i, (name, box) in enumerate(boxes)]
-        + [("/data/other.png", (9, "unmatched", (0, 0, 1, 1)))])
-    outputs = (pipeline | beam.Create([(image, [_attribution(1, attributions)])])
-               | Summarize(settings, regions))
+        + [("/data/other.png", (9, "unmatched", (0, 0, 1, 1)))]
+    )
+    outputs = (
+        pipeline
+        | beam.Create([(image, [_attribution(1, attributions)])])
+        | Summarize(settings, regions)
+    )
     assert_that(outputs.rows, check)
     pipeline.run().wait_until_finish()
     assert (tmp_path / "masks" / "wide-1.png").exists()
 
 
 def test_summarize_dead_letters_an_attribution_it_cannot_draw(tmp_path):
-    settings = Settings(model="m", output_dir=str(tmp_path), image_size=(4, 4), num_classes=2,
-                        model_fingerprint="f")
+    settings = Settings(
+        model="m", output_dir=str(tmp_path), image_size=(4, 4), num_classes=2, model_fingerprint="f"
+    )
     image = DecodedImage("/x.png", "x-1", 4, 4, "sha", np.zeros((4, 4, 3), np.float32))
     broken = np.full((4, 4, 3), np.nan, np.float32)
     pipeline = TestPipeline()
     outputs = pipeline | beam.Create([(image, [_attribution(0, broken)])]) | Summarize(settings)
     assert_that(outputs.rows, equal_to([]), label="NoRows")
-    assert_that(outputs.errors | beam.Map(lambda e: (e["image_uri"], e["stage"])),
-                equal_to([("/x.png", "write")]), label="Errors")
+    assert_that(
+        outputs.errors | beam.Map(lambda e: (e["image_uri"], e["stage"])),
+        equal_to([("/x.png", "write")]),
+        label="Errors",
+    )
     pipeline.run().wait_until_finish()
     assert not os.path.exists(tmp_path / "masks")
 
 
-@pytest.mark.parametrize("uri", [
-    "/a/b/photo.jpg", "gs://bucket/x y/ünï 名前.png", "/a/../../etc/passwd", "/a/.hidden",
-    "/a/b/..", "C:\\evil\\..\\x.png", "/a/" + "x" * 300 + ".png", "/a/...."])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/a/b/photo.jpg",
+        "gs://bucket/x y/ünï 名前.png",
+        "/a/../../etc/passwd",
+        "/a/.hidden",
+        "/a/b/..",
+        "C:\\evil\\..\\x.png",
+        "/a/" + "x" * 300 + ".png",
+        "/a/....",
+    ],
+)
 def test_image_ids_are_single_safe_file_names(uri):
     value = image_id(uri)
     assert value == image_id(uri)
@@ -164,22 +222,30 @@ def test_image_ids_are_unique_for_different_uris():
 
 def test_regions_from_csv_and_parquet_with_relative_and_full_paths(tmp_path):
     csv = tmp_path / "r.csv"
-    csv.write_text("image,region,x0,y0,x1,y1\nsub/a.png,object,1,2,3,4\n"
-                   "gs://b/c.png,cue,0,0,5,5\nsub/a.png,cue,5,5,6,6\n")
+    csv.write_text(
+        "image,region,x0,y0,x1,y1\nsub/a.png,object,1,2,3,4\n"
+        "gs://b/c.png,cue,0,0,5,5\nsub/a.png,cue,5,5,6,6\n"
+    )
     regions = load_regions(str(csv), "/data/imgs/**/*.png")
     assert regions["/data/imgs/sub/a.png"] == [("object", (1, 2, 3, 4)), ("cue", (5, 5, 6, 6))]
     assert regions["gs://b/c.png"] == [("cue", (0, 0, 5, 5))]
-    table = pa.table({"image": ["a.png"], "region": ["x"], "x0": [0], "y0": [0], "x1": [1],
-                      "y1": [1]})
+    table = pa.table(
+        {"image": ["a.png"], "region": ["x"], "x0": [0], "y0": [0], "x1": [1], "y1": [1]}
+    )
     pq.write_table(table, tmp_path / "r.parquet")
     assert load_regions(str(tmp_path / "r.parquet"), "gs://b/imgs/*.png") == {
-        "gs://b/imgs/a.png": [("x", (0, 0, 1, 1))]}
+        "gs://b/imgs/a.png": [("x", (0, 0, 1, 1))]
+    }
     assert pattern_root("gs://b/imgs/*.png") == "gs://b/imgs"
 
 
-@pytest.mark.parametrize("text,message", [
-    ("image,region,x0\na,b,1\n", "missing columns"),
-    ("image,region,x0,y0,x1,y1\na,b,5,0,1,1\n", "x1 < x0")])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("image,region,x0\na,b,1\n", "missing columns"),
+        ("image,region,x0,y0,x1,y1\na,b,5,0,1,1\n", "x1 < x0"),
+    ],
+)
 def test_bad_region_files_say_what_is_wrong(tmp_path, text, message):
     path = tmp_path / "r.csv"
     path.write_text(text)

@@ -1,4 +1,5 @@
 """Attribute batches of decoded images with the engine; the model is loaded once per process."""
+
 from __future__ import annotations
 
 import apache_beam as beam
@@ -22,22 +23,36 @@ class _ProcessModel:
     """What each worker process holds once: the loaded model and the engine around it."""
 
     def __init__(self, settings: Settings):
-        model = load_model(settings.model, image_size=settings.image_size,
-                           model_output=settings.model_output, output_key=settings.output_key,
-                           preprocess=settings.preprocess, precision=settings.precision,
-                           reuse=not settings.randomize)  # randomized in place: a private copy
+        model = load_model(
+            settings.model,
+            image_size=settings.image_size,
+            model_output=settings.model_output,
+            output_key=settings.output_key,
+            preprocess=settings.preprocess,
+            precision=settings.precision,
+            reuse=not settings.randomize,
+        )  # randomized in place: a private copy
         if model.fingerprint != settings.model_fingerprint:
-            raise RuntimeError(f"the model at {settings.model} changed since the job started "
-                               f"(fingerprint {model.fingerprint[:12]}, expected "
-                               f"{settings.model_fingerprint[:12]}): rerun the job")
+            raise RuntimeError(
+                f"the model at {settings.model} changed since the job started "
+                f"(fingerprint {model.fingerprint[:12]}, expected "
+                f"{settings.model_fingerprint[:12]}): rerun the job"
+            )
         if settings.randomize:  # pipeline.sanity: every worker draws the same weights
             randomization.randomize(model.variables, settings.randomize, settings.seed)
         self.engine = IntegratedGradients(
-            model.fn, image_size=model.image_size, model_output=model.output,
-            score=settings.score, method=settings.method, steps=settings.steps,
-            tolerance=settings.tolerance, max_steps=settings.max_steps,
-            batch_size=settings.batch_size, jit_compile=settings.jit_compile,
-            channels=model.channels)
+            model.fn,
+            image_size=model.image_size,
+            model_output=model.output,
+            score=settings.score,
+            method=settings.method,
+            steps=settings.steps,
+            tolerance=settings.tolerance,
+            max_steps=settings.max_steps,
+            batch_size=settings.batch_size,
+            jit_compile=settings.jit_compile,
+            channels=model.channels,
+        )
 
 
 class AttributeFn(CountsProgress, beam.DoFn):
@@ -75,6 +90,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
         def load():
             loads.append(1)
             return _ProcessModel(self.settings)
+
         self.model = self.shared_handle.acquire(load, tag=self.settings.model_fingerprint)
         self.model_loads.inc(len(loads))  # 0 when another DoFn in this process loaded it
         if loads:
@@ -82,36 +98,56 @@ class AttributeFn(CountsProgress, beam.DoFn):
 
     def _explain(self, images, references):
         """One list of results per image, by the --attribution method (attribution/methods)."""
-        return methods.explain(self.model.engine, [d.image for d in images],
-                               [d.content_sha256 for d in images], self.targets, self.config,
-                               references)
+        return methods.explain(
+            self.model.engine,
+            [d.image for d in images],
+            [d.content_sha256 for d in images],
+            self.targets,
+            self.config,
+            references,
+        )
 
     def _evidence(self, images, groups, boxes_list):
         """Deletion/insertion curves and region ablation for every row of the batch."""
         s = self.settings
         items = []
-        baselines = [make_baseline(self.config.baselines[0], image.image,
-                                   key=image.content_sha256, seed=s.seed) for image in images]
+        baselines = [
+            make_baseline(
+                self.config.baselines[0], image.image, key=image.content_sha256, seed=s.seed
+            )
+            for image in images
+        ]
         # A row's baseline_score is F(that baseline) only for plain IG from one baseline; the
         # other methods report a mean or another start, so deletion's 100% point is scored.
         rescore = not (self.config.attribution == "ig" and len(self.config.baselines) == 1)
-        baseline_scores = (self.model.engine.scores(np.stack(baselines))
-                           if rescore and s.faithfulness and images else None)
+        baseline_scores = (
+            self.model.engine.scores(np.stack(baselines))
+            if rescore and s.faithfulness and images
+            else None
+        )
         for i, (image, group, boxes) in enumerate(zip(images, groups, boxes_list)):
             baseline = baselines[i]
             geometry = pad_geometry((image.height, image.width), image.image.shape[:2])
             model_boxes = [(name, geometry.box_to_model(box)) for name, box in boxes or []]
             for result in group:
-                item = faithfulness.Item.of(result, image.image, baseline, image.content_sha256,
-                                            model_boxes)
+                item = faithfulness.Item.of(
+                    result, image.image, baseline, image.content_sha256, model_boxes
+                )
                 if baseline_scores is not None:
                     item.baseline_score = float(baseline_scores[i, result.target])
                 items.append(item)
         if not (s.faithfulness or any(item.boxes for item in items)):
             return [[None] * len(group) for group in groups]
-        evidence = iter(faithfulness.evaluate(
-            self.model.engine, items, kinds=s.faithfulness, points=s.faithfulness_points,
-            seed=s.seed, blur_baseline=False))
+        evidence = iter(
+            faithfulness.evaluate(
+                self.model.engine,
+                items,
+                kinds=s.faithfulness,
+                points=s.faithfulness_points,
+                seed=s.seed,
+                blur_baseline=False,
+            )
+        )
         out = [[next(evidence) for _ in group] for group in groups]
         self.forward_rows.inc(sum(e.forward_rows for group in out for e in group))
         return out
@@ -164,17 +200,21 @@ class AttributeImages(beam.PTransform):
         side = {}
         if self.settings.attribution == "expected_gradients":
             side["references"] = beam.pvalue.AsSingleton(
-                images | "SampleBaselines" >> SampleBaselines(self.settings))
+                images | "SampleBaselines" >> SampleBaselines(self.settings)
+            )
         if self.regions is not None:
             keyed = images | "KeyByUri" >> beam.Map(lambda image: (region_key(image.uri), image))
             images = join_boxes(keyed, self.regions)
-        return (images
-                # fixed-size batches: the engine packs rows best across many images, and
-                # Beam's adaptive sizing started at 1 image (mean 8.7 of 16 in a benchmark)
-                | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-                | "IntegratedGradients" >> beam.ParDo(AttributeFn(self.settings, shared.Shared()),
-                                                      **side)
-                .with_outputs(ERRORS, main="attributed"))
+        return (
+            images
+            # fixed-size batches: the engine packs rows best across many images, and
+            # Beam's adaptive sizing started at 1 image (mean 8.7 of 16 in a benchmark)
+            | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+            | "IntegratedGradients"
+            >> beam.ParDo(AttributeFn(self.settings, shared.Shared()), **side).with_outputs(
+                ERRORS, main="attributed"
+            )
+        )
 
 
 class SampleBaselines(beam.PTransform):
@@ -189,10 +229,18 @@ class SampleBaselines(beam.PTransform):
     def expand(self, images):
         seed, count = self.settings.seed, self.settings.baseline_samples
         size = self.settings.image_size
-        return (images
-                | "Sample" >> beam.combiners.Top.Of(
-                    count, key=lambda d: seed_for(f"baseline:{d.content_sha256}", seed),
-                    reverse=True)
-                | "Stack" >> beam.Map(lambda sample: np.stack(
-                    [d.image for d in sample]) if sample else np.zeros((0, *size, 3),
-                                                                     np.float32)))
+        return (
+            images
+            | "Sample"
+            >> beam.combiners.Top.Of(
+                count, key=lambda d: seed_for(f"baseline:{d.content_sha256}", seed), reverse=True
+            )
+            | "Stack"
+            >> beam.Map(
+                lambda sample: (
+                    np.stack([d.image for d in sample])
+                    if sample
+                    else np.zeros((0, *size, 3), np.float32)
+                )
+            )
+        )

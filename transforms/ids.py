@@ -1,4 +1,5 @@
 """Stable, unique, filesystem-safe image ids derived from the matched uri."""
+
 from __future__ import annotations
 
 import hashlib

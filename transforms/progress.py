@@ -1,5 +1,6 @@
 """Live progress on a local runner: the steps that finish an image count it into a small file
 per DoFn instance in a local folder; the launcher sums the files (pipeline/progress.py)."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ device, a socket or a link to one is an error row at once, never a hang), a file
 that many bytes. The pixel-count guard (``--max_pixels``) then runs on the image header
 before the body is decoded (attribution/images.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,9 @@ def _open_local(path: str, max_bytes: int):
     try:
         info = os.stat(path)  # follows links: a link to /dev/zero is a character device
     except FileNotFoundError:
-        raise UnsafeInput("FileNotFound", "the file is gone (listed at the start of the run, "
-                                          "missing when read)") from None
+        raise UnsafeInput(
+            "FileNotFound", "the file is gone (listed at the start of the run, missing when read)"
+        ) from None
     _check_stat(info, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
@@ -56,15 +58,24 @@ def _open_local(path: str, max_bytes: int):
 
 def _check_stat(info: os.stat_result, max_bytes: int) -> None:
     if not stat.S_ISREG(info.st_mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(info.st_mode) else
-                "a character device" if stat.S_ISCHR(info.st_mode) else
-                "a block device" if stat.S_ISBLK(info.st_mode) else
-                "a socket" if stat.S_ISSOCK(info.st_mode) else
-                "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(info.st_mode)
+            else "a character device"
+            if stat.S_ISCHR(info.st_mode)
+            else "a block device"
+            if stat.S_ISBLK(info.st_mode)
+            else "a socket"
+            if stat.S_ISSOCK(info.st_mode)
+            else "a folder"
+            if stat.S_ISDIR(info.st_mode)
+            else "not a regular file"
+        )
         raise UnsafeInput("NotRegularFile", f"not a regular file ({kind}): not read")
     if info.st_size > max_bytes:
-        raise UnsafeInput("FileTooLarge", f"{info.st_size} bytes, over --max_file_bytes "
-                                          f"{max_bytes}: not read")
+        raise UnsafeInput(
+            "FileTooLarge", f"{info.st_size} bytes, over --max_file_bytes {max_bytes}: not read"
+        )
 
 
 def open_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
@@ -75,11 +86,14 @@ def open_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
         return _open_local(uri.removeprefix("file://"), max_bytes)
     found = FileSystems.match([uri])[0].metadata_list
     if not found:
-        raise UnsafeInput("FileNotFound", "the file is gone (listed at the start of the run, "
-                                          "missing when read)")
+        raise UnsafeInput(
+            "FileNotFound", "the file is gone (listed at the start of the run, missing when read)"
+        )
     if found[0].size_in_bytes > max_bytes:
-        raise UnsafeInput("FileTooLarge", f"{found[0].size_in_bytes} bytes, over "
-                                          f"--max_file_bytes {max_bytes}: not read")
+        raise UnsafeInput(
+            "FileTooLarge",
+            f"{found[0].size_in_bytes} bytes, over --max_file_bytes {max_bytes}: not read",
+        )
     return FileSystems.open(uri, compression_type="uncompressed")
 
 
@@ -89,8 +103,7 @@ def read_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     with open_input(uri, max_bytes) as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {max_bytes} bytes: "
-                                          "not read")
+        raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {max_bytes} bytes: not read")
     return data
 
 
@@ -104,8 +117,9 @@ class _Bounded:
         chunk = self.stream.read(n)
         self.total += len(chunk)
         if self.total > self.max_bytes:
-            raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {self.max_bytes} "
-                                              "bytes: not read")
+            raise UnsafeInput(
+                "FileTooLarge", f"more than --max_file_bytes {self.max_bytes} bytes: not read"
+            )
         return chunk
 
 
@@ -118,9 +132,15 @@ def hash_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
 class DecodeFn(CountsProgress, beam.DoFn):
     """uri (or FileMetadata) -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
 
-    def __init__(self, image_size: tuple[int, int], max_pixels: int, count_matched: bool = True,
-                 progress_folder: str | None = None, channels: int = 3,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        max_pixels: int,
+        count_matched: bool = True,
+        progress_folder: str | None = None,
+        channels: int = 3,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ):
         self.image_size = tuple(image_size)
         self.channels = channels  # 1: grayscale model input
         self.progress_folder = progress_folder
@@ -145,16 +165,18 @@ class DecodeFn(CountsProgress, beam.DoFn):
         except (ImageError, UnsafeInput) as e:
             self.failed.inc()
             self.progress()
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(
-                uri, getattr(e, "stage", "read"), str(e), e.error_type))
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, error_row(uri, getattr(e, "stage", "read"), str(e), e.error_type)
+            )
             return
         except Exception as e:  # noqa: BLE001 - any unreadable input is a dead letter, not a crash
             self.failed.inc()
             self.progress()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, stage, e))
             return
-        yield DecodedImage(uri, image_id(uri), int(width), int(height),
-                           hashlib.sha256(data).hexdigest(), image)
+        yield DecodedImage(
+            uri, image_id(uri), int(width), int(height), hashlib.sha256(data).hexdigest(), image
+        )
 
 
 class ListedInputs(beam.PTransform):
@@ -167,23 +189,34 @@ class ListedInputs(beam.PTransform):
 
     def expand(self, pbegin):
         if self.inputs_list:
-            uris = (pbegin
-                    | "ReadList" >> beam.io.ReadFromParquet(self.inputs_list, validate=False,
-                                                            columns=["uri"])
-                    | "Uri" >> beam.Map(lambda row: row["uri"]))
+            uris = (
+                pbegin
+                | "ReadList"
+                >> beam.io.ReadFromParquet(self.inputs_list, validate=False, columns=["uri"])
+                | "Uri" >> beam.Map(lambda row: row["uri"])
+            )
         else:
-            uris = (pbegin
-                    | "Match" >> fileio.MatchFiles(self.pattern)
-                    | "Uri" >> beam.Map(lambda metadata: metadata.path))
+            uris = (
+                pbegin
+                | "Match" >> fileio.MatchFiles(self.pattern)
+                | "Uri" >> beam.Map(lambda metadata: metadata.path)
+            )
         return uris | "Reshuffle" >> beam.Reshuffle()
 
 
 class ReadImages(beam.PTransform):
     """pattern or input list -> (DecodedImage, errors). Local paths and gs:// alike."""
 
-    def __init__(self, pattern: str | None, image_size: tuple[int, int], max_pixels: int,
-                 progress_folder: str | None = None, channels: int = 3,
-                 inputs_list: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    def __init__(
+        self,
+        pattern: str | None,
+        image_size: tuple[int, int],
+        max_pixels: int,
+        progress_folder: str | None = None,
+        channels: int = 3,
+        inputs_list: str | None = None,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ):
         super().__init__()
         self.pattern, self.image_size, self.max_pixels = pattern, image_size, max_pixels
         self.progress_folder = progress_folder
@@ -191,10 +224,17 @@ class ReadImages(beam.PTransform):
         self.inputs_list, self.max_file_bytes = inputs_list, max_file_bytes
 
     def expand(self, pbegin):
-        return (pbegin
-                | "List" >> ListedInputs(self.pattern, self.inputs_list)
-                | "Decode" >> beam.ParDo(DecodeFn(self.image_size, self.max_pixels,
-                                                  progress_folder=self.progress_folder,
-                                                  channels=self.channels,
-                                                  max_file_bytes=self.max_file_bytes))
-                .with_outputs(ERRORS, main="images"))
+        return (
+            pbegin
+            | "List" >> ListedInputs(self.pattern, self.inputs_list)
+            | "Decode"
+            >> beam.ParDo(
+                DecodeFn(
+                    self.image_size,
+                    self.max_pixels,
+                    progress_folder=self.progress_folder,
+                    channels=self.channels,
+                    max_file_bytes=self.max_file_bytes,
+                )
+            ).with_outputs(ERRORS, main="images")
+        )

@@ -1,4 +1,5 @@
 """Elements that flow between the steps, and the dead-letter row."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,17 +18,23 @@ class DecodedImage:
     width: int
     height: int
     content_sha256: str
-    image: np.ndarray  # float32 [H, W, 3] (or [H, W, 1], gray models) at model input size, in [0, 1]
+    image: (
+        np.ndarray
+    )  # float32 [H, W, 3] (or [H, W, 1], gray models) at model input size, in [0, 1]
     true_class: int | None = None  # from a TFRecord's --label_key
     true_label: str | None = None
 
 
-def error_row(uri: str, stage: str, error: BaseException | str, error_type: str | None = None
-              ) -> dict:
+def error_row(
+    uri: str, stage: str, error: BaseException | str, error_type: str | None = None
+) -> dict:
     """One `errors` row: the input, where it failed, and why."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     message = str(error) if not isinstance(error, str) else error
-    return {"image_uri": uri, "stage": stage,
-            "error_type": error_type or type(error).__name__,
-            "message": message[:2000]}
+    return {
+        "image_uri": uri,
+        "stage": stage,
+        "error_type": error_type or type(error).__name__,
+        "message": message[:2000],
+    }

@@ -1,4 +1,5 @@
 """Region annotations (``--regions``): named boxes per image, in original pixels."""
+
 from __future__ import annotations
 
 import os
@@ -39,24 +40,32 @@ def _batches(path: str, batch_rows: int = 65536):
     parquet = path.endswith(".parquet")
     with FileSystems.open(path) as f:
         try:
-            batches = (pq.ParquetFile(f).iter_batches(batch_size=batch_rows) if parquet
-                       else pcsv.open_csv(f, read_options=pcsv.ReadOptions(
-                           block_size=1 << 22)))
+            batches = (
+                pq.ParquetFile(f).iter_batches(batch_size=batch_rows)
+                if parquet
+                else pcsv.open_csv(f, read_options=pcsv.ReadOptions(block_size=1 << 22))
+            )
             for batch in batches:
                 missing = [c for c in COLUMNS if c not in batch.schema.names]
                 if missing:
-                    raise ValueError(f"--regions {path}: missing columns {missing}; expected "
-                                     f"{', '.join(COLUMNS)} (boxes in original pixels, x1/y1 "
-                                     f"exclusive)")
-                yield [batch.column("image"), batch.column("region"),
-                       *(pc.cast(batch.column(c), pa.float64()) for c in COLUMNS[2:])]
+                    raise ValueError(
+                        f"--regions {path}: missing columns {missing}; expected "
+                        f"{', '.join(COLUMNS)} (boxes in original pixels, x1/y1 "
+                        f"exclusive)"
+                    )
+                yield [
+                    batch.column("image"),
+                    batch.column("region"),
+                    *(pc.cast(batch.column(c), pa.float64()) for c in COLUMNS[2:]),
+                ]
         except ValueError as e:
             if str(e).startswith("--regions"):
                 raise
             raise ValueError(f"--regions {path}: cannot read it ({e})") from None
         except Exception as e:  # noqa: BLE001 - a malformed file is a usage error
-            raise ValueError(f"--regions {path}: cannot read it as "
-                             f"{'Parquet' if parquet else 'CSV'} ({e})") from None
+            raise ValueError(
+                f"--regions {path}: cannot read it as {'Parquet' if parquet else 'CSV'} ({e})"
+            ) from None
 
 
 def _bad_box(path: str, first_row: int, columns) -> None:
@@ -81,8 +90,9 @@ def _empty_cell(path: str, first_row: int, columns) -> None:
             bad = pc.fill_null(pc.invert(pc.is_finite(column)), True)
             what = f"{name} empty or not a finite number; coordinates are pixels"
         if pc.any(bad).as_py():
-            raise ValueError(f"--regions {path}: row {first_row + pc.index(bad, True).as_py()} "
-                             f"has {what}")
+            raise ValueError(
+                f"--regions {path}: row {first_row + pc.index(bad, True).as_py()} has {what}"
+            )
 
 
 def region_rows(path: str, input_pattern: str, batch_rows: int = 65536):
@@ -134,9 +144,11 @@ class ReadRegions(beam.PTransform):
         self.path, self.input_pattern = path, input_pattern
 
     def expand(self, pbegin):
-        return (pbegin
-                | "Path" >> beam.Create([self.path])
-                | "Rows" >> beam.FlatMap(region_rows, self.input_pattern))
+        return (
+            pbegin
+            | "Path" >> beam.Create([self.path])
+            | "Rows" >> beam.FlatMap(region_rows, self.input_pattern)
+        )
 
 
 def join_boxes(keyed, regions, label: str = "JoinRegions"):
@@ -144,11 +156,15 @@ def join_boxes(keyed, regions, label: str = "JoinRegions"):
 
     A CoGroupByKey by normalised uri: boxes without an image are dropped, images without
     boxes get None (as before: no ``regions`` column)."""
+
     def attach(element):
         _, groups = element
         boxes = [(name, box) for _, name, box in sorted(groups["boxes"], key=lambda b: b[0])]
         for value in groups["value"]:
             yield value, (boxes or None)
-    return ({"value": keyed, "boxes": regions}
-            | label >> beam.CoGroupByKey()
-            | f"{label}Attach" >> beam.FlatMap(attach))
+
+    return (
+        {"value": keyed, "boxes": regions}
+        | label >> beam.CoGroupByKey()
+        | f"{label}Attach" >> beam.FlatMap(attach)
+    )

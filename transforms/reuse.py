@@ -14,6 +14,7 @@ rows whose model fingerprint and settings hash equal this run's, and splits:
 The model is loaded in a worker only when the first image needs computing, so a rerun where
 nothing changed never loads it (``metrics.model_loads == 0``).
 """
+
 from __future__ import annotations
 
 import io
@@ -64,12 +65,17 @@ def previous_run(folder: str) -> dict:
         record = read_manifest(folder)
     except RunFolderError as e:
         if has_summaries(folder):
-            logging.warning("--reuse_from %s has no readable manifest.json (%s): reusing its "
-                            "summaries without it", folder, e)
+            logging.warning(
+                "--reuse_from %s has no readable manifest.json (%s): reusing its "
+                "summaries without it",
+                folder,
+                e,
+            )
             check_summaries(folder)
             return {}
-        raise PreviousRunError(f"--reuse_from {folder}: {e}; nor has it summaries/*.parquet"
-                               ) from None
+        raise PreviousRunError(
+            f"--reuse_from {folder}: {e}; nor has it summaries/*.parquet"
+        ) from None
     if "finished_at" not in record:
         raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
     check_summaries(folder)
@@ -83,8 +89,9 @@ def check_summaries(folder: str) -> None:
         try:
             parquet_schema(path)
         except RunFolderError as e:
-            raise PreviousRunError(f"--reuse_from {folder}: {e} (or drop --reuse_from to "
-                                   f"compute everything)") from None
+            raise PreviousRunError(
+                f"--reuse_from {folder}: {e} (or drop --reuse_from to compute everything)"
+            ) from None
 
 
 def has_summaries(folder: str) -> bool:
@@ -94,6 +101,7 @@ def has_summaries(folder: str) -> bool:
 @dataclass(frozen=True)
 class ImageRef:
     """A matched file, hashed but not decoded: all that goes through the join."""
+
     uri: str
     image_id: str
     content_sha256: str
@@ -104,8 +112,9 @@ class ImageRef:
 class HashFn(CountsProgress, beam.DoFn):
     """uri (or FileMetadata) -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
 
-    def __init__(self, progress_folder: str | None = None,
-                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES):
+    def __init__(
+        self, progress_folder: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    ):
         self.progress_folder = progress_folder
         self.max_file_bytes = max_file_bytes
         self.matched = Metrics.counter(NAMESPACE, "matched")
@@ -131,9 +140,12 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     Rows from before the methods' columns were added are plain IG rows and are completed."""
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
-    if (row.get("model_fingerprint") == model_fingerprint
-            and row.get("settings_hash") == settings_hash and row.get("content_sha256")
-            and all(name in row for name in SUMMARY_SCHEMA.names)):
+    if (
+        row.get("model_fingerprint") == model_fingerprint
+        and row.get("settings_hash") == settings_hash
+        and row.get("content_sha256")
+        and all(name in row for name in SUMMARY_SCHEMA.names)
+    ):
         yield row["content_sha256"], row
 
 
@@ -187,28 +199,34 @@ class SplitFn(beam.DoFn):
         return all(r[column] for r in rows for column in needs)
 
 
-def reused_row(row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=None) -> tuple[
-        dict, dict[str, str]]:
+def reused_row(
+    row: dict, ref: ImageRef, settings: Settings, raw=None, boxes=None
+) -> tuple[dict, dict[str, str]]:
     """The previous ``row`` moved to this run: (new row, {new file: previous file})."""
     out = settings.output_dir.rstrip("/")
     name = artifact_name(ref.image_id, row["target_class"], row["target_rank"])
     new = {column: row[column] for column in SUMMARY_SCHEMA.names}
     raw_wanted = settings.write_raw or "raw" in settings.artifacts
-    new.update(image_uri=ref.uri, image_id=ref.image_id,
-               mask_uri=f"{out}/masks/{name}.png" if "masks" in settings.artifacts else None,
-               overlay_uri=(f"{out}/overlays/{name}.png" if "overlays" in settings.artifacts
-                            else None),
-               raw_uri=f"{out}/raw/{name}.npy" if raw_wanted else None,
-               target_label=settings.label(row["target_class"]),
-               predicted_label=settings.label(row["predicted_class"]), regions=None)
+    new.update(
+        image_uri=ref.uri,
+        image_id=ref.image_id,
+        mask_uri=f"{out}/masks/{name}.png" if "masks" in settings.artifacts else None,
+        overlay_uri=(f"{out}/overlays/{name}.png" if "overlays" in settings.artifacts else None),
+        raw_uri=f"{out}/raw/{name}.npy" if raw_wanted else None,
+        target_label=settings.label(row["target_class"]),
+        predicted_label=settings.label(row["predicted_class"]),
+        regions=None,
+    )
     if ref.record is not None:  # TFRecord: the label is the record's, not the previous row's
         new.update(true_class=ref.record.true_class, true_label=ref.record.true_label)
-    copies = {new[column]: row[column] for column in ("mask_uri", "overlay_uri", "raw_uri")
-              if new[column]}
+    copies = {
+        new[column]: row[column] for column in ("mask_uri", "overlay_uri", "raw_uri") if new[column]
+    }
     if boxes is not None:  # as SummarizeFn: boxes in original pixels mapped to model input
         geometry = pad_geometry((row["height"], row["width"]), raw.shape[:2])
         new["regions"] = masks.region_masses(
-            raw, [(n, geometry.box_to_model(box)) for n, box in boxes])
+            raw, [(n, geometry.box_to_model(box)) for n, box in boxes]
+        )
         carry_ablations(new["regions"], row.get("regions"))
     return new, copies
 
@@ -242,7 +260,8 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
         boxes = ref.boxes
         s = self.settings
         keys = tuple(COLUMN_OF[a] for a in s.artifacts if a != "raw") + (
-            ("raw_uri",) if s.write_raw or "raw" in s.artifacts or boxes is not None else ())
+            ("raw_uri",) if s.write_raw or "raw" in s.artifacts or boxes is not None else ()
+        )
         sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
         try:
             contents = {path: read_bytes(path) for path in sources}
@@ -255,8 +274,7 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
         try:
             rows_out, copies = [], {}
             for row in rows:
-                raw = (np.load(io.BytesIO(contents[row["raw_uri"]]))
-                       if boxes is not None else None)
+                raw = np.load(io.BytesIO(contents[row["raw_uri"]])) if boxes is not None else None
                 new, files = reused_row(row, ref, self.settings, raw, boxes)
                 rows_out.append(new)
                 copies.update(files)
@@ -281,8 +299,15 @@ class ReadWithReuse(beam.PTransform):
     ``records``: TFRecord input (transforms/tfrecord.py): records are hashed by their image
     bytes, and the ones to compute carry their bytes through the join."""
 
-    def __init__(self, pattern: str | None, settings: Settings, reuse_from: str | list[str],
-                 regions=None, records=None, inputs_list: str | None = None):
+    def __init__(
+        self,
+        pattern: str | None,
+        settings: Settings,
+        reuse_from: str | list[str],
+        regions=None,
+        records=None,
+        inputs_list: str | None = None,
+    ):
         """``reuse_from``: previous run folders (their ``summaries/`` are read), or folders
         of part files (``--resume``: an interrupted attempt's parts); ``inputs_list``: the
         launcher's list of input files (else ``pattern`` is matched)."""
@@ -294,29 +319,44 @@ class ReadWithReuse(beam.PTransform):
 
     def expand(self, pbegin):
         from transforms import tfrecord
+
         s, regions = self.settings, self.regions
         if self.records is None:
-            hashed = (pbegin
-                      | "List" >> ListedInputs(self.pattern, self.inputs_list)
-                      | "Hash" >> beam.ParDo(HashFn(s.progress_folder, s.max_file_bytes))
-                      .with_outputs(ERRORS, main="hashes"))
+            hashed = (
+                pbegin
+                | "List" >> ListedInputs(self.pattern, self.inputs_list)
+                | "Hash"
+                >> beam.ParDo(HashFn(s.progress_folder, s.max_file_bytes)).with_outputs(
+                    ERRORS, main="hashes"
+                )
+            )
         else:
-            hashed = (tfrecord.shard_paths(pbegin, self.pattern)
-                      | "Hash" >> beam.ParDo(tfrecord.HashRecordsFn(self.records))
-                      .with_outputs(ERRORS, tfrecord.REGIONS, main="hashes"))
+            hashed = tfrecord.shard_paths(pbegin, self.pattern) | "Hash" >> beam.ParDo(
+                tfrecord.HashRecordsFn(self.records)
+            ).with_outputs(ERRORS, tfrecord.REGIONS, main="hashes")
             if self.records.regions_from_record:
                 found = hashed[tfrecord.REGIONS]
-                regions = found if regions is None else (
-                    (regions, found) | "CollectRegions" >> beam.Flatten())
+                regions = (
+                    found
+                    if regions is None
+                    else ((regions, found) | "CollectRegions" >> beam.Flatten())
+                )
         hashes = hashed.hashes
         if regions is not None:  # each ref carries its boxes through the content join
-            hashes = (join_boxes(hashes | "KeyByUri" >> beam.Map(
-                          lambda pair: (region_key(pair[1].uri), pair)), regions)
-                      | "WithBoxes" >> beam.Map(lambda joined: (joined[0][0], replace(
-                          joined[0][1], boxes=tuple(joined[1]) if joined[1] else None))))
-        reads = [pbegin | f"ReadPrevious{i or ''}" >> beam.io.ReadFromParquet(pattern)
-                 for i, pattern in enumerate(self.previous)
-                 if FileSystems.match([pattern])[0].metadata_list]
+            hashes = join_boxes(
+                hashes | "KeyByUri" >> beam.Map(lambda pair: (region_key(pair[1].uri), pair)),
+                regions,
+            ) | "WithBoxes" >> beam.Map(
+                lambda joined: (
+                    joined[0][0],
+                    replace(joined[0][1], boxes=tuple(joined[1]) if joined[1] else None),
+                )
+            )
+        reads = [
+            pbegin | f"ReadPrevious{i or ''}" >> beam.io.ReadFromParquet(pattern)
+            for i, pattern in enumerate(self.previous)
+            if FileSystems.match([pattern])[0].metadata_list
+        ]
         if not reads:  # the previous run attributed nothing
             previous = pbegin | "ReadPrevious" >> beam.Create([])
         elif len(reads) == 1:
@@ -324,27 +364,41 @@ class ReadWithReuse(beam.PTransform):
         else:
             previous = tuple(reads) | "CollectPrevious" >> beam.Flatten()
         keyed = previous | "KeyPrevious" >> beam.FlatMap(
-            key_reusable, s.model_fingerprint, s.settings_hash)
-        split = ({PREVIOUS: keyed, CURRENT: hashes}
-                 | "JoinByContent" >> beam.CoGroupByKey()
-                 | "Split" >> beam.ParDo(SplitFn(s)).with_outputs(
-                     COMPUTE, main="reuse"))
-        copied = split.reuse | "CopyForward" >> beam.ParDo(
-            CopyForwardFn(s)).with_outputs(COMPUTE, main="rows")
+            key_reusable, s.model_fingerprint, s.settings_hash
+        )
+        split = (
+            {PREVIOUS: keyed, CURRENT: hashes}
+            | "JoinByContent" >> beam.CoGroupByKey()
+            | "Split" >> beam.ParDo(SplitFn(s)).with_outputs(COMPUTE, main="reuse")
+        )
+        copied = split.reuse | "CopyForward" >> beam.ParDo(CopyForwardFn(s)).with_outputs(
+            COMPUTE, main="rows"
+        )
         compute = (split[COMPUTE], copied[COMPUTE]) | "ToCompute" >> beam.Flatten()
         if self.records is None:
-            decoded = (compute
-                       | "Uris" >> beam.Map(lambda ref: ref.uri)
-                       | "Decode" >> beam.ParDo(DecodeFn(s.image_size, s.max_pixels,
-                                                         count_matched=False,
-                                                         progress_folder=s.progress_folder,
-                                                         channels=s.channels,
-                                                         max_file_bytes=s.max_file_bytes))
-                       .with_outputs(ERRORS, main="images"))
+            decoded = (
+                compute
+                | "Uris" >> beam.Map(lambda ref: ref.uri)
+                | "Decode"
+                >> beam.ParDo(
+                    DecodeFn(
+                        s.image_size,
+                        s.max_pixels,
+                        count_matched=False,
+                        progress_folder=s.progress_folder,
+                        channels=s.channels,
+                        max_file_bytes=s.max_file_bytes,
+                    )
+                ).with_outputs(ERRORS, main="images")
+            )
         else:
-            decoded = compute | "Decode" >> beam.ParDo(tfrecord.DecodeRecordFn(
-                self.records, s.image_size, s.max_pixels, s.channels)).with_outputs(
-                    ERRORS, main="images")
+            decoded = compute | "Decode" >> beam.ParDo(
+                tfrecord.DecodeRecordFn(self.records, s.image_size, s.max_pixels, s.channels)
+            ).with_outputs(ERRORS, main="images")
         errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
-        return {"images": decoded.images, "reused": copied.rows, "errors": errors,
-                "regions": regions}
+        return {
+            "images": decoded.images,
+            "reused": copied.rows,
+            "errors": errors,
+            "regions": regions,
+        }

@@ -1,4 +1,5 @@
 """What a run attributes with: one picklable value shared by the launcher and the workers."""
+
 from __future__ import annotations
 
 import functools
@@ -62,17 +63,28 @@ class Settings:
         """The engine-side ``attribution.methods.MethodConfig`` (imported here: this module
         stays importable without TensorFlow)."""
         from attribution.methods import MethodConfig, parse_baselines
+
         return MethodConfig(
-            attribution=self.attribution, baselines=parse_baselines(self.baseline),
-            seed=self.seed, noise_sigma=self.noise_sigma, noise_samples=self.noise_samples,
-            max_blur_sigma=self.max_blur_sigma, guided_fraction=self.guided_fraction,
-            expected_gradients_alpha=self.expected_gradients_alpha)
+            attribution=self.attribution,
+            baselines=parse_baselines(self.baseline),
+            seed=self.seed,
+            noise_sigma=self.noise_sigma,
+            noise_samples=self.noise_samples,
+            max_blur_sigma=self.max_blur_sigma,
+            guided_fraction=self.guided_fraction,
+            expected_gradients_alpha=self.expected_gradients_alpha,
+        )
 
     @property
     def default_style(self) -> bool:
         """The tutorial's mask and overlay (drawn exactly as before issue 12)."""
-        return (self.mask_polarity, self.clip_low, self.colormap, self.overlay,
-                self.mask_type) == ("abs", 0.0, None, "original", "pixels")
+        return (self.mask_polarity, self.clip_low, self.colormap, self.overlay, self.mask_type) == (
+            "abs",
+            0.0,
+            None,
+            "original",
+            "pixels",
+        )
 
     def label(self, index: int) -> str:
         return self.labels[index] if index < len(self.labels) else str(index)
@@ -95,8 +107,21 @@ class Settings:
         Computed once per Settings value (the job's, pickled to the workers with it), not once
         per row: hashing the whole value, 1001 ImageNet labels included, took ~10 ms a row.
         """
-        keys = ("model_output", "output_key", "score", "target", "method", "steps", "tolerance",
-                "max_steps", "baseline", "seed", "image_size", "grid_cells", "clip_percentile")
+        keys = (
+            "model_output",
+            "output_key",
+            "score",
+            "target",
+            "method",
+            "steps",
+            "tolerance",
+            "max_steps",
+            "baseline",
+            "seed",
+            "image_size",
+            "grid_cells",
+            "clip_percentile",
+        )
         values = {k: getattr(self, k) for k in keys}  # a tuple dumps as a list, as before
         if self.preprocess != "none":
             values["preprocess"] = self.preprocess
@@ -118,7 +143,18 @@ class Settings:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
-METHOD_KEYS = ("attribution", "noise_sigma", "noise_samples", "baseline_samples",
-               "expected_gradients_alpha", "max_blur_sigma", "guided_fraction",
-               "xrai_top_fraction", "mask_polarity", "clip_low", "colormap", "overlay",
-               "mask_type")
+METHOD_KEYS = (
+    "attribution",
+    "noise_sigma",
+    "noise_samples",
+    "baseline_samples",
+    "expected_gradients_alpha",
+    "max_blur_sigma",
+    "guided_fraction",
+    "xrai_top_fraction",
+    "mask_polarity",
+    "clip_low",
+    "colormap",
+    "overlay",
+    "mask_type",
+)

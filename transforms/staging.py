@@ -12,6 +12,7 @@ DIR/.staging/previous/summaries/   parts of an interrupted attempt, reused by --
 Names starting with a dot are not matched by ``DIR/summaries/*.parquet`` nor by a reader's
 ``*``, and the whole ``.staging`` folder is deleted by the commit.
 """
+
 from __future__ import annotations
 
 import logging

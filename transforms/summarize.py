@@ -1,4 +1,5 @@
 """Turn attributions into `summaries` rows and publish the mask, overlay and raw files."""
+
 from __future__ import annotations
 
 import io
@@ -28,13 +29,25 @@ def draw(image, attributions, heatmap, s: Settings) -> tuple[bytes, bytes]:
     cmap = s.colormap or ("RdBu_r" if s.mask_polarity == "both" else "inferno")
     if heatmap is not None:
         values = masks.styled_values(heatmap, clip_low=s.clip_low, clip_high=s.clip_percentile)
-        return masks.styled_pngs(image, values, cmap=cmap, overlay=s.overlay,
-                                 mask_type="outlines",
-                                 outline=xrai.top_regions(heatmap, s.xrai_top_fraction))
-    values = masks.styled_values(attributions, polarity=s.mask_polarity, clip_low=s.clip_low,
-                                 clip_high=s.clip_percentile)
-    return masks.styled_pngs(image, values, cmap=cmap, overlay=s.overlay,
-                             mask_type=s.mask_type, top_fraction=s.xrai_top_fraction)
+        return masks.styled_pngs(
+            image,
+            values,
+            cmap=cmap,
+            overlay=s.overlay,
+            mask_type="outlines",
+            outline=xrai.top_regions(heatmap, s.xrai_top_fraction),
+        )
+    values = masks.styled_values(
+        attributions, polarity=s.mask_polarity, clip_low=s.clip_low, clip_high=s.clip_percentile
+    )
+    return masks.styled_pngs(
+        image,
+        values,
+        cmap=cmap,
+        overlay=s.overlay,
+        mask_type=s.mask_type,
+        top_fraction=s.xrai_top_fraction,
+    )
 
 
 def with_evidence(row: dict, evidence) -> dict:
@@ -42,18 +55,21 @@ def with_evidence(row: dict, evidence) -> dict:
     the forward rows of ``attribution.faithfulness``; nulls where none were computed."""
     curves = evidence.curves if evidence is not None else {}
     aucs = evidence.aucs if evidence is not None else {}
-    row.update({
-        "deletion_curve": _list(curves.get("deletion")),
-        "insertion_curve": _list(curves.get("insertion")),
-        "deletion_curve_random": _list(curves.get("deletion_random")),
-        "insertion_curve_random": _list(curves.get("insertion_random")),
-        **{name: aucs.get(name.replace("_auc", "")) for name in FAITHFULNESS_AUCS},
-        "faithfulness_points": evidence.points if curves else None,
-    })
+    row.update(
+        {
+            "deletion_curve": _list(curves.get("deletion")),
+            "insertion_curve": _list(curves.get("insertion")),
+            "deletion_curve_random": _list(curves.get("deletion_random")),
+            "insertion_curve_random": _list(curves.get("insertion_random")),
+            **{name: aucs.get(name.replace("_auc", "")) for name in FAITHFULNESS_AUCS},
+            "faithfulness_points": evidence.points if curves else None,
+        }
+    )
     ablations = evidence.ablations if evidence is not None else []
     for region, ablation in zip(row.get("regions") or [], ablations):
-        region.update(ablation_score=ablation["ablation_score"],
-                      ablation_drop=ablation["ablation_drop"])
+        region.update(
+            ablation_score=ablation["ablation_score"], ablation_drop=ablation["ablation_drop"]
+        )
     return row
 
 
@@ -77,8 +93,10 @@ class SummarizeFn(beam.DoFn):
         evidence = more[0] if more else [None] * len(results)
         files: dict[str, bytes] = {}
         try:
-            rows = [with_evidence(self._summarize(image, r, rank, files, boxes), e)
-                    for rank, (r, e) in enumerate(zip(results, evidence))]
+            rows = [
+                with_evidence(self._summarize(image, r, rank, files, boxes), e)
+                for rank, (r, e) in enumerate(zip(results, evidence))
+            ]
         except Exception as e:  # noqa: BLE001 - an image that cannot be drawn is a dead letter
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "write", e))
@@ -103,8 +121,9 @@ class SummarizeFn(beam.DoFn):
                 files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
             if "overlays" in s.artifacts:
                 overlay_uri = f"{out}/overlays/{name}.png"
-                files[overlay_uri] = masks.overlay_png(image.image, a,
-                                                       clip_percentile=s.clip_percentile)
+                files[overlay_uri] = masks.overlay_png(
+                    image.image, a, clip_percentile=s.clip_percentile
+                )
         elif "masks" in s.artifacts or "overlays" in s.artifacts:  # the drawing options, XRAI
             mask, overlay = draw(image.image, a, heatmap, s)
             if "masks" in s.artifacts:
@@ -123,30 +142,42 @@ class SummarizeFn(beam.DoFn):
         if boxes is not None:
             geometry = pad_geometry((image.height, image.width), a.shape[:2])
             regions = masks.region_masses(
-                a, [(name, geometry.box_to_model(box)) for name, box in boxes])
+                a, [(name, geometry.box_to_model(box)) for name, box in boxes]
+            )
         return {
-            "image_uri": image.uri, "image_id": image.image_id,
-            "width": image.width, "height": image.height,
+            "image_uri": image.uri,
+            "image_id": image.image_id,
+            "width": image.width,
+            "height": image.height,
             "content_sha256": image.content_sha256,
-            "target_class": result.target, "target_rank": rank,
+            "target_class": result.target,
+            "target_rank": rank,
             "target_label": s.label(result.target),
             "predicted_class": result.predicted_class,
             "predicted_label": s.label(result.predicted_class),
             "predicted_score": result.predicted_score,
-            "target_score": result.target_score, "baseline_score": result.baseline_score,
+            "target_score": result.target_score,
+            "baseline_score": result.baseline_score,
             "baseline_predicts_target": result.baseline_predicts_target,
             "attribution_sum": result.attribution_sum,
             "completeness_error": result.completeness_error,
             "relative_completeness_error": result.relative_completeness_error,
-            "converged": result.converged, "steps": result.steps,
+            "converged": result.converged,
+            "steps": result.steps,
             "gradient_evaluations": result.gradient_evaluations,
-            "method": result.method, "baseline": getattr(result, "baseline", s.baseline),
-            "score": s.score, "attribution": getattr(result, "attribution", s.attribution),
+            "method": result.method,
+            "baseline": getattr(result, "baseline", s.baseline),
+            "score": s.score,
+            "attribution": getattr(result, "attribution", s.attribution),
             "xrai_region_ranks": getattr(result, "xrai_region_ranks", None),
-            "mask_uri": mask_uri, "overlay_uri": overlay_uri, "raw_uri": raw_uri,
-            "model_fingerprint": s.model_fingerprint, "settings_hash": s.settings_hash,
+            "mask_uri": mask_uri,
+            "overlay_uri": overlay_uri,
+            "raw_uri": raw_uri,
+            "model_fingerprint": s.model_fingerprint,
+            "settings_hash": s.settings_hash,
             **{k: float(stats[k]) for k in STATISTICS},
-            "peak_x": int(stats["peak_x"]), "peak_y": int(stats["peak_y"]),
+            "peak_x": int(stats["peak_x"]),
+            "peak_y": int(stats["peak_y"]),
             "grid_cells": s.grid_cells,
             "grid": masks.attribution_grid(a, s.grid_cells).ravel().tolist(),
             "path_alphas": result.path_alphas.tolist(),
@@ -171,7 +202,9 @@ class Summarize(beam.PTransform):
     def expand(self, attributed):
         if self.regions is not None:
             keyed = attributed | "KeyByUri" >> beam.Map(
-                lambda element: (region_key(element[0].uri), element))
+                lambda element: (region_key(element[0].uri), element)
+            )
             attributed = join_boxes(keyed, self.regions)
-        return attributed | "Summarize" >> beam.ParDo(
-            SummarizeFn(self.settings)).with_outputs(ERRORS, main="rows")
+        return attributed | "Summarize" >> beam.ParDo(SummarizeFn(self.settings)).with_outputs(
+            ERRORS, main="rows"
+        )

@@ -15,13 +15,20 @@ Every result carries a completeness check: per baseline / per copy (worst, or me
 SmoothGrad copies), against F(blurred) for Blur IG, against the mean F(reference) for
 expected gradients with random alphas (there completeness holds only in expectation).
 """
+
 from __future__ import annotations
 
 from attribution.lazy import lazy_attributes
 
 _EXPORTS = {  # submodule -> the names it defines; loaded on first use (no TensorFlow for config)
-    "config": ("ATTRIBUTIONS", "EG_ALPHAS", "GUIDED_STEPS", "XRAI_BASELINES", "MethodConfig",
-               "parse_baselines"),
+    "config": (
+        "ATTRIBUTIONS",
+        "EG_ALPHAS",
+        "GUIDED_STEPS",
+        "XRAI_BASELINES",
+        "MethodConfig",
+        "parse_baselines",
+    ),
     "explain": ("explain", "noisy_copies"),
     "results": ("Explanation",),
 }

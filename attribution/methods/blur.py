@@ -7,6 +7,7 @@ every sigma: the path and its exact derivative d blur / d sigma (the derivative 
 normalised kernel, no finite difference) are then smooth in t, so the quadrature rule
 converges and completeness against F(blurred) holds like IG's.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,10 @@ class BlurPath:
         self.radius = math.ceil(4 * self.max_sigma)
         h, w = self.image.shape[:2]
         # lengths past size + radius: the circular convolution never wraps into the image
-        self.lengths = (fft.next_fast_len(h + self.radius, real=True),
-                        fft.next_fast_len(w + self.radius, real=True))
+        self.lengths = (
+            fft.next_fast_len(h + self.radius, real=True),
+            fft.next_fast_len(w + self.radius, real=True),
+        )
         self.rows_spectrum = fft.rfft(self.image, n=self.lengths[0], axis=0)
 
     def blurred(self, sigma: float) -> np.ndarray:
@@ -66,10 +69,10 @@ def _spectra(sigma: float, radius: int, length: int) -> tuple[np.ndarray, np.nda
     e = np.exp(-0.5 * (u / sigma) ** 2)
     kernel = e / e.sum()
     # d/dsigma of e/sum(e): kernel * (u^2 - sum(kernel u^2)) / sigma^3
-    d_kernel = kernel * (u ** 2 - (kernel * u ** 2).sum()) / sigma ** 3
+    d_kernel = kernel * (u**2 - (kernel * u**2).sum()) / sigma**3
     out = []
     for k in (kernel, d_kernel):
         circular = np.zeros(length)
-        circular[:radius + 1], circular[length - radius:] = k[radius:], k[:radius]
+        circular[: radius + 1], circular[length - radius :] = k[radius:], k[:radius]
         out.append(fft.rfft(circular))
     return out[0], out[1]

@@ -1,4 +1,5 @@
 """The methods' names and settings, without TensorFlow (option parsing needs only these)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ class MethodConfig:
 
     def __post_init__(self):
         if self.attribution not in ATTRIBUTIONS:
-            raise ValueError(f"--attribution must be one of {', '.join(ATTRIBUTIONS)}, "
-                             f"got {self.attribution!r}")
+            raise ValueError(
+                f"--attribution must be one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}"
+            )
         parse_baselines(",".join(self.baselines))
         if not self.noise_sigma > 0:
             raise ValueError(f"--noise_sigma must be > 0, got {self.noise_sigma!r}")
@@ -55,8 +57,10 @@ def parse_baselines(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in str(text).split(","))
     unknown = [n for n in names if n not in BASELINES]
     if unknown or not names:
-        raise ValueError(f"--baseline must be a comma list of {', '.join(BASELINES)}, "
-                         f"e.g. black,white; got {text!r}")
+        raise ValueError(
+            f"--baseline must be a comma list of {', '.join(BASELINES)}, "
+            f"e.g. black,white; got {text!r}"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"--baseline lists a baseline twice: {text!r}")
     return names

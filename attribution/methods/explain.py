@@ -1,5 +1,6 @@
 """Every method as paths and weights over the engine's packed model calls (see the package
 docstring): ``explain`` dispatches on ``MethodConfig.attribution``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,9 +23,14 @@ from attribution.methods.paths import Curve, integrate, weighted_gradients
 from attribution.methods.results import Explanation, checked, combine, explanation
 
 
-def explain(engine: IntegratedGradients, images: Sequence[np.ndarray], seed_keys: Sequence[str],
-            targets: Targets, config: MethodConfig, references: np.ndarray | None = None
-            ) -> list[list[Explanation]]:
+def explain(
+    engine: IntegratedGradients,
+    images: Sequence[np.ndarray],
+    seed_keys: Sequence[str],
+    targets: Targets,
+    config: MethodConfig,
+    references: np.ndarray | None = None,
+) -> list[list[Explanation]]:
     """Explanations of every image, one list per image in target rank order.
 
     ``seed_keys`` (e.g. content hashes) seed the noise; ``references`` [K, H, W, 3] are the
@@ -36,9 +42,15 @@ def explain(engine: IntegratedGradients, images: Sequence[np.ndarray], seed_keys
     name = config.attribution
     if name in ("ig", "xrai"):
         kinds = config.baselines if name == "ig" else XRAI_BASELINES
-        groups = _averaged(engine, images, [[make_baseline(k, x, key=s, seed=config.seed)
-                                             for k in kinds]
-                                            for x, s in zip(images, seed_keys)], targets)
+        groups = _averaged(
+            engine,
+            images,
+            [
+                [make_baseline(k, x, key=s, seed=config.seed) for k in kinds]
+                for x, s in zip(images, seed_keys)
+            ],
+            targets,
+        )
     elif name == "smoothgrad":
         groups = _smoothgrad(engine, images, seed_keys, targets, config)
     elif name == "expected_gradients":
@@ -56,8 +68,11 @@ def explain(engine: IntegratedGradients, images: Sequence[np.ndarray], seed_keys
             extras = {}
             if masks is not None:
                 heatmap, ranks, regions = xrai.rank_regions(result.attributions, masks)
-                extras = {"xrai_heatmap": heatmap, "xrai_ranks": ranks,
-                          "xrai_region_ranks": regions}
+                extras = {
+                    "xrai_heatmap": heatmap,
+                    "xrai_ranks": ranks,
+                    "xrai_region_ranks": regions,
+                }
             rows.append(explanation(dataclasses.replace(result, key=i), name, label, **extras))
         out.append(rows)
     return out
@@ -66,16 +81,27 @@ def explain(engine: IntegratedGradients, images: Sequence[np.ndarray], seed_keys
 # -- straight-line methods: sets of engine Requests ---------------------------------------
 def _averaged(engine, images, baselines, targets) -> list[list[Attribution]]:
     """IG from each image's baselines, averaged per (image, target), worst error reported."""
-    requests = [Request((i, k), x, b) for i, (x, bs) in enumerate(zip(images, baselines))
-                for k, b in enumerate(bs)]
+    requests = [
+        Request((i, k), x, b)
+        for i, (x, bs) in enumerate(zip(images, baselines))
+        for k, b in enumerate(bs)
+    ]
     parts = defaultdict(list)
     for result in engine.attribute(requests, targets):
         parts[(result.key[0], result.target)].append(result)
     groups = [[] for _ in images]
     for (i, _), group in parts.items():  # insertion order: request 0's targets by rank
-        groups[i].append(group[0] if len(group) == 1 else combine(
-            group, target_score=group[0].target_score, atol=engine.atol,
-            tolerance=engine.tolerance, worst=True))
+        groups[i].append(
+            group[0]
+            if len(group) == 1
+            else combine(
+                group,
+                target_score=group[0].target_score,
+                atol=engine.atol,
+                tolerance=engine.tolerance,
+                worst=True,
+            )
+        )
     return groups
 
 
@@ -91,23 +117,41 @@ def _smoothgrad(engine, images, seed_keys, targets, config) -> list[list[Attribu
     scores = engine.scores(np.stack(images))
     chosen = [targets.select(s) for s in scores]
     copies = [noisy_copies(x, s, config) for x, s in zip(images, seed_keys)]
-    bases = [[make_baseline(k, x, key=s, seed=config.seed) for k in config.baselines]
-             for x, s in zip(images, seed_keys)]
+    bases = [
+        [make_baseline(k, x, key=s, seed=config.seed) for k in config.baselines]
+        for x, s in zip(images, seed_keys)
+    ]
     parts = defaultdict(list)
     # the target is the original image's class: noisy copies may predict another one
     for c in sorted({c for cs in chosen for c in cs}):
-        requests = [Request((i, j, k), copy, b) for i in range(len(images)) if c in chosen[i]
-                    for j, copy in enumerate(copies[i]) for k, b in enumerate(bases[i])]
+        requests = [
+            Request((i, j, k), copy, b)
+            for i in range(len(images))
+            if c in chosen[i]
+            for j, copy in enumerate(copies[i])
+            for k, b in enumerate(bases[i])
+        ]
         for result in engine.attribute(requests, Targets("class", c)):
             parts[(result.key[0], c)].append(result)
     groups = []
     for i, cs in enumerate(chosen):
         predicted = int(np.argmax(scores[i]))
-        groups.append([dataclasses.replace(
-            combine(parts[(i, c)], target_score=float(scores[i, c]), atol=engine.atol,
-                    tolerance=engine.tolerance, worst=False),
-            predicted_class=predicted, predicted_score=float(scores[i, predicted]))
-            for c in cs])
+        groups.append(
+            [
+                dataclasses.replace(
+                    combine(
+                        parts[(i, c)],
+                        target_score=float(scores[i, c]),
+                        atol=engine.atol,
+                        tolerance=engine.tolerance,
+                        worst=False,
+                    ),
+                    predicted_class=predicted,
+                    predicted_score=float(scores[i, predicted]),
+                )
+                for c in cs
+            ]
+        )
     return groups
 
 
@@ -119,7 +163,7 @@ def _expected_gradients(engine, images, seed_keys, targets, config, references):
         return _averaged(engine, images, [list(references)] * len(images), targets)
     k = len(references)
     scores = engine.scores(np.concatenate([np.stack(images), references]))
-    image_scores, reference_scores = scores[:len(images)], scores[len(images):]
+    image_scores, reference_scores = scores[: len(images)], scores[len(images) :]
     keys, rows = [], []
     for i, (x, seed_key) in enumerate(zip(images, seed_keys)):
         rng = np.random.default_rng(seed_for(f"expected_gradients:{seed_key}", config.seed))
@@ -128,18 +172,30 @@ def _expected_gradients(engine, images, seed_keys, targets, config, references):
             keys.append((i, target))
             for r, alpha in zip(references, alphas):
                 diff = x.astype(np.float64) - r
-                rows.append((target, lambda r=r, a=alpha, d=diff: (
-                    (r + a * d).astype(np.float32), d / k)))
+                rows.append(
+                    (target, lambda r=r, a=alpha, d=diff: ((r + a * d).astype(np.float32), d / k))
+                )
     _, products = weighted_gradients(engine, rows)
     groups = [[] for _ in images]
     for n, (i, target) in enumerate(keys):
         fb = float(reference_scores[:, target].mean())
-        groups[i].append(checked(
-            key=i, target=target, image_scores=image_scores[i], start_score=fb,
-            start_predicts_target=np.mean(np.argmax(reference_scores, axis=1) == target) > 0.5,
-            attributions=np.sum(products[n * k:(n + 1) * k], axis=0), atol=engine.atol,
-            tolerance=engine.tolerance, method="random_alpha", steps=1, evaluations=k,
-            path_alphas=[0.0, 1.0], path_scores=[fb, image_scores[i, target]]))
+        groups[i].append(
+            checked(
+                key=i,
+                target=target,
+                image_scores=image_scores[i],
+                start_score=fb,
+                start_predicts_target=np.mean(np.argmax(reference_scores, axis=1) == target) > 0.5,
+                attributions=np.sum(products[n * k : (n + 1) * k], axis=0),
+                atol=engine.atol,
+                tolerance=engine.tolerance,
+                method="random_alpha",
+                steps=1,
+                evaluations=k,
+                path_alphas=[0.0, 1.0],
+                path_scores=[fb, image_scores[i, target]],
+            )
+        )
     return groups
 
 
@@ -148,16 +204,29 @@ def _blur_ig(engine, images, targets, config) -> list[list[Attribution]]:
     paths = [BlurPath(x, config.max_blur_sigma) for x in images]
     starts = np.stack([p.blurred(config.max_blur_sigma).astype(np.float32) for p in paths])
     scores = engine.scores(np.concatenate([np.stack(images), starts]))
-    image_scores, start_scores = scores[:len(images)], scores[len(images):]
+    image_scores, start_scores = scores[: len(images)], scores[len(images) :]
     curves = []
     for i, path in enumerate(paths):
         for target in targets.select(image_scores[i]):
-            curves.append(Curve(
-                key=i, target=target, point=path, image_scores=image_scores[i],
-                start_score=float(start_scores[i, target]),
-                start_predicts_target=int(np.argmax(start_scores[i])) == target))
-    results = integrate(engine, curves, method=engine.method, steps=engine.steps,
-                        tolerance=engine.tolerance, max_steps=engine.max_steps, atol=engine.atol)
+            curves.append(
+                Curve(
+                    key=i,
+                    target=target,
+                    point=path,
+                    image_scores=image_scores[i],
+                    start_score=float(start_scores[i, target]),
+                    start_predicts_target=int(np.argmax(start_scores[i])) == target,
+                )
+            )
+    results = integrate(
+        engine,
+        curves,
+        method=engine.method,
+        steps=engine.steps,
+        tolerance=engine.tolerance,
+        max_steps=engine.max_steps,
+        atol=engine.atol,
+    )
     groups = [[] for _ in images]
     for result in results:
         groups[result.key].append(result)
@@ -165,8 +234,10 @@ def _blur_ig(engine, images, targets, config) -> list[list[Attribution]]:
 
 
 def _guided_ig(engine, images, seed_keys, targets, config) -> list[list[Attribution]]:
-    bases = [[make_baseline(k, x, key=s, seed=config.seed) for k in config.baselines]
-             for x, s in zip(images, seed_keys)]
+    bases = [
+        [make_baseline(k, x, key=s, seed=config.seed) for k in config.baselines]
+        for x, s in zip(images, seed_keys)
+    ]
     n = len(images)
     flat = [b for bs in bases for b in bs]
     scores = engine.scores(np.concatenate([np.stack(images), np.stack(flat)]))
@@ -182,17 +253,34 @@ def _guided_ig(engine, images, seed_keys, targets, config) -> list[list[Attribut
     curves = guided.run(engine, paths, path_targets)
     parts = defaultdict(list)
     for (i, target, k), path, curve in zip(jobs, paths, curves):
-        parts[(i, target)].append(checked(
-            key=i, target=target, image_scores=image_scores[i],
-            start_score=float(base_scores[i, k, target]),
-            start_predicts_target=int(np.argmax(base_scores[i, k])) == target,
-            attributions=path.attributions, atol=engine.atol, tolerance=engine.tolerance,
-            method="guided", steps=path.steps, evaluations=len(curve),
-            path_alphas=np.arange(len(curve) + 1) / max(len(curve), 1),
-            path_scores=curve + [float(image_scores[i, target])]))
+        parts[(i, target)].append(
+            checked(
+                key=i,
+                target=target,
+                image_scores=image_scores[i],
+                start_score=float(base_scores[i, k, target]),
+                start_predicts_target=int(np.argmax(base_scores[i, k])) == target,
+                attributions=path.attributions,
+                atol=engine.atol,
+                tolerance=engine.tolerance,
+                method="guided",
+                steps=path.steps,
+                evaluations=len(curve),
+                path_alphas=np.arange(len(curve) + 1) / max(len(curve), 1),
+                path_scores=curve + [float(image_scores[i, target])],
+            )
+        )
     groups = [[] for _ in images]
     for (i, _), group in parts.items():
-        groups[i].append(group[0] if len(group) == 1 else combine(
-            group, target_score=group[0].target_score, atol=engine.atol,
-            tolerance=engine.tolerance, worst=True))
+        groups[i].append(
+            group[0]
+            if len(group) == 1
+            else combine(
+                group,
+                target_score=group[0].target_score,
+                atol=engine.atol,
+                tolerance=engine.tolerance,
+                worst=True,
+            )
+        )
     return groups

@@ -7,6 +7,7 @@ the straight-line path) from the straight line; the attribution is the sum over 
 implementation (PAIR saliency ``guided_ig.py``). Each step needs the previous step's gradient,
 so ``run`` advances every (image, target) of a batch one step per packed engine call.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ class GuidedPath:
         while gamma > 1.0:
             x_old = x.copy()
             with np.errstate(divide="ignore", invalid="ignore"):
-                x_alpha = np.where(x_input - x_baseline != 0,
-                                   (x - x_baseline) / (x_input - x_baseline), np.nan)
+                x_alpha = np.where(
+                    x_input - x_baseline != 0, (x - x_baseline) / (x_input - x_baseline), np.nan
+                )
             x_alpha[np.isnan(x_alpha)] = alpha_max
             behind = x_alpha < alpha_min
             x[behind] = x_min[behind]
@@ -79,8 +81,9 @@ def run(engine, paths: list[GuidedPath], targets: list[int]) -> list[list[float]
         active = [i for i, p in enumerate(paths) if not p.done]
         if not active:
             return scores
-        values, grads = engine.gradients(np.stack([paths[i].x for i in active]),
-                                         [targets[i] for i in active])
+        values, grads = engine.gradients(
+            np.stack([paths[i].x for i in active]), [targets[i] for i in active]
+        )
         for i, value, grad in zip(active, values, grads):
             scores[i].append(float(value))
             paths[i].advance(grad)

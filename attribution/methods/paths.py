@@ -6,6 +6,7 @@ for a quadrature rule (t_k, w_k); completeness compares the sum with F(image) - 
 Rows of all curves are packed into ``IntegratedGradients.gradients`` calls; curves whose
 relative completeness error exceeds the tolerance are refined as the engine refines IG.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,8 +24,8 @@ class Curve:
     key: object
     target: int
     point: Callable[[float], tuple[np.ndarray, np.ndarray]]
-    image_scores: np.ndarray    # F(image), every class
-    start_score: float          # F(gamma(0)) for the target
+    image_scores: np.ndarray  # F(image), every class
+    start_score: float  # F(gamma(0)) for the target
     start_predicts_target: bool
     integral: np.ndarray | None = None
     evaluations: int = 0
@@ -36,24 +37,34 @@ def weighted_gradients(engine, rows) -> tuple[np.ndarray, list[np.ndarray]]:
     and ``multiplier * grad F(point)``, points built one packed call at a time."""
     scores, products = [], []
     for start in range(0, len(rows), engine.batch_size):
-        chunk = rows[start:start + engine.batch_size]
+        chunk = rows[start : start + engine.batch_size]
         made = [make() for _, make in chunk]
-        score, grads = engine.gradients(np.stack([p for p, _ in made]),
-                                        [t for t, _ in chunk])
+        score, grads = engine.gradients(np.stack([p for p, _ in made]), [t for t, _ in chunk])
         scores.append(score)
         products.extend(m * g.astype(np.float64) for (_, m), g in zip(made, grads))
     return (np.concatenate(scores) if scores else np.zeros(0)), products
 
 
-def integrate(engine, curves: list[Curve], *, method: str, steps: int,
-              tolerance: float | None, max_steps: int, atol: float) -> list[Attribution]:
+def integrate(
+    engine,
+    curves: list[Curve],
+    *,
+    method: str,
+    steps: int,
+    tolerance: float | None,
+    max_steps: int,
+    atol: float,
+) -> list[Attribution]:
     """Attributions along every curve, refined until completeness holds or max_steps."""
     rules = {id(c): quadrature.rule(method, steps) for c in curves}
     pending = [(c, rules[id(c)].alphas, rules[id(c)].weights) for c in curves]
     results = {}
     while pending:
-        rows = [(c.target, (lambda c=c, t=t, w=w: _row(c, t, w)), c, t)
-                for c, alphas, weights in pending for t, w in zip(alphas, weights)]
+        rows = [
+            (c.target, (lambda c=c, t=t, w=w: _row(c, t, w)), c, t)
+            for c, alphas, weights in pending
+            for t, w in zip(alphas, weights)
+        ]
         scores, products = weighted_gradients(engine, [(t, make) for t, make, _, _ in rows])
         for (_, _, curve, t), score, product in zip(rows, scores, products):
             curve.integral = product if curve.integral is None else curve.integral + product
@@ -85,9 +96,18 @@ def _finish(curve: Curve, rule, atol, tolerance) -> Attribution:
     path.setdefault(0.0, curve.start_score)
     path.setdefault(1.0, float(curve.image_scores[curve.target]))
     alphas = sorted(path)
-    return checked(key=curve.key, target=curve.target, image_scores=curve.image_scores,
-                   start_score=curve.start_score,
-                   start_predicts_target=curve.start_predicts_target,
-                   attributions=curve.integral, atol=atol, tolerance=tolerance,
-                   method=rule.method, steps=rule.steps, evaluations=curve.evaluations,
-                   path_alphas=alphas, path_scores=[path[a] for a in alphas])
+    return checked(
+        key=curve.key,
+        target=curve.target,
+        image_scores=curve.image_scores,
+        start_score=curve.start_score,
+        start_predicts_target=curve.start_predicts_target,
+        attributions=curve.integral,
+        atol=atol,
+        tolerance=tolerance,
+        method=rule.method,
+        steps=rule.steps,
+        evaluations=curve.evaluations,
+        path_alphas=alphas,
+        path_scores=[path[a] for a in alphas],
+    )

@@ -1,5 +1,6 @@
 """What every method returns: an IG ``Attribution`` with the method's name and extras, and
 how per-baseline / per-copy IG results combine into one row."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ class Explanation(Attribution):
     ``xrai_heatmap`` (float [H, W] gain per pixel), ``xrai_ranks`` (int [H, W], 1 = best
     region, 0 = none) and ``xrai_region_ranks`` (list of {segment_area_fraction, gain}).
     """
+
     attribution: str = "ig"
     baseline: str = "black"
     xrai_heatmap: np.ndarray | None = None
@@ -36,8 +38,14 @@ def relative_error(error: float, fx: float, fb: float) -> float:
     return error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
 
 
-def combine(parts: Sequence[Attribution], *, target_score: float, atol: float,
-            tolerance: float | None, worst: bool) -> Attribution:
+def combine(
+    parts: Sequence[Attribution],
+    *,
+    target_score: float,
+    atol: float,
+    tolerance: float | None,
+    worst: bool,
+) -> Attribution:
     """The mean of several IGs of one (image, target), each with its own completeness check.
 
     ``worst``: the row reports the largest per-part error (averaged baselines: every part
@@ -51,28 +59,55 @@ def combine(parts: Sequence[Attribution], *, target_score: float, atol: float,
     pick = np.max if worst else np.mean
     same_path = all(np.array_equal(p.path_alphas, first.path_alphas) for p in parts)
     attributions = np.mean([p.attributions.astype(np.float64) for p in parts], axis=0)
-    converged = all(p.converged for p in parts) if worst else bool(
-        float(pick(errors)) <= atol or (tolerance is not None
-                                        and float(pick(relatives)) <= tolerance))
+    converged = (
+        all(p.converged for p in parts)
+        if worst
+        else bool(
+            float(pick(errors)) <= atol
+            or (tolerance is not None and float(pick(relatives)) <= tolerance)
+        )
+    )
     return Attribution(
-        key=first.key, target=first.target, predicted_class=first.predicted_class,
-        predicted_score=first.predicted_score, target_score=target_score,
+        key=first.key,
+        target=first.target,
+        predicted_class=first.predicted_class,
+        predicted_score=first.predicted_score,
+        target_score=target_score,
         baseline_score=float(np.mean([p.baseline_score for p in parts])),
         baseline_predicts_target=any(p.baseline_predicts_target for p in parts),
         attributions=attributions.astype(np.float32),
-        attribution_sum=float(attributions.sum()), completeness_error=float(pick(errors)),
-        relative_completeness_error=float(pick(relatives)), converged=converged,
-        method=first.method, steps=max(p.steps for p in parts),
+        attribution_sum=float(attributions.sum()),
+        completeness_error=float(pick(errors)),
+        relative_completeness_error=float(pick(relatives)),
+        converged=converged,
+        method=first.method,
+        steps=max(p.steps for p in parts),
         gradient_evaluations=sum(p.gradient_evaluations for p in parts),
         path_alphas=first.path_alphas,
-        path_scores=(np.mean([p.path_scores for p in parts], axis=0).astype(np.float32)
-                     if same_path else first.path_scores))
+        path_scores=(
+            np.mean([p.path_scores for p in parts], axis=0).astype(np.float32)
+            if same_path
+            else first.path_scores
+        ),
+    )
 
 
-def checked(*, key, target: int, image_scores: np.ndarray, start_score: float,
-            start_predicts_target: bool, attributions: np.ndarray, atol: float,
-            tolerance: float | None, method: str, steps: int, evaluations: int,
-            path_alphas, path_scores) -> Attribution:
+def checked(
+    *,
+    key,
+    target: int,
+    image_scores: np.ndarray,
+    start_score: float,
+    start_predicts_target: bool,
+    attributions: np.ndarray,
+    atol: float,
+    tolerance: float | None,
+    method: str,
+    steps: int,
+    evaluations: int,
+    path_alphas,
+    path_scores,
+) -> Attribution:
     """An ``Attribution`` for a path computed outside the engine, with its completeness check
     against F(image) - F(path start)."""
     attributions = np.asarray(attributions, np.float64)
@@ -82,12 +117,21 @@ def checked(*, key, target: int, image_scores: np.ndarray, start_score: float,
     relative = relative_error(error, fx, start_score)
     predicted = int(np.argmax(image_scores))
     return Attribution(
-        key=key, target=target, predicted_class=predicted,
-        predicted_score=float(image_scores[predicted]), target_score=fx,
-        baseline_score=float(start_score), baseline_predicts_target=bool(start_predicts_target),
-        attributions=attributions.astype(np.float32), attribution_sum=total,
-        completeness_error=error, relative_completeness_error=relative,
+        key=key,
+        target=target,
+        predicted_class=predicted,
+        predicted_score=float(image_scores[predicted]),
+        target_score=fx,
+        baseline_score=float(start_score),
+        baseline_predicts_target=bool(start_predicts_target),
+        attributions=attributions.astype(np.float32),
+        attribution_sum=total,
+        completeness_error=error,
+        relative_completeness_error=relative,
         converged=bool(error <= atol or (tolerance is not None and relative <= tolerance)),
-        method=method, steps=steps, gradient_evaluations=evaluations,
+        method=method,
+        steps=steps,
+        gradient_evaluations=evaluations,
         path_alphas=np.asarray(path_alphas, np.float32),
-        path_scores=np.asarray(path_scores, np.float32))
+        path_scores=np.asarray(path_scores, np.float32),
+    )

@@ -7,6 +7,7 @@ Ranking: greedily add the segment whose not-yet-covered pixels have the highest 
 attribution (the per-pixel max over channels), skipping segments that add fewer than 50
 pixels, until no segment is left; pixels no segment reached form a last region.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,15 +29,28 @@ def segments(image: np.ndarray) -> list[np.ndarray]:
     image = np.asarray(image, np.float64)
     low, high = image.min(), image.max()
     scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    scaled = resize(scaled * 2.0 - 1.0, SEGMENT_SIZE, order=3, mode="constant",
-                    preserve_range=True, anti_aliasing=True)
+    scaled = resize(
+        scaled * 2.0 - 1.0,
+        SEGMENT_SIZE,
+        order=3,
+        mode="constant",
+        preserve_range=True,
+        anti_aliasing=True,
+    )
     footprint = disk(DILATION_RADIUS)
     masks = []
     for scale in SCALES:
-        labels = segmentation.felzenszwalb(scaled, scale=scale, sigma=SIGMA,
-                                           min_size=MIN_SEGMENT_SIZE)
-        labels = resize(labels, image.shape[:2], order=0, preserve_range=True, mode="constant",
-                        anti_aliasing=False).astype(int)
+        labels = segmentation.felzenszwalb(
+            scaled, scale=scale, sigma=SIGMA, min_size=MIN_SEGMENT_SIZE
+        )
+        labels = resize(
+            labels,
+            image.shape[:2],
+            order=0,
+            preserve_range=True,
+            mode="constant",
+            anti_aliasing=False,
+        ).astype(int)
         masks.extend(_dilated_masks(labels, footprint))
     return masks
 
@@ -52,15 +66,18 @@ def _dilated_masks(labels: np.ndarray, footprint: np.ndarray) -> list[np.ndarray
     for offset, box in enumerate(boxes):
         mask = np.zeros(labels.shape, bool)
         if box is not None:
-            grown = tuple(slice(max(b.start - pad, 0), min(b.stop + pad, size))
-                          for b, size in zip(box, labels.shape))
+            grown = tuple(
+                slice(max(b.start - pad, 0), min(b.stop + pad, size))
+                for b, size in zip(box, labels.shape)
+            )
             mask[grown] = dilation(labels[grown] == low + offset, footprint=footprint)
         masks.append(mask)
     return masks
 
 
-def rank_regions(attributions: np.ndarray, masks: list[np.ndarray]
-                 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+def rank_regions(
+    attributions: np.ndarray, masks: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """(heatmap [H, W] float: each pixel's region gain, ranks [H, W] int: 1 = the best
     region, list of {segment_area_fraction, gain} best first)."""
     attr = np.asarray(attributions, np.float64)
@@ -102,8 +119,9 @@ def rank_regions(attributions: np.ndarray, masks: list[np.ndarray]
     ranks = np.zeros(flat.size, np.int32)
     for rank, (pixels, _) in enumerate(order, start=1):
         ranks[pixels] = rank
-    regions = [{"segment_area_fraction": float(pixels.mean()), "gain": gain}
-               for pixels, gain in order]
+    regions = [
+        {"segment_area_fraction": float(pixels.mean()), "gain": gain} for pixels, gain in order
+    ]
     return heatmap.reshape(shape), ranks.reshape(shape), regions
 
 

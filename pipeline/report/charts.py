@@ -105,8 +105,9 @@ def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str
         if curve is not None:
             axes.plot(np.linspace(0, 1, len(curve)), curve, color=color, linewidth=1.8)
         if random is not None:
-            axes.plot(np.linspace(0, 1, len(random)), random, color=color, linewidth=1.2,
-                      linestyle="--")
+            axes.plot(
+                np.linspace(0, 1, len(random)), random, color=color, linewidth=1.2, linestyle="--"
+            )
     axes.set_xlim(0, 1)
     verb = "removed (replaced by the baseline)" if kind == "deletion" else "put back on the blur"
     axes.set_xlabel(f"fraction of pixels {verb}")
