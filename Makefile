@@ -13,7 +13,7 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dataflow]'
 	touch $(STAMP)
 
-test: install browser
+test: install browser lint
 	$(PY) -m pytest -q tests
 
 lint: install
