@@ -571,9 +571,6 @@ def _ncalls(stats, file_part: str, name: str) -> int:
 
 def profile(task):
     """cProfile the engine (attribute only) and the pipeline (run(), in this process)."""
-    import cProfile
-    import pstats
-
     from attribution.integrated_gradients import IntegratedGradients, Request
 
     model, d = _load(task), _data(task)
@@ -582,13 +579,7 @@ def profile(task):
     )
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(d["pipe_images"])]
     engine.attribute([Request(-1, d["warmup"][0], np.zeros_like(d["warmup"][0]))])
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
-    profiler.enable()
-    engine.attribute(requests)
-    profiler.disable()
-    total = time.perf_counter() - started
-    engine_stats = pstats.Stats(profiler)
+    engine_stats, total = _profiled(lambda: engine.attribute(requests))
     engine_summary = _profile_summary(
         engine_stats,
         {
@@ -609,13 +600,9 @@ def profile(task):
 
     from pipeline import run as pipeline_run
 
-    profiler = cProfile.Profile()
-    started = time.perf_counter()
-    profiler.enable()
-    pipeline_run.run(task["pipeline_argv"], save_main_session=False)
-    profiler.disable()
-    total = time.perf_counter() - started
-    pipe_stats = pstats.Stats(profiler)
+    pipe_stats, total = _profiled(
+        lambda: pipeline_run.run(task["pipeline_argv"], save_main_session=False)
+    )
     pipe_summary = _profile_summary(
         pipe_stats,
         {
@@ -682,6 +669,19 @@ def main(argv=None) -> int:
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
     sys.stdout.flush()
     return 0
+
+
+def _profiled(work):
+    """(cProfile statistics of ``work()``, its wall time in seconds)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    started = time.perf_counter()
+    profiler.enable()
+    work()
+    profiler.disable()
+    return pstats.Stats(profiler), time.perf_counter() - started
 
 
 if __name__ == "__main__":

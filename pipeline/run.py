@@ -25,7 +25,7 @@ from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.regions import check_regions
 from transforms.reuse import PreviousRunError, previous_run
-from transforms.settings import Settings
+from transforms.settings import METHOD_KEYS, Settings
 from transforms.staging import inputs_path
 from transforms.tfrecord import RecordKeys
 
@@ -340,20 +340,8 @@ def method_settings(opts) -> dict:
     given = set(getattr(opts, "given_options", ()))
     out = {
         name: getattr(opts, name)
-        for name in (
-            "attribution",
-            "noise_sigma",
-            "noise_samples",
-            "baseline_samples",
-            "max_blur_sigma",
-            "guided_fraction",
-            "xrai_top_fraction",
-            "mask_polarity",
-            "clip_low",
-            "colormap",
-            "overlay",
-            "mask_type",
-        )
+        for name in METHOD_KEYS
+        if name != "expected_gradients_alpha"  # chosen below from the options given
     }
     out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
     if opts.attribution == "guided_ig" and "steps" not in given:

@@ -89,20 +89,7 @@ def _averaged(engine, images, baselines, targets) -> list[list[Attribution]]:
     parts = defaultdict(list)
     for result in engine.attribute(requests, targets):
         parts[(result.key[0], result.target)].append(result)
-    groups = [[] for _ in images]
-    for (i, _), group in parts.items():  # insertion order: request 0's targets by rank
-        groups[i].append(
-            group[0]
-            if len(group) == 1
-            else combine(
-                group,
-                target_score=group[0].target_score,
-                atol=engine.atol,
-                tolerance=engine.tolerance,
-                worst=True,
-            )
-        )
-    return groups
+    return _per_image(parts, len(images), engine)
 
 
 def noisy_copies(image: np.ndarray, seed_key: str, config: MethodConfig) -> np.ndarray:
@@ -270,7 +257,13 @@ def _guided_ig(engine, images, seed_keys, targets, config) -> list[list[Attribut
                 path_scores=curve + [float(image_scores[i, target])],
             )
         )
-    groups = [[] for _ in images]
+    return _per_image(parts, len(images), engine)
+
+
+def _per_image(parts: dict, count: int, engine) -> list[list]:
+    """{(image, target): [Attribution, ...]} -> one list per image (targets in insertion
+    order, by rank); several parts of one target combine with the worst part's error."""
+    groups = [[] for _ in range(count)]
     for (i, _), group in parts.items():
         groups[i].append(
             group[0]
