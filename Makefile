@@ -30,6 +30,7 @@ bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.methods --model small_cnn --images 16
 	$(PY) -m benchmarks.performance
+	$(PY) -m benchmarks.faithfulness
 
 scale: install  # a simulated large run (not part of make test): benchmarks/RESULTS.md
 	$(PY) -m benchmarks.scale --images 10000,100000
