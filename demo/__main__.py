@@ -33,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     args, pipeline_args = parser.parse_known_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from demo import dataset, model
-    from demo.control import CONTROL, add_control_boxes
-    from pipeline import evidence, report, run
+    from pipeline.console import quiet_start_up
+
+    with quiet_start_up():  # TensorFlow's C++ start-up banner, as `python -m pipeline` does
+        from demo import dataset, model
+        from demo.control import CONTROL, add_control_boxes
+        from pipeline import evidence, report, run
 
     started = time.monotonic()
     data = os.path.join(
