@@ -54,11 +54,19 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     return kinds
 
 
+MAX_POINTS = 1025  # 4 x (K - 2) + 1 forward rows a row: 1025 points is 4093, 250x the default
+
+
 def fractions(points: int) -> np.ndarray:
     """K fractions evenly spaced from 0 to 1 (both included)."""
     if int(points) < 2:
         raise ValueError(
             f"--faithfulness_points must be >= 2 (0% and 100% are both points), got {points!r}"
+        )
+    if int(points) > MAX_POINTS:
+        raise ValueError(
+            f"--faithfulness_points must be at most {MAX_POINTS} (each point is 4 model rows per "
+            f"attributed row; the default 16 reads the curves well), got {points!r}"
         )
     return np.linspace(0.0, 1.0, int(points))
 

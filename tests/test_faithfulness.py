@@ -201,6 +201,7 @@ REQUIRED = ["--input_pattern", "x/*.png", "--output_dir", "out", "--model", "m"]
     [
         (["--faithfulness", "deletion,sideways"], "--faithfulness"),
         (["--faithfulness_points", "1"], "--faithfulness_points"),
+        (["--faithfulness_points", "100000"], "at most 1025"),
     ],
 )
 def test_bad_faithfulness_options_are_refused_before_any_work(flags, message):
