@@ -22,6 +22,7 @@ from transforms.files import absolute
 
 INPUT_FORMATS = ("files", "tfrecord")
 ARTIFACTS = ("masks", "overlays", "raw")
+MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 
 
@@ -604,9 +605,9 @@ def validate_methods(o: argparse.Namespace) -> None:
     for name in ("noise_sigma", "max_blur_sigma"):
         if not getattr(o, name) > 0:
             raise UsageError(f"--{name} must be > 0, got {getattr(o, name)}")
-    for name in ("noise_samples", "baseline_samples"):
-        if getattr(o, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(o, name)}")
+    for name in ("noise_samples", "baseline_samples"):  # each sample is a whole IG (or image)
+        if not 1 <= getattr(o, name) <= MAX_SAMPLES:
+            raise UsageError(f"--{name} must be from 1 to {MAX_SAMPLES}, got {getattr(o, name)}")
     for name in ("guided_fraction", "xrai_top_fraction"):
         if not 0 < getattr(o, name) <= 1:
             raise UsageError(f"--{name} must be in (0, 1], got {getattr(o, name)}")
