@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-DEFAULT_MAX_PIXELS = 50_000_000
+from attribution.config import DEFAULTS
+
+DEFAULT_MAX_PIXELS = DEFAULTS.max_pixels
 CHANNELS = (1, 3)  # model inputs: grayscale or RGB
 # tf.image.rgb_to_grayscale's weights (ITU-R BT.601 luma, as OpenCV's COLOR_RGB2GRAY)
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], np.float32)

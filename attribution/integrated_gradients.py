@@ -13,7 +13,6 @@ only sends index vectors and reads back the row scores.
 
 from __future__ import annotations
 
-import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -22,43 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from attribution import quadrature
-
-SCORES = ("probability", "logit")
-MODEL_OUTPUTS = ("logits", "probabilities")
-
-
-@dataclass(frozen=True)
-class Targets:
-    """Which classes to explain: the predicted one, a fixed class, or the top k."""
-
-    kind: str  # 'predicted' | 'class' | 'topk'
-    value: int = 1  # the class for 'class', k for 'topk'
-
-    @classmethod
-    def parse(cls, text: str | int) -> "Targets":
-        text = str(text).strip()
-        if text == "predicted":
-            return cls("predicted")
-        if re.fullmatch(r"\d+", text):
-            return cls("class", int(text))
-        match = re.fullmatch(r"topk:(\d+)", text)
-        if match and int(match.group(1)) >= 1:
-            return cls("topk", int(match.group(1)))
-        raise ValueError(
-            f"--target must be 'predicted', a class index, or 'topk:K' with K >= 1; got {text!r}"
-        )
-
-    def select(self, scores: np.ndarray) -> list[int]:
-        """Target classes for one image, given its class scores."""
-        if self.kind == "class":
-            if self.value >= scores.shape[-1]:
-                raise ValueError(
-                    f"--target {self.value} is out of range: the model has "
-                    f"{scores.shape[-1]} classes"
-                )
-            return [self.value]
-        k = 1 if self.kind == "predicted" else min(self.value, scores.shape[-1])
-        return [int(c) for c in np.argsort(-scores, kind="stable")[:k]]
+from attribution.config import DEFAULTS, MODEL_OUTPUTS, SCORES
+from attribution.targets import Targets  # noqa: F401 (its home before; callers import it here)
 
 
 @dataclass
@@ -125,15 +89,15 @@ class IntegratedGradients:
         fn: Callable[[tf.Tensor], tf.Tensor],
         *,
         image_size: tuple[int, int],
-        model_output: str = "logits",
-        score: str = "probability",
-        method: str = "gausslegendre",
-        steps: int = 16,
-        tolerance: float | None = 0.01,
-        max_steps: int = 256,
-        batch_size: int = 32,
+        model_output: str = DEFAULTS.model_output,
+        score: str = DEFAULTS.score,
+        method: str = DEFAULTS.method,
+        steps: int = DEFAULTS.steps,
+        tolerance: float | None = DEFAULTS.tolerance,
+        max_steps: int = DEFAULTS.max_steps,
+        batch_size: int = DEFAULTS.batch_size,
         atol: float = 1e-6,
-        jit_compile: bool = False,
+        jit_compile: bool = DEFAULTS.jit_compile,
         channels: int = 3,
     ):
         if model_output not in MODEL_OUTPUTS:

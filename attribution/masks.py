@@ -25,6 +25,8 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from attribution.config import DEFAULTS, MASK_TYPES, OVERLAYS, POLARITIES
+
 _PNG_COMPRESS_LEVEL = 1
 # Images may overshoot [0, 1] slightly after resizing; within half an 8-bit step they are
 # clipped (the PNG is the same), beyond it they are rejected as a scaling mistake.
@@ -325,9 +327,6 @@ def _parse_regions(regions) -> tuple[list[str], np.ndarray]:
 
 
 # -- visualization options (issue 12): polarity, clipping, colormap, overlay, mask type ---
-POLARITIES = ("abs", "positive", "negative", "both")
-OVERLAYS = ("original", "grayscale", "mask_black", "none")
-MASK_TYPES = ("pixels", "outlines")
 
 
 @functools.lru_cache(maxsize=1)
@@ -338,7 +337,11 @@ def _find_boundaries():
 
 
 def styled_values(
-    attributions, *, polarity: str = "abs", clip_low: float = 0.0, clip_high: float = 99.0
+    attributions,
+    *,
+    polarity: str = DEFAULTS.mask_polarity,
+    clip_low: float = DEFAULTS.clip_low,
+    clip_high: float = DEFAULTS.clip_percentile,
 ) -> np.ndarray:
     """Per-pixel mask values in [0, 1] for ``polarity``.
 

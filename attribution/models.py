@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from attribution import hashing
+from attribution.config import MODEL_OUTPUTS
 from attribution.images import CHANNELS
 from attribution.precision import PrecisionError, keras_in_precision, saved_model_refusal
 from attribution.precision import check as precision_check
@@ -30,7 +31,6 @@ from attribution.preprocessing import PREPROCESS, preprocessor
 
 _log = logging.getLogger(__name__)
 
-MODEL_OUTPUTS = ("logits", "probabilities")
 _HUB_PREFIXES = ("http://", "https://")
 _H5_SUFFIXES = (".h5", ".hdf5")
 # The last loads of this process, by handle, file fingerprint and arguments: an in-process

@@ -3,26 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from attribution import faithfulness, randomization
-from attribution.baselines import BASELINES
-from attribution.integrated_gradients import MODEL_OUTPUTS, SCORES, Targets
-from attribution.masks import MASK_TYPES, OVERLAYS, POLARITIES
-from attribution.methods import ATTRIBUTIONS, parse_baselines
-from attribution.precision import PRECISIONS
-from attribution.preprocessing import PREPROCESS
-from attribution.quadrature import METHODS
+from attribution import randomization
+from attribution.config import (  # noqa: F401 (the limits: their home before, callers read them here)
+    MAX_BATCH,
+    MAX_GAUSS_LEGENDRE,
+    MAX_POINTS,
+    AttributionConfig,
+)
+from attribution.targets import Targets
 from pipeline.launch import UsageError
 from transforms.files import absolute
 
 INPUT_FORMATS = ("files", "tfrecord")
 ARTIFACTS = ("masks", "overlays", "raw")
-MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 
 
@@ -36,6 +36,10 @@ class AttributionOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
         add = parser.add_argument
+
+        def option(name):  # an attribution option: generated from attribution.config
+            add_config_option(parser, name)
+
         add("--input_pattern", help="Files to explain: a local glob or gs:// pattern.")
         add(
             "--output_dir",
@@ -48,70 +52,24 @@ class AttributionOptions(PipelineOptions):
             "gs:// SavedModel mapping float32 [N,H,W,3] (or [N,H,W,1]: "
             "grayscale) in [0,1] to [N,C] scores.",
         )
-        add(
-            "--model_output",
-            default="logits",
-            choices=MODEL_OUTPUTS,
-            help="What the model returns.",
-        )
-        add(
-            "--preprocess",
-            default="none",
-            choices=PREPROCESS,
-            help="What the model expects instead of [0,1] pixels, as Keras Applications' "
-            "preprocess_input: scale255 = [0,255], tf = [-1,1], caffe = BGR minus "
-            "ImageNet means, torch = ImageNet mean/std. Applied inside the explained "
-            "function: attributions stay on the [0,1] pixels.",
-        )
-        add(
-            "--output_key",
-            default=None,
-            help="Output name to use when the model's signature returns several.",
-        )
-        add(
-            "--score",
-            default="probability",
-            choices=SCORES,
-            help="What is attributed: softmax probability (as the TF tutorial) or the logit.",
-        )
+        option("model_output")
+        option("preprocess")
+        option("output_key")
+        option("score")
         add(
             "--image_size",
             default=None,
             help="H,W model input size; needed only when the signature has no static size.",
         )
-        add(
-            "--target",
-            default="predicted",
-            help="predicted | a class index | topk:K (one output row per target).",
-        )
-        add("--method", default="gausslegendre", choices=METHODS, help="Quadrature rule.")
-        add("--steps", type=int, default=16, help="Points of the initial rule.")
-        add(
-            "--tolerance",
-            type=float,
-            default=0.01,
-            help="Relative completeness error to reach by refining; 0 disables refinement.",
-        )
-        add("--max_steps", type=int, default=256, help="Most points refinement may use.")
-        add(
-            "--baseline",
-            default="black",
-            help=f"Path start, one of {', '.join(BASELINES)} or a comma list (black,white: "
-            "the mean of the IGs from each); uniform_noise is seeded per image content.",
-        )
-        add("--seed", type=int, default=0, help="Seed for the noise baseline.")
-        add(
-            "--batch_size",
-            type=int,
-            default=32,
-            help="(image, alpha) rows per model call, packed across images.",
-        )
-        add(
-            "--image_batch_size",
-            type=int,
-            default=16,
-            help="Most images handed to the engine at once.",
-        )
+        option("target")
+        option("method")
+        option("steps")
+        option("tolerance")
+        option("max_steps")
+        option("baseline")
+        option("seed")
+        option("batch_size")
+        option("image_batch_size")
         add("--write_raw", action="store_true", help="Also write raw/<image_id>.npy.")
         add(
             "--max_failure_fraction",
@@ -120,14 +78,9 @@ class AttributionOptions(PipelineOptions):
             help="Exit non-zero after writing everything when more than this fraction of "
             "inputs failed.",
         )
-        add(
-            "--max_pixels",
-            type=int,
-            default=50_000_000,
-            help="Refuse images larger than this (decompression bombs), from the header.",
-        )
-        add("--grid_cells", type=int, default=14, help="Cells a side of the attribution grid.")
-        add("--clip_percentile", type=float, default=99.0, help="Mask clipping percentile.")
+        option("max_pixels")
+        option("grid_cells")
+        option("clip_percentile")
         add(
             "--regions",
             default=None,
@@ -140,18 +93,8 @@ class AttributionOptions(PipelineOptions):
             action="store_true",
             help="Do not write DIR/report.html at the end of the run.",
         )
-        add(
-            "--jit_compile",
-            action="store_true",
-            help="XLA-compile the gradient step (GPU option; measured slower on CPU).",
-        )
-        add(
-            "--precision",
-            default="float32",
-            choices=PRECISIONS,
-            help="What a .keras model computes in (Keras mixed precision: bfloat16/float16 "
-            "compute, float32 weights); scores and completeness stay float32/float64.",
-        )
+        option("jit_compile")
+        option("precision")
         add(
             "--progress_interval",
             type=float,
@@ -201,94 +144,21 @@ class AttributionOptions(PipelineOptions):
             help="Per-image files to write: a comma list of masks, overlays, raw, or none "
             "(then mask_uri/overlay_uri are null). --write_raw adds raw.",
         )
-        add(
-            "--attribution",
-            default="ig",
-            choices=ATTRIBUTIONS,
-            help="Method: ig, smoothgrad (IG of noisy copies), expected_gradients (baselines "
-            "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).",
-        )
-        add(
-            "--noise_sigma",
-            type=float,
-            default=0.1,
-            help="smoothgrad: noise standard deviation, a fraction of the [0, 1] input range.",
-        )
-        add("--noise_samples", type=int, default=8, help="smoothgrad: noisy copies per image.")
-        add(
-            "--baseline_samples",
-            type=int,
-            default=16,
-            help="expected_gradients: baseline images sampled (seeded) from the input set.",
-        )
-        add(
-            "--max_blur_sigma",
-            type=float,
-            default=20.0,
-            help="blur_ig: sigma (pixels) of the blurred image the path starts from.",
-        )
-        add(
-            "--guided_fraction",
-            type=float,
-            default=0.1,
-            help="guided_ig: fraction of features moved per step (128 steps unless --steps).",
-        )
-        add(
-            "--xrai_top_fraction",
-            type=float,
-            default=0.3,
-            help="xrai (and --mask_type outlines): share of the image the outlined top "
-            "regions cover.",
-        )
-        add(
-            "--mask_polarity",
-            default="abs",
-            choices=POLARITIES,
-            help="Mask of |attribution| (abs), only positive or negative evidence, or both "
-            "signs on a diverging colormap.",
-        )
-        add(
-            "--clip_low",
-            type=float,
-            default=0.0,
-            help="Percentile of the mask values drawn as the colormap's low end.",
-        )
-        add(
-            "--clip_high",
-            type=float,
-            default=None,
-            help="Percentile drawn as the colormap's high end (default: --clip_percentile).",
-        )
-        add(
-            "--colormap",
-            default=None,
-            help="Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both).",
-        )
-        add(
-            "--overlay",
-            default="original",
-            choices=OVERLAYS,
-            help="What the overlay draws the mask on: the image, its grayscale, the image "
-            "masked to black by the attribution, or nothing (the mask alone).",
-        )
-        add(
-            "--mask_type",
-            default="pixels",
-            choices=MASK_TYPES,
-            help="Overlay colours every pixel, or outlines the top --xrai_top_fraction.",
-        )
-        add(
-            "--faithfulness",
-            default="deletion,insertion",
-            help="Forward-only checks per row: deletion and/or insertion curves in attribution "
-            "order against a seeded random order (comma list), or 'none'.",
-        )
-        add(
-            "--faithfulness_points",
-            type=int,
-            default=16,
-            help="Points of each deletion/insertion curve, evenly spaced from 0%% to 100%%.",
-        )
+        option("attribution")
+        option("noise_sigma")
+        option("noise_samples")
+        option("baseline_samples")
+        option("max_blur_sigma")
+        option("guided_fraction")
+        option("xrai_top_fraction")
+        option("mask_polarity")
+        option("clip_low")
+        option("clip_high")
+        option("colormap")
+        option("overlay")
+        option("mask_type")
+        option("faithfulness")
+        option("faithfulness_points")
         add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
         add(
             "--run_id",
@@ -328,6 +198,27 @@ class AttributionOptions(PipelineOptions):
             help="Most seconds a worker holds finished rows before publishing them to the "
             "staging folder: a crash loses at most about this much work per worker.",
         )
+
+
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(AttributionConfig)}
+
+
+def add_config_option(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--name`` from the AttributionConfig field: its default, type, choices and help."""
+    field = CONFIG_FIELDS[name]
+    kwargs = {"help": field.metadata["help"].replace("%", "%%")}  # argparse formats help
+    if isinstance(field.default, bool):
+        parser.add_argument(f"--{name}", action="store_true", **kwargs)
+        return
+    kwargs["default"] = field.default
+    kind = field.metadata["type"]
+    if kind is None and isinstance(field.default, (int, float)):
+        kind = type(field.default)
+    if kind is not None:
+        kwargs["type"] = kind
+    if field.metadata["choices"]:
+        kwargs["choices"] = field.metadata["choices"]
+    parser.add_argument(f"--{name}", **kwargs)
 
 
 def _config_flags(path: str) -> list[str]:
@@ -472,51 +363,15 @@ def validate(o: argparse.Namespace) -> None:
     ):
         if not getattr(o, name):
             raise UsageError(f"--{name} is required, e.g. {example}")
-    if o.steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {o.steps}")
-    points = MAX_GAUSS_LEGENDRE if o.method == "gausslegendre" else MAX_POINTS
-    for name, limit in (
-        ("steps", points),
-        ("max_steps", points),
-        ("batch_size", MAX_BATCH),
-        ("image_batch_size", MAX_BATCH),
-    ):
-        if getattr(o, name) > limit:
-            raise UsageError(
-                f"--{name} must be <= {limit}"
-                + (" with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
-                + f", got {getattr(o, name)}"
-            )
-    if o.method == "riemann_trapezoid" and o.steps < 2:
-        raise UsageError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
-    if o.tolerance < 0:
-        raise UsageError(f"--tolerance must be >= 0 (0 disables refinement), got {o.tolerance}")
-    if o.tolerance > 0 and o.max_steps < o.steps:
-        raise UsageError(f"--max_steps ({o.max_steps}) must be >= --steps ({o.steps})")
-    for name in ("batch_size", "image_batch_size", "max_pixels", "grid_cells"):
-        if getattr(o, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(o, name)}")
-    if not 0 <= o.max_failure_fraction <= 1:
-        raise UsageError(f"--max_failure_fraction must be in [0, 1], got {o.max_failure_fraction}")
-    if not 0 < o.clip_percentile <= 100:
-        raise UsageError(f"--clip_percentile must be in (0, 100], got {o.clip_percentile}")
-    if o.score == "logit" and o.model_output == "probabilities":
-        raise UsageError(
-            "--score logit needs a model that outputs logits; with "
-            "--model_output probabilities use --score probability"
-        )
     try:
-        Targets.parse(o.target)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    parse_image_size(o.image_size)
-    try:
-        faithfulness.parse_kinds(o.faithfulness)
-        faithfulness.fractions(o.faithfulness_points)
+        AttributionConfig.from_options(o)  # the attribution options, checked in one place
         if o.randomize is not None:
             randomization.parse_stage(o.randomize)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if not 0 <= o.max_failure_fraction <= 1:
+        raise UsageError(f"--max_failure_fraction must be in [0, 1], got {o.max_failure_fraction}")
+    parse_image_size(o.image_size)
     if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
         raise UsageError(
             f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
@@ -539,7 +394,6 @@ def validate(o: argparse.Namespace) -> None:
                 "--regions_from_record is for TFRecord input: add "
                 "--input_format tfrecord, or give boxes with --regions FILE"
             )
-    validate_methods(o)
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
@@ -566,12 +420,6 @@ def validate(o: argparse.Namespace) -> None:
         )
 
 
-# Beyond these a run is a mistake, not a workload: points of a rule (Gauss-Legendre nodes
-# for 4096 points take seconds to compute, 8192 over a minute; the trapezoid rule refines
-# 17 -> 33 -> ... -> 2^k + 1), and rows or images in one model call.
-MAX_POINTS = 65537
-MAX_GAUSS_LEGENDRE = 4096
-MAX_BATCH = 4096
 # Most bytes of model input in one call: --batch_size rows of H x W x 3 float32.
 MAX_CALL_BYTES = 2 * 1024**3
 
@@ -594,34 +442,3 @@ def validate_with_model(
             f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
             f"--batch_size {min(fits, MAX_BATCH)} or less"
         )
-
-
-def validate_methods(o: argparse.Namespace) -> None:
-    """The method and visualization options (issue 12)."""
-    try:
-        parse_baselines(o.baseline)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    for name in ("noise_sigma", "max_blur_sigma"):
-        if not getattr(o, name) > 0:
-            raise UsageError(f"--{name} must be > 0, got {getattr(o, name)}")
-    for name in ("noise_samples", "baseline_samples"):  # each sample is a whole IG (or image)
-        if not 1 <= getattr(o, name) <= MAX_SAMPLES:
-            raise UsageError(f"--{name} must be from 1 to {MAX_SAMPLES}, got {getattr(o, name)}")
-    for name in ("guided_fraction", "xrai_top_fraction"):
-        if not 0 < getattr(o, name) <= 1:
-            raise UsageError(f"--{name} must be in (0, 1], got {getattr(o, name)}")
-    high = o.clip_percentile if o.clip_high is None else o.clip_high
-    if not 0 <= o.clip_low < high <= 100:
-        raise UsageError(
-            f"--clip_low and --clip_high must satisfy 0 <= low < high <= 100, "
-            f"got {o.clip_low} and {high}"
-        )
-    if o.colormap is not None:
-        import matplotlib
-
-        if o.colormap not in matplotlib.colormaps:
-            raise UsageError(
-                f"--colormap {o.colormap!r} is not a matplotlib colormap; try "
-                f"inferno, viridis, gray or RdBu_r"
-            )

@@ -36,6 +36,7 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from attribution.baselines import BASELINES, make_baseline
+from attribution.config import DEFAULTS
 from attribution.integrated_gradients import (
     SCORES,
     IntegratedGradients,
@@ -79,18 +80,18 @@ class IntegratedGradientsModelHandler(ModelHandler[np.ndarray, list, Attribution
         model_uri: str,
         *,
         image_size: tuple[int, int] | None = None,
-        model_output: str = "logits",
-        output_key: str | None = None,
-        preprocess: str = "none",
-        score: str = "probability",
-        target: str | int = "predicted",
-        method: str = "gausslegendre",
-        steps: int = 16,
-        tolerance: float | None = 0.01,
-        max_steps: int = 256,
-        baseline: str = "black",
-        seed: int = 0,
-        batch_size: int = 32,
+        model_output: str = DEFAULTS.model_output,
+        output_key: str | None = DEFAULTS.output_key,
+        preprocess: str = DEFAULTS.preprocess,
+        score: str = DEFAULTS.score,
+        target: str | int = DEFAULTS.target,
+        method: str = DEFAULTS.method,
+        steps: int = DEFAULTS.steps,
+        tolerance: float | None = DEFAULTS.tolerance,
+        max_steps: int = DEFAULTS.max_steps,
+        baseline: str = DEFAULTS.baseline,
+        seed: int = DEFAULTS.seed,
+        batch_size: int = DEFAULTS.batch_size,
         share_model_across_processes: bool = False,
         **model_handler_kwargs,
     ):

@@ -7,6 +7,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from attribution.config import DEFAULTS
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -15,75 +17,64 @@ class Settings:
     image_size: tuple[int, int]
     num_classes: int
     model_fingerprint: str
-    model_output: str = "logits"
-    output_key: str | None = None
-    score: str = "probability"
-    target: str = "predicted"
-    method: str = "gausslegendre"
-    steps: int = 16
-    tolerance: float | None = 0.01
-    max_steps: int = 256
-    baseline: str = "black"
-    seed: int = 0
-    batch_size: int = 32
-    image_batch_size: int = 16
-    max_pixels: int = 50_000_000
+    model_output: str = DEFAULTS.model_output
+    output_key: str | None = DEFAULTS.output_key
+    score: str = DEFAULTS.score
+    target: str = DEFAULTS.target
+    method: str = DEFAULTS.method
+    steps: int = DEFAULTS.steps
+    tolerance: float | None = DEFAULTS.tolerance
+    max_steps: int = DEFAULTS.max_steps
+    baseline: str = DEFAULTS.baseline
+    seed: int = DEFAULTS.seed
+    batch_size: int = DEFAULTS.batch_size
+    image_batch_size: int = DEFAULTS.image_batch_size
+    max_pixels: int = DEFAULTS.max_pixels
     write_raw: bool = False
-    grid_cells: int = 14
-    clip_percentile: float = 99.0
-    jit_compile: bool = False
-    precision: str = "float32"  # what the model computes in (attribution.precision)
+    grid_cells: int = DEFAULTS.grid_cells
+    clip_percentile: float = DEFAULTS.clip_percentile
+    jit_compile: bool = DEFAULTS.jit_compile
+    precision: str = DEFAULTS.precision  # what the model computes in (attribution.precision)
     labels: tuple[str, ...] = field(default=(), repr=False)
     artifacts: tuple[str, ...] = ("masks", "overlays")  # --artifacts: per-image files
     progress_folder: str | None = None  # local runners: where finished images are tallied
-    preprocess: str = "none"  # --preprocess: part of the explained function
+    preprocess: str = DEFAULTS.preprocess  # --preprocess: part of the explained function
     channels: int = 3  # the model's input channels (1: grayscale), from its signature
     max_file_bytes: int = 256 * 1024 * 1024  # inputs larger than this are refused unread
     commit_interval: float = 60.0  # seconds a worker may hold finished rows before staging them
-    faithfulness: tuple[str, ...] = ("deletion", "insertion")  # () for --faithfulness none
-    faithfulness_points: int = 16
+    # the curves of --faithfulness; () for --faithfulness none
+    faithfulness: tuple[str, ...] = tuple(DEFAULTS.faithfulness.split(","))
+    faithfulness_points: int = DEFAULTS.faithfulness_points
     randomize: str | None = None  # pipeline.sanity: a randomization stage applied on load
     # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
-    attribution: str = "ig"
-    noise_sigma: float = 0.1
-    noise_samples: int = 8
-    baseline_samples: int = 16
+    attribution: str = DEFAULTS.attribution
+    noise_sigma: float = DEFAULTS.noise_sigma
+    noise_samples: int = DEFAULTS.noise_samples
+    baseline_samples: int = DEFAULTS.baseline_samples
     expected_gradients_alpha: str = "random"  # 'quadrature' when --method is given
-    max_blur_sigma: float = 20.0
-    guided_fraction: float = 0.1
-    xrai_top_fraction: float = 0.3
-    mask_polarity: str = "abs"
-    clip_low: float = 0.0
-    colormap: str | None = None
-    overlay: str = "original"
-    mask_type: str = "pixels"
+    max_blur_sigma: float = DEFAULTS.max_blur_sigma
+    guided_fraction: float = DEFAULTS.guided_fraction
+    xrai_top_fraction: float = DEFAULTS.xrai_top_fraction
+    mask_polarity: str = DEFAULTS.mask_polarity
+    clip_low: float = DEFAULTS.clip_low
+    colormap: str | None = DEFAULTS.colormap
+    overlay: str = DEFAULTS.overlay
+    mask_type: str = DEFAULTS.mask_type
 
     @property
     def method_config(self):
         """The engine-side ``attribution.methods.MethodConfig`` (imported here: this module
         stays importable without TensorFlow)."""
-        from attribution.methods import MethodConfig, parse_baselines
+        from attribution.methods import MethodConfig
 
-        return MethodConfig(
-            attribution=self.attribution,
-            baselines=parse_baselines(self.baseline),
-            seed=self.seed,
-            noise_sigma=self.noise_sigma,
-            noise_samples=self.noise_samples,
-            max_blur_sigma=self.max_blur_sigma,
-            guided_fraction=self.guided_fraction,
-            expected_gradients_alpha=self.expected_gradients_alpha,
-        )
+        return MethodConfig.of(self, expected_gradients_alpha=self.expected_gradients_alpha)
 
     @property
     def default_style(self) -> bool:
         """The tutorial's mask and overlay (drawn exactly as before issue 12)."""
-        return (self.mask_polarity, self.clip_low, self.colormap, self.overlay, self.mask_type) == (
-            "abs",
-            0.0,
-            None,
-            "original",
-            "pixels",
+        return all(
+            getattr(self, name) == _default(name)
+            for name in ("mask_polarity", "clip_low", "colormap", "overlay", "mask_type")
         )
 
     def label(self, index: int) -> str:
@@ -123,24 +114,32 @@ class Settings:
             "clip_percentile",
         )
         values = {k: getattr(self, k) for k in keys}  # a tuple dumps as a list, as before
-        if self.preprocess != "none":
+        if self.preprocess != _default("preprocess"):
             values["preprocess"] = self.preprocess
         # issue 12's options count only when they differ from their defaults, so hashes of
         # plain IG runs (and --reuse_from across the upgrade) stay as they were
         for name in METHOD_KEYS:
-            if getattr(self, name) != Settings.__dataclass_fields__[name].default:
+            if getattr(self, name) != _default(name):
                 values[name] = getattr(self, name)
         # the faithfulness settings and a sanity stage count only when not the default, as
         # preprocess (rows made before them lack their columns and are not reused anyway)
-        if tuple(self.faithfulness) != ("deletion", "insertion"):
+        if tuple(self.faithfulness) != _default("faithfulness"):
             values["faithfulness"] = list(self.faithfulness)
-        if self.faithfulness_points != 16:
+        if self.faithfulness_points != _default("faithfulness_points"):
             values["faithfulness_points"] = self.faithfulness_points
         if self.randomize is not None:
             values["randomize"] = self.randomize
-        if self.precision != "float32":  # bfloat16/float16 change the numbers, not rounding
+        if self.precision != _default(
+            "precision"
+        ):  # bfloat16/float16 change the numbers, not rounding
             values["precision"] = self.precision
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default(name: str):
+    """A Settings field's default (attribution.config's): options at their default stay out
+    of settings_hash, so hashes made before the option existed stay valid."""
+    return Settings.__dataclass_fields__[name].default
 
 
 METHOD_KEYS = (

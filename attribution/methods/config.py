@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from attribution.baselines import BASELINES
+from attribution.config import ATTRIBUTIONS, DEFAULTS, MAX_SAMPLES
 
-ATTRIBUTIONS = ("ig", "smoothgrad", "expected_gradients", "blur_ig", "guided_ig", "xrai")
 EG_ALPHAS = ("random", "quadrature")
 XRAI_BASELINES = ("black", "white")
 GUIDED_STEPS = 128  # Guided IG's steps when --steps is not given
@@ -14,13 +14,13 @@ GUIDED_STEPS = 128  # Guided IG's steps when --steps is not given
 
 @dataclass(frozen=True)
 class MethodConfig:
-    attribution: str = "ig"
-    baselines: tuple[str, ...] = ("black",)
-    seed: int = 0
-    noise_sigma: float = 0.1
-    noise_samples: int = 8
-    max_blur_sigma: float = 20.0
-    guided_fraction: float = 0.1
+    attribution: str = DEFAULTS.attribution
+    baselines: tuple[str, ...] = tuple(DEFAULTS.baseline.split(","))
+    seed: int = DEFAULTS.seed
+    noise_sigma: float = DEFAULTS.noise_sigma
+    noise_samples: int = DEFAULTS.noise_samples
+    max_blur_sigma: float = DEFAULTS.max_blur_sigma
+    guided_fraction: float = DEFAULTS.guided_fraction
     expected_gradients_alpha: str = "random"
 
     def __post_init__(self):
@@ -31,14 +31,30 @@ class MethodConfig:
         parse_baselines(",".join(self.baselines))
         if not self.noise_sigma > 0:
             raise ValueError(f"--noise_sigma must be > 0, got {self.noise_sigma!r}")
-        if self.noise_samples < 1:
-            raise ValueError(f"--noise_samples must be >= 1, got {self.noise_samples!r}")
+        if not 1 <= self.noise_samples <= MAX_SAMPLES:
+            raise ValueError(
+                f"--noise_samples must be from 1 to {MAX_SAMPLES}, got {self.noise_samples!r}"
+            )
         if not self.max_blur_sigma > 0:
             raise ValueError(f"--max_blur_sigma must be > 0, got {self.max_blur_sigma!r}")
         if not 0 < self.guided_fraction <= 1:
             raise ValueError(f"--guided_fraction must be in (0, 1], got {self.guided_fraction!r}")
         if self.expected_gradients_alpha not in EG_ALPHAS:
             raise ValueError(f"expected_gradients_alpha must be one of {EG_ALPHAS}")
+
+    @classmethod
+    def of(cls, options, **changes) -> MethodConfig:
+        """The method settings of an AttributionConfig, a Settings or an options namespace."""
+        return cls(
+            attribution=options.attribution,
+            baselines=parse_baselines(options.baseline),
+            seed=options.seed,
+            noise_sigma=options.noise_sigma,
+            noise_samples=options.noise_samples,
+            max_blur_sigma=options.max_blur_sigma,
+            guided_fraction=options.guided_fraction,
+            **changes,
+        )
 
     @property
     def baseline_label(self) -> str:

@@ -1,0 +1,230 @@
+"""What an attribution is computed and drawn with: every default written once, validated once.
+
+``AttributionConfig`` is the one home of these options. Each field carries its command-line
+metadata (``help``, ``choices``, ``type``; the option is ``--<field name>``), from which
+``pipeline.options`` generates the argparse options; ``transforms.settings.Settings``,
+``IntegratedGradients`` and ``MethodConfig`` take their defaults from ``DEFAULTS``.
+No TensorFlow here (nor matplotlib until a colormap is checked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from attribution.baselines import BASELINES
+from attribution.precision import PRECISIONS
+from attribution.preprocessing import PREPROCESS
+from attribution.quadrature import METHODS
+
+SCORES = ("probability", "logit")
+MODEL_OUTPUTS = ("logits", "probabilities")
+ATTRIBUTIONS = ("ig", "smoothgrad", "expected_gradients", "blur_ig", "guided_ig", "xrai")
+POLARITIES = ("abs", "positive", "negative", "both")
+OVERLAYS = ("original", "grayscale", "mask_black", "none")
+MASK_TYPES = ("pixels", "outlines")
+
+# Beyond these a run is a mistake, not a workload: points of a rule (Gauss-Legendre nodes
+# for 4096 points take seconds to compute, 8192 over a minute; the trapezoid rule refines
+# 17 -> 33 -> ... -> 2^k + 1), and rows or images in one model call.
+MAX_POINTS = 65537
+MAX_GAUSS_LEGENDRE = 4096
+MAX_BATCH = 4096
+MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples: each sample is a whole IG
+
+
+def option(default, help: str, *, choices: tuple | None = None, type: type | None = None):
+    """A field with its command-line metadata. ``type`` defaults to the default's type
+    (int, float; str for text and None); a bool default makes a store_true switch."""
+    metadata = {"help": help, "choices": choices, "type": type}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    model_output: str = option("logits", "What the model returns.", choices=MODEL_OUTPUTS)
+    preprocess: str = option(
+        "none",
+        "What the model expects instead of [0,1] pixels, as Keras Applications' "
+        "preprocess_input: scale255 = [0,255], tf = [-1,1], caffe = BGR minus "
+        "ImageNet means, torch = ImageNet mean/std. Applied inside the explained "
+        "function: attributions stay on the [0,1] pixels.",
+        choices=PREPROCESS,
+    )
+    output_key: str | None = option(
+        None, "Output name to use when the model's signature returns several."
+    )
+    score: str = option(
+        "probability",
+        "What is attributed: softmax probability (as the TF tutorial) or the logit.",
+        choices=SCORES,
+    )
+    target: str = option(
+        "predicted", "predicted | a class index | topk:K (one output row per target)."
+    )
+    method: str = option("gausslegendre", "Quadrature rule.", choices=METHODS)
+    steps: int = option(16, "Points of the initial rule.")
+    tolerance: float = option(
+        0.01, "Relative completeness error to reach by refining; 0 disables refinement."
+    )
+    max_steps: int = option(256, "Most points refinement may use.")
+    baseline: str = option(
+        "black",
+        f"Path start, one of {', '.join(BASELINES)} or a comma list (black,white: "
+        "the mean of the IGs from each); uniform_noise is seeded per image content.",
+    )
+    seed: int = option(0, "Seed for the noise baseline.")
+    batch_size: int = option(32, "(image, alpha) rows per model call, packed across images.")
+    image_batch_size: int = option(16, "Most images handed to the engine at once.")
+    max_pixels: int = option(
+        50_000_000, "Refuse images larger than this (decompression bombs), from the header."
+    )
+    grid_cells: int = option(14, "Cells a side of the attribution grid.")
+    clip_percentile: float = option(99.0, "Mask clipping percentile.")
+    jit_compile: bool = option(
+        False, "XLA-compile the gradient step (GPU option; measured slower on CPU)."
+    )
+    precision: str = option(
+        "float32",
+        "What a .keras model computes in (Keras mixed precision: bfloat16/float16 "
+        "compute, float32 weights); scores and completeness stay float32/float64.",
+        choices=PRECISIONS,
+    )
+    attribution: str = option(
+        "ig",
+        "Method: ig, smoothgrad (IG of noisy copies), expected_gradients (baselines "
+        "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).",
+        choices=ATTRIBUTIONS,
+    )
+    noise_sigma: float = option(
+        0.1, "smoothgrad: noise standard deviation, a fraction of the [0, 1] input range."
+    )
+    noise_samples: int = option(8, "smoothgrad: noisy copies per image.")
+    baseline_samples: int = option(
+        16, "expected_gradients: baseline images sampled (seeded) from the input set."
+    )
+    max_blur_sigma: float = option(
+        20.0, "blur_ig: sigma (pixels) of the blurred image the path starts from."
+    )
+    guided_fraction: float = option(
+        0.1, "guided_ig: fraction of features moved per step (128 steps unless --steps)."
+    )
+    xrai_top_fraction: float = option(
+        0.3,
+        "xrai (and --mask_type outlines): share of the image the outlined top regions cover.",
+    )
+    mask_polarity: str = option(
+        "abs",
+        "Mask of |attribution| (abs), only positive or negative evidence, or both "
+        "signs on a diverging colormap.",
+        choices=POLARITIES,
+    )
+    clip_low: float = option(0.0, "Percentile of the mask values drawn as the colormap's low end.")
+    clip_high: float | None = option(
+        None,
+        "Percentile drawn as the colormap's high end (default: --clip_percentile).",
+        type=float,
+    )
+    colormap: str | None = option(
+        None, "Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both)."
+    )
+    overlay: str = option(
+        "original",
+        "What the overlay draws the mask on: the image, its grayscale, the image "
+        "masked to black by the attribution, or nothing (the mask alone).",
+        choices=OVERLAYS,
+    )
+    mask_type: str = option(
+        "pixels",
+        "Overlay colours every pixel, or outlines the top --xrai_top_fraction.",
+        choices=MASK_TYPES,
+    )
+    faithfulness: str = option(
+        "deletion,insertion",
+        "Forward-only checks per row: deletion and/or insertion curves in attribution "
+        "order against a seeded random order (comma list), or 'none'.",
+    )
+    faithfulness_points: int = option(
+        16, "Points of each deletion/insertion curve, evenly spaced from 0% to 100%."
+    )
+
+    @classmethod
+    def from_options(cls, options) -> AttributionConfig:
+        """The fields of an options namespace, validated."""
+        config = cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Every check these options need before a model is loaded; ValueError says what to
+        pass instead (pipeline.options turns it into a usage error, exit 2)."""
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(
+                    f"--{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
+        if self.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {self.steps}")
+        points = MAX_GAUSS_LEGENDRE if self.method == "gausslegendre" else MAX_POINTS
+        for name, limit in (
+            ("steps", points),
+            ("max_steps", points),
+            ("batch_size", MAX_BATCH),
+            ("image_batch_size", MAX_BATCH),
+        ):
+            if getattr(self, name) > limit:
+                raise ValueError(
+                    f"--{name} must be <= {limit}"
+                    + (" with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
+                    + f", got {getattr(self, name)}"
+                )
+        if self.method == "riemann_trapezoid" and self.steps < 2:
+            raise ValueError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
+        if self.tolerance < 0:
+            raise ValueError(
+                f"--tolerance must be >= 0 (0 disables refinement), got {self.tolerance}"
+            )
+        if self.tolerance > 0 and self.max_steps < self.steps:
+            raise ValueError(f"--max_steps ({self.max_steps}) must be >= --steps ({self.steps})")
+        for name in ("batch_size", "image_batch_size", "max_pixels", "grid_cells"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.clip_percentile <= 100:
+            raise ValueError(f"--clip_percentile must be in (0, 100], got {self.clip_percentile}")
+        if self.score == "logit" and self.model_output == "probabilities":
+            raise ValueError(
+                "--score logit needs a model that outputs logits; with "
+                "--model_output probabilities use --score probability"
+            )
+        from attribution import faithfulness
+        from attribution.methods.config import MethodConfig
+        from attribution.targets import Targets
+
+        Targets.parse(self.target)
+        faithfulness.parse_kinds(self.faithfulness)
+        faithfulness.fractions(self.faithfulness_points)
+        MethodConfig.of(self)  # the method options the engine checks, same messages
+        if not 1 <= self.baseline_samples <= MAX_SAMPLES:
+            raise ValueError(
+                f"--baseline_samples must be from 1 to {MAX_SAMPLES}, got {self.baseline_samples}"
+            )
+        if not 0 < self.xrai_top_fraction <= 1:
+            raise ValueError(f"--xrai_top_fraction must be in (0, 1], got {self.xrai_top_fraction}")
+        high = self.clip_percentile if self.clip_high is None else self.clip_high
+        if not 0 <= self.clip_low < high <= 100:
+            raise ValueError(
+                f"--clip_low and --clip_high must satisfy 0 <= low < high <= 100, "
+                f"got {self.clip_low} and {high}"
+            )
+        if self.colormap is not None:
+            import matplotlib
+
+            if self.colormap not in matplotlib.colormaps:
+                raise ValueError(
+                    f"--colormap {self.colormap!r} is not a matplotlib colormap; try "
+                    f"inferno, viridis, gray or RdBu_r"
+                )
+
+
+DEFAULTS = AttributionConfig()

@@ -1,0 +1,82 @@
+"""attribution.config: each attribution default written once, the command line generated from
+it, one validation, and no TensorFlow to read it."""
+
+import argparse
+import dataclasses
+import inspect
+import subprocess
+import sys
+
+import pytest
+
+from attribution.config import DEFAULTS, AttributionConfig
+from pipeline import options
+from transforms.settings import Settings
+
+FIELDS = dataclasses.fields(AttributionConfig)
+
+
+def test_every_field_is_an_option_with_its_default_choices_and_help():
+    actions = {a.dest: a for a in options.help_parser()._actions}
+    for f in FIELDS:
+        action = actions[f.name]
+        assert action.option_strings == [f"--{f.name}"]
+        assert action.default == f.default, f.name
+        assert action.help.replace("%%", "%") == f.metadata["help"], f.name
+        assert action.choices == f.metadata["choices"], f.name
+        if isinstance(f.default, bool):
+            assert isinstance(action, argparse._StoreTrueAction)
+        elif f.default is not None and not isinstance(f.default, str):
+            assert action.type is type(f.default), f.name
+    assert actions["clip_high"].type is float  # None by default, a float when given
+    ours, _ = options.parse(["--input_pattern", "x", "--output_dir", "o", "--model", "m"])
+    assert AttributionConfig.from_options(ours) == DEFAULTS
+
+
+def test_settings_and_the_engines_take_their_defaults_from_the_config():
+    settings = {f.name: f.default for f in dataclasses.fields(Settings)}
+    for f in FIELDS:
+        if f.name == "faithfulness":
+            assert settings[f.name] == ("deletion", "insertion")
+        elif f.name != "clip_high":  # Settings carries clip_percentile / clip_low only
+            assert settings[f.name] == f.default, f.name
+    from attribution.integrated_gradients import IntegratedGradients
+    from attribution.methods import MethodConfig
+    from transforms.inference import IntegratedGradientsModelHandler
+
+    for callable_ in (IntegratedGradients, MethodConfig, IntegratedGradientsModelHandler):
+        for name, parameter in inspect.signature(callable_).parameters.items():
+            if hasattr(DEFAULTS, name) and parameter.default is not inspect.Parameter.empty:
+                assert parameter.default == getattr(DEFAULTS, name), (callable_, name)
+    assert MethodConfig().baselines == ("black",)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": 0}, "--steps must be >= 1"),
+        ({"method": "simpson"}, "--method must be one of"),
+        ({"score": "logit", "model_output": "probabilities"}, "--score logit needs"),
+        ({"target": "topk:0"}, "--target must be"),
+        ({"faithfulness": "deletion,area"}, "--faithfulness must be"),
+        ({"noise_sigma": 0.0}, "--noise_sigma must be > 0, got 0.0"),
+        ({"baseline": "black,black"}, "--baseline lists a baseline twice"),
+        ({"xrai_top_fraction": 1.5}, "--xrai_top_fraction must be in (0, 1]"),
+        ({"clip_low": 99.0}, "--clip_low and --clip_high must satisfy"),
+    ],
+)
+def test_validate_refuses_with_the_options_message(changes, message):
+    DEFAULTS.validate()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        dataclasses.replace(DEFAULTS, **changes).validate()
+    with pytest.raises(AttributeError):  # frozen: validated once, then unchanged
+        DEFAULTS.steps = 8
+
+
+def test_config_and_settings_load_without_tensorflow():
+    code = (
+        "import sys, attribution.config, transforms.settings\n"
+        "attribution.config.DEFAULTS.validate()\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow loaded'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
