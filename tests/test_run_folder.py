@@ -95,6 +95,19 @@ def spawn(*argv):
     )
 
 
+def run_cli(*argv, timeout=300):
+    """`python -m pipeline` to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, argv)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def group_pids(pgid):
     pids = []
     for name in os.listdir("/proc"):
@@ -364,28 +377,18 @@ def test_special_files_become_error_rows_at_once(tiny_model, tmp_path):
     (folder / "large.png").write_bytes(b"\x89PNG" + b"\0" * 5000)
     out = tmp_path / "out"
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
-            "--max_file_bytes",
-            "4000",
-            *FAST,
-            "--no_report",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        "--max_file_bytes",
+        "4000",
+        *FAST,
+        "--no_report",
         timeout=50,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - started < 50
@@ -452,26 +455,15 @@ def test_a_full_disk_ends_with_exit_1_naming_the_file_and_no_half_written_file(
     folder = images(tmp_path / "in", 40, size=(64, 48))
     disk = tmpfs("48k")
     out = disk / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
-            *FAST,
-            "--write_raw",
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_cli(
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        *FAST,
+        "--write_raw",
     )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
@@ -491,25 +483,14 @@ def test_a_report_that_does_not_fit_exits_1_with_the_data_committed(tiny_model, 
     folder = images(tmp_path / "in", 1, size=(8, 8))
     disk = tmpfs("76k")
     out = disk / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
-            *FAST,
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_cli(
+        "--input_pattern",
+        f"{folder}/*",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        *FAST,
     )
     assert result.returncode == 1, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
