@@ -33,3 +33,19 @@ def test_blur_smooths_and_keeps_constants():
 def test_unknown_baseline():
     with pytest.raises(ValueError, match="unknown baseline"):
         make_baseline("grey", np.zeros((2, 2, 3), np.float32))
+
+
+@pytest.mark.parametrize("shape,sigma", [((64, 64, 3), 4.0), ((112, 80, 1), 2.0), ((3, 5, 3), 2.0)])
+def test_blur_matches_scipy_gaussian_filter(shape, sigma):
+    """The blur is a separable Gaussian truncated at 3 sigma with reflected borders: scipy's
+    gaussian_filter1d (mode 'mirror' is numpy's 'reflect'; 'nearest' is 'edge', used when a
+    side is too short to reflect) is an independent implementation of the same thing."""
+    from scipy.ndimage import gaussian_filter1d
+
+    image = np.random.default_rng(1).random(shape)
+    mode = "mirror" if min(shape[:2]) > round(3 * sigma) else "nearest"
+    expected = image
+    for axis in (0, 1):
+        expected = gaussian_filter1d(expected, sigma, axis=axis, mode=mode, truncate=3.0)
+    got = make_baseline("blur", image.astype(np.float32), blur_sigma=sigma)
+    np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-6)
