@@ -19,7 +19,7 @@ across images. Attribution order beats random when ``deletion_auc < deletion_auc
 Endpoints cost no model call: deletion at 0 is F(x) and at 1 is F(baseline), insertion at 1
 is F(x) (all known from the attribution), and insertion at 0 is F(blurred) for both orders
 (known when the baseline is the blur). Everything else is a forward row, packed across all
-rows of a batch into the engine's fixed-size forward calls (``IntegratedGradients.scores``):
+rows of a batch into the engine's forward calls (``IntegratedGradients.scores``):
 no new traced shape and no retrace.
 
 **Region ablation**: each named box is replaced by the baseline (pixels straddling the box

@@ -2,10 +2,13 @@
 
 The model is reached only through one callable, ``fn(images [N, H, W, 3]) -> scores [N, C]``,
 so the math is testable with analytic functions. Work is cut into (image, alpha, target)
-rows that are packed across images into model calls of one fixed size: many small jobs share
-a call, one large job streams through many calls while its gradient integral is accumulated,
-so memory does not grow with the number of steps. Shapes never change (the last call is
-padded) and the target is a tensor, so the traced functions never retrace after warm-up.
+rows that are packed across images into model calls of at most ``batch_size`` rows: many
+small jobs share a call, one large job streams through many calls while its gradient integral
+is accumulated, so memory does not grow with the number of steps. The traced functions take
+any number of rows (their batch dimension is unknown) and the target is a tensor, so they
+never retrace after warm-up and a short call computes only its own rows; under XLA
+(``jit_compile``), which compiles each shape anew, calls are padded to one fixed size instead.
+Identical baselines (the black one of every image) are scored once per request.
 A request's images and baselines go to the device once; each call gathers its rows there and
 adds its weighted gradients to per-job integrals there (segment sums), so per call the host
 only sends index vectors and reads back the row scores.
@@ -78,8 +81,8 @@ class IntegratedGradients:
     ``tolerance`` are refined (reusing points where the rule nests) while the refined rule has
     at most ``max_steps`` points; ``tolerance=None`` disables refinement. ``atol`` is an
     absolute completeness error that always counts as converged (float32 noise floor).
-    batch_size: rows per model call. On an out-of-memory error the call size is halved and
-    the work retried. jit_compile: XLA for the traced functions (a GPU option: it was
+    batch_size: most rows per model call. On an out-of-memory error the call size is halved
+    and the work retried. jit_compile: XLA for the traced functions (a GPU option: it was
     measured much slower on CPU). channels: the model's input channels (3 RGB, 1 grayscale);
     images and baselines are [H, W, channels].
     """
@@ -138,22 +141,34 @@ class IntegratedGradients:
     # -- traced functions ---------------------------------------------------------------
     def _build(self, batch_size: int) -> None:
         self.batch_size = batch_size
+        if not self.jit_compile and hasattr(self, "_functions"):
+            return  # the functions take any number of rows: nothing to rebuild
+        rows = batch_size if self.jit_compile else None  # XLA: one fixed, padded shape
         h, w = self.image_size
-        images = tf.TensorSpec([batch_size, h, w, self.channels], tf.float32)
+        images = tf.TensorSpec([rows, h, w, self.channels], tf.float32)
         pool = tf.TensorSpec([None, h, w, self.channels], tf.float32)  # a request's images
-        floats = tf.TensorSpec([batch_size], tf.float32)
-        ints = tf.TensorSpec([batch_size], tf.int32)
-        self._forward = tf.function(
-            self._forward_impl, input_signature=[images], jit_compile=self.jit_compile
-        )
-        self._points = tf.function(
-            self._points_impl, input_signature=[images, ints], jit_compile=self.jit_compile
-        )  # traced on first use
-        self._gradients = tf.function(
-            self._gradients_impl,
-            input_signature=[pool, pool, ints, floats, floats, ints, ints],
-            jit_compile=self.jit_compile,
-        )
+        ints = tf.TensorSpec([rows], tf.int32)
+        self._functions = {
+            name: tf.function(impl, input_signature=spec, jit_compile=self.jit_compile)
+            for name, impl, spec in (
+                ("forward", self._forward_impl, [images]),
+                ("points", self._points_impl, [images, ints]),
+                # (request, target, job) and (alpha, weight) per row: two arguments, not five
+                (
+                    "gradients",
+                    self._gradients_impl,
+                    [
+                        pool,
+                        pool,
+                        tf.TensorSpec([rows, 3], tf.int32),
+                        tf.TensorSpec([rows, 2], tf.float32),
+                    ],
+                ),
+            )
+        }
+        # each is traced at its first use, then called as its concrete function (the same
+        # graph, without tf.function's per-call argument matching)
+        self._concrete = {}
 
     def _scores(self, images: tf.Tensor) -> tf.Tensor:
         out = tf.cast(self.fn(images), tf.float32)
@@ -174,23 +189,29 @@ class IntegratedGradients:
         self.trace_count += 1
         return self._target_gradients(points, targets)
 
-    def _gradients_impl(self, images, baselines, rows, alphas, weights, targets, jobs):
+    def _gradients_impl(self, baselines, differences, ints, floats):
         """One packed call: row r is request ``rows[r]`` at ``alphas[r]``; its gradient times
         ``weights[r]`` is added to the integral of job ``jobs[r]`` (padding rows weigh 0).
-        The rows' images are gathered and the weighted sums accumulated here, on the device:
-        per call the host sends a few small vectors and gets the row scores back."""
+        The rows' points are gathered (baseline + alpha (image - baseline), the difference sent
+        once per request) and the weighted sums accumulated here, on the device: per call the
+        host sends two small arrays and gets the row scores back."""
         self.trace_count += 1
-        x = tf.gather(images, rows)
+        rows, targets, jobs = ints[:, 0], ints[:, 1], ints[:, 2]
+        alphas, weights = floats[:, 0], floats[:, 1]
         b = tf.gather(baselines, rows)
-        scores, grads = self._target_gradients(b + alphas[:, None, None, None] * (x - b), targets)
+        points = b + alphas[:, None, None, None] * tf.gather(differences, rows)
+        scores, grads = self._target_gradients(points, targets)
         weighted = tf.cast(grads * weights[:, None, None, None], tf.float64)
         self._integrals.scatter_nd_add(jobs[:, None], weighted)
         return scores
 
-    def _call(self, function, *arrays):
-        """Run one fixed-size call; on out-of-memory halve the call size and re-raise to retry."""
+    def _call(self, name, *arrays):
+        """Run one call; on out-of-memory halve the call size and re-raise to retry."""
         try:
             self.model_calls += 1
+            function = self._concrete.get(name)
+            if function is None:
+                function = self._concrete[name] = self._functions[name].get_concrete_function()
             return [t.numpy() for t in tf.nest.flatten(function(*arrays))]
         except tf.errors.ResourceExhaustedError:
             if self.batch_size == 1:
@@ -209,9 +230,8 @@ class IntegratedGradients:
         out, start = [], 0
         while start < len(images):
             chunk = images[start : start + self.batch_size]
-            padded = _pad(chunk, self.batch_size)
             try:
-                (result,) = self._call(self._forward, padded)
+                (result,) = self._call("forward", self._fit(chunk))
             except _Retry:
                 continue
             out.append(result[: len(chunk)])
@@ -224,7 +244,7 @@ class IntegratedGradients:
         """Target scores [N] and input gradients [N, H, W, 3] at explicit points.
 
         For the methods whose path is not a straight line (attribution/methods/). Rows are
-        packed into fixed-size calls of one traced function (traced at its first use), so
+        packed into calls of one traced function (traced at its first use), so
         nothing retraces.
         """
         inputs = np.asarray(inputs, np.float32)
@@ -237,12 +257,10 @@ class IntegratedGradients:
             )
         scores, grads, start = [], [], 0
         while start < len(inputs):
-            chunk = _pad(inputs[start : start + self.batch_size], self.batch_size)
+            chunk = self._fit(inputs[start : start + self.batch_size])
             count = min(self.batch_size, len(inputs) - start)
             try:
-                score, grad = self._call(
-                    self._points, chunk, _pad(targets[start : start + count], self.batch_size)
-                )
+                score, grad = self._call("points", chunk, self._fit(targets[start : start + count]))
             except _Retry:
                 continue
             scores.append(score[:count])
@@ -269,8 +287,9 @@ class IntegratedGradients:
         images = np.stack([self._checked(r.image, "image") for r in requests])
         baselines = np.stack([self._checked(r.baseline, "baseline") for r in requests])
         n = len(requests)
-        both = self._scores_unlocked(np.concatenate([images, baselines]))
-        image_scores, baseline_scores = both[:n], both[n:]
+        distinct, of_request = _distinct(baselines)  # one black baseline, not n
+        both = self._scores_unlocked(np.concatenate([images, baselines[distinct]]))
+        image_scores, baseline_scores = both[:n], both[n:][of_request]
 
         jobs = []
         for i in range(n):
@@ -279,7 +298,7 @@ class IntegratedGradients:
                 job.pending = job.rule.weights
                 jobs.append((job, job.rule.alphas))
         results: dict[int, tuple[int, int, Attribution]] = {}
-        pool = tf.constant(images), tf.constant(baselines)  # sent once, gathered per call
+        pool = tf.constant(baselines), tf.constant(images - baselines)  # gathered per call
         while jobs:
             self._integrate(jobs, *pool)
             next_round = []
@@ -309,6 +328,11 @@ class IntegratedGradients:
             self._refinements[rule.steps] = quadrature.refine(rule)
         return self._refinements[rule.steps]
 
+    def _fit(self, array: np.ndarray) -> np.ndarray:
+        """A call's rows as the traced functions take them: padded to the call size under XLA
+        (padding rows weigh 0), as they are otherwise."""
+        return _pad(array, self.batch_size) if self.jit_compile else array
+
     def _checked(self, array: np.ndarray, what: str) -> np.ndarray:
         array = np.asarray(array, np.float32)
         if array.shape != (*self.image_size, self.channels):
@@ -318,14 +342,17 @@ class IntegratedGradients:
             )
         return array
 
-    def _integrate(self, jobs, images: tf.Tensor, baselines: tf.Tensor) -> None:
-        """Evaluate every pending row, packed into fixed-size calls, into the jobs' integrals."""
+    def _integrate(self, jobs, baselines: tf.Tensor, differences: tf.Tensor) -> None:
+        """Evaluate every pending row, packed into calls of at most ``batch_size`` rows, into
+        the jobs' integrals."""
         counts = [len(alphas) for _, alphas in jobs]
         job_of_row = np.repeat(np.arange(len(jobs), dtype=np.int32), counts)
         rows = np.array([job.request for job, _ in jobs], np.int32)[job_of_row]
         targets = np.array([job.target for job, _ in jobs], np.int32)[job_of_row]
         alphas = np.concatenate([alphas for _, alphas in jobs]).astype(np.float32)
         weights = np.concatenate([job.pending for job, _ in jobs]).astype(np.float32)
+        ints = np.stack([rows, targets, job_of_row], axis=1)
+        floats = np.stack([alphas, weights], axis=1)
         scores = np.empty(len(alphas), np.float32)
         self._integrals.assign(tf.zeros([len(jobs), *self.image_size, self.channels], tf.float64))
         start = 0
@@ -333,13 +360,11 @@ class IntegratedGradients:
             chunk = slice(start, start + self.batch_size)
             try:
                 (result,) = self._call(
-                    self._gradients,
-                    images,
+                    "gradients",
                     baselines,
-                    *(
-                        _pad(a[chunk], self.batch_size)
-                        for a in (rows, alphas, weights, targets, job_of_row)
-                    ),
+                    differences,
+                    self._fit(ints[chunk]),
+                    self._fit(floats[chunk]),
                 )
             except _Retry:
                 continue
@@ -393,6 +418,13 @@ class IntegratedGradients:
 
 class _Retry(Exception):
     """The call size was halved after an out-of-memory error: redo the same rows."""
+
+
+def _distinct(arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the first of each distinct array, each array's index into those)."""
+    first: dict[bytes, int] = {}
+    of = np.array([first.setdefault(a.tobytes(), len(first)) for a in arrays], np.int64)
+    return np.unique(of, return_index=True)[1], of
 
 
 def _rank(scores: np.ndarray, target: int) -> int:
