@@ -149,7 +149,9 @@ class IntegratedGradients:
         pool = tf.TensorSpec([None, h, w, self.channels], tf.float32)  # a request's images
         ints = tf.TensorSpec([rows], tf.int32)
         self._functions = {
-            name: tf.function(impl, input_signature=spec, jit_compile=self.jit_compile)
+            name: tf.function(
+                impl, input_signature=spec, jit_compile=self.jit_compile, autograph=False
+            )
             for name, impl, spec in (
                 ("forward", self._forward_impl, [images]),
                 ("points", self._points_impl, [images, ints]),

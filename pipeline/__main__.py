@@ -1,3 +1,4 @@
+import gc
 import os
 import sys
 
@@ -7,5 +8,9 @@ from pipeline.console import quiet_start_up  # noqa: E402 - after the logging se
 
 with quiet_start_up():
     from pipeline.run import main  # noqa: E402
+
+# TensorFlow and Beam leave about a million long-lived objects behind their imports: frozen,
+# the garbage collector stops walking them again (each full collection took 0.2 s here)
+gc.freeze()
 
 sys.exit(main())

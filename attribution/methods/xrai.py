@@ -6,15 +6,14 @@ each segment dilated by a disk of radius 5, as the authors' implementation (PAIR
 Ranking: greedily add the segment whose not-yet-covered pixels have the highest mean
 attribution (the per-pixel max over channels), skipping segments that add fewer than 50
 pixels, until no segment is left; pixels no segment reached form a last region.
+
+scikit-image and scipy are imported by the functions that segment: a job that runs no XRAI
+(the summaries import this module for ``top_regions``) does not pay for them at start-up.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage import segmentation
-from skimage.morphology import dilation, disk
-from skimage.transform import resize
 
 SCALES = (50, 100, 150, 250, 500, 1200)
 SIGMA = 0.8
@@ -26,6 +25,10 @@ MIN_PIXEL_DIFF = 50
 
 def segments(image: np.ndarray) -> list[np.ndarray]:
     """Boolean [H, W] masks of the multi-scale, dilated Felzenszwalb segments of ``image``."""
+    from skimage import segmentation
+    from skimage.morphology import disk
+    from skimage.transform import resize
+
     image = np.asarray(image, np.float64)
     low, high = image.min(), image.max()
     scaled = (image - low) / (high - low) if high > low else np.zeros_like(image)
@@ -59,6 +62,9 @@ def _dilated_masks(labels: np.ndarray, footprint: np.ndarray) -> list[np.ndarray
     """One dilated boolean mask per label value (lowest to highest, absent values give
     empty masks), each dilated inside its bounding box grown by the footprint's radius:
     the same pixels as dilating the whole image, at a fraction of the cost."""
+    from scipy import ndimage
+    from skimage.morphology import dilation
+
     low = labels.min()
     boxes = ndimage.find_objects(labels - low + 1)
     pad = footprint.shape[0] // 2
