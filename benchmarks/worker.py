@@ -499,13 +499,34 @@ def engine_rate(task):
     results = engine.attribute(requests)
     seconds = time.perf_counter() - started
     errors = np.array([r.relative_completeness_error for r in results])
-    return {
+    out = {
         "images": len(images),
         "seconds": seconds,
         "images_per_s": len(images) / seconds,
         "rows": int(sum(r.gradient_evaluations for r in results)),
         "errors": _stats(errors),
     }
+    if task.get("faithfulness"):  # the pipeline's default checks, as AttributeFn runs them
+        from attribution import faithfulness
+
+        items = [  # the key seeds the random order: any distinct string per image
+            faithfulness.Item.of(r, x, np.zeros_like(x), str(i))
+            for i, (r, x) in enumerate(zip(results, images))
+        ]
+        started = time.perf_counter()
+        evidence = faithfulness.evaluate(
+            engine,
+            items,
+            kinds=faithfulness.parse_kinds(task["faithfulness"]),
+            points=task.get("faithfulness_points", faithfulness.DEFAULT_POINTS),
+        )
+        checks = time.perf_counter() - started
+        out.update(
+            checks_seconds=checks,
+            forward_rows=int(sum(e.forward_rows for e in evidence)),
+            with_checks_images_per_s=len(images) / (seconds + checks),
+        )
+    return out
 
 
 # --- precision: speed and completeness of each compute precision, interleaved -------------
