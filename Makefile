@@ -29,7 +29,7 @@ demo: install
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.methods --model small_cnn --images 16
-	$(PY) -m benchmarks.performance
+	$(PY) -m benchmarks.performance --before e4c0365  # 'before': the engine before issue 13
 	$(PY) -m benchmarks.faithfulness
 
 scale: install  # a simulated large run (not part of make test): benchmarks/RESULTS.md
