@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import os
 import re
 import shutil
 import sys
@@ -13,6 +14,7 @@ import tempfile
 import traceback
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
 
@@ -52,7 +54,7 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
-    paths = sorted(m.path for m in found)  # files only: Beam's match skips folders
+    paths = sorted({m.path for m in found} | set(_unlisted_local(pattern, found)))
     if exclude:
         inside = exclude.rstrip("/") + "/"
         paths = [p for p in paths if not p.startswith(inside)]
@@ -62,6 +64,33 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
             f"and quote the pattern so the shell does not expand it"
         )
     return paths
+
+
+def _unlisted_local(pattern: str, found) -> list[str]:
+    """Local entries ``pattern`` names that Beam's match leaves out, because it lists only
+    what it can stat as a file: a link to nothing, a link loop, and (unless the pattern has
+    ``**``, which walks into folders) a folder. Listed, each becomes an error row saying what
+    it is, so every entry the pattern names is accounted for."""
+    if "://" in pattern and not pattern.startswith("file://"):
+        return []
+    pattern = pattern.removeprefix("file://")
+    listed = {m.path for m in found}
+    if not re.search(r"[*?\[]", pattern):  # one path: Beam skips it when it cannot stat it
+        return [pattern] if os.path.lexists(pattern) and pattern not in listed else []
+    regex = re.compile(FileSystem.translate_pattern(pattern))
+    root = os.path.dirname(re.match(r"[^*?\[]*", pattern).group(0)) or "."
+    walks_folders = "**" in pattern
+    out = []
+    for where, dirs, files in os.walk(root):
+        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
+            path = os.path.join(where, name)
+            if path in listed or not regex.match(path):
+                continue
+            if is_dir and walks_folders and not os.path.islink(path):
+                continue  # a folder ** walks into: its files are the inputs
+            if is_dir or not os.path.isfile(path):
+                out.append(path)
+    return out
 
 
 def read_labels(path: str | None) -> tuple[str, ...]:

@@ -619,3 +619,53 @@ def test_the_job_attributes_the_list_it_was_given_while_the_folder_changes(tiny_
     assert error["image_uri"] == str(folder / "img023.png")
     assert (error["stage"], error["error_type"]) == ("read", "FileNotFound")
     assert not [r for r in rows(out) if r["image_uri"].endswith("late.png")]
+
+
+def test_links_to_nothing_link_loops_and_folders_the_pattern_names_are_error_rows(
+    tiny_model, tmp_path
+):
+    """Beam's match lists only what it can stat as a file: the launcher lists the rest of
+    what the pattern names, and each becomes one error row saying what it is."""
+    folder = images(tmp_path / "in", 2)
+    os.symlink(tmp_path / "nowhere.png", folder / "dangling.png")
+    os.symlink(folder / "loop.png", folder / "loop.png")
+    (folder / "folder.png").mkdir()
+    (folder / "folder.png" / "inside.txt").write_text("not an image")
+    out = tmp_path / "out"
+    result = run_cli(
+        "--input_pattern",
+        f"{folder}/*.png",
+        "--output_dir",
+        str(out),
+        "--model",
+        tiny_model,
+        *FAST,
+        "--no_report",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    m = assert_clean_and_committed(out)
+    errors = {os.path.basename(r["image_uri"]): r for r in rows(out, "errors")}
+    assert {k: (v["stage"], v["error_type"]) for k, v in errors.items()} == {
+        "dangling.png": ("read", "BrokenLink"),
+        "loop.png": ("read", "Unreadable"),
+        "folder.png": ("read", "NotRegularFile"),
+    }
+    assert "nowhere.png" in errors["dangling.png"]["message"]
+    assert "a folder" in errors["folder.png"]["message"]
+    assert len(rows(out)) == 2
+    assert m["counts"]["matched"] == 5 and m["counts"]["failed"] == 3
+
+
+def test_a_recursive_pattern_walks_folders_without_listing_them(tmp_path):
+    from pipeline.run import match_inputs
+
+    folder = images(tmp_path / "in", 2)
+    (folder / "sub").mkdir()
+    images(folder / "sub", 1)
+    os.symlink(tmp_path / "nowhere.png", folder / "sub" / "dangling.png")
+    listed = [os.path.relpath(p, folder) for p in match_inputs(f"{folder}/**")]
+    assert "sub" not in listed
+    assert "sub/dangling.png" in listed
+    assert len([p for p in listed if p.endswith(".png")]) == 4
+    single = match_inputs(str(folder / "sub" / "dangling.png"))
+    assert single == [str(folder / "sub" / "dangling.png")]

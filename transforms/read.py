@@ -43,9 +43,15 @@ def _open_local(path: str, max_bytes: int):
     try:
         info = os.stat(path)  # follows links: a link to /dev/zero is a character device
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise UnsafeInput(
+                "BrokenLink", f"a symbolic link to nothing ({os.readlink(path)}): not read"
+            ) from None
         raise UnsafeInput(
             "FileNotFound", "the file is gone (listed at the start of the run, missing when read)"
         ) from None
+    except OSError as e:  # a link loop (ELOOP), a name too long, a permission
+        raise UnsafeInput("Unreadable", f"cannot stat it ({e.strerror}): not read") from None
     _check_stat(info, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
