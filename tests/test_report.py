@@ -220,3 +220,22 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         url,
     )
     assert shot.returncode == 0 and (ARTIFACTS / "report.png").stat().st_size > 0
+
+
+def test_count_axes_use_short_labels_that_fit_the_fixed_margin():
+    """Charts have fixed margins (constrained layout was half their drawing time), so row
+    counts are written short at any scale: 950, 12k, 3.4M."""
+    from matplotlib.figure import Figure
+
+    from pipeline.report import charts
+
+    axes = Figure().add_subplot()
+    charts._counts_axis(axes)
+    label = axes.yaxis.get_major_formatter()
+    assert [label(v, 0) for v in (0, 950, 12_000, 150_000, 3_400_000)] == [
+        "0",
+        "950",
+        "12k",
+        "150k",
+        "3.4M",
+    ]
