@@ -417,6 +417,9 @@ def fixed_costs(task):
     from transforms import attribute
 
     phases["import pipeline (ours + rest)"] = clock() - t
+    import gc
+
+    gc.freeze()  # as python -m pipeline does after its imports
 
     def timed(name, function):
         def wrapper(*args, **kwargs):
