@@ -8,6 +8,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from job_argv import job_argv
 from PIL import Image
 
 from attribution import masks
@@ -301,12 +302,7 @@ def test_previous_files_gone_means_compute_again(tiny_model, tmp_path):
 def test_boolean_options_accept_template_style_values(tiny_model, tmp_path):
     ours, beam_options = options.parse(
         [
-            "--input_pattern",
-            "x/*",
-            "--output_dir",
-            str(tmp_path),
-            "--model",
-            tiny_model,
+            *job_argv("x/*", str(tmp_path), tiny_model),
             "--write_raw=true",
             "--jit_compile=false",
         ]
@@ -322,12 +318,7 @@ def test_dataflow_job_labels_are_beams_and_a_labels_file_is_ours(tiny_model, tmp
     labels.write_text("cat\ndog\nboat\n")
     ours, beam_options = options.parse(
         [
-            "--input_pattern",
-            "x/*",
-            "--output_dir",
-            str(tmp_path),
-            "--model",
-            tiny_model,
+            *job_argv("x/*", str(tmp_path), tiny_model),
             "--labels=airflow-version=v2-10-5",
             "--labels",
             str(labels),

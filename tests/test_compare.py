@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from job_argv import job_argv
 from PIL import Image
 
 from pipeline import compare
@@ -78,12 +79,7 @@ def runs(tmp_path_factory):
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/img*",
-                "--output_dir",
-                str(out["a"]),
-                "--model",
-                paths["a"],
+                *job_argv(f"{folder}/img*", str(out["a"]), paths["a"]),
                 "--write_raw",
                 *FAST,
             ]
@@ -94,12 +90,7 @@ def runs(tmp_path_factory):
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                str(out["b"]),
-                "--model",
-                paths["b"],
+                *job_argv(f"{folder}/*", str(out["b"]), paths["b"]),
                 "--reuse_from",
                 str(out["a"]),
                 *FAST,

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from job_argv import job_argv
 from PIL import Image
 
 from pipeline.progress import ProgressReporter
@@ -25,12 +26,7 @@ def test_worker_start_up_chatter_goes_to_the_run_folder_not_the_console(tiny_mod
             sys.executable,
             "-m",
             "pipeline",
-            "--input_pattern",
-            f"{folder}/*.png",
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
+            *job_argv(f"{folder}/*.png", str(out), tiny_model),
             "--steps",
             "4",
             "--tolerance",

@@ -6,6 +6,7 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
+from job_argv import job_argv
 
 from demo import CUE_CLASS, generate
 from demo.control import CONTROL, add_control_boxes
@@ -27,12 +28,7 @@ def demo_run(tmp_path_factory, demo_model):
         [
             "--config",
             DEMO_CONFIG,
-            "--input_pattern",
-            f"{data}/images/*.png",
-            "--output_dir",
-            str(out),
-            "--model",
-            str(model),
+            *job_argv(f"{data}/images/*.png", str(out), str(model)),
             "--labels",
             f"{data}/labels.txt",
             "--regions",

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from job_argv import job_argv
 from PIL import Image
 
 from attribution.models import load_model
@@ -115,12 +116,7 @@ def fer_run(fer_hdf5, face_photos, tmp_path_factory):
             sys.executable,
             "-m",
             "pipeline",
-            "--input_pattern",
-            f"{face_photos}/*",
-            "--output_dir",
-            str(out),
-            "--model",
-            fer_hdf5,
+            *job_argv(f"{face_photos}/*", str(out), fer_hdf5),
             "--preprocess",
             "tf",
             "--model_output",

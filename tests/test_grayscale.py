@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from job_argv import job_argv
 from PIL import Image
 
 from attribution import masks
@@ -105,12 +106,7 @@ def test_gray_model_through_the_pipeline(tmp_path, mixed_folder):
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                str(out),
-                "--model",
-                str(tmp_path / "gray.keras"),
+                *job_argv(f"{folder}/*", str(out), str(tmp_path / "gray.keras")),
                 "--write_raw",
                 "--regions",
                 str(regions),
@@ -162,12 +158,7 @@ def test_four_channel_model_exits_3_with_the_reason(tmp_path, capsys):
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                str(tmp_path / "out"),
-                "--model",
-                str(path),
+                *job_argv(f"{folder}/*", str(tmp_path / "out"), str(path)),
             ]
         )
         == 3

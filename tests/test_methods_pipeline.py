@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from job_argv import job_argv
 from PIL import Image
 from skimage import data
 
@@ -47,12 +48,7 @@ def test_every_method_runs_end_to_end_and_reports_itself(attribution, tiny_model
     }.get(attribution, [])
     code = job.main(
         [
-            "--input_pattern",
-            str(photos / "*.png"),
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
+            *job_argv(str(photos / "*.png"), str(out), tiny_model),
             "--attribution",
             attribution,
             "--target",
@@ -118,12 +114,7 @@ def test_averaged_baselines_and_visualization_options(tiny_model, photos, tmp_pa
     out = tmp_path / "out"
     code = job.main(
         [
-            "--input_pattern",
-            str(photos / "*.png"),
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
+            *job_argv(str(photos / "*.png"), str(out), tiny_model),
             "--baseline",
             "black,white",
             *FAST,
@@ -149,12 +140,7 @@ def test_averaged_baselines_and_visualization_options(tiny_model, photos, tmp_pa
     assert (
         job.main(
             [
-                "--input_pattern",
-                str(photos / "*.png"),
-                "--output_dir",
-                str(plain),
-                "--model",
-                tiny_model,
+                *job_argv(str(photos / "*.png"), str(plain), tiny_model),
                 *FAST,
             ]
         )
@@ -190,12 +176,7 @@ def test_bad_method_options_are_refused_before_any_work(
     out = tmp_path / "out"
     code = job.main(
         [
-            "--input_pattern",
-            str(photos / "*.png"),
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
+            *job_argv(str(photos / "*.png"), str(out), tiny_model),
             *argv,
         ]
     )

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+from job_argv import job_argv
 from PIL import Image
 from skimage import data
 
@@ -25,12 +26,7 @@ def test_report_puts_runs_of_different_methods_side_by_side(tiny_model, tmp_path
         assert (
             job.main(
                 [
-                    "--input_pattern",
-                    str(photos / "*.png"),
-                    "--output_dir",
-                    str(out),
-                    "--model",
-                    tiny_model,
+                    *job_argv(str(photos / "*.png"), str(out), tiny_model),
                     "--attribution",
                     attribution,
                     "--no_report",

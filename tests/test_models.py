@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from job_argv import job_argv
 
 from attribution.models import LoadedModel, ModelLoadError, load_model
 
@@ -445,12 +446,7 @@ def test_h5_lambda_through_the_cli_exits_3_before_reading_images(tmp_path):
 
     code = job.main(
         [
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--model",
-            str(path),
+            *job_argv(f"{folder}/*", str(tmp_path / "out"), str(path)),
         ]
     )
     assert code == 3 and not marker.exists() and not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from job_argv import DATAFLOW_DRY_RUN, job_argv
 from PIL import Image
 
 from pipeline import run as job
@@ -60,12 +61,7 @@ def test_mixed_folder_every_file_accounted_once_and_nothing_written_outside(
     before = files_under(tmp_path)
     assert (
         run_job(
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            out,
-            "--model",
-            tiny_model,
+            *job_argv(f"{folder}/*", out, tiny_model),
             "--write_raw",
             *FAST,
         )
@@ -144,12 +140,7 @@ def test_image_ids_are_stable_across_runs(tiny_model, tmp_path):
     for run in ("one", "two"):
         assert (
             run_job(
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                tmp_path / run,
-                "--model",
-                tiny_model,
+                *job_argv(f"{folder}/*", tmp_path / run, tiny_model),
                 *FAST,
             )
             == 0
@@ -168,12 +159,7 @@ def test_topk_regions_labels_and_failure_fraction(tiny_model, mixed_folder, tmp_
     )
     out = tmp_path / "out"
     code = run_job(
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        out,
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", out, tiny_model),
         "--target",
         "topk:2",
         "--labels",
@@ -226,12 +212,7 @@ def test_missing_output_dir_and_empty_pattern(tiny_model, tmp_path, capsys):
     assert "--output_dir is required" in capsys.readouterr().err
     assert (
         run_job(
-            "--input_pattern",
-            f"{tmp_path}/nothing/*.png",
-            "--output_dir",
-            tmp_path / "out",
-            "--model",
-            tiny_model,
+            *job_argv(f"{tmp_path}/nothing/*.png", tmp_path / "out", tiny_model),
         )
         == 2
     )
@@ -244,12 +225,7 @@ def test_a_model_that_cannot_load_stops_before_reading(mixed_folder, tmp_path, c
     out = tmp_path / "out"
     assert (
         run_job(
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            out,
-            "--model",
-            tmp_path / "no-such-model",
+            *job_argv(f"{folder}/*", out, tmp_path / "no-such-model"),
         )
         == 3
     )
@@ -305,12 +281,7 @@ def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
             sys.executable,
             "-m",
             "pipeline",
-            "--input_pattern",
-            f"{folder}/*.png",
-            "--output_dir",
-            str(out),
-            "--model",
-            tiny_model,
+            *job_argv(f"{folder}/*.png", str(out), tiny_model),
             *FAST,
             "--progress_interval",
             "0.5",
@@ -336,12 +307,7 @@ def test_multi_process_direct_runner_gives_the_same_outputs(tiny_model, mixed_fo
         out = tmp_path / mode
         assert (
             run_job(
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                out,
-                "--model",
-                tiny_model,
+                *job_argv(f"{folder}/*", out, tiny_model),
                 *FAST,
                 *extra,
             )
@@ -363,22 +329,8 @@ def test_dataflow_dry_run_builds_the_job_graph_offline(tiny_model, mixed_folder)
     folder, _, _ = mixed_folder
     result = job.run(
         [
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            "gs://no-such-bucket/ig/out",
-            "--model",
-            tiny_model,
-            "--runner",
-            "DataflowRunner",
-            "--dry_run",
-            "True",
-            "--project",
-            "example-project",
-            "--region",
-            "us-central1",
-            "--temp_location",
-            "gs://no-such-bucket/tmp",
+            *job_argv(f"{folder}/*", "gs://no-such-bucket/ig/out", tiny_model),
+            *DATAFLOW_DRY_RUN,
         ]
     )
     assert result.manifest is None and result.report is None
@@ -422,12 +374,7 @@ def test_a_step_that_fails_once_is_retried_without_duplicates_or_leftovers(
     out = tmp_path / "out"
     assert (
         run_job(
-            "--input_pattern",
-            f"{folder}/*",
-            "--output_dir",
-            out,
-            "--model",
-            tiny_model,
+            *job_argv(f"{folder}/*", out, tiny_model),
             "--runner",
             "BundleBasedDirectRunner",
             *FAST,

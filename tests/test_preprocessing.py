@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from job_argv import job_argv
 from keras.applications import imagenet_utils
 from PIL import Image
 
@@ -107,12 +108,7 @@ def test_pipeline_scores_equal_the_model_on_keras_preprocessed_inputs(mode, phot
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{photos}/*",
-                "--output_dir",
-                str(out),
-                "--model",
-                str(tmp_path / f"{mode}.keras"),
+                *job_argv(f"{photos}/*", str(out), str(tmp_path / f"{mode}.keras")),
                 "--preprocess",
                 mode,
                 "--score",

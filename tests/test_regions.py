@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from job_argv import DATAFLOW_DRY_RUN, job_argv
 
 from attribution import masks
 from attribution.images import pad_geometry
@@ -97,22 +98,8 @@ def test_a_million_boxes_do_not_travel_in_the_job_graph(tiny_model, mixed_folder
     pq.write_table(table, path)
     assert os.path.getsize(path) > 1_000_000
     argv = [
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        "gs://no-such-bucket/ig/out",
-        "--model",
-        tiny_model,
-        "--runner",
-        "DataflowRunner",
-        "--dry_run",
-        "True",
-        "--project",
-        "example-project",
-        "--region",
-        "us-central1",
-        "--temp_location",
-        "gs://no-such-bucket/tmp",
+        *job_argv(f"{folder}/*", "gs://no-such-bucket/ig/out", tiny_model),
+        *DATAFLOW_DRY_RUN,
     ]
     result = job.run([*argv, "--regions", str(path)])
     size = len(result.beam_result.job.proto_pipeline.SerializeToString())

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from job_argv import job_argv
 from PIL import Image
 
 from pipeline import run as job
@@ -186,12 +187,7 @@ def clean_run(tiny_model, slow_inputs, tmp_path_factory):
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{slow_inputs}/*",
-                "--output_dir",
-                str(out),
-                "--model",
-                tiny_model,
+                *job_argv(f"{slow_inputs}/*", str(out), tiny_model),
                 *SLOW,
             ]
         )
@@ -206,12 +202,7 @@ def test_kill_9_mid_run_then_resume_ends_as_a_clean_run(
 ):
     out = tmp_path / "out"
     argv = [
-        "--input_pattern",
-        f"{slow_inputs}/*",
-        "--output_dir",
-        out,
-        "--model",
-        tiny_model,
+        *job_argv(f"{slow_inputs}/*", out, tiny_model),
         *SLOW,
     ]
     proc = spawn(*argv, *WORKERS)
@@ -250,12 +241,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_naming_the_owner(
 ):
     out = tmp_path / "out"
     argv = [
-        "--input_pattern",
-        f"{slow_inputs}/*",
-        "--output_dir",
-        out,
-        "--model",
-        tiny_model,
+        *job_argv(f"{slow_inputs}/*", out, tiny_model),
         *SLOW,
     ]
     first = spawn(*argv)
@@ -288,12 +274,7 @@ def test_a_stale_lock_is_reported_and_needs_resume_or_overwrite(tiny_model, tmp_
         )
     )
     argv = [
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", str(out), tiny_model),
         *FAST,
     ]
     assert job.main(argv) == 2
@@ -327,12 +308,7 @@ def test_rerun_is_refused_then_overwrite_replaces_everything(tiny_model, tmp_pat
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                str(out),
-                "--model",
-                tiny_model,
+                *job_argv(f"{folder}/*", str(out), tiny_model),
                 "--target",
                 "topk:2",
                 "--write_raw",
@@ -343,12 +319,7 @@ def test_rerun_is_refused_then_overwrite_replaces_everything(tiny_model, tmp_pat
     )
     assert len(rows(out)) == 12
     smaller = [
-        "--input_pattern",
-        f"{folder}/img00[0-2].png",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/img00[0-2].png", str(out), tiny_model),
         "--method",
         "riemann_middle",
         *FAST,
@@ -378,12 +349,7 @@ def test_special_files_become_error_rows_at_once(tiny_model, tmp_path):
     out = tmp_path / "out"
     started = time.monotonic()
     result = run_cli(
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", str(out), tiny_model),
         "--max_file_bytes",
         "4000",
         *FAST,
@@ -456,12 +422,7 @@ def test_a_full_disk_ends_with_exit_1_naming_the_file_and_no_half_written_file(
     disk = tmpfs("48k")
     out = disk / "out"
     result = run_cli(
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", str(out), tiny_model),
         *FAST,
         "--write_raw",
     )
@@ -484,12 +445,7 @@ def test_a_report_that_does_not_fit_exits_1_with_the_data_committed(tiny_model, 
     disk = tmpfs("76k")
     out = disk / "out"
     result = run_cli(
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", str(out), tiny_model),
         *FAST,
     )
     assert result.returncode == 1, result.stderr[-3000:]
@@ -557,12 +513,7 @@ def test_every_bad_option_is_refused_before_any_work_with_one_line(
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*",
-                "--output_dir",
-                str(out),
-                "--model",
-                tiny_model,
+                *job_argv(f"{folder}/*", str(out), tiny_model),
                 *FAST,
                 *extra,
             ]
@@ -584,12 +535,7 @@ def test_a_resume_with_an_unreadable_previous_run_is_refused(tiny_model, tmp_pat
     (out / ".staging" / "summaries").mkdir()
     (out / ".staging" / "summaries" / "damaged.parquet").write_bytes(b"PAR1 damaged")
     argv = [
-        "--input_pattern",
-        f"{folder}/*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*", str(out), tiny_model),
         *FAST,
     ]
     assert job.main(argv) == 2
@@ -633,12 +579,7 @@ def test_links_to_nothing_link_loops_and_folders_the_pattern_names_are_error_row
     (folder / "folder.png" / "inside.txt").write_text("not an image")
     out = tmp_path / "out"
     result = run_cli(
-        "--input_pattern",
-        f"{folder}/*.png",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*.png", str(out), tiny_model),
         *FAST,
         "--no_report",
     )

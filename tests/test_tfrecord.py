@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from job_argv import DATAFLOW_DRY_RUN, job_argv
 from PIL import Image
 from skimage import data as photos
 
@@ -151,12 +152,7 @@ def test_pipeline_over_shards_accounts_every_record(tiny_model, shards, tmp_path
     assert (
         job.main(
             [
-                "--input_pattern",
-                f"{folder}/*.tfrecord*",
-                "--output_dir",
-                str(out),
-                "--model",
-                tiny_model,
+                *job_argv(f"{folder}/*.tfrecord*", str(out), tiny_model),
                 "--label_key",
                 "image/class/label",
                 "--labels",
@@ -230,12 +226,7 @@ def test_id_key_names_the_rows(tiny_model, shards, tmp_path):
 def test_tfrecord_options_are_refused_before_work(tiny_model, tmp_path, capsys, argv, message):
     code = job.main(
         [
-            "--input_pattern",
-            f"{tmp_path}/*.png",
-            "--output_dir",
-            str(tmp_path / "out"),
-            "--model",
-            tiny_model,
+            *job_argv(f"{tmp_path}/*.png", str(tmp_path / "out"), tiny_model),
             *argv,
         ]
     )
@@ -306,23 +297,9 @@ def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
     folder, _, _, _ = shards
     result = job.run(
         [
-            "--input_pattern",
-            f"{folder}/*.tfrecord*",
-            "--output_dir",
-            "gs://no-such-bucket/ig/out",
-            "--model",
-            tiny_model,
+            *job_argv(f"{folder}/*.tfrecord*", "gs://no-such-bucket/ig/out", tiny_model),
             "--regions_from_record",
-            "--runner",
-            "DataflowRunner",
-            "--dry_run",
-            "True",
-            "--project",
-            "example-project",
-            "--region",
-            "us-central1",
-            "--temp_location",
-            "gs://no-such-bucket/tmp",
+            *DATAFLOW_DRY_RUN,
         ]
     )
     proto = result.beam_result.job.proto_pipeline
@@ -345,12 +322,7 @@ def test_the_report_shows_predicted_against_true_class(tiny_model, shards, tmp_p
     labels.write_text("cat\ndog\nboat\n")
     out = tmp_path / "out"
     argv = [
-        "--input_pattern",
-        f"{folder}/*.tfrecord*",
-        "--output_dir",
-        str(out),
-        "--model",
-        tiny_model,
+        *job_argv(f"{folder}/*.tfrecord*", str(out), tiny_model),
         "--label_key",
         "image/class/label",
         "--labels",
