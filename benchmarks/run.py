@@ -988,8 +988,8 @@ def markdown(results: dict, profile_name: str) -> str:
             f"{e['calls']} model calls, of which in `_call` (TF execute + conversions) "
             f"{e['tf_calls']:.2f} s ({e['tf_calls'] / e['attribute']:.0%}); Python "
             f"outside the calls {e['python_outside_tf_calls_s']:.2f} s "
-            f"({_accumulation(e)}padding/gather {e['pad']:.2f} s, "
-            f"_finish {e['finish']:.2f} s).\n"
+            f"(of which `_finish`, the completeness check per result, {e['finish']:.2f} s; "
+            "the rows are gathered and their gradients summed inside the calls).\n"
         )
         keys = (
             "load_model",
@@ -1039,13 +1039,6 @@ def markdown(results: dict, profile_name: str) -> str:
             add(f"- {note}")
         add("")
     return "\n".join(lines)
-
-
-def _accumulation(engine_profile: dict) -> str:
-    """The gradient accumulation's time in the profile prose; results measured before it was
-    an einsum recorded a `tensordot` entry instead, which is no longer the code's."""
-    seconds = engine_profile.get("accumulate")
-    return "" if seconds is None else f"einsum accumulation {seconds:.2f} s, "
 
 
 def main(argv: list[str] | None = None) -> int:

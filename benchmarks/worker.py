@@ -614,8 +614,6 @@ def profile(task):
             "tf_calls": ("integrated_gradients.py", "_call"),
             "integrate": ("integrated_gradients.py", "_integrate"),
             "finish": ("integrated_gradients.py", "_finish"),
-            "accumulate": ("einsumfunc.py", "einsum"),
-            "pad": ("integrated_gradients.py", "_pad"),
         },
         total,
     )
