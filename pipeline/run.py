@@ -48,13 +48,16 @@ class RunResult:
 
 
 def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
-    """The files ``pattern`` matches, without anything under ``exclude`` (the output folder:
-    a run never reads its own outputs, or another run's in that folder, as inputs)."""
+    """What ``pattern`` names, without anything under ``exclude`` (the output folder: a run
+    never reads its own outputs, or another run's in that folder, as inputs). Local patterns
+    are walked here (``_match_local``), others matched by Beam's filesystems."""
     try:
-        found = FileSystems.match([pattern])[0].metadata_list
+        if "://" in pattern:
+            paths = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+        else:
+            paths = _match_local(pattern)
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
-    paths = sorted({m.path for m in found} | set(_unlisted_local(pattern, found)))
     if exclude:
         inside = exclude.rstrip("/") + "/"
         paths = [p for p in paths if not p.startswith(inside)]
@@ -66,31 +69,27 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
     return paths
 
 
-def _unlisted_local(pattern: str, found) -> list[str]:
-    """Local entries ``pattern`` names that Beam's match leaves out, because it lists only
-    what it can stat as a file: a link to nothing, a link loop, and (unless the pattern has
-    ``**``, which walks into folders) a folder. Listed, each becomes an error row saying what
-    it is, so every entry the pattern names is accounted for."""
-    if "://" in pattern and not pattern.startswith("file://"):
-        return []
-    pattern = pattern.removeprefix("file://")
-    listed = {m.path for m in found}
-    if not re.search(r"[*?\[]", pattern):  # one path: Beam skips it when it cannot stat it
-        return [pattern] if os.path.lexists(pattern) and pattern not in listed else []
+def _match_local(pattern: str) -> list[str]:
+    """Every local entry ``pattern`` names (Beam's pattern syntax: ``*`` within a folder,
+    ``**`` across folders), in one walk that goes no deeper than the pattern reaches. Beam's
+    own match lists only what it can stat as a file; this also lists a link to nothing, a
+    link loop and (unless ``**`` walks into it) a folder, so each becomes an error row saying
+    what it is and every entry the pattern names is accounted for."""
+    if not re.search(r"[*?\[]", pattern):  # one path
+        return [pattern] if os.path.lexists(pattern) else []
     regex = re.compile(FileSystem.translate_pattern(pattern))
     root = os.path.dirname(re.match(r"[^*?\[]*", pattern).group(0)) or "."
     walks_folders = "**" in pattern
+    levels = pattern[len(root) :].strip("/").count("/")  # folders below root it reaches
     out = []
     for where, dirs, files in os.walk(root):
-        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
-            path = os.path.join(where, name)
-            if path in listed or not regex.match(path):
-                continue
-            if is_dir and walks_folders and not os.path.islink(path):
-                continue  # a folder ** walks into: its files are the inputs
-            if is_dir or not os.path.isfile(path):
-                out.append(path)
-    return out
+        relative = os.path.relpath(where, root)
+        depth = 0 if relative == "." else relative.count(os.sep) + 1
+        listed = files + [d for d in dirs if not walks_folders or os.path.islink(f"{where}/{d}")]
+        out.extend(p for p in (os.path.join(where, n) for n in listed) if regex.match(p))
+        if not walks_folders and depth >= levels:
+            dirs[:] = []  # deeper entries cannot match
+    return sorted(out)
 
 
 def read_labels(path: str | None) -> tuple[str, ...]:
