@@ -10,8 +10,9 @@ never retrace after warm-up and a short call computes only its own rows; under X
 (``jit_compile``), which compiles each shape anew, calls are padded to one fixed size instead.
 Identical baselines (the black one of every image) are scored once per request.
 A request's images and baselines go to the device once; each call gathers its rows there and
-adds its weighted gradients to per-job integrals there (segment sums), so per call the host
-only sends index vectors and reads back the row scores.
+adds its weighted gradients to per-job float64 integrals there, so per call the host only
+sends two small arrays (each row's request, target, job, alpha and weight) and reads back the
+row scores.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ class IntegratedGradients:
 
     def _gradients_impl(self, baselines, differences, ints, floats):
         """One packed call: row r is request ``rows[r]`` at ``alphas[r]``; its gradient times
-        ``weights[r]`` is added to the integral of job ``jobs[r]`` (padding rows weigh 0).
+        ``weights[r]`` is added to the integral of job ``jobs[r]`` (XLA's padding rows weigh 0).
         The rows' points are gathered (baseline + alpha (image - baseline), the difference sent
         once per request) and the weighted sums accumulated here, on the device: per call the
         host sends two small arrays and gets the row scores back."""

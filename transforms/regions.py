@@ -8,6 +8,7 @@ import re
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -37,8 +38,6 @@ def _batches(path: str, batch_rows: int = 65536):
     streamed: the file is never held whole. ValueError (a usage error) when it cannot be
     read or lacks a column."""
     parquet = path.endswith(".parquet")
-    if not parquet:  # here, not at module level: loading pyarrow's CSV module took 0.2 s
-        import pyarrow.csv as pcsv
     with FileSystems.open(path) as f:
         try:
             batches = (
