@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from attribution.baselines import BASELINES
+from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS, FILLS
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS
@@ -142,10 +143,30 @@ class AttributionConfig:
     faithfulness: str = option(
         "deletion,insertion",
         "Forward-only checks per row: deletion and/or insertion curves in attribution "
-        "order against a seeded random order (comma list), or 'none'.",
+        "order against a seeded random order, mufidelity (comma list), or 'none'.",
     )
     faithfulness_points: int = option(
         16, "Points of each deletion/insertion curve, evenly spaced from 0% to 100%."
+    )
+    # issue 22: MuFidelity and the fill of removed pixels (attribution/faithfulness.py)
+    deletion_fill: str = option(
+        "baseline",
+        "What a removed pixel becomes in the deletion/insertion curves and MuFidelity: the "
+        "row's baseline (insertion starts from the blurred image), the blurred image, or "
+        "road (Rong et al. 2022: noisy linear imputation from its neighbours).",
+        choices=FILLS,
+    )
+    mufidelity_subsets: int = option(
+        DEFAULT_SUBSETS,
+        "mufidelity: random subsets per row (one model row each), seeded per image.",
+    )
+    mufidelity_fraction: float = option(
+        DEFAULT_FRACTION, "mufidelity: share of the image each subset removes, in (0, 1)."
+    )
+    mufidelity_grid: int = option(
+        DEFAULT_GRID,
+        "mufidelity: subsets are cells of a GRID x GRID grid (as Xplique's grid_size); "
+        "0 draws single pixels (the paper's original).",
     )
 
     @classmethod
@@ -204,6 +225,9 @@ class AttributionConfig:
         Targets.parse(self.target)
         faithfulness.parse_kinds(self.faithfulness)
         faithfulness.fractions(self.faithfulness_points)
+        faithfulness.check_mufidelity(
+            self.mufidelity_subsets, self.mufidelity_fraction, self.mufidelity_grid
+        )
         MethodConfig.of(self)  # the method options the engine checks, same messages
         if not 1 <= self.baseline_samples <= MAX_SAMPLES:
             raise ValueError(

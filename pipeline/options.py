@@ -159,6 +159,10 @@ class AttributionOptions(PipelineOptions):
         option("mask_type")
         option("faithfulness")
         option("faithfulness_points")
+        option("deletion_fill")
+        option("mufidelity_subsets")
+        option("mufidelity_fraction")
+        option("mufidelity_grid")
         add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
         add(
             "--run_id",

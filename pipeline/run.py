@@ -189,6 +189,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         **chosen,
         faithfulness=parse_kinds(opts.faithfulness),
         faithfulness_points=opts.faithfulness_points,
+        deletion_fill=opts.deletion_fill,
+        mufidelity_subsets=opts.mufidelity_subsets,
+        mufidelity_fraction=opts.mufidelity_fraction,
+        mufidelity_grid=opts.mufidelity_grid,
         randomize=opts.randomize,
         precision=opts.precision,
     )

@@ -112,7 +112,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
         )
 
     def _evidence(self, images, groups, boxes_list):
-        """Deletion/insertion curves and region ablation for every row of the batch."""
+        """Deletion/insertion curves, MuFidelity and region ablation for every row."""
         s = self.settings
         items = []
         baselines = [
@@ -150,6 +150,10 @@ class AttributeFn(CountsProgress, beam.DoFn):
                 points=s.faithfulness_points,
                 seed=s.seed,
                 blur_baseline=False,
+                fill=s.deletion_fill,
+                subsets=s.mufidelity_subsets,
+                fraction=s.mufidelity_fraction,
+                grid=s.mufidelity_grid,
             )
         )
         out = [[next(evidence) for _ in group] for group in groups]

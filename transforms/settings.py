@@ -45,6 +45,10 @@ class Settings:
     # the curves of --faithfulness; () for --faithfulness none
     faithfulness: tuple[str, ...] = tuple(DEFAULTS.faithfulness.split(","))
     faithfulness_points: int = DEFAULTS.faithfulness_points
+    deletion_fill: str = DEFAULTS.deletion_fill  # issue 22: removed pixels' fill; MuFidelity
+    mufidelity_subsets: int = DEFAULTS.mufidelity_subsets
+    mufidelity_fraction: float = DEFAULTS.mufidelity_fraction
+    mufidelity_grid: int = DEFAULTS.mufidelity_grid
     randomize: str | None = None  # pipeline.sanity: a randomization stage applied on load
     # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
     attribution: str = DEFAULTS.attribution
@@ -127,6 +131,9 @@ class Settings:
             values["faithfulness"] = list(self.faithfulness)
         if self.faithfulness_points != _default("faithfulness_points"):
             values["faithfulness_points"] = self.faithfulness_points
+        for name in FAITHFULNESS_KEYS:  # issue 22's, likewise only when not the default
+            if getattr(self, name) != _default(name):
+                values[name] = getattr(self, name)
         if self.randomize is not None:
             values["randomize"] = self.randomize
         if self.precision != _default(
@@ -142,6 +149,12 @@ def _default(name: str):
     return Settings.__dataclass_fields__[name].default
 
 
+FAITHFULNESS_KEYS = (
+    "deletion_fill",
+    "mufidelity_subsets",
+    "mufidelity_fraction",
+    "mufidelity_grid",
+)
 METHOD_KEYS = (
     "attribution",
     "noise_sigma",

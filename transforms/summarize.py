@@ -63,6 +63,7 @@ def with_evidence(row: dict, evidence) -> dict:
             "insertion_curve_random": _list(curves.get("insertion_random")),
             **{name: aucs.get(name.replace("_auc", "")) for name in FAITHFULNESS_AUCS},
             "faithfulness_points": evidence.points if curves else None,
+            "mufidelity": evidence.mufidelity if evidence is not None else None,
         }
     )
     ablations = evidence.ablations if evidence is not None else []
