@@ -1,8 +1,9 @@
 """The methods page, ``python -m pipeline.report DIR_A DIR_B ...``: runs of different
 ``--attribution`` methods (or baselines, or settings) on the same images, side by side, so
 a user can pick the method that suits their model: what each cost, how complete it was,
-where it puts the attribution per class, and its deletion / insertion AUCs when the runs
-have them (the faithfulness columns).
+where it puts the attribution per class, and its deletion / insertion AUCs and MuFidelity
+when the runs have them (the faithfulness columns), with the fill removed pixels took
+(``--deletion_fill``), so runs can be ranked on each metric.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from transforms.files import parquet_parts, parquet_schema, publish
 
 METHODS_NAME = "methods.html"
 SECTIONS = Sections()
-FAITHFULNESS = ("deletion_auc", "insertion_auc")
+FAITHFULNESS = ("deletion_auc", "insertion_auc", "mufidelity")
+# each faithfulness column: its name in the ranking, and whether higher is better
+RANKED = {
+    "deletion_auc": ("mean deletion AUC", False),
+    "insertion_auc": ("mean insertion AUC", True),
+    "mufidelity": ("mean MuFidelity", True),
+}
 
 
 def _baseline(run: Run) -> str | None:
@@ -53,23 +60,41 @@ def _mean_column(run: Run, column: str) -> float | None:
 
 @SECTIONS.add("runs", "Runs", "Each run's method, cost and completeness")
 def runs_section(runs: list[Run]) -> dict:
-    rows = []
+    rows, means = [], []
     for run in runs:
         errors = run.relative_errors[np.isfinite(run.relative_errors)]
+        means.append({c: _mean_column(run, c) for c in FAITHFULNESS})
         rows.append(
             [
                 run.output_dir,
                 run.config("attribution") or "ig",
                 _baseline(run),
                 run.config("method"),
+                _fill(run),
                 run.rows,
                 run.gradient_evaluations / run.rows if run.rows else None,
                 pct(float(np.median(errors))) if errors.size else None,
                 run.unconverged,
-                *(_mean_column(run, c) for c in FAITHFULNESS),
+                *(means[-1][c] for c in FAITHFULNESS),
             ]
         )
-    return {"rows": rows}
+    return {"rows": rows, "ranking": _ranking(runs, means), "fills": sorted(set(map(_fill, runs)))}
+
+
+def _fill(run: Run) -> str:
+    """How the run's faithfulness checks removed pixels (runs before the option: baseline)."""
+    return run.config("deletion_fill") or "baseline"
+
+
+def _ranking(runs: list[Run], means: list[dict]) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per faithfulness column that at least two runs have: (its name, [(run, mean)] best
+    first)."""
+    out = []
+    for column, (name, higher) in RANKED.items():
+        have = [(run.output_dir, m[column]) for run, m in zip(runs, means) if m[column] is not None]
+        if len(have) >= 2:
+            out.append((name, sorted(have, key=lambda pair: -pair[1] if higher else pair[1])))
+    return out
 
 
 @SECTIONS.add("heatmaps", "Heatmaps", "Where each method puts the attribution, per class")
