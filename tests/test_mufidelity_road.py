@@ -459,6 +459,13 @@ def test_the_job_writes_mufidelity_with_road_and_the_reports_show_them(tiny_mode
     assert "<code>--deletion_fill road</code>" in section and "MuFidelity" in section
     assert "24 random subsets" in section and "Attribution order beats random in" in section
 
+    from pipeline.report import write_report
+
+    page = open(write_report(str(plain)), encoding="utf-8").read()  # MuFidelity, no curves
+    section = page[page.index('id="faithfulness"') : page.index('id="examples"')]
+    assert "mean MuFidelity" in section and "No deletion/insertion curves" in section
+    assert "<code>--deletion_fill baseline</code>" in section
+
     methods = tmp_path / "methods.html"
     done = subprocess.run(
         [sys.executable, "-m", "pipeline.report", str(road), str(plain), "--output", str(methods)],

@@ -40,7 +40,7 @@ def faithfulness_section(run: Run) -> dict:
     classes = [c for c in data["classes"] if c["deletion"] is not None]
     fidelity = [[f.label, f.rows, f"{f.mean:.3f}", f"{f.median:.3f}"] for f in data["mufidelity"]]
     if not classes and not fidelity:
-        return {"rows": 0}
+        return {"rows": 0, "mufidelity": []}
     fill = run.config("deletion_fill") or "baseline"
     out = {
         "fill": fill,
