@@ -12,10 +12,12 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from job_argv import job_argv
+from test_faithfulness import engine as faithfulness_engine
 
 from attribution import faithfulness
 from attribution.baselines import make_baseline
-from attribution.integrated_gradients import IntegratedGradients, Request
+from attribution.integrated_gradients import Request
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 H, W, C = 10, 9, 3
@@ -46,15 +48,7 @@ def linear_logit(x, target):
 
 
 def engine(fn=linear_logits, score="logit", batch_size=8):
-    return IntegratedGradients(
-        fn,
-        image_size=(H, W),
-        score=score,
-        method="gausslegendre",
-        steps=8,
-        tolerance=None,
-        batch_size=batch_size,
-    )
+    return faithfulness_engine(batch_size, fn, score=score, image_size=(H, W))
 
 
 def images(n, seed=0):
@@ -317,31 +311,9 @@ def test_packing_does_not_change_mufidelity_or_road_curves():
 # ---------------------------------------------------------------------------- options
 
 
-REQUIRED = ["--input_pattern", "x/*.png", "--output_dir", "out", "--model", "m"]
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--mufidelity_subsets", "2"], "--mufidelity_subsets must be from 3 to 4096"),
-        (["--mufidelity_subsets", "4097"], "--mufidelity_subsets"),
-        (["--mufidelity_subsets", "0"], "--mufidelity_subsets"),
-        (["--mufidelity_fraction", "0"], "--mufidelity_fraction must be between 0 and 1"),
-        (["--mufidelity_fraction", "1"], "--mufidelity_fraction"),
-        (["--mufidelity_fraction", "-0.1"], "--mufidelity_fraction"),
-        (["--mufidelity_fraction", "1.5"], "--mufidelity_fraction"),
-        (["--mufidelity_fraction", "nan"], "--mufidelity_fraction"),
-        (["--mufidelity_grid", "1"], "--mufidelity_grid must be 0"),
-        (["--mufidelity_grid", "1025"], "--mufidelity_grid"),
-        (["--mufidelity_grid", "-1"], "--mufidelity_grid"),
-        (["--faithfulness", "mufidelity,road"], "--faithfulness"),
-    ],
-)
-def test_option_values_at_and_past_their_edges_are_refused(flags, message):
-    from pipeline import options
-
-    with pytest.raises(options.UsageError, match=message):
-        options.parse([*REQUIRED, *flags])
+# values at and past their edges are refused in test_faithfulness.py, with the other
+# faithfulness options; these are the last values taken
+REQUIRED = job_argv("x/*.png", "out", "m")
 
 
 @pytest.mark.parametrize(
@@ -410,10 +382,6 @@ def test_the_job_writes_mufidelity_with_road_and_the_reports_show_them(tiny_mode
 
     folder = random_pngs(tmp_path / "images", 3, shape=(20, 16, 3), seed=5, prefix="im")
     common = [
-        "--input_pattern",
-        f"{folder}/*.png",
-        "--model",
-        tiny_model,
         "--steps",
         "4",
         "--tolerance",
@@ -432,7 +400,14 @@ def test_the_job_writes_mufidelity_with_road_and_the_reports_show_them(tiny_mode
         (plain, ["--faithfulness", "mufidelity", "--no_report"]),
     ):
         done = subprocess.run(
-            [sys.executable, "-m", "pipeline", *common, "--output_dir", str(out), *extra],
+            [
+                sys.executable,
+                "-m",
+                "pipeline",
+                *job_argv(f"{folder}/*.png", out, tiny_model),
+                *common,
+                *extra,
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
