@@ -186,12 +186,38 @@ def test_a_constant_side_gives_zero_as_xplique():
     )
 
 
+def test_findings_name_a_class_whose_mufidelity_is_not_positive():
+    import pyarrow as pa
+
+    from pipeline import evidence
+
+    rows = [{"target_label": "good", "mufidelity": v} for v in (0.6, 0.8, 0.7)]
+    rows += [{"target_label": "bad", "mufidelity": v} for v in (-0.2, 0.1, -0.1)]
+    rows += [{"target_label": "bad", "mufidelity": None}]  # not computed: not counted
+    table = pa.Table.from_pylist(rows)
+    means = {
+        f.label: (f.rows, round(f.mean, 6), round(f.median, 6)) for f in evidence.mufidelity(table)
+    }
+    assert means == {
+        "bad": (3, -0.066667, -0.1),
+        "good": (3, 0.7, 0.7),
+        "(all)": (6, 0.316667, 0.35),
+    }
+    failed, held = evidence.split_findings(table)
+    assert failed == [
+        "class `bad`: the attribution in random subsets does not predict the score drop when "
+        "they are removed (mean MuFidelity -0.07, n=3)"
+    ]
+    assert any("MuFidelity" in line and "averages 0.32 over 6 rows" in line for line in held)
+
+
 # ---------------------------------------------------------------------------- ROAD
 
 
-def test_road_imputation_matches_a_dense_solve_of_the_same_system():
+@pytest.mark.parametrize("channels", [3, 1])  # RGB, and grayscale models' one channel
+def test_road_imputation_matches_a_dense_solve_of_the_same_system(channels):
     rng = np.random.default_rng(5)
-    image = rng.random((7, 6, 3), dtype=np.float32)
+    image = rng.random((7, 6, channels), dtype=np.float32)
     for share in (0.2, 0.6, 0.95):
         removed = rng.random((7, 6)) < share
         removed[0, 0] = removed[-1, -1] = True  # corners: 3 neighbours, renormalised
