@@ -481,4 +481,25 @@ def test_the_job_writes_mufidelity_with_road_and_the_reports_show_them(tiny_mode
     assert "mean MuFidelity" in html and "<code>road</code>" in html
     assert "<code>baseline</code>" in html and "removed pixels differently" in html
     ranking = html[html.index("Ranking") :]
+    assert "mean MuFidelity over 3 rows" in ranking  # the same 3 images in both runs
     assert str(road) in ranking and str(plain) in ranking
+
+
+def test_the_methods_page_ranks_runs_on_the_rows_they_share(tmp_path):
+    """Run a has images 0-5, run b images 2-7: over their own rows b's mean MuFidelity is
+    higher, over the four images both have a's is: the ranking uses those four."""
+    from run_folders import make_run, summary_row
+
+    from pipeline.report import methods
+    from pipeline.report.read import read_run
+
+    folders = []
+    for name, images, shared, own in (("a", range(0, 6), 0.6, 0.0), ("b", range(2, 8), 0.5, 1.0)):
+        rows = [summary_row(tmp_path / name, i, 0) for i in images]
+        for i, row in zip(images, rows):
+            row["mufidelity"] = shared if 2 <= i < 6 else own
+        folders.append(str(make_run(tmp_path / name, rows=rows)))
+    data = methods.runs_section([read_run(f) for f in folders])
+    assert [row[-1] for row in data["rows"]] == pytest.approx([0.4, 2 / 3])  # own rows
+    assert data["ranking"] == [("mean MuFidelity", 4, [(folders[0], 0.6), (folders[1], 0.5)])]
+    assert data["fills"] == ["baseline"]

@@ -60,10 +60,9 @@ def _mean_column(run: Run, column: str) -> float | None:
 
 @SECTIONS.add("runs", "Runs", "Each run's method, cost and completeness")
 def runs_section(runs: list[Run]) -> dict:
-    rows, means = [], []
+    rows = []
     for run in runs:
         errors = run.relative_errors[np.isfinite(run.relative_errors)]
-        means.append({c: _mean_column(run, c) for c in FAITHFULNESS})
         rows.append(
             [
                 run.output_dir,
@@ -75,10 +74,10 @@ def runs_section(runs: list[Run]) -> dict:
                 run.gradient_evaluations / run.rows if run.rows else None,
                 pct(float(np.median(errors))) if errors.size else None,
                 run.unconverged,
-                *(means[-1][c] for c in FAITHFULNESS),
+                *(_mean_column(run, c) for c in FAITHFULNESS),
             ]
         )
-    return {"rows": rows, "ranking": _ranking(runs, means), "fills": sorted(set(map(_fill, runs)))}
+    return {"rows": rows, "ranking": _ranking(runs), "fills": sorted(set(map(_fill, runs)))}
 
 
 def _fill(run: Run) -> str:
@@ -86,14 +85,35 @@ def _fill(run: Run) -> str:
     return run.config("deletion_fill") or "baseline"
 
 
-def _ranking(runs: list[Run], means: list[dict]) -> list[tuple[str, list[tuple[str, float]]]]:
-    """Per faithfulness column that at least two runs have: (its name, [(run, mean)] best
-    first)."""
+def _ranking(runs: list[Run]) -> list[tuple[str, int, list[tuple[str, float]]]]:
+    """Per faithfulness column that at least two runs have: (its name, the number of rows
+    compared, [(run, mean)] best first), the means over the (image content, target) rows
+    every one of those runs has, so the runs are ranked on the same images."""
     out = []
     for column, (name, higher) in RANKED.items():
-        have = [(run.output_dir, m[column]) for run, m in zip(runs, means) if m[column] is not None]
-        if len(have) >= 2:
-            out.append((name, sorted(have, key=lambda pair: -pair[1] if higher else pair[1])))
+        have = [(run.output_dir, values) for run in runs if (values := _by_row(run, column))]
+        if len(have) < 2:
+            continue
+        common = set.intersection(*(set(values) for _, values in have))
+        if not common:
+            out.append((name, 0, []))
+            continue
+        means = [(d, float(np.mean([values[k] for k in common]))) for d, values in have]
+        out.append((name, len(common), sorted(means, key=lambda p: -p[1] if higher else p[1])))
+    return out
+
+
+def _by_row(run: Run, column: str) -> dict[tuple[str, int], float]:
+    """(content_sha256, target_class) -> the column's finite value in the run's rows."""
+    keys = ("content_sha256", "target_class", column)
+    out = {}
+    for path in parquet_parts(run.output_dir, "summaries"):
+        if not set(keys) <= set(parquet_schema(path).names):
+            continue
+        for batch in _batches(path, keys):
+            for sha, target, value in zip(*(batch.column(k).to_pylist() for k in keys)):
+                if value is not None and np.isfinite(value):
+                    out[(sha, target)] = float(value)
     return out
 
 
