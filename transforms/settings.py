@@ -90,7 +90,8 @@ class Settings:
 
         Rows of a previous run are reused only when this hash matches (docs/audits.md). It
         covers the attribution (method, rule sizes, baseline, seed, score, target policy,
-        input size, model output; the faithfulness curves and a sanity stage) and what is drawn from it (``grid_cells``: the grid column;
+        input size, model output; the faithfulness checks, their fill and MuFidelity's subsets
+        when not at their defaults, and a sanity stage) and what is drawn from it (``grid_cells``: the grid column;
         ``clip_percentile``: the mask and overlay PNGs; the method and visualization options
         of METHOD_KEYS when not at their defaults). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
