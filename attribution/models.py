@@ -265,20 +265,35 @@ def _layer_access(model, transform, select):
 
     ``features(name)`` is ``images -> (activations of that layer, scores)``: one Keras model
     from the input to both outputs, so the activations are the ones the scores are computed
-    from (what Grad-CAM differentiates). Layers inside a nested model are not reachable."""
-    names = []
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue  # the image itself: no activations to weigh
-        try:
-            output = layer.output
-        except (AttributeError, ValueError):  # a layer used twice, or never called
-            continue
-        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
-            names.append(layer.name)
+    from (what Grad-CAM differentiates). A Sequential model is first re-traced as a
+    functional graph on a new input (same layers, same weights): the gradient of its output
+    with respect to a layer's ``output`` is None in Keras 3. Layers inside a nested model
+    are not reachable."""
+    if isinstance(model, keras.Sequential):
+        spec = model.inputs[0]
+        inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
+        x, tensors = inputs, {}
+        for layer in model.layers:
+            x = tensors[layer.name] = layer(x)
+        inputs, final = [inputs], [x]
+    else:
+        tensors = {}
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue  # the image itself: no activations to weigh
+            try:
+                tensors[layer.name] = layer.output
+            except (AttributeError, ValueError):  # a layer used twice, or never called
+                continue
+        inputs, final = model.inputs, model.outputs
+    names = tuple(
+        name
+        for name, output in tensors.items()
+        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4
+    )
 
     def features(name: str):
-        inner = keras.Model(model.inputs, [model.get_layer(name).output, model.outputs])
+        inner = keras.Model(inputs, [tensors[name], final])
 
         def fn(images):
             activations, outputs = inner(transform(tf.cast(images, tf.float32)), training=False)
@@ -287,7 +302,7 @@ def _layer_access(model, transform, select):
 
         return fn
 
-    return features, tuple(names)
+    return features, names
 
 
 def _refuse_h5_code(handle: str, path: str) -> None:

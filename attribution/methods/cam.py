@@ -43,7 +43,10 @@ class Cam:
             outputs = tf.cast(outputs, tf.float32)
             scores = tf.nn.softmax(outputs, axis=-1) if self.engine.softmax else outputs
             picked = tf.gather(scores, targets, axis=1, batch_dims=1)
-        g = tf.cast(tape.gradient(picked, activations), tf.float32)
+        g = tape.gradient(picked, activations)
+        if g is None:  # at tracing time, once
+            raise ValueError("the scores do not depend on the --layer activations: pick another")
+        g = tf.cast(g, tf.float32)
         a = tf.cast(activations, tf.float32)
         if self.plus_plus:
             g2 = tf.square(g)

@@ -15,6 +15,8 @@ from attribution.config import (
 
 EG_ALPHAS = ("random", "quadrature")
 CAMS = ("gradcam", "gradcam_plus_plus")  # need a Keras model's layers
+# one value per pixel, no path and no completeness axiom (attribution.methods.results.pixel_map)
+PIXEL_MAPS = (*CAMS, "occlusion", "rise")
 # the options each of issue 22's methods reads: in settings_hash only when that method runs
 METHOD_OPTIONS = {
     "gradcam": ("layer",),

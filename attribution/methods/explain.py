@@ -19,7 +19,7 @@ from attribution.integrated_gradients import (
 from attribution.methods import guided, perturbation, xrai
 from attribution.methods.blur import BlurPath
 from attribution.methods.cam import gradcam
-from attribution.methods.config import CAMS, XRAI_BASELINES, MethodConfig
+from attribution.methods.config import CAMS, PIXEL_MAPS, XRAI_BASELINES, MethodConfig
 from attribution.methods.paths import Curve, integrate, weighted_gradients
 from attribution.methods.results import Explanation, checked, combine, explanation
 
@@ -81,9 +81,6 @@ def explain(
             rows.append(explanation(dataclasses.replace(result, key=i), name, label, **extras))
         out.append(rows)
     return out
-
-
-PIXEL_MAPS = ("gradcam", "gradcam_plus_plus", "occlusion", "rise")  # one value per pixel
 
 
 def _pixel_maps(engine, images, seed_keys, targets, config, cam) -> list[list[Explanation]]:
