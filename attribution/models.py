@@ -275,7 +275,7 @@ def _layer_access(model, transform, select):
         x, tensors = inputs, {}
         for layer in model.layers:
             x = tensors[layer.name] = layer(x)
-        inputs, final = [inputs], [x]
+        final = [x]
     else:
         tensors = {}
         for layer in model.layers:
@@ -285,7 +285,7 @@ def _layer_access(model, transform, select):
                 tensors[layer.name] = layer.output
             except (AttributeError, ValueError):  # a layer used twice, or never called
                 continue
-        inputs, final = model.inputs, model.outputs
+        inputs, final = model.inputs[0], model.outputs  # one image input (checked on load)
     names = tuple(
         name
         for name, output in tensors.items()

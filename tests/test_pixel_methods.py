@@ -112,7 +112,7 @@ def test_gradcam_of_a_model_linear_after_the_layer_is_class_weights_times_activa
     got = explained(engine, MethodConfig(attribution=attribution), xs, "topk:2", cam)
     model = keras.models.load_model(gap_model)
     head = model.get_layer("head").kernel.numpy()  # [K, classes]
-    features = keras.Model(model.inputs, model.get_layer("feat").output)
+    features = keras.Model(model.inputs[0], model.get_layer("feat").output)
     for x, rows in zip(xs, got):
         a = features(x[None]).numpy()[0].astype(np.float64)  # [h, w, K]
         cells = a.shape[0] * a.shape[1]
@@ -137,7 +137,7 @@ def test_gradcam_matches_pair_saliency_and_gradcam_plus_plus_the_paper(cam_model
     import saliency.core as saliency
 
     model = keras.models.load_model(cam_model)
-    both = keras.Model(model.inputs, [model.get_layer("feat").output, model.output])
+    both = keras.Model(model.inputs[0], [model.get_layer("feat").output, model.output])
 
     @tf.function  # eager gradients through Keras models can abort the process with oneDNN
     def layer_gradients(x, target):

@@ -64,6 +64,7 @@ class Cam:
         maps, scores = [], []
         size = max(1, int(self.engine.batch_size))
         for start in range(0, len(images), size):
+            self.engine.model_calls += 1  # counted with the engine's own calls
             m, s = self._function(
                 tf.constant(images[start : start + size], tf.float32),
                 tf.constant(targets[start : start + size], tf.int32),
