@@ -346,6 +346,18 @@ def test_option_values_at_their_edges_are_accepted(changes):
 SAVED_MODEL = "saved_model handle does not expose"
 
 
+def refused(model, argv, tmp_path, capsys) -> str:
+    """Run the job on one image with ``argv``; it must exit 2 before any work: its stderr."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    out = tmp_path / "out"
+    code = job.main([*job_argv(str(folder / "*.png"), str(out), model), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists(), err
+    return err
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -371,13 +383,7 @@ SAVED_MODEL = "saved_model handle does not expose"
 def test_bad_options_are_refused_in_one_line_before_any_work(
     argv, message, tiny_model, tmp_path, capsys
 ):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
-    out = tmp_path / "out"
-    code = job.main([*job_argv(str(folder / "*.png"), str(out), tiny_model), *argv])
-    err = capsys.readouterr().err
-    assert code == 2 and not out.exists()
+    err = refused(tiny_model, argv, tmp_path, capsys)
     lines = [line for line in err.splitlines() if message in line]
     assert len(lines) == 1, err
     if message == SAVED_MODEL:
@@ -398,13 +404,7 @@ def test_bad_options_are_refused_in_one_line_before_any_work(
 def test_options_that_do_not_fit_the_keras_model_are_refused(
     argv, message, keras_file, tmp_path, capsys
 ):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
-    out = tmp_path / "out"
-    code = job.main([*job_argv(str(folder / "*.png"), str(out), keras_file), *argv])
-    err = capsys.readouterr().err
-    assert code == 2 and message in err and not out.exists()
+    assert message in refused(keras_file, argv, tmp_path, capsys)
 
 
 # -- end to end ----------------------------------------------------------------------------

@@ -4,7 +4,7 @@ how per-baseline / per-copy IG results combine into one row."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -51,26 +51,29 @@ def pixel_map(
     channels (each holds map / C), so a pixel's channel sum, what masks, statistics and the
     faithfulness order read, is the map; ``attribution_sum`` is the map's sum."""
     heatmap = np.asarray(heatmap, np.float64)
-    attributions = np.repeat(heatmap[..., None] / channels, channels, axis=-1)
-    predicted = int(np.argmax(image_scores))
-    return Attribution(
+    result = checked(
         key=key,
         target=target,
-        predicted_class=predicted,
-        predicted_score=float(image_scores[predicted]),
-        target_score=float(image_scores[target]),
+        image_scores=image_scores,
+        start_score=0.0,  # no path start: the check's fields are emptied below
+        start_predicts_target=False,
+        attributions=np.repeat(heatmap[..., None] / channels, channels, axis=-1),
+        atol=0.0,
+        tolerance=None,
+        method=None,
+        steps=None,
+        evaluations=evaluations,
+        path_alphas=[],
+        path_scores=[],
+    )
+    return replace(
+        result,
         baseline_score=baseline_score,
         baseline_predicts_target=baseline_predicts_target,
-        attributions=attributions.astype(np.float32),
         attribution_sum=float(heatmap.sum()),
         completeness_error=None,
         relative_completeness_error=None,
         converged=None,
-        method=None,
-        steps=None,
-        gradient_evaluations=int(evaluations),
-        path_alphas=np.zeros(0, np.float32),
-        path_scores=np.zeros(0, np.float32),
     )
 
 
