@@ -269,30 +269,31 @@ def _layer_access(model, transform, select):
     functional graph on a new input (same layers, same weights): the gradient of its output
     with respect to a layer's ``output`` is None in Keras 3. Layers inside a nested model
     are not reachable."""
-    if isinstance(model, keras.Sequential):
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # the image itself: no activations to weigh
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # a layer used twice, or never called
+            continue
+        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
+            names.append(layer.name)
+
+    def graph():
+        """(input, {layer name: its output}, outputs) of a graph the gradient flows through."""
+        if not isinstance(model, keras.Sequential):
+            tensors = {name: model.get_layer(name).output for name in names}
+            return model.inputs[0], tensors, model.outputs  # one image input (checked)
         spec = model.inputs[0]
         inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
         x, tensors = inputs, {}
         for layer in model.layers:
             x = tensors[layer.name] = layer(x)
-        final = [x]
-    else:
-        tensors = {}
-        for layer in model.layers:
-            if isinstance(layer, keras.layers.InputLayer):
-                continue  # the image itself: no activations to weigh
-            try:
-                tensors[layer.name] = layer.output
-            except (AttributeError, ValueError):  # a layer used twice, or never called
-                continue
-        inputs, final = model.inputs[0], model.outputs  # one image input (checked on load)
-    names = tuple(
-        name
-        for name, output in tensors.items()
-        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4
-    )
+        return inputs, tensors, [x]
 
     def features(name: str):
+        inputs, tensors, final = graph()
         inner = keras.Model(inputs, [tensors[name], final])
 
         def fn(images):
@@ -302,7 +303,7 @@ def _layer_access(model, transform, select):
 
         return fn
 
-    return features, names
+    return features, tuple(names)
 
 
 def _refuse_h5_code(handle: str, path: str) -> None:
