@@ -136,7 +136,9 @@ def rise(engine, images, baselines, targets, count: int, grid: int, p: float, se
     sums = [np.zeros((2, len(c), *shape), np.float64) for c in chosen]
     rows = [(j, i) for j in range(count) for i in range(n)]  # mask-major: a call shares masks
     for chunk in _chunks(rows, engine.batch_size):
-        made = {j: masks(j).astype(np.float32)[..., None] for j, _ in chunk}
+        made = {
+            j: masks(j).astype(np.float32)[..., None] for j in dict.fromkeys(j for j, _ in chunk)
+        }
         built = [images[i] * made[j] + baselines[i] * (1 - made[j]) for j, i in chunk]
         for (j, i), row in zip(chunk, engine.scores(np.stack(built))):
             sums[i][int(j >= count // 2)] += row[chosen[i], None, None] * made[j][None, ..., 0]
