@@ -147,7 +147,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         if opts.image_size is not None and "--image_size" in str(e):
             raise options.UsageError(str(e)) from None  # the option is wrong, not the model
         raise
-    options.validate_with_model(opts, model.num_classes, model.image_size)
+    options.validate_with_model(opts, model.num_classes, model.image_size, model)
     if labels and len(labels) != model.num_classes:
         logging.warning(
             "--labels has %d lines, the model has %d classes", len(labels), model.num_classes
@@ -368,6 +368,7 @@ def method_settings(opts) -> dict:
     unless --steps is given; expected gradients uses one random alpha per (image, baseline)
     pair unless --method is given (then that quadrature rule per pair)."""
     from attribution.methods import GUIDED_STEPS
+    from attribution.methods.config import ISSUE22_OPTIONS
 
     given = set(getattr(opts, "given_options", ()))
     out = {
@@ -376,6 +377,7 @@ def method_settings(opts) -> dict:
         if name != "expected_gradients_alpha"  # chosen below from the options given
     }
     out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
+    out.update({name: getattr(opts, name) for name in ISSUE22_OPTIONS})  # layer: resolved
     if opts.attribution == "guided_ig" and "steps" not in given:
         out["steps"] = GUIDED_STEPS
         out["max_steps"] = max(opts.max_steps, GUIDED_STEPS)

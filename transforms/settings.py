@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from attribution.config import DEFAULTS
+from attribution.methods.config import METHOD_OPTIONS  # no TensorFlow
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,13 @@ class Settings:
     colormap: str | None = DEFAULTS.colormap
     overlay: str = DEFAULTS.overlay
     mask_type: str = DEFAULTS.mask_type
+    # issue 22's methods: in settings_hash only when their --attribution runs
+    layer: str | None = DEFAULTS.layer  # gradcam: resolved to a name when the job starts
+    occlusion_window: int = DEFAULTS.occlusion_window
+    occlusion_stride: int = DEFAULTS.occlusion_stride
+    rise_masks: int = DEFAULTS.rise_masks
+    rise_grid: int = DEFAULTS.rise_grid
+    rise_p: float = DEFAULTS.rise_p
 
     @property
     def method_config(self):
@@ -137,6 +145,8 @@ class Settings:
                 values[name] = getattr(self, name)
         if self.randomize is not None:
             values["randomize"] = self.randomize
+        for name in METHOD_OPTIONS.get(self.attribution, ()):  # only the running method's
+            values[name] = getattr(self, name)
         if self.precision != _default(
             "precision"
         ):  # bfloat16/float16 change the numbers, not rounding

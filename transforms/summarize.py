@@ -171,6 +171,7 @@ class SummarizeFn(beam.DoFn):
             "score": s.score,
             "attribution": getattr(result, "attribution", s.attribution),
             "xrai_region_ranks": getattr(result, "xrai_region_ranks", None),
+            "split_half_correlation": getattr(result, "split_half_correlation", None),
             "mask_uri": mask_uri,
             "overlay_uri": overlay_uri,
             "raw_uri": raw_uri,

@@ -96,6 +96,7 @@ SUMMARY_SCHEMA = pa.schema(
             "xrai_region_ranks",
             pa.list_(pa.struct([("segment_area_fraction", pa.float64()), ("gain", pa.float64())])),
         ),
+        ("split_half_correlation", pa.float64()),  # rise: its two halves of masks agree
     ]
 )
 
