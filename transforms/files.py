@@ -277,10 +277,12 @@ def check_manifest(path: str, manifest: dict) -> None:
 
 
 def _family(kind: pa.DataType):
-    """What a reader can rely on of an Arrow type: numbers are numbers whatever their width."""
+    """What a reader can rely on of an Arrow type, whatever its width."""
     if pa.types.is_null(kind):
         return None  # a column of nulls fits any type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+    if pa.types.is_integer(kind):
+        return "integer"
+    if pa.types.is_floating(kind):
         return "number"
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return "string"
@@ -293,7 +295,7 @@ def _family(kind: pa.DataType):
 
 def _fits(found: pa.DataType, expected: pa.DataType) -> bool:
     f, e = _family(found), _family(expected)
-    if f is None or e is None:
+    if f is None or e is None or (f, e) == ("integer", "number"):  # whole numbers are numbers
         return True
     if isinstance(f, tuple) and isinstance(e, tuple) and f[0] == e[0]:
         if f[0] == "list":
