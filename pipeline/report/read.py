@@ -189,7 +189,9 @@ def _floats(array) -> np.ndarray:
 
 def _add_batch(run: Run, batch) -> None:
     """Fold one record batch of summaries into ``run``."""
-    classes = np.asarray(batch.column("target_class").to_numpy(zero_copy_only=False), np.int64)
+    classes = np.asarray(  # a row without a class (never written so) counts under -1
+        pc.fill_null(batch.column("target_class"), -1).to_numpy(zero_copy_only=False), np.int64
+    )
     ids, codes = np.unique(classes, return_inverse=True)
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.searchsorted(codes[order], np.arange(1, ids.size)))
