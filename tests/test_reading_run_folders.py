@@ -438,8 +438,14 @@ def test_sanity_rerun_with_another_pattern_is_refused_or_replaces_the_first(tiny
             pixels = np.full((16, 16, 3), color, np.uint8)
             pixels[i, i] = 0
             Image.fromarray(pixels).save(folder / f"{folder.name}{i}.png")
-    out = tmp_path / "sanity"
-    assert sanity.main(_sanity_argv(tiny_model, f"{first}/*.png", out)) in (0, 1)
+    out = tmp_path / "sanity"  # what a check of the first pattern left (its sample mixed in)
+    (out / "sample").mkdir(parents=True)
+    (out / "sample" / "first0-0123456789ab.png").write_bytes((first / "first0.png").read_bytes())
+    (out / "stages" / "original" / "masks").mkdir(parents=True)
+    (out / "stages" / "original" / "masks" / "first0.png").write_bytes(b"old")
+    old = [{"image": str(first / "first0.png"), "stage": "top_100", "rank_correlation": 0.9}]
+    pq.write_table(pa.Table.from_pylist(old, schema=sanity.SANITY_SCHEMA), out / "sanity.parquet")
+    (out / "sanity.html").write_text("the first check")
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
 
     refused = _sanity(tiny_model, f"{second}/*.png", out)
@@ -455,6 +461,8 @@ def test_sanity_rerun_with_another_pattern_is_refused_or_replaces_the_first(tiny
     images = set(pq.read_table(out / "sanity.parquet").column("image").to_pylist())
     assert images == {str(second / f"second{i}.png") for i in range(2)}
     assert all(n.startswith("second") for n in os.listdir(out / "sample"))
+    assert not (out / "stages" / "original" / "masks" / "first0.png").exists()
+    assert str(first) not in (out / "sanity.html").read_text()
     assert not (out / ".lock").exists()
 
 
