@@ -273,7 +273,7 @@ def test_one_rule_for_manifest_types():
         ("model.input_size", [16], "a list of two whole numbers > 0"),
         ("model.input_size", [16, 0], "a list of two whole numbers > 0"),
         ("config.tolerance", float("nan"), "a number"),
-        ("versions.numpy", 2, "a string"),
+        ("config.input_pattern", ["a", "b"], "a string"),
     ):
         manifest = json.loads(json.dumps(good))
         parent, _, name = key.rpartition(".")

@@ -192,8 +192,8 @@ def read_manifest(folder: str) -> dict:
 
 
 # What readers use of a manifest, and the JSON type each must have when present (null is
-# always allowed: older runs lack keys). A key ending in ``.*`` applies to every entry of
-# that object. One rule for every reader: a manifest that breaks it is no run's record.
+# always allowed: older runs lack keys; keys not listed are not checked). One rule for every
+# reader: a manifest that breaks it is no run's record.
 NUMBER, COUNT, TEXT, OBJECT, FLAG, SIZE = (
     "a number",
     "a whole number >= 0",
@@ -204,13 +204,13 @@ NUMBER, COUNT, TEXT, OBJECT, FLAG, SIZE = (
 )
 MANIFEST_FIELDS = {
     "counts": OBJECT,
-    "counts.*": COUNT,
+    **{f"counts.{k}": COUNT for k in ("matched", "attributed", "failed", "rows", "missing")},
+    "counts.in_both": COUNT,
     "metrics": OBJECT,
-    "metrics.*": NUMBER,
+    "metrics.model_loads": COUNT,
     "config": OBJECT,
     "model": OBJECT,
     "versions": OBJECT,
-    "versions.*": TEXT,
     "complete": FLAG,
     "started_at": TEXT,
     "finished_at": TEXT,
@@ -263,17 +263,14 @@ def check_manifest(path: str, manifest: dict) -> None:
     for key, kind in MANIFEST_FIELDS.items():
         parent, _, name = key.rpartition(".")
         holder = manifest.get(parent) if parent else manifest
-        if not isinstance(holder, dict):
-            continue  # the parent itself is checked (and absent or null) first
-        entries = holder.items() if name == "*" else [(name, holder.get(name))]
-        for entry, value in entries:
-            if value is not None and not _is(value, kind):
-                shown = " ".join(json.dumps(value, default=str).split())
-                shown = shown if len(shown) <= 40 else shown[:37] + "..."
-                raise RunFolderError(
-                    f"{path}: `{parent + '.' if parent else ''}{entry}` must be {kind}, got "
-                    f"{shown}: it was not written by `python -m pipeline`; rerun the run"
-                )
+        value = holder.get(name) if isinstance(holder, dict) else None  # parents come first
+        if value is not None and not _is(value, kind):
+            shown = " ".join(json.dumps(value, default=str).split())
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise RunFolderError(
+                f"{path}: `{key}` must be {kind}, got {shown}: it was not written by "
+                f"`python -m pipeline`; rerun the run"
+            )
 
 
 def _family(kind: pa.DataType):
