@@ -399,6 +399,12 @@ def test_compare_refuses_a_malformed_folder_in_one_line_and_leaves_nothing(tmp_p
     assert result.returncode == 2
     assert "column `target_score` is string" in one_error_line(result)
     assert not out.exists()
+    result = cli("pipeline.compare", run_a, run_a, "--output_dir", "/proc/x")
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "error: --output_dir /proc/x: cannot create it (No such file or directory): choose "
+        "another folder"
+    )
 
 
 def test_a_failing_comparison_job_is_one_line_and_leaves_no_beam_temp(tmp_path):
