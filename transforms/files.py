@@ -238,6 +238,9 @@ MANIFEST_FIELDS = {
     "config.max_pixels": COUNT,
     "config.max_file_bytes": COUNT,
     "config.max_blur_sigma": NUMBER,
+    "config.deletion_fill": TEXT,
+    "config.mufidelity_subsets": COUNT,
+    "config.mufidelity_fraction": NUMBER,
     "config.resolved_image_size": SIZE,
 }
 
