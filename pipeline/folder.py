@@ -40,8 +40,10 @@ class Taken:
     listed: list[str] | None  # the interrupted attempt's input list, kept by --resume
 
 
-def present_outputs(output_dir: str) -> list[str]:
-    return [name for name in OUTPUTS if exists(join(output_dir, name))]
+def present_outputs(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
+    """Which of ``outputs`` (a run folder's, or another folder kind's, e.g. the sanity
+    check's) the folder holds."""
+    return [name for name in outputs if exists(join(output_dir, name))]
 
 
 def take(
@@ -52,8 +54,10 @@ def take(
     resume: bool,
     lock_timeout: float,
     local: bool = True,
+    outputs: tuple[str, ...] = OUTPUTS,
 ) -> Taken:
-    """Lock ``output_dir`` for this run, or UsageError saying why not and what to do."""
+    """Lock ``output_dir`` for this run, or UsageError saying why not and what to do.
+    ``outputs``: the names this kind of folder holds (a run's by default)."""
     owner = locks.read(output_dir)
     if owner is not None:
         stale = owner.stale_reason(lock_timeout)
@@ -68,7 +72,7 @@ def take(
                 f"{owner.describe()} ({stale}): pass --resume to finish that run "
                 f"or --overwrite to start again"
             )
-    present = present_outputs(output_dir)
+    present = present_outputs(output_dir, outputs)
     if present and not (resume or overwrite):
         raise UsageError(
             f"--output_dir {output_dir} holds another run's outputs "
@@ -84,7 +88,7 @@ def take(
         raise UsageError(f"--output_dir {output_dir} is in use: {e}") from None
     try:
         if overwrite:
-            remove_outputs(output_dir)
+            remove_outputs(output_dir, outputs)
             return Taken(mine, None, None)
         if resume:
             return Taken(mine, *set_aside(output_dir))
@@ -122,13 +126,13 @@ def _listed_in_manifest(output_dir: str) -> list[str]:
         return []
 
 
-def remove_outputs(output_dir: str) -> None:
+def remove_outputs(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> None:
     """--overwrite: delete what an earlier run wrote (the files its manifest lists, and the
-    contract's folders and files), nothing else."""
+    contract's folders and files, ``outputs``), nothing else."""
     listed = [p for p in _listed_in_manifest(output_dir) if exists(p)]
     if listed:
         FileSystems.delete(listed)
-    for name in OUTPUTS:
+    for name in outputs:
         delete_tree(join(output_dir, name))
 
 

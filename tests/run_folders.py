@@ -30,13 +30,19 @@ def png(path: Path, size=(16, 16), seed=0) -> str:
     return str(path)
 
 
+def images_of(folder: Path) -> Path:
+    """Where a hand-made run's inputs are: beside the run folder, as a run's inputs are never
+    inside its output folder (the report reads originals only from the run's inputs)."""
+    return folder.parent / "images"
+
+
 def summary_row(
     folder: Path, index: int, class_id: int, *, regions=True, converged=True, image_uri=None
 ) -> dict:
     label = CLASSES[class_id]
     name = f"{label}{index}"
     image_uri = image_uri or png(
-        folder / "images" / f"{name}.png", (20, 30), 1000 * (class_id + 1) + index
+        images_of(folder) / f"{name}.png", (20, 30), 1000 * (class_id + 1) + index
     )
     grid = np.zeros(CELLS * CELLS, np.float32)
     grid[class_id * 5] = 1.0  # all mass in one cell per class: cells 0, 5 and 10
@@ -120,7 +126,7 @@ def make_run(folder: Path, *, rows=None, errors=(), matched=None, regions=True) 
             "target": "predicted",
             "grid_cells": CELLS,
             "max_pixels": 1000000,
-            "input_pattern": "imgs/*",
+            "input_pattern": str(images_of(folder) / "*"),
         },
         "model": {
             "handle": "/models/<toy>",

@@ -15,6 +15,11 @@ from pipeline.compare.thresholds import METRICS, check, parse_threshold
 from pipeline.launch import UsageError
 
 TOP_IMAGES = 12
+OUTPUTS = ("drift", "unmatched", "drift_summary.json", "drift.html")  # all a comparison writes
+
+
+class CompareFailed(Exception):
+    """The comparison job failed; the message is one line, and nothing was left behind."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,8 +71,9 @@ def run(argv: list[str]) -> dict:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipeline.compare import graph, page, summary
+    from pipeline.folder import delete_tree, make_dirs
     from pipeline.launch import ship_package
-    from transforms.files import absolute, delete_matching, publish, read_manifest, read_parquet
+    from transforms.files import absolute, publish, read_manifest, read_parquet
 
     out = absolute(args.output_dir)
     runs, records = {}, {}
@@ -76,10 +82,29 @@ def run(argv: list[str]) -> dict:
         records[name] = _run_record(folder, read_manifest(folder))
     options = PipelineOptions(beam_args)
     ship_package(options)
-    for folder in ("drift", "unmatched"):  # a rerun must not mix in an earlier comparison
-        delete_matching(f"{out}/{folder}/*.parquet")
-    with beam.Pipeline(options=options) as p:
-        graph.build(p, runs, out)
+    try:
+        make_dirs(out)
+    except OSError as e:
+        raise UsageError(
+            f"--output_dir {out}: cannot create it ({e.strerror}): choose another folder"
+        ) from None
+    for name in OUTPUTS:  # a rerun must not mix in, or leave beside it, an earlier comparison
+        delete_tree(f"{out}/{name}")
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+    beam_log.setLevel(logging.CRITICAL)  # a failing step's traceback: said in one line below
+    try:
+        with beam.Pipeline(options=options) as p:
+            graph.build(p, runs, out)
+    except Exception as e:  # noqa: BLE001 - whatever failed in the job: one line, no leftovers
+        for name in OUTPUTS:  # the sinks' beam-temp-* folders and any part written
+            delete_tree(f"{out}/{name}")
+        last = (str(e).strip().splitlines() or [""])[-1][:300]
+        raise CompareFailed(
+            f"the comparison job failed ({type(e).__name__}: {last}); nothing was written to {out}"
+        ) from None
+    finally:
+        beam_log.setLevel(level)
     drift = read_parquet(out, "drift")
     unmatched = read_parquet(out, "unmatched")
     metrics, classes = summary.summarize(drift, unmatched)
@@ -107,8 +132,8 @@ def _show(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 no threshold violated, 1 a threshold violated, 2 bad arguments or a
-    folder that is not a readable finished run."""
+    """Exit codes: 0 no threshold violated, 1 a threshold violated or the comparison could not
+    be done or written, 2 bad arguments or a folder that is not a readable finished run."""
     logging.getLogger().setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser().parse_known_args(argv)  # --help exits here, before Beam is imported
@@ -119,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (CompareFailed, OSError) as e:  # OutputWriteError: "cannot write FILE: reason"
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m, out = result["metrics"], result["output_dir"]
     print(
         f"compared {m['images_compared']} images ({m['images_only_in_a']} only in A, "

@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 from pipeline.report.templating import Sections, picture, render_page
-from transforms.files import read_bytes
+from transforms.files import read_artifact
 
 SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
-def _overlay(uri: str | None, alt: str):
-    def read():
-        if not uri:
-            raise ValueError("no overlay recorded")
-        return read_bytes(uri), "image/png"
-
-    return picture(read, alt, width=160, pixelated=True)
+def _overlay(folder: str, uri: str | None, alt: str):
+    """A row's overlay, from inside its run ``folder`` only (``read_artifact``)."""
+    return picture(
+        lambda: (read_artifact(folder, "overlays", uri), "image/png"),
+        alt,
+        width=160,
+        pixelated=True,
+    )
 
 
 @SECTIONS.add("runs", "Runs", "Runs compared: A → B")
@@ -72,12 +73,13 @@ def classes_section(drift: dict) -> dict:
 
 @SECTIONS.add("changed", "Most changed", "Most changed images (before | after)")
 def changed_section(drift: dict) -> dict:
+    runs = drift["summary"]["runs"]
     return {
         "examples": [
             {
                 **e,
-                "before": _overlay(e["overlay_uri_a"], "A"),
-                "after": _overlay(e["overlay_uri_b"], "B"),
+                "before": _overlay(runs["a"]["folder"], e["overlay_uri_a"], "A"),
+                "after": _overlay(runs["b"]["folder"], e["overlay_uri_b"], "B"),
             }
             for e in drift["examples"]
         ]

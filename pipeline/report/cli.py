@@ -24,11 +24,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 written, 2 the folder is not a readable run folder."""
+    """Exit codes: 0 written, 1 the page could not be written, 2 a folder is not a readable
+    run folder or --output cannot be a page. Each failure is one line."""
     args = parser().parse_args(argv)
+    import os
+
+    if len(args.output_dir) > 1 and "://" not in args.output and os.path.isdir(args.output):
+        print(
+            f"error: --output {args.output} is a folder: name the page's file, e.g. "
+            f"{os.path.join(args.output, 'methods.html')}",
+            file=sys.stderr,
+        )
+        return 2
     from pipeline.report.methods import write_methods
     from pipeline.report.page import write_report
-    from transforms.files import RunFolderError
+    from transforms.files import OutputWriteError, RunFolderError
 
     try:
         if len(args.output_dir) > 1:
@@ -38,5 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OutputWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"report: {path}")
     return 0

@@ -47,8 +47,9 @@ COLUMNS = (
     "path_alphas",
     "path_scores",
 )
-OPTIONAL_COLUMNS = ("regions",)  # older runs wrote no regions column
+OPTIONAL_COLUMNS = ("regions", "content_sha256")  # older runs wrote neither
 EXAMPLE_COLUMNS = ("image_uri", "mask_uri", "overlay_uri", "target_score", "predicted_label")
+OPTIONAL_EXAMPLE_COLUMNS = ("content_sha256",)  # checks an original is the image attributed
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,11 @@ class Example:
     overlay_uri: str | None
     target_score: float | None
     predicted_label: str | None
+    content_sha256: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.top5_share, self.image_uri)
+        return (self.top5_share, self.image_uri or "")
 
 
 @dataclass
@@ -187,7 +189,9 @@ def _floats(array) -> np.ndarray:
 
 def _add_batch(run: Run, batch) -> None:
     """Fold one record batch of summaries into ``run``."""
-    classes = np.asarray(batch.column("target_class").to_numpy(zero_copy_only=False), np.int64)
+    classes = np.asarray(  # a row without a class (never written so) counts under -1
+        pc.fill_null(batch.column("target_class"), -1).to_numpy(zero_copy_only=False), np.int64
+    )
     ids, codes = np.unique(classes, return_inverse=True)
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.searchsorted(codes[order], np.arange(1, ids.size)))
@@ -338,7 +342,8 @@ def _add_examples(
     stats: list[ClassStats], groups: list[np.ndarray], top5: np.ndarray, batch
 ) -> None:
     """Keep each class's EXAMPLES most and least concentrated rows (by top5_share)."""
-    columns = {name: batch.column(name) for name in EXAMPLE_COLUMNS}
+    present = [c for c in OPTIONAL_EXAMPLE_COLUMNS if c in batch.schema.names]
+    columns = {name: batch.column(name) for name in (*EXAMPLE_COLUMNS, *present)}
     for s, rows in zip(stats, groups):
         rows = rows[np.isfinite(top5[rows])]
         if not rows.size:
@@ -346,8 +351,7 @@ def _add_examples(
         rows = rows[np.argsort(top5[rows], kind="stable")]
         picked = sorted({int(r) for r in (*rows[:EXAMPLES], *rows[-EXAMPLES:])})
         new = [
-            Example(float(top5[r]), *(columns[c][r].as_py() for c in EXAMPLE_COLUMNS))
-            for r in picked
+            Example(float(top5[r]), **{c: columns[c][r].as_py() for c in columns}) for r in picked
         ]
         s.most = sorted([*s.most, *new], key=lambda e: e.key, reverse=True)[:EXAMPLES]
         s.least = sorted([*s.least, *new], key=lambda e: e.key)[:EXAMPLES]
