@@ -143,3 +143,22 @@ def gap_histogram(gaps: np.ndarray) -> bytes:
     axes.set_ylabel("rows")
     _counts_axis(axes)
     return _figure_png(figure)
+
+
+def strategy_map_png(grid, vmax: float, box=None) -> bytes:
+    """A strategy's mean layout (a flat row-major square grid) as a heatmap, with its hotspot
+    box (x0, y0, x1, y1 as fractions of the model input) outlined in cyan."""
+    from PIL import ImageDraw
+
+    values = np.asarray(grid, np.float64)
+    cells = int(round(values.size**0.5))
+    image = Image.open(io.BytesIO(heatmap_png(values.reshape(cells, cells), vmax)))
+    if box is not None:
+        width, height = image.size
+        x0, y0, x1, y1 = (round(v * s) for v, s in zip(box, (width, height, width, height)))
+        ImageDraw.Draw(image).rectangle(
+            (x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=(0, 229, 255), width=2
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
