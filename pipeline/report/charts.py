@@ -162,3 +162,23 @@ def strategy_map_png(grid, vmax: float, box=None) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+MAX_PICTURE_PIXELS = 64_000_000  # a picture claiming more pixels is not decoded
+PICTURE_BUDGET = 12_000  # bytes a picture may take in a page before it is shrunk
+
+
+def compact(data: bytes, mime: str, side: int, budget: int = PICTURE_BUDGET) -> tuple[bytes, str]:
+    """A picture for a page: ``(data, mime)`` as is when it takes at most ``budget`` bytes,
+    else decoded, shrunk to at most ``side`` pixels a side and saved as JPEG (quality 80),
+    so a page of hundreds of ImageNet-size overlays stays a few MB."""
+    if len(data) <= budget:
+        return data, mime
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > MAX_PICTURE_PIXELS:
+            raise ValueError(f"{image.width} x {image.height} pixels is too large to draw")
+        image = image.convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue(), "image/jpeg"

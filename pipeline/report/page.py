@@ -299,17 +299,15 @@ def _example(run: Run, e: Example, size: tuple[int, int] | None) -> dict:
             raise ValueError("the manifest has no model input size")
         return _original_jpeg(run, e.image_uri, size), "image/jpeg"
 
+    def artifact(uri, folder):  # shrunk when large: 24 classes x 4 examples stay a few MB
+        from pipeline.report import charts
+
+        return charts.compact(_artifact(run, uri, folder), "image/png", shown)
+
     pictures = [
         picture(original, "original", shown, pixelated),
-        picture(
-            lambda: (_artifact(run, e.mask_uri, "masks"), "image/png"), "mask", shown, pixelated
-        ),
-        picture(
-            lambda: (_artifact(run, e.overlay_uri, "overlays"), "image/png"),
-            "overlay",
-            shown,
-            pixelated,
-        ),
+        picture(lambda: artifact(e.mask_uri, "masks"), "mask", shown, pixelated),
+        picture(lambda: artifact(e.overlay_uri, "overlays"), "overlay", shown, pixelated),
     ]
     return {
         "pictures": pictures,

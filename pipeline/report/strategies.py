@@ -18,7 +18,6 @@ one plain file name, through the report's artifact reader.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ MIN_RATIO = 2.0
 MIN_CONCENTRATION = 4.0
 PROTOTYPES = 3  # prototype overlays shown per strategy
 THUMBNAIL = 112  # largest side of a prototype overlay in the page, pixels
-MAX_THUMBNAIL_PIXELS = 64_000_000  # an overlay claiming more pixels is not decoded
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # an image id is one plain file name
 
 
@@ -339,20 +337,13 @@ def strategy_findings(run: Run) -> list[str]:
 
 
 def _thumbnail(run: Run, image_id: str) -> tuple[bytes, str]:
-    """The prototype's overlay, ``DIR/overlays/<image_id>.png``, shrunk to THUMBNAIL px."""
-    from PIL import Image
+    """The prototype's overlay, ``DIR/overlays/<image_id>.png``, at most THUMBNAIL px."""
+    from pipeline.report import charts
 
     if not SAFE_ID.fullmatch(image_id):
         raise ValueError("the image id is not a plain file name; not read")
     data = _artifact(run, f"{run.output_dir}/overlays/{image_id}.png", "overlays")
-    with Image.open(io.BytesIO(data)) as image:
-        if image.width * image.height > MAX_THUMBNAIL_PIXELS:
-            raise ValueError(f"{image.width} x {image.height} pixels is too large to draw")
-        image = image.convert("RGB")
-        image.thumbnail((THUMBNAIL, THUMBNAIL))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=85)
-    return buffer.getvalue(), "image/jpeg"
+    return charts.compact(data, "image/png", THUMBNAIL, budget=0)
 
 
 def _numbers(s: Strategy) -> list[tuple[str, object]]:
