@@ -23,6 +23,25 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def job_argv(data: str, saved_model, output_dir: str, *flags: str) -> list[str]:
+    """The demo job over the held-out images in ``data``; its folder is rewritten on every
+    `make demo` (--overwrite)."""
+    return [
+        "--config",
+        os.path.join(REPO, "configs", "demo.yaml"),
+        "--input_pattern",
+        os.path.join(data, "images", "*.png"),
+        "--output_dir",
+        output_dir,
+        "--model",
+        str(saved_model),
+        "--labels",
+        os.path.join(data, "labels.txt"),
+        "--overwrite",
+        *flags,
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo",
@@ -60,22 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         os.path.join(data, "regions.csv"), os.path.join(data, "regions-with-control.csv")
     )
     code = run.main(
-        [
-            "--config",
-            os.path.join(REPO, "configs", "demo.yaml"),
-            "--input_pattern",
-            os.path.join(data, "images", "*.png"),
-            "--output_dir",
-            args.output_dir,
-            "--model",
-            str(saved_model),
-            "--labels",
-            os.path.join(data, "labels.txt"),
-            "--regions",
-            str(regions),
-            "--overwrite",  # the demo's folder is rewritten on every `make demo`
-            *pipeline_args,
-        ]
+        job_argv(data, saved_model, args.output_dir, "--regions", str(regions), *pipeline_args)
     )
     if code != 0:
         return code
@@ -103,23 +107,15 @@ def without_boxes(args, data: str, saved_model, pipeline_args: list[str]) -> int
 
     started = time.monotonic()
     code = run.main(
-        [
-            "--config",
-            os.path.join(REPO, "configs", "demo.yaml"),
-            "--input_pattern",
-            os.path.join(data, "images", "*.png"),
-            "--output_dir",
+        job_argv(
+            data,
+            saved_model,
             args.strategies_output_dir,
-            "--model",
-            str(saved_model),
-            "--labels",
-            os.path.join(data, "labels.txt"),
             "--write_raw=false",  # the strategies need the grid column only
             "--faithfulness",
             "none",
-            "--overwrite",
             *pipeline_args,
-        ]
+        )
     )
     if code != 0:
         return code
