@@ -278,6 +278,13 @@ def test_report_classes_option(run_dir):
     section = re.search(r'<section id="strategies">(.*?)</section>', page, re.S).group(1)
     assert section.count("<h3>class <code>") == 1  # triangle drawn, circle in the table
     assert "Other clustered classes" in section and "<code>circle</code>" in section
+    # the job's --report_classes, recorded in the manifest, is the default
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["config"]["report_classes"] = 2
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    assert (
+        "Showing the 2 classes ranked first" in Path(report.write_report(str(run_dir))).read_text()
+    )
 
 
 @pytest.mark.skipif(
@@ -305,3 +312,14 @@ def test_a_thousand_class_report_opens_in_chromium(tmp_path):
     assert len(drawn) == 24 and {int(c) for c in drawn} <= set(planted)  # the flagged ones
     rest = section[section.index("Other clustered classes") :]
     assert rest.count("<tr>") == 1 + 1000 - 24  # the rest: a header and one row each
+
+
+def test_the_job_refuses_a_bad_report_classes_before_any_work():
+    from pipeline import options
+    from pipeline.launch import UsageError
+
+    argv = ["--input_pattern", "x", "--output_dir", "o", "--model", "m"]
+    assert options.parse(argv)[0].report_classes == 24
+    assert options.parse([*argv, "--report_classes", "5"])[0].report_classes == 5
+    with pytest.raises(UsageError, match=r"--report_classes must be >= 1, got 0"):
+        options.parse([*argv, "--report_classes", "0"])
