@@ -323,3 +323,9 @@ def test_the_job_refuses_a_bad_report_classes_before_any_work():
     assert options.parse([*argv, "--report_classes", "5"])[0].report_classes == 5
     with pytest.raises(UsageError, match=r"--report_classes must be >= 1, got 0"):
         options.parse([*argv, "--report_classes", "0"])
+
+
+def test_the_control_score_column_is_used_when_the_run_has_it():
+    s = strategy(target_mean_score=0.9, ablation_score=0.4, control_drop=0.1)
+    assert s.control_after == pytest.approx(0.8)  # before - control_drop
+    assert strategy(target_mean_score=0.9, control_score=0.75).control_after == 0.75

@@ -44,7 +44,7 @@ COLUMNS = (  # the contract's columns (DESIGN.md); any of them may be missing in
     "control_drop",
     "prototypes",
 )
-OPTIONAL = ("control_box", "ablation_n", "target_mean_score")
+OPTIONAL = ("control_box", "ablation_n", "target_mean_score", "control_score")
 # A strategy is flagged (a finding) when all three hold: removing its hotspot box lowers the
 # target score by MIN_EXCESS more than the control box does (in --score units: probability by
 # default), by at least MIN_RATIO times the control's drop, and the box holds MIN_CONCENTRATION
@@ -78,6 +78,7 @@ class Strategy:
     control_box: tuple[float, float, float, float] | None = None
     ablation_n: int | None = None
     target_mean_score: float | None = None
+    control_score: float | None = None  # mean target score with the control box removed
 
     @property
     def concentration(self) -> float | None:
@@ -94,6 +95,14 @@ class Strategy:
         if self.ablation_score is None or self.ablation_drop is None:
             return None
         return self.ablation_score + self.ablation_drop
+
+    @property
+    def control_after(self) -> float | None:
+        """Mean target score of the ablated members with the control box removed."""
+        if self.control_score is not None:
+            return self.control_score
+        before = self.score_before
+        return None if before is None or self.control_drop is None else before - self.control_drop
 
     @property
     def suspicion(self) -> float | None:
@@ -209,6 +218,7 @@ def _strategy(row: dict) -> Strategy | None:
         control_box=_box(row.get("control_box")),
         ablation_n=_int(row.get("ablation_n")),
         target_mean_score=_float(row.get("target_mean_score")),
+        control_score=_float(row.get("control_score")),
     )
 
 
@@ -305,14 +315,12 @@ def finding(s: Strategy, unit: str = "rows") -> str:
     box = s.hotspot_box
     where = f" ({place(box)})" if box is not None else ""
     before = s.score_before
-    control_before = before
     text = (
         f"class `{s.label}`: {share} of its {unit} follow strategy {s.strategy}, which puts "
         f"{_share(s.mass)} of its attribution on {_share(s.area)} of the image{where}; "
         f"removing that box lowers `{s.label}` from {_score(before)} to "
-        f"{_score(s.ablation_score)}, against {_score(control_before)} -> "
-        f"{_score(None if control_before is None else control_before - s.control_drop)} for a "
-        f"box of the same size elsewhere ({certainty(s)})"
+        f"{_score(s.ablation_score)}, against {_score(before)} -> {_score(s.control_after)} "
+        f"for a box of the same size elsewhere ({certainty(s)})"
     )
     shown = ", ".join(f"`{p}`" for p in s.prototypes[:PROTOTYPES])
     advice = f": look at its prototypes ({shown})" if shown else ""
@@ -348,7 +356,6 @@ def _thumbnail(run: Run, image_id: str) -> tuple[bytes, str]:
 
 def _numbers(s: Strategy) -> list[tuple[str, object]]:
     concentration = s.concentration
-    control_before = s.score_before
     return [
         ("rows", s.rows),
         ("share of the class", _share(s.share) if s.share is not None else None),
@@ -368,9 +375,9 @@ def _numbers(s: Strategy) -> list[tuple[str, object]]:
         ),
         (
             "control box removed",
-            f"{_score(control_before)} -> {_score(control_before - s.control_drop)}"
-            if s.control_drop is not None and control_before is not None
-            else (f"drop {s.control_drop:.2f}" if s.control_drop is not None else None),
+            f"{_score(s.score_before)} -> {_score(s.control_after)}"
+            if s.control_after is not None
+            else None,
         ),
         ("members ablated", s.ablation_n),
         ("suspicion", f"{s.suspicion:.3f}" if s.suspicion is not None else None),
