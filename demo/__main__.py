@@ -120,11 +120,14 @@ def without_boxes(args, data: str, saved_model, pipeline_args: list[str]) -> int
     if code != 0:
         return code
     found = report.read_run(args.strategies_output_dir)
-    print(f"\nno boxes given: the strategy stage ran in {time.monotonic() - started:.0f} s.")
+    print(f"\nno boxes given: the run took {time.monotonic() - started:.0f} s.")
     cue = next((c for c, s in found.classes.items() if s.label == dataset.CUE_CLASS), None)
     worst = strategies.of(found).worst(cue) if cue is not None else None
     if not strategies.of(found).ran:
-        print("  - the strategy stage did not run (--strategies none?): nothing to show")
+        print(
+            "  - the strategy stage did not run (no strategies/ folder: --strategies none, "
+            "or a version of the job without the stage): nothing to show"
+        )
         return 0
     if worst is None:
         print(f"  - `{dataset.CUE_CLASS}` was not clustered (no strategies/ rows for it)")
