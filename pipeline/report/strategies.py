@@ -51,7 +51,7 @@ OPTIONAL = ("control_box", "ablation_n", "target_mean_score", "control_score")
 # times the attribution its area would hold if the mass were spread evenly.
 MIN_EXCESS = 0.1
 MIN_RATIO = 2.0
-MIN_CONCENTRATION = 4.0
+MIN_CONCENTRATION = 3.0
 PROTOTYPES = 3  # prototype overlays shown per strategy
 THUMBNAIL = 112  # largest side of a prototype overlay in the page, pixels
 SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,200}")  # an image id is one plain file name
