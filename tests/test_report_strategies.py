@@ -329,3 +329,11 @@ def test_the_control_score_column_is_used_when_the_run_has_it():
     s = strategy(target_mean_score=0.9, ablation_score=0.4, control_drop=0.1)
     assert s.control_after == pytest.approx(0.8)  # before - control_drop
     assert strategy(target_mean_score=0.9, control_score=0.75).control_after == 0.75
+
+
+def test_a_flagged_strategy_is_the_worst_even_below_an_unflagged_ones_suspicion():
+    unflagged = strategy(strategy=0, mass=0.029, ablation_drop=0.9, control_drop=0.0)
+    flagged = strategy(strategy=1, share=0.1, mass=0.04, ablation_drop=0.3, control_drop=0.0)
+    assert unflagged.suspicion > flagged.suspicion and flagged.suspicious
+    found = st.Strategies(ran=True, classes={0: [unflagged, flagged]})
+    assert found.worst(0) is flagged

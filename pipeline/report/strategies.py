@@ -150,14 +150,14 @@ class Strategies:
     classes: dict[int, list[Strategy]] = field(default_factory=dict)
 
     def worst(self, class_id: int) -> Strategy | None:
-        """The class's most suspicious strategy (ranked by ``class_key``)."""
+        """The class's most suspicious strategy: flagged ones first, then by suspicion."""
         found = self.classes.get(class_id) or []
         return min(found, key=_strategy_key) if found else None
 
 
 def _strategy_key(s: Strategy) -> tuple:
     value = s.suspicion
-    return (value is None, -(value or 0.0), -(s.share or 0.0), s.strategy)
+    return (not s.suspicious, value is None, -(value or 0.0), -(s.share or 0.0), s.strategy)
 
 
 # ------------------------------------------------------------------------------- reading
