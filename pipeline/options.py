@@ -93,6 +93,13 @@ class AttributionOptions(PipelineOptions):
             action="store_true",
             help="Do not write DIR/report.html at the end of the run.",
         )
+        add(
+            "--report_classes",
+            type=int,
+            default=24,
+            help="Classes the report's per-class sections draw, those with the most "
+            "suspicious strategies first; the rest are listed in tables.",
+        )
         option("jit_compile")
         option("precision")
         add(
@@ -411,6 +418,8 @@ def validate(o: argparse.Namespace) -> None:
             "--overwrite and --resume exclude each other: --resume finishes the "
             "interrupted run in --output_dir, --overwrite starts it again"
         )
+    if o.report_classes < 1:
+        raise UsageError(f"--report_classes must be >= 1, got {o.report_classes}")
     if o.max_file_bytes < 1:
         raise UsageError(f"--max_file_bytes must be >= 1, got {o.max_file_bytes}")
     if not o.lock_timeout > 0:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from benchmarks.report_scale import STRATEGY_SCHEMA  # DIR/strategies' columns
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA
 
 CLASSES = ("circle", "square", "triangle")
@@ -151,3 +152,36 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 def error(uri: str, kind: str = "UnsupportedFormat") -> dict:
     return {"image_uri": uri, "stage": "decode", "error_type": kind, "message": f"bad {uri}"}
+
+
+def strategy_row(class_id: int, strategy: int, **values) -> dict:
+    """A benign strategy of ``class_id`` (attribution spread over a quarter of the image, whose
+    removal costs little more than the control's); ``values`` override any column."""
+    grid = np.full(CELLS * CELLS, 1.0 / CELLS**2)
+    row = {
+        "target_class": class_id,
+        "target_label": CLASSES[class_id],
+        "strategy": strategy,
+        "rows": ROWS_PER_CLASS,
+        "share": 1.0,
+        "eigengap": 0.5,
+        "mean_grid": grid.tolist(),
+        "hotspot_box": [0.25, 0.25, 0.75, 0.75],
+        "hotspot_area_fraction": 0.25,
+        "hotspot_mass_fraction": 0.4,
+        "ablation_score": 0.75,
+        "ablation_drop": 0.15,
+        "control_drop": 0.1,
+        "prototypes": [f"{CLASSES[class_id]}{i}" for i in range(3)],
+        "control_box": [0.0, 0.5, 0.5, 1.0],
+        "ablation_n": ROWS_PER_CLASS,
+        "target_mean_score": 0.9,
+    }
+    row.update(values)
+    return row
+
+
+def write_strategies(folder: Path, rows: list[dict], schema: pa.Schema = STRATEGY_SCHEMA) -> None:
+    """``rows`` as DIR/strategies/part-00000-of-00001.parquet (``schema`` may drop columns)."""
+    rows = [{k: v for k, v in r.items() if k in schema.names} for r in rows]
+    write_parquet(folder / "strategies" / "part-00000-of-00001.parquet", rows, schema)

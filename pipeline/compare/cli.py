@@ -45,6 +45,14 @@ def parser() -> argparse.ArgumentParser:
         + ", ".join(METRICS),
     )
     p.add_argument(
+        "--max_strategy_shift",
+        type=float,
+        default=None,
+        help="Exit 1 when a class's strategy shares moved more than this (0-1: the share of "
+        "its rows that changed strategy) or a class gained a suspicious strategy; runs need "
+        "DIR/strategies (python -m pipeline --strategies auto).",
+    )
+    p.add_argument(
         "--top", type=int, default=TOP_IMAGES, help="Most changed images shown in drift.html."
     )
     return p
@@ -67,19 +75,22 @@ def run(argv: list[str]) -> dict:
     args, beam_args = parser().parse_known_args(argv)
     for text in args.fail_on:  # refuse a bad threshold before any work
         parse_threshold(text)
+    if args.max_strategy_shift is not None and not 0 <= args.max_strategy_shift <= 1:
+        raise UsageError(f"--max_strategy_shift must be in [0, 1], got {args.max_strategy_shift}")
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.compare import graph, page, summary
+    from pipeline.compare import graph, page, strategies, summary
     from pipeline.folder import delete_tree, make_dirs
     from pipeline.launch import ship_package
     from transforms.files import absolute, publish, read_manifest, read_parquet
 
     out = absolute(args.output_dir)
-    runs, records = {}, {}
+    runs, records, manifests = {}, {}, {}
     for name, folder in (("a", absolute(args.run_a)), ("b", absolute(args.run_b))):
         runs[name] = (folder, graph.summary_columns(folder))
-        records[name] = _run_record(folder, read_manifest(folder))
+        manifests[name] = read_manifest(folder)
+        records[name] = _run_record(folder, manifests[name])
     options = PipelineOptions(beam_args)
     ship_package(options)
     try:
@@ -108,7 +119,11 @@ def run(argv: list[str]) -> dict:
     drift = read_parquet(out, "drift")
     unmatched = read_parquet(out, "unmatched")
     metrics, classes = summary.summarize(drift, unmatched)
-    thresholds = check(metrics, args.fail_on)
+    strategy_drift = strategies.drift(
+        runs["a"][0], runs["b"][0], manifests, args.max_strategy_shift
+    )
+    metrics.update(strategy_drift["metrics"])
+    thresholds = check(metrics, args.fail_on + strategies.gate(args.max_strategy_shift))
     iou_sources = drift.column("iou_source").to_pylist() if drift.num_rows else []
     result = {
         "output_dir": out,
@@ -118,6 +133,8 @@ def run(argv: list[str]) -> dict:
         "iou_sources": {s: iou_sources.count(s) for s in ("raw", "grid")},
         "thresholds": thresholds,
         "passed": not any(t["violated"] for t in thresholds),
+        "strategies": strategy_drift,
+        "max_strategy_shift": args.max_strategy_shift,
     }
     publish(
         f"{out}/drift_summary.json", json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
@@ -154,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         f"prediction, median grid correlation {_show(m['median_grid_correlation'])}, median "
         f"top-5% IoU {_show(m['median_top5_iou'])}. Report: {out}/drift.html"
     )
+    if m.get("strategy_classes_compared") is not None:
+        flagged = [c for c in result["strategies"]["classes"] if c["flagged"]]
+        print(
+            f"strategies: {m['strategy_classes_compared']} classes compared, largest shift "
+            f"{_show(m['max_strategy_shift'])}, {m['new_suspicious_strategies']} new suspicious; "
+            f"flagged: {', '.join(c['label'] for c in flagged[:10]) or 'none'}"
+        )
     violated = [t for t in result["thresholds"] if t["violated"]]
     for t in violated:
         print(

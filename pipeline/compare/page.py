@@ -71,6 +71,42 @@ def classes_section(drift: dict) -> dict:
     }
 
 
+@SECTIONS.add("strategies", "Strategies", "Strategy drift per class")
+def strategies_section(drift: dict) -> dict:
+    from pipeline.compare.strategies import TABLE_ROWS
+
+    found = drift["summary"].get("strategies") or {}
+    ran = found.get("ran") or {}
+    classes = found.get("classes") or []
+
+    def pairs(c):
+        return "; ".join(
+            f"{p['a']} -> {p['b']} (cos {p['cosine']:.2f}, "
+            f"{(p['share_a'] or 0):.0%} -> {(p['share_b'] or 0):.0%})"
+            for p in c["pairs"]
+        )
+
+    return {
+        "ran": ran,
+        "threshold": drift["summary"].get("max_strategy_shift"),
+        "rows": [
+            [
+                c["class"],
+                c["label"],
+                f"{c['strategies_a']} -> {c['strategies_b']}",
+                c["shift"],
+                ", ".join(str(n) for n in c["new_suspicious"]) or None,
+                "FLAGGED" if c["flagged"] else "",
+                pairs(c) or None,
+                ", ".join(str(n) for n in c["gone"]) or None,
+                ", ".join(str(n) for n in c["new"]) or None,
+            ]
+            for c in classes[:TABLE_ROWS]
+        ],
+        "more": max(0, len(classes) - TABLE_ROWS),
+    }
+
+
 @SECTIONS.add("changed", "Most changed", "Most changed images (before | after)")
 def changed_section(drift: dict) -> dict:
     runs = drift["summary"]["runs"]

@@ -10,6 +10,8 @@ Modules, in the order the work flows:
 - ``templating``: the Jinja2 page shell shared by every page (the report, the comparison, ...),
   and how to add a section: a template plus a data function;
 - ``page``: the report's sections and ``write_report``;
+- ``strategies``: the Strategies section (``DIR/strategies``), the suspicion ranking the
+  per-class sections follow (``--report_classes``) and a finding per suspicious strategy;
 - ``methods``: the page putting several runs (methods) side by side, ``write_methods``;
 - ``cli``: the command line (it imports nothing heavy before the arguments are parsed).
 

@@ -149,3 +149,42 @@ def gap_histogram(gaps: np.ndarray) -> bytes:
     axes.set_ylabel("rows")
     _counts_axis(axes)
     return _figure_png(figure)
+
+
+def strategy_map_png(grid, vmax: float, box=None) -> bytes:
+    """A strategy's mean layout (a flat row-major square grid) as a heatmap, with its hotspot
+    box (x0, y0, x1, y1 as fractions of the model input) outlined in cyan."""
+    from PIL import ImageDraw
+
+    values = np.asarray(grid, np.float64)
+    cells = int(round(values.size**0.5))
+    image = Image.open(io.BytesIO(heatmap_png(values.reshape(cells, cells), vmax)))
+    if box is not None:
+        width, height = image.size
+        x0, y0, x1, y1 = (round(v * s) for v, s in zip(box, (width, height, width, height)))
+        ImageDraw.Draw(image).rectangle(
+            (x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=(0, 229, 255), width=2
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+MAX_PICTURE_PIXELS = 64_000_000  # a picture claiming more pixels is not decoded
+PICTURE_BUDGET = 12_000  # bytes a picture may take in a page before it is shrunk
+
+
+def compact(data: bytes, mime: str, side: int, budget: int = PICTURE_BUDGET) -> tuple[bytes, str]:
+    """A picture for a page: ``(data, mime)`` as is when it takes at most ``budget`` bytes,
+    else decoded, shrunk to at most ``side`` pixels a side and saved as JPEG (quality 80),
+    so a page of hundreds of ImageNet-size overlays stays a few MB."""
+    if len(data) <= budget:
+        return data, mime
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > MAX_PICTURE_PIXELS:
+            raise ValueError(f"{image.width} x {image.height} pixels is too large to draw")
+        image = image.convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue(), "image/jpeg"

@@ -20,6 +20,13 @@ def parser() -> argparse.ArgumentParser:
         default="methods.html",
         help="with several DIRs: where the side-by-side page is written",
     )
+    p.add_argument(
+        "--report_classes",
+        type=int,
+        default=None,
+        help="classes the per-class sections draw, most suspicious strategies first "
+        "(default: the run's --report_classes, 24)",
+    )
     return p
 
 
@@ -36,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.report_classes is not None and args.report_classes < 1:
+        print(f"error: --report_classes must be >= 1, got {args.report_classes}", file=sys.stderr)
+        return 2
     from pipeline.report.methods import write_methods
     from pipeline.report.page import write_report
     from transforms.files import OutputWriteError, RunFolderError
@@ -44,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.output_dir) > 1:
             path = write_methods(args.output_dir, args.output)
         else:
-            path = write_report(args.output_dir[0])
+            path = write_report(args.output_dir[0], args.report_classes)
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

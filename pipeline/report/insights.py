@@ -53,13 +53,16 @@ def shortcuts(run: Run) -> list[Shortcut]:
 
 def findings(run: Run) -> list[str]:
     """Plain-text findings the data supports, most important first; `x` marks names.
-    Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation."""
+    Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation; a
+    suspicious strategy (pipeline/report/strategies.py) is one finding each."""
     from pipeline import evidence
+    from pipeline.report.strategies import strategy_findings
 
     table = evidence.read_summaries(run.output_dir, evidence.COLUMNS)
     failed, held = evidence.split_findings(table)
     return [
         *failed,
+        *strategy_findings(run),
         *_shortcut_findings(run, table),
         *held,
         *_region_findings(run),

@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from pipeline.report.insights import findings, shortcuts
-from pipeline.report.read import ALPHAS, MAX_CLASSES, TABLE_ROWS, Example, Run, read_run
+from pipeline.report.read import ALPHAS, REPORT_CLASSES, TABLE_ROWS, Example, Run, read_run
 from pipeline.report.templating import Sections, data_uri, pct, picture, render_page
 from transforms.files import publish
 
@@ -185,7 +185,7 @@ def saturation_section(run: Run) -> dict:
         "caption": caption,
         "legend": legend,
         "hidden": _hidden(run),
-        "shown": MAX_CLASSES,
+        "shown": run.report_classes,
     }
 
 
@@ -212,7 +212,7 @@ def heatmaps_section(run: Run) -> dict:
         "classes": _classes_table(run),
         "tiles": [],
         "hidden": _hidden(run),
-        "shown": MAX_CLASSES,
+        "shown": run.report_classes,
     }
     if not shown:
         return data
@@ -261,7 +261,7 @@ def regions_section(run: Run) -> dict:
                 ],
             )
         )
-    return {"names": names, "rows": rows, "hidden": _hidden(run), "shown": MAX_CLASSES}
+    return {"names": names, "rows": rows, "hidden": _hidden(run), "shown": run.report_classes}
 
 
 def _artifact(run: Run, uri: str | None, folder: str) -> bytes:
@@ -299,17 +299,15 @@ def _example(run: Run, e: Example, size: tuple[int, int] | None, originals: dict
             raise ValueError("the manifest has no model input size")
         return _original_jpeg(run, originals[e.image_uri], size), "image/jpeg"
 
+    def artifact(uri, folder):  # shrunk when large: 24 classes x 4 examples stay a few MB
+        from pipeline.report import charts
+
+        return charts.compact(_artifact(run, uri, folder), "image/png", shown)
+
     pictures = [
         picture(original, "original", shown, pixelated),
-        picture(
-            lambda: (_artifact(run, e.mask_uri, "masks"), "image/png"), "mask", shown, pixelated
-        ),
-        picture(
-            lambda: (_artifact(run, e.overlay_uri, "overlays"), "image/png"),
-            "overlay",
-            shown,
-            pixelated,
-        ),
+        picture(lambda: artifact(e.mask_uri, "masks"), "mask", shown, pixelated),
+        picture(lambda: artifact(e.overlay_uri, "overlays"), "overlay", shown, pixelated),
     ]
     return {
         "pictures": pictures,
@@ -347,7 +345,7 @@ def examples_section(run: Run) -> dict:
             if examples
         ]
         classes.append({"label": s.label, "rows": s.rows, "columns": columns})
-    return {"classes": classes, "hidden": _hidden(run), "shown": MAX_CLASSES}
+    return {"classes": classes, "hidden": _hidden(run), "shown": run.report_classes}
 
 
 def render(run: Run) -> str:
@@ -362,13 +360,15 @@ def render(run: Run) -> str:
     )
 
 
-def write_report(output_dir: str) -> str:
-    """Write ``output_dir/report.html`` (replacing any) and return its path."""
+def write_report(output_dir: str, report_classes: int | None = None) -> str:
+    """Write ``output_dir/report.html`` (replacing any) and return its path. The per-class
+    sections draw ``report_classes`` classes (default: the run's --report_classes)."""
     run = read_run(output_dir)
+    run.report_classes = report_classes or run.config("report_classes") or REPORT_CLASSES
     path = f"{run.output_dir}/{REPORT_NAME}"
     publish(path, render(run).encode("utf-8"))
     return path
 
 
-# registers the sections defined in their own modules (issues 14 and 11)
-from pipeline.report import confusion, faithfulness  # noqa: E402, F401
+# registers the sections defined in their own modules (issues 14, 11 and 21)
+from pipeline.report import confusion, faithfulness, strategies  # noqa: E402, F401

@@ -24,7 +24,8 @@ from transforms.files import (
 
 ReportError = RunFolderError  # the folder cannot be reported on
 ALPHAS = np.linspace(0.0, 1.0, 101)  # common grid the saturation curves are averaged on
-MAX_CLASSES = 12  # classes drawn (those with the most rows); tables list more
+MAX_CLASSES = 12  # classes the methods page and the confusion view draw
+REPORT_CLASSES = 24  # classes the report draws (--report_classes), most suspicious first
 EXAMPLES = 2  # most and least concentrated images shown per class
 TABLE_ROWS = 200  # rows shown in the errors and classes tables
 BATCH_ROWS = 65_536
@@ -128,14 +129,19 @@ class Run:
     errors: list[dict] = field(default_factory=list)  # the first TABLE_ROWS
     error_count: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
+    report_classes: int = REPORT_CLASSES  # classes the per-class sections draw
+    strategies: object = None  # pipeline.report.strategies.Strategies, read on first use
 
     def config(self, key: str, default=None):
         return (self.manifest.get("config") or {}).get(key, default)
 
     def shown_classes(self) -> list[int]:
-        """The MAX_CLASSES classes with the most rows (ties: lower class id first)."""
-        ordered = sorted(self.classes, key=lambda c: (-self.classes[c].rows, c))
-        return ordered[:MAX_CLASSES]
+        """The ``report_classes`` classes with rows ranked first: those with the most
+        suspicious strategies (``pipeline.report.strategies``), then those with the most rows
+        (ties: lower class id first)."""
+        from pipeline.report.strategies import ranked_classes
+
+        return [c for c in ranked_classes(self) if c in self.classes][: self.report_classes]
 
     def region_names(self) -> list[str]:
         return sorted({name for s in self.classes.values() for name in s.region_rows})
