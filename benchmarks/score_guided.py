@@ -1,0 +1,152 @@
+"""Issue 23: ``--method score_guided`` against the adaptive rules it should beat, per model.
+
+    python -m benchmarks.score_guided            # full: more images and repeats, two levels
+    python -m benchmarks.score_guided --quick    # a few minutes: 1% only, fewer images
+
+For each model (the demo's trained model, the MobileNetV2-shaped one: ``benchmarks.models``)
+the same images (``benchmarks.worker.prepare``: |F(x) - F(black)| >= 0.1, predicted class)
+go through the engine with each adaptive rule at the same tolerance: trapezoid 17 -> 257,
+Gauss-Legendre 16 -> 256 and score_guided 16 -> 256 (its base rule, placed by a 15-row
+forward scan). Per rule: gradient rows and forward rows per row, the relative completeness
+error recomputed from the attributions (median, p95, max), images/s (the scan included).
+The rules' timed passes are interleaved (round robin, a fresh engine warmed up on a held-out
+image each time) and the median taken, so the machine's load drifts over all of them alike;
+the load average is printed. Writes benchmarks/score_guided.json and prints Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import models, worker
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "score_guided.json")
+RULES = {
+    "trapezoid 17->257": {"method": "riemann_trapezoid", "steps": 17, "max_steps": 257},
+    "GL 16->256": {"method": "gausslegendre", "steps": 16, "max_steps": 256},
+    "score_guided 16->256": {"method": "score_guided", "steps": 16, "max_steps": 256},
+}
+PROFILES = {
+    "quick": {"demo": 16, "mobilenet_v2": 4, "repeats": 1, "levels": (0.01,)},
+    "full": {"demo": 48, "mobilenet_v2": 12, "repeats": 3, "levels": (0.01, 0.05)},
+}
+BATCH = {"demo": 32, "mobilenet_v2": 16}
+
+
+def run_rule(model, images, warmup, rule: dict, tolerance: float, batch_size: int) -> dict:
+    """One timed pass of a fresh engine (warmed up on a held-out image: tracing)."""
+    from attribution.integrated_gradients import IntegratedGradients, Request
+
+    engine = IntegratedGradients(
+        model.fn,
+        image_size=model.image_size,
+        tolerance=tolerance,
+        batch_size=batch_size,
+        **rule,
+    )
+    engine.attribute([Request(-1, warmup, np.zeros_like(warmup))])
+    requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
+    started = time.perf_counter()
+    results = engine.attribute(requests)
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "results": results}
+
+
+def bench_model(name: str, profile: dict, cache_dir: str, work: str) -> dict:
+    info = models.build(name, cache_dir)
+    data = os.path.join(work, f"{name}.npz")
+    worker.prepare({"model": name, "cache_dir": cache_dir, "data": data, "count": profile[name]})
+    model, d = worker._load({"model_path": info.path}), worker._data({"data": data})
+    images, fx, fb = d["bench_images"], d["bench_fx"], d["bench_fb"]
+    out = {"model": info.description, "images": len(images), "levels": {}}
+    for level in profile["levels"]:
+        times = {label: [] for label in RULES}
+        last = {}
+        for _ in range(profile["repeats"]):
+            for label, rule in RULES.items():  # round robin: the load drifts over all alike
+                run = run_rule(model, images, d["warmup"][0], rule, level, BATCH[name])
+                times[label].append(run["seconds"])
+                last[label] = run["results"]
+        rows = {}
+        for label, results in last.items():
+            attributions = np.stack([r.attributions for r in results])
+            if [r.target for r in results] != d["bench_targets"].tolist():
+                raise RuntimeError(f"{label}: targets differ from the prepared ones")
+            errors = worker.relative_errors(attributions, fx, fb)
+            seconds = float(np.median(times[label]))
+            rows[label] = {
+                "gradient_rows_per_row": float(np.mean([r.gradient_evaluations for r in results])),
+                "forward_rows_per_row": float(np.mean([r.forward_evaluations for r in results])),
+                "errors": worker._stats(errors),
+                "converged": int(sum(r.converged for r in results)),
+                "images_per_s": len(images) / seconds,
+                "times": times[label],
+            }
+        out["levels"][str(level)] = rows
+    return out
+
+
+def markdown(results: dict) -> list[str]:
+    lines = [
+        f"Load average at start {results['load_start']}, at end {results['load_end']}; "
+        f"`{results['command']}`.",
+        "",
+        "| model | tolerance | rule | gradient rows / row | forward rows / row | "
+        "p95 (median) relative error | converged | images/s | score_guided's gain |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, model in results["models"].items():
+        for level, rows in model["levels"].items():
+            guided = rows["score_guided 16->256"]
+            for label, row in rows.items():
+                gain = (
+                    ""
+                    if label.startswith("score_guided")
+                    else f"{row['gradient_rows_per_row'] / guided['gradient_rows_per_row']:.2f}x "
+                    f"fewer rows, {guided['images_per_s'] / row['images_per_s']:.2f}x images/s"
+                )
+                lines.append(
+                    f"| {name} ({model['images']} images) | {float(level):.0%} | {label} | "
+                    f"{row['gradient_rows_per_row']:.1f} | {row['forward_rows_per_row']:.0f} | "
+                    f"{row['errors']['p95']:.3%} ({row['errors']['median']:.3%}) | "
+                    f"{row['converged']}/{model['images']} | {row['images_per_s']:.2f} | {gain} |"
+                )
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.score_guided")
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats, 1% only")
+    parser.add_argument("--models", default="demo,mobilenet_v2")
+    parser.add_argument(
+        "--cache_dir",
+        default=os.path.join(tempfile.gettempdir(), "beam-ig-bench-cache"),
+        help="where built models (and the demo's trained model) are kept",
+    )
+    parser.add_argument("--output", default=RESULTS)
+    args = parser.parse_args(argv)
+    worker._quiet()
+    profile = PROFILES["quick" if args.quick else "full"]
+    results = {
+        "command": "python -m benchmarks.score_guided" + (" --quick" if args.quick else ""),
+        "load_start": [round(x, 2) for x in os.getloadavg()],
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="ig-score-guided-") as work:
+        for name in [n.strip() for n in args.models.split(",") if n.strip()]:
+            results["models"][name] = bench_model(name, profile, args.cache_dir, work)
+    results["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    print("\n".join(markdown(results)))
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
