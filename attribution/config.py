@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from attribution.baselines import BASELINES
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
-from attribution.quadrature import METHODS
+from attribution.quadrature import METHODS, SCORE_GUIDED, base
 
 SCORES = ("probability", "logit")
 MODEL_OUTPUTS = ("logits", "probabilities")
@@ -179,8 +179,13 @@ class AttributionConfig:
                     + (" with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
                     + f", got {getattr(self, name)}"
                 )
-        if self.method == "riemann_trapezoid" and self.steps < 2:
-            raise ValueError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
+        if base(self.method) == "riemann_trapezoid" and self.steps < 2:
+            raise ValueError(f"--steps must be >= 2 for {self.method} (it uses both ends)")
+        if self.method == SCORE_GUIDED and self.attribution == "blur_ig":
+            raise ValueError(
+                "--method score_guided places points on straight paths by a scan of their "
+                "scores; blur_ig's path is not one: use another --method with blur_ig"
+            )
         if self.tolerance < 0:
             raise ValueError(
                 f"--tolerance must be >= 0 (0 disables refinement), got {self.tolerance}"

@@ -31,7 +31,7 @@ METHODS = (
     "gausslegendre",
     SCORE_GUIDED,
 )
-GUIDED_BASE = "gausslegendre"  # score_guided's rule in u
+GUIDED_BASE = "riemann_trapezoid"  # score_guided's rule in u: nested, measured best
 SCAN_INTERVALS = 16  # score_guided's scan: alpha = k / 16, the 15 inner points forward rows
 GUIDED_FLOOR = 0.25  # share of the density that is uniform (the curve may move between knots)
 
