@@ -34,15 +34,37 @@ RULES = {
     "score_guided 16->241": {"method": "score_guided", "steps": 16, "max_steps": 256},
 }
 GUIDED = "score_guided 9->257"  # the gains column compares with this one
+# fixed steps (no refinement): the p95 error each rule reaches per gradient rows
+LADDER = {
+    "trapezoid": ("riemann_trapezoid", (17, 33, 65, 129)),
+    "GL": ("gausslegendre", (16, 32, 64, 128)),
+    "score_guided": ("score_guided", (9, 17, 33, 65, 129)),
+}
+# adaptive runs only where the rules reach the levels within 257 points: the random-weight
+# MobileNetV2's paths are too rough for 1% (README: p95 109% at 51 points), so it gets the
+# ladder alone
 PROFILES = {
-    "quick": {"demo": 16, "mobilenet_v2": 4, "repeats": 1, "levels": (0.01,)},
-    "full": {"demo": 48, "mobilenet_v2": 12, "repeats": 3, "levels": (0.01, 0.05)},
+    "quick": {
+        "demo": 16,
+        "mobilenet_v2": 2,
+        "repeats": 1,
+        "levels": {"demo": (0.01,), "mobilenet_v2": ()},
+        "ladder": {"demo": False, "mobilenet_v2": True},
+    },
+    "full": {
+        "demo": 48,
+        "mobilenet_v2": 6,
+        "repeats": 3,
+        "levels": {"demo": (0.01, 0.05), "mobilenet_v2": ()},
+        "ladder": {"demo": True, "mobilenet_v2": True},
+    },
 }
 BATCH = {"demo": 32, "mobilenet_v2": 16}
 
 
-def run_rule(model, images, warmup, rule: dict, tolerance: float, batch_size: int) -> dict:
-    """One timed pass of a fresh engine (warmed up on a held-out image: tracing)."""
+def run_rule(model, images, warmup, rule: dict, tolerance, batch_size: int) -> dict:
+    """One timed pass of a fresh engine (warmed up on the held-out image ``warmup``: tracing;
+    None: untimed, no warm-up)."""
     from attribution.integrated_gradients import IntegratedGradients, Request
 
     engine = IntegratedGradients(
@@ -52,7 +74,8 @@ def run_rule(model, images, warmup, rule: dict, tolerance: float, batch_size: in
         batch_size=batch_size,
         **rule,
     )
-    engine.attribute([Request(-1, warmup, np.zeros_like(warmup))])
+    if warmup is not None:
+        engine.attribute([Request(-1, warmup, np.zeros_like(warmup))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
     started = time.perf_counter()
     results = engine.attribute(requests)
@@ -66,8 +89,18 @@ def bench_model(name: str, profile: dict, cache_dir: str, work: str) -> dict:
     worker.prepare({"model": name, "cache_dir": cache_dir, "data": data, "count": profile[name]})
     model, d = worker._load({"model_path": info.path}), worker._data({"data": data})
     images, fx, fb = d["bench_images"], d["bench_fx"], d["bench_fb"]
-    out = {"model": info.description, "images": len(images), "levels": {}}
-    for level in profile["levels"]:
+    out = {"model": info.description, "images": len(images), "levels": {}, "ladder": {}}
+    if profile["ladder"][name]:
+        for label, (method, ladder) in LADDER.items():
+            out["ladder"][label] = {}
+            for steps in ladder:
+                rule = {"method": method, "steps": steps}
+                run = run_rule(model, images, None, rule, None, BATCH[name])
+                errors = worker.relative_errors(
+                    np.stack([r.attributions for r in run["results"]]), fx, fb
+                )
+                out["ladder"][label][str(steps)] = worker._stats(errors)
+    for level in profile["levels"][name]:
         times = {label: [] for label in RULES}
         last = {}
         for _ in range(profile["repeats"]):
@@ -103,6 +136,7 @@ def markdown(results: dict) -> list[str]:
         "p95 (median) relative error | converged | images/s | score_guided's gain |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    ladders = [(name, m) for name, m in results["models"].items() if m["ladder"]]
     for name, model in results["models"].items():
         for level, rows in model["levels"].items():
             guided = rows[GUIDED]
@@ -119,7 +153,45 @@ def markdown(results: dict) -> list[str]:
                     f"{row['errors']['p95']:.3%} ({row['errors']['median']:.3%}) | "
                     f"{row['converged']}/{model['images']} | {row['images_per_s']:.2f} | {gain} |"
                 )
+    for name, model in ladders:
+        lines += [
+            "",
+            f"Fixed steps, {name} ({model['images']} images): p95 (median) relative "
+            "completeness error per gradient rows a row (score_guided: + 15 forward rows)",
+            "",
+            "| rule | " + " | ".join(f"{label}" for label in model["ladder"]) + " |",
+            "|---|" + "---|" * len(model["ladder"]),
+        ]
+        rungs = sorted({int(s) for ladder in model["ladder"].values() for s in ladder})
+        for steps in rungs:
+            cells = []
+            for ladder in model["ladder"].values():
+                e = ladder.get(str(steps))
+                cells.append(f"{e['p95']:.2%} ({e['median']:.2%})" if e else "")
+            lines.append(f"| {steps} points | " + " | ".join(cells) + " |")
+        lines += ["", *equal_error(model["ladder"])]
     return lines
+
+
+def equal_error(ladders: dict) -> list[str]:
+    """For each rung of the other rules, the fewest score_guided points whose p95 is no
+    higher: the gradient rows ratio at equal p95 error."""
+    guided = sorted((int(s), e["p95"]) for s, e in ladders["score_guided"].items())
+    out = []
+    for label, ladder in ladders.items():
+        if label == "score_guided":
+            continue
+        for steps, e in sorted((int(s), e) for s, e in ladder.items()):
+            match = next((n for n, p95 in guided if p95 <= e["p95"]), None)
+            out.append(
+                f"- {label} {steps} points, p95 {e['p95']:.2%}: "
+                + (
+                    f"score_guided reaches it with {match} ({steps / match:.2f}x fewer rows)"
+                    if match
+                    else "score_guided does not reach it on its ladder"
+                )
+            )
+    return out
 
 
 def main(argv=None) -> int:

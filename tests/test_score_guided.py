@@ -161,6 +161,20 @@ def logistic_ig(x):
     return x * A * SCALE / k * (sigmoid(k + c) - sigmoid(c))
 
 
+def cnn(activation: str, seed: int):
+    """A tiny CNN, 4 classes, as ``fn(images) -> logits``."""
+    tf.keras.utils.set_random_seed(seed)
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((H, W, 3)),
+            tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(4),
+        ]
+    )
+    return lambda x: model(x, training=False)
+
+
 def engine(fn, **kwargs):
     return IntegratedGradients(fn, image_size=(H, W), method=SCORE_GUIDED, **kwargs)
 
@@ -182,16 +196,7 @@ def test_exact_on_the_closed_form_logistic_and_fewer_rows_than_its_base_rule():
 
 
 def test_completeness_holds_on_every_row_and_path_scores_include_the_scan():
-    tf.keras.utils.set_random_seed(1)
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input((H, W, 3)),
-            tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
-            tf.keras.layers.GlobalAveragePooling2D(),
-            tf.keras.layers.Dense(4),
-        ]
-    )
-    fn = lambda x: model(x, training=False)
+    fn = cnn("relu", seed=1)
     xs = images(4, seed=5)
     ig = engine(fn, steps=9, tolerance=0.01, max_steps=257, batch_size=7)
     results = ig.attribute(requests(xs), "topk:2")
@@ -214,16 +219,7 @@ def test_completeness_holds_on_every_row_and_path_scores_include_the_scan():
 
 @pytest.mark.parametrize("batch_size", [1, 5, 64])
 def test_results_do_not_depend_on_call_size_or_the_mix_of_images(batch_size):
-    tf.keras.utils.set_random_seed(5)
-    model = tf.keras.Sequential(
-        [
-            tf.keras.Input((H, W, 3)),
-            tf.keras.layers.Conv2D(8, 3, padding="same", activation="softplus"),
-            tf.keras.layers.GlobalAveragePooling2D(),
-            tf.keras.layers.Dense(5),
-        ]
-    )
-    fn = lambda x: model(x, training=False)
+    fn = cnn("softplus", seed=5)
     xs = images(5, seed=6)
     reference = engine(fn, steps=9, tolerance=None, batch_size=7).attribute(requests(xs))
     together = engine(fn, steps=9, tolerance=None, batch_size=batch_size).attribute(
