@@ -4,13 +4,17 @@ independent CDF, convergence to analytic integrals, the engine against the close
 of a sharp logistic, completeness on every row, batch invariance, no retracing."""
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+from conftest import random_pngs
+from job_argv import job_argv
 
 from attribution import quadrature
 from attribution.config import AttributionConfig
 from attribution.integrated_gradients import IntegratedGradients, Request
 from attribution.quadrature import SCORE_GUIDED, Density, refine, rule
+from pipeline import run as job
 
 H, W = 6, 5
 STEEP, STEP_AT = 200.0, 0.37  # a logistic step at alpha 0.37, width ~1/200
@@ -258,3 +262,17 @@ def test_options_refuse_what_score_guided_cannot_do():
         AttributionConfig(method=SCORE_GUIDED, attribution="blur_ig").validate()
     with pytest.raises(ValueError, match="steps must be >= 2"):
         AttributionConfig(method=SCORE_GUIDED, steps=1).validate()
+
+
+def test_the_job_runs_it_and_its_summaries_check_completeness(tiny_model, tmp_path):
+    folder = random_pngs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    argv = [*job_argv(f"{folder}/*", out, tiny_model), "--method", SCORE_GUIDED]
+    argv += ["--steps", "5", "--tolerance", "0.05", "--max_steps", "17"]
+    assert job.main([*argv, "--progress_interval", "0", "--faithfulness", "none"]) == 0
+    rows = pq.read_table(out / "summaries").to_pylist()
+    assert len(rows) == 3
+    for row in rows:
+        assert row["method"] == SCORE_GUIDED and row["gradient_evaluations"] >= 5
+        change = row["target_score"] - row["baseline_score"]
+        assert np.isclose(row["completeness_error"], abs(row["attribution_sum"] - change))
