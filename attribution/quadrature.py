@@ -124,10 +124,6 @@ class Density:
     cdf: np.ndarray
 
     @classmethod
-    def uniform(cls) -> Density:
-        return cls(np.array([0.0, 1.0]), np.ones(2), np.array([0.0, 1.0]))
-
-    @classmethod
     def from_scores(cls, knots, scores, floor: float | None = None) -> Density:
         """The density of ``score_guided`` for a scanned curve: at each knot the larger
         slope |dF/dalpha| of the two scan intervals beside it (a step inside an interval
@@ -175,9 +171,3 @@ def scan_alphas(intervals: int | None = None) -> np.ndarray:
     """The inner points of score_guided's scan (0 and 1 are scored anyway)."""
     intervals = SCAN_INTERVALS if intervals is None else intervals
     return np.arange(1, intervals) / intervals
-
-
-def guided(previous: Rule, density: Density) -> Rule:
-    """``previous`` (score_guided or its base rule) with its points placed by ``density``."""
-    alphas, weights = density.place(previous.alphas, previous.weights)
-    return Rule(SCORE_GUIDED, previous.steps, alphas, weights)
