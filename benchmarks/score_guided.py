@@ -1,7 +1,7 @@
 """Issue 23: ``--method score_guided`` against the adaptive rules it should beat, per model.
 
-    python -m benchmarks.score_guided            # full: more images and repeats, two levels
-    python -m benchmarks.score_guided --quick    # a few minutes: 1% only, fewer images
+    python -m benchmarks.score_guided            # full (make bench): ~5 min on a quiet machine
+    python -m benchmarks.score_guided --quick    # 1% only, fewer images, MobileNetV2 ladder only
 
 For each model (the demo's trained model, the MobileNetV2-shaped one: ``benchmarks.models``)
 the same images (``benchmarks.worker.prepare``: |F(x) - F(black)| >= 0.1, predicted class)
@@ -11,7 +11,10 @@ default gives, each placed by a 15-row forward scan). Per rule: gradient rows an
 error recomputed from the attributions (median, p95, max), images/s (the scan included).
 The rules' timed passes are interleaved (round robin, a fresh engine warmed up on a held-out
 image each time) and the median taken, so the machine's load drifts over all of them alike;
-the load average is printed. Writes benchmarks/score_guided.json and prints Markdown.
+the load average is printed. Fixed-step ladders (no refinement) give the p95 error each rule
+reaches per gradient rows, and the rows score_guided needs to match each rung: the random-
+weight MobileNetV2 reaches 1% within 257 points with no rule, so it gets the ladder only.
+Writes benchmarks/score_guided.json and prints Markdown.
 """
 
 from __future__ import annotations
