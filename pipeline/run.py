@@ -191,6 +191,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         faithfulness_points=opts.faithfulness_points,
         randomize=opts.randomize,
         precision=opts.precision,
+        strategy_config=options.strategy_config(opts),
     )
     records = (
         RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
@@ -268,6 +269,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             "resumed": bool(opts.resume),
             "no_report": bool(opts.no_report),
             "records": records is not None,
+            "strategies": settings.strategy_config.enabled,
             "lock_token": taken.lock.token if taken else None,
         }
         result = _run_job(

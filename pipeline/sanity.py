@@ -191,6 +191,8 @@ def check(argv: list[str]) -> tuple[bool, str, str]:
             "--write_raw",
             "--faithfulness",
             "none",
+            "--strategies",  # the check compares maps; strategies would cost ablations
+            "none",
             "--no_report",
             "--overwrite",  # each stage's folder is this check's own, rewritten on a rerun
             "--seed",

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from attribution.config import DEFAULTS
+from attribution.strategies import StrategyConfig
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class Settings:
     colormap: str | None = DEFAULTS.colormap
     overlay: str = DEFAULTS.overlay
     mask_type: str = DEFAULTS.mask_type
+    # the strategy stage (issue 21): not in settings_hash, the column is recomputed every run
+    strategy_config: StrategyConfig = StrategyConfig()
 
     @property
     def method_config(self):

@@ -95,6 +95,7 @@ SUMMARY_SCHEMA = pa.schema(
             "xrai_region_ranks",
             pa.list_(pa.struct([("segment_area_fraction", pa.float64()), ("gain", pa.float64())])),
         ),
+        ("strategy", pa.int32()),  # the row's strategy in its class; null: not clustered
     ]
 )
 
@@ -150,7 +151,7 @@ class WritePartsFn(beam.DoFn):
             "name": name,
             "origin": self.origin,
             "rows": len(rows),
-            "images": len({r["image_uri"] for r in rows}),
+            "images": len({r["image_uri"] for r in rows if "image_uri" in r}),
             "gradient_evaluations": evaluations if self.origin == COMPUTED else 0,
         }
 
