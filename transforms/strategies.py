@@ -75,6 +75,15 @@ STRATEGY_SCHEMA = pa.schema(
 )
 
 
+ABLATION_COLUMNS = (
+    "target_mean_score",
+    "ablation_score",
+    "control_score",
+    "ablation_drop",
+    "control_drop",
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
     """A row assigned to a strategy: what the ablation and the prototypes need of it."""
@@ -129,15 +138,21 @@ def member_of(row: dict, models: dict):
     yield (row["target_class"], strategy), (member, st.layouts([row["grid"]])[0])
 
 
+FIXED_POINT = 2.0**32  # layouts are summed as integers: the same sum in any order
+
+
 class MeanLayoutFn(beam.CombineFn):
-    """unit layouts -> (their sum, count): the strategy's mean layout over all its rows."""
+    """unit layouts -> (their sum in units of 2^-32, as int64, and their count): integer
+    sums, so the mean does not depend on how the runner split and merged the rows (float
+    sums differed in the last bit between 1 and 2 workers)."""
 
     def create_accumulator(self):
         return None, 0
 
     def add_input(self, acc, layout):
         total, n = acc
-        return (layout.copy() if total is None else total + layout), n + 1
+        fixed = np.rint(np.asarray(layout, np.float64) * FIXED_POINT).astype(np.int64)
+        return (fixed if total is None else total + fixed), n + 1
 
     def merge_accumulators(self, accs):
         total, n = None, 0
@@ -226,7 +241,7 @@ class StrategyRowFn(beam.DoFn):
         model = models[target]
         total, rows = groups["mean"][0]
         cells = (s.grid_cells, s.grid_cells)
-        mean = (total / rows).reshape(cells)
+        mean = (total / FIXED_POINT / rows).reshape(cells)
         hot = st.hotspot(mean)
         cold = st.control(mean, hot)
         hot_box, cold_box = st.fractions(hot, cells), st.fractions(cold, cells)
@@ -262,8 +277,8 @@ class StrategyRowFn(beam.DoFn):
         yield row
 
     def _ablate(self, ready, target, hot_box, cold_box) -> dict:
-        if not ready:
-            return {"ablation_n": 0}
+        if not ready:  # null evidence: nothing could be (or was asked to be) ablated
+            return dict.fromkeys(ABLATION_COLUMNS, None) | {"ablation_n": 0}
         s = self.settings
         first = s.method_config.baselines[0]
         images = [image for _, image in ready]
