@@ -84,7 +84,7 @@ def build(
         found = (
             tuple(rows)
             | "CollectRows" >> beam.Flatten()
-            | "Strategies" >> (DiscoverStrategies(settings, model))
+            | "Strategies" >> DiscoverStrategies(settings, model, records, input_pattern)
         )
         # the parts stay as written (--resume reuses them); copies with the column filled
         # are what the commit publishes

@@ -290,20 +290,18 @@ def _job(argv, cwd):
 def test_the_job_finds_a_shortcut_without_regions_and_proves_it(shortcut, tmp_path):
     model, folder, cues = shortcut
     out = tmp_path / "run"
-    _job(
-        [
-            *job_argv(f"{folder}/*.png", out, model),
-            "--faithfulness",
-            "none",
-            "--artifacts",
-            "none",
-            "--grid_cells",
-            "16",  # 2 px cells: box edges on whole pixels, for the direct check below
-            "--strategy_ablation_samples",
-            "64",  # every member, so the direct check can recompute the means
-        ],
-        tmp_path,
-    )
+    argv = [
+        *job_argv(f"{folder}/*.png", out, model),
+        "--faithfulness",
+        "none",
+        "--artifacts",
+        "none",
+        "--grid_cells",
+        "16",  # 2 px cells: box edges on whole pixels, for the direct check below
+        "--strategy_ablation_samples",
+        "64",  # every member, so the direct check can recompute the means
+    ]
+    _job(argv, tmp_path)
     record = json.loads((out / "manifest.json").read_text())
     assert record["files"]["strategies"]
     rows = pq.read_table(out / "summaries").to_pylist()
@@ -373,6 +371,22 @@ def test_the_job_finds_a_shortcut_without_regions_and_proves_it(shortcut, tmp_pa
     # one dataset readable by pyarrow (and DuckDB), as the other folders
     assert ds.dataset(out / "strategies").to_table().num_rows == len(strategies)
 
+    # reused rows (--reuse_from; --resume reuses an attempt's parts the same way) are
+    # clustered again: the same strategies, the same column, nothing attributed
+    again = tmp_path / "again"
+    _job([*argv, "--output_dir", str(again), "--reuse_from", str(out)], tmp_path)  # last wins
+    assert json.loads((again / "manifest.json").read_text())["counts"]["computed"] == 0
+
+    def by_key(table, key, columns):
+        return sorted(tuple(r[c] for c in (key, *columns)) for r in table)
+
+    again_rows = pq.read_table(again / "summaries").to_pylist()
+    columns = ("target_class", "strategy")
+    assert by_key(again_rows, "image_id", columns) == by_key(rows, "image_id", columns)
+    assert sorted(
+        json.dumps(r, sort_keys=True) for r in pq.read_table(again / "strategies").to_pylist()
+    ) == sorted(json.dumps(r, sort_keys=True) for r in strategies)
+
 
 def test_strategies_none_leaves_the_run_as_before(shortcut, tmp_path):
     model, folder, _ = shortcut
@@ -401,3 +415,75 @@ def test_assign_row_leaves_unclustered_classes_null():
     models = {0: st.fit(grids, rows=40)}
     assert assign_row({"target_class": 0, "grid": list(grids[0])}, models) == 0
     assert assign_row({"target_class": 1, "grid": list(grids[0])}, models) is None
+
+
+def test_members_re_read_from_tfrecord_shards_score_as_from_files(tiny_model, tmp_path):
+    """The ablation of TFRecord input re-reads each member's record (found by the content
+    hash of its image) and gives the numbers the same images give as files."""
+    import hashlib
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from attribution.models import load_model
+    from transforms.tfrecord import RecordKeys
+
+    grids, _ = planted({0: 15, 1: 10}, seed=11)
+    rng = np.random.default_rng(2)
+    rows, examples = [], []
+    (tmp_path / "files").mkdir()
+    for i, grid in enumerate(grids):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, "PNG")
+        data = buffer.getvalue()
+        (tmp_path / "files" / f"img{i}.png").write_bytes(data)
+        rows.append(
+            {
+                "image_uri": str(tmp_path / "files" / f"img{i}.png"),
+                "image_id": f"img{i}",
+                "content_sha256": hashlib.sha256(data).hexdigest(),
+                "target_class": 0,
+                "target_rank": 0,
+                "grid": [float(v) for v in grid],
+            }
+        )
+        feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+        examples.append(
+            tf.train.Example(
+                features=tf.train.Features(feature={"image/encoded": feature})
+            ).SerializeToString()
+        )
+    with tf.io.TFRecordWriter(str(tmp_path / "data.tfrecord")) as writer:
+        for example in examples:
+            writer.write(example)
+    model = load_model(tiny_model)
+    settings = Settings(
+        model=tiny_model,
+        output_dir=str(tmp_path / "out"),
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        model_fingerprint=model.fingerprint,
+        strategy_config=st.StrategyConfig(strategy_min_rows=10, strategy_ablation_samples=4),
+    )
+    found = {}
+    for name, records in (("files", None), ("records", RecordKeys())):
+        folder = tmp_path / name / "strategies"
+        folder.mkdir(parents=True, exist_ok=True)
+        with beam.Pipeline() as p:
+            _ = (
+                (
+                    p
+                    | beam.Create(rows)
+                    | DiscoverStrategies(
+                        settings, records=records, input_pattern=f"{tmp_path}/*.tfrecord"
+                    )
+                )["strategies"]
+                | beam.Map(lambda r: json.dumps(r, sort_keys=True))
+                | beam.io.WriteToText(str(folder / "rows"))
+            )
+        lines = [line for path in folder.glob("rows*") for line in path.read_text().splitlines()]
+        found[name] = [json.loads(line) for line in sorted(lines)]
+    assert found["files"] == found["records"]
+    assert [r["ablation_n"] for r in found["records"]] == [4, 4]
+    assert all(r["target_mean_score"] is not None for r in found["records"])

@@ -182,6 +182,41 @@ def reread_file(member: Member, settings: Settings):
         return member, None
 
 
+def records_wanted(shard: str, wanted: list[str], keys):
+    """(content sha256, DecodedImage-ready Record) of a shard's records whose image bytes
+    hash to one of ``wanted`` (the members to ablate): each shard is read once, only the
+    wanted records are kept."""
+    import hashlib
+
+    from transforms.tfrecord import read_shard
+
+    want = set(wanted)
+    for _, record in read_shard(shard, keys):
+        if getattr(record, "data", None) is None:
+            continue  # a corrupt frame or a record without image: already an errors row
+        sha = hashlib.sha256(record.data).hexdigest()
+        if sha in want:
+            yield sha, record
+
+
+def reread_record(element, settings: Settings):
+    """(sha, {"member": [(key, Member)], "record": [Record]}) -> ((class, strategy),
+    (Member, model-input image or None)) for each member of that content."""
+    from transforms.tfrecord import decode_record
+
+    _, groups = element
+    image = None
+    for record in groups["record"][:1]:
+        try:
+            image = decode_record(
+                record, settings.image_size, settings.max_pixels, settings.channels
+            ).image
+        except Exception:  # noqa: BLE001 - evidence is best effort: the row is in summaries
+            logging.warning("strategies: cannot decode record %s for ablation", record.uri)
+    for key, member in groups["member"]:
+        yield key, (member, image)
+
+
 def ablation_scores(engine, images, baselines, targets, boxes) -> np.ndarray:
     """[N, 3] target scores of each image as is, with the hotspot box, and with the control
     box set to its baseline (boxes in model pixels; pixels straddling an edge by the share of
@@ -305,10 +340,19 @@ class DiscoverStrategies(beam.PTransform):
 
     ``shared_handle``: the attribution step's, so a worker loads the model once for both."""
 
-    def __init__(self, settings: Settings, shared_handle: shared.Shared | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        shared_handle: shared.Shared | None = None,
+        records=None,
+        input_pattern: str | None = None,
+    ):
+        """``records`` (a tfrecord.RecordKeys) with ``input_pattern``: TFRecord input, whose
+        members are re-read from the shards (matched by the content hash of their image)."""
         super().__init__()
         self.settings = settings
         self.shared_handle = shared_handle or shared.Shared()
+        self.records, self.input_pattern = records, input_pattern
 
     def expand(self, rows):
         s = self.settings
@@ -351,7 +395,11 @@ class DiscoverStrategies(beam.PTransform):
                     reverse=True,
                 )
                 | "EachMember" >> beam.FlatMap(lambda kv: [(kv[0], m) for m in kv[1]])
-                | "Reread" >> beam.Map(lambda kv: (kv[0], reread_file(kv[1], s)))
+            )
+            chosen = (
+                self._reread_records(chosen)
+                if self.records is not None
+                else chosen | "Reread" >> beam.Map(lambda kv: (kv[0], reread_file(kv[1], s)))
             )
         else:  # --strategy_ablation_samples 0: no evidence, no model
             chosen = rows.pipeline | "NoAblation" >> beam.Create([])
@@ -365,6 +413,27 @@ class DiscoverStrategies(beam.PTransform):
             | "Describe" >> beam.ParDo(StrategyRowFn(s, self.shared_handle), models_side)
         )
         return {"models": models, "strategies": strategy_rows}
+
+    def _reread_records(self, chosen):
+        return _reread_records_in(self, chosen)
+
+
+def _reread_records_in(transform, chosen):
+    """((class, strategy), Member) -> ((class, strategy), (Member, image or None)), the
+    images read again from the TFRecord shards."""
+    from transforms.tfrecord import shard_paths
+
+    s, keys = transform.settings, transform.records
+    wanted = chosen | "WantedHashes" >> beam.Map(lambda kv: kv[1].content_sha256)
+    found = shard_paths(chosen.pipeline, transform.input_pattern) | "FindRecords" >> beam.FlatMap(
+        records_wanted, beam.pvalue.AsList(wanted), keys
+    )
+    by_sha = chosen | "KeyBySha" >> beam.Map(lambda kv: (kv[1].content_sha256, kv))
+    return (
+        {"member": by_sha, "record": found}
+        | "JoinRecords" >> beam.CoGroupByKey()
+        | "DecodeRecords" >> beam.FlatMap(reread_record, s)
+    )
 
 
 class FillStrategiesFn(beam.DoFn):
