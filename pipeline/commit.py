@@ -25,7 +25,6 @@ from pipeline.folder import delete_tree, make_dirs, read_list, remove_temporarie
 from transforms.files import OutputWriteError, publish
 from transforms.records import error_row
 from transforms.staging import join, loads_dir, parts_dir, staging_dir
-from transforms.strategies import STRATEGY_SCHEMA
 from transforms.write import ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA
 
 FOLDERS = ("summaries", "errors")
@@ -85,11 +84,10 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             }
         )
         uris["errors"].extend(missing)
+    # strategies/ exists when a class was clustered (no empty part: a run too small to
+    # cluster stays as it was before the stage); its files entry is there with auto
     folders = FOLDERS + ((STRATEGIES,) if context.get("strategies") else ())
-    schemas = {"summaries": SUMMARY_SCHEMA, "errors": ERROR_SCHEMA}
-    if context.get("strategies"):
-        schemas[STRATEGIES] = STRATEGY_SCHEMA
-    for folder, schema in schemas.items():
+    for folder, schema in (("summaries", SUMMARY_SCHEMA), ("errors", ERROR_SCHEMA)):
         if not any(p["folder"] == folder for p in parts):  # readers find the folder, 0 rows
             buffer = io.BytesIO()
             pq.write_table(schema.empty_table(), buffer)

@@ -438,7 +438,8 @@ def _reread_records_in(transform, chosen):
 
 class FillStrategiesFn(beam.DoFn):
     """A published summaries part record -> the record of a new part holding the same rows
-    with ``strategy`` filled from the class models. The new part is published under a new
+    with ``strategy`` filled from the class models (a part without a row of a clustered class
+    is passed on as it is). The new part is published under a new
     name in the same staging folder; the old one stays there until the commit deletes the
     staging folder (a retried bundle publishes another copy nobody commits)."""
 
@@ -450,9 +451,14 @@ class FillStrategiesFn(beam.DoFn):
             yield part
             return
         folder = parts_dir(self.output_dir, "summaries")
-        with FileSystems.open(join(folder, part["name"]), compression_type="uncompressed") as f:
-            table = pq.read_table(f)
-        rows = table.to_pylist()
+        path = join(folder, part["name"])
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            classes = pq.read_table(f, columns=["target_class"]).column("target_class")
+        if not set(classes.to_pylist()) & set(models):
+            yield part  # no row of a clustered class: the part is right as it is
+            return
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            rows = pq.read_table(f).to_pylist()
         for row in rows:
             row["strategy"] = assign_row(row, models)
         buffer = io.BytesIO()
