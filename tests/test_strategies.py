@@ -8,6 +8,7 @@ import sys
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
@@ -18,6 +19,7 @@ from pipeline import options
 from tests.job_argv import job_argv
 from transforms.settings import Settings
 from transforms.strategies import DiscoverStrategies, assign_row
+from transforms.write import SUMMARY_SCHEMA
 
 G = 14
 PATTERNS = {  # where each planted strategy puts extra attribution on a 14 x 14 grid
@@ -371,21 +373,45 @@ def test_the_job_finds_a_shortcut_without_regions_and_proves_it(shortcut, tmp_pa
     # one dataset readable by pyarrow (and DuckDB), as the other folders
     assert ds.dataset(out / "strategies").to_table().num_rows == len(strategies)
 
-    # reused rows (--reuse_from; --resume reuses an attempt's parts the same way) are
-    # clustered again: the same strategies, the same column, nothing attributed
+    # --resume after a crash: the attempt had staged half of the rows (strategy null, as
+    # written during a run) and, for the same rows, a copy with the column filled (killed
+    # after FillStrategies, before the commit). Reused and new rows are clustered together:
+    # the same strategies and column as the clean run, each row once.
     again = tmp_path / "again"
-    _job([*argv, "--output_dir", str(again), "--reuse_from", str(out)], tmp_path)  # last wins
-    assert json.loads((again / "manifest.json").read_text())["counts"]["computed"] == 0
+    (again / ".staging" / "summaries").mkdir(parents=True)
+    half = sorted(rows, key=lambda r: r["image_id"])[::2]
+    for name, strategy in (("written", None), ("filled", "keep")):
+        part = [{**r, "strategy": r["strategy"] if strategy else None} for r in half]
+        pq.write_table(
+            pa.Table.from_pylist(part, schema=SUMMARY_SCHEMA),
+            again / ".staging" / "summaries" / f"{name}.parquet",
+        )
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = {"run_id": "crashed", "host": os.uname().nodename, "pid": dead.pid}
+    lock |= {"started_at": "2026-01-01T00:00:00+00:00", "token": "x"}
+    (again / ".lock").write_text(json.dumps(lock))
+    _job([*argv, "--output_dir", str(again), "--resume"], tmp_path)  # the last value wins
+    counts = json.loads((again / "manifest.json").read_text())["counts"]
+    assert (counts["reused"], counts["computed"], counts["rows"]) == (40, 40, 80)
 
-    def by_key(table, key, columns):
-        return sorted(tuple(r[c] for c in (key, *columns)) for r in table)
+    def by_id(table):
+        return sorted((r["image_id"], r["target_class"], r["strategy"]) for r in table)
 
-    again_rows = pq.read_table(again / "summaries").to_pylist()
-    columns = ("target_class", "strategy")
-    assert by_key(again_rows, "image_id", columns) == by_key(rows, "image_id", columns)
-    assert sorted(
-        json.dumps(r, sort_keys=True) for r in pq.read_table(again / "strategies").to_pylist()
-    ) == sorted(json.dumps(r, sort_keys=True) for r in strategies)
+    assert by_id(pq.read_table(again / "summaries").to_pylist()) == by_id(rows)
+    resumed = {
+        (r["target_class"], r["strategy"]): r
+        for r in pq.read_table(again / "strategies").to_pylist()
+    }
+    assert set(resumed) == {(r["target_class"], r["strategy"]) for r in strategies}
+    for r in strategies:
+        other = resumed[(r["target_class"], r["strategy"])]
+        assert (other["rows"], other["hotspot_box"], other["prototypes"]) == (
+            r["rows"],
+            r["hotspot_box"],
+            r["prototypes"],
+        )
+        assert other["ablation_drop"] == pytest.approx(r["ablation_drop"], abs=1e-6)
 
 
 def test_strategies_none_leaves_the_run_as_before(shortcut, tmp_path):
