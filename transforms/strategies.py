@@ -22,6 +22,7 @@ or a bounded combine, and the summaries are filled one staged part at a time.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import logging
 import uuid
@@ -169,8 +170,6 @@ class MeanLayoutFn(beam.CombineFn):
 def reread_file(member: Member, settings: Settings):
     """(Member, model-input image) re-read from its file, or None when it cannot be read or
     its bytes changed since it was attributed (a different image is never ablated)."""
-    import hashlib
-
     try:
         data = read_input(member.image_uri, settings.max_file_bytes)
         if hashlib.sha256(data).hexdigest() != member.content_sha256:
@@ -186,8 +185,6 @@ def records_wanted(shard: str, wanted: list[str], keys):
     """(content sha256, DecodedImage-ready Record) of a shard's records whose image bytes
     hash to one of ``wanted`` (the members to ablate): each shard is read once, only the
     wanted records are kept."""
-    import hashlib
-
     from transforms.tfrecord import read_shard
 
     want = set(wanted)
