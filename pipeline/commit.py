@@ -28,6 +28,7 @@ from transforms.staging import join, loads_dir, parts_dir, staging_dir
 from transforms.write import ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA
 
 FOLDERS = ("summaries", "errors")
+STRATEGIES = "strategies"  # one row per (class, strategy): --strategies auto (issue 21)
 MISSING_PART = "missing.parquet"
 EMPTY_PART = "empty.parquet"
 
@@ -53,7 +54,8 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
     parts = sorted(parts, key=lambda p: (p["folder"], p["name"]))
     uris = {folder: [] for folder in FOLDERS}
     for part in parts:
-        uris[part["folder"]].extend(_uris(_located(out, part["folder"], part["name"])))
+        if part["folder"] in uris:
+            uris[part["folder"]].extend(_uris(_located(out, part["folder"], part["name"])))
     listed = read_list(out) or []
     if context.get("records"):  # TFRecord: the list holds shards, rows name their records
         listed = sorted(set(uris["summaries"]) | set(uris["errors"]))
@@ -82,6 +84,9 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             }
         )
         uris["errors"].extend(missing)
+    # strategies/ exists when a class was clustered (no empty part: a run too small to
+    # cluster stays as it was before the stage); its files entry is there with auto
+    folders = FOLDERS + ((STRATEGIES,) if context.get("strategies") else ())
     for folder, schema in (("summaries", SUMMARY_SCHEMA), ("errors", ERROR_SCHEMA)):
         if not any(p["folder"] == folder for p in parts):  # readers find the folder, 0 rows
             buffer = io.BytesIO()
@@ -97,7 +102,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
                     "gradient_evaluations": 0,
                 }
             )
-    files = {folder: [] for folder in FOLDERS}
+    files = {folder: [] for folder in folders}
     for part in parts:
         folder, name = part["folder"], part["name"]
         target = join(out, folder, name)
@@ -106,7 +111,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             make_dirs(join(out, folder))
             FileSystems.rename([source], [target])
         files[folder].append(name)
-    for folder in FOLDERS:  # nothing but this run's parts under summaries/ and errors/
+    for folder in folders:  # nothing but this run's parts under summaries/, errors/, ...
         keep = {join(out, folder, name) for name in files[folder]}
         stray = [
             m.path

@@ -24,6 +24,7 @@ from transforms.staging import STAGING, inputs_path, join, parts_dir, previous_d
 OUTPUTS = (
     "summaries",
     "errors",
+    "strategies",
     "masks",
     "overlays",
     "raw",
@@ -172,6 +173,8 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
         join(output_dir, "summaries"),
         join(output_dir, "errors"),
         parts_dir(output_dir, "errors"),
+        join(output_dir, "strategies"),  # recomputed from every row (issue 21)
+        parts_dir(output_dir, "strategies"),
         parts_dir(output_dir, "model_loads"),
         join(output_dir, "manifest.json"),
         join(output_dir, "report.html"),

@@ -4,6 +4,7 @@ stable label."""
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.utils import shared
 
 from pipeline.commit import CommitFn
 from transforms.attribute import AttributeImages
@@ -11,6 +12,7 @@ from transforms.read import ReadImages
 from transforms.regions import ReadRegions
 from transforms.reuse import ReadWithReuse
 from transforms.settings import Settings
+from transforms.strategies import STRATEGY_SCHEMA, DiscoverStrategies, FillStrategies
 from transforms.summarize import Summarize
 from transforms.tfrecord import ReadRecords, RecordKeys
 from transforms.write import COMPUTED, ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA, WriteParts
@@ -64,7 +66,8 @@ def build(
             max_file_bytes=settings.max_file_bytes,
         )
         images, read_errors, reused = decoded.images, decoded.errors, None
-    attributed = images | "Attribute" >> AttributeImages(settings, regions)
+    model = shared.Shared()  # one model per worker process, for attribution and ablation
+    attributed = images | "Attribute" >> AttributeImages(settings, regions, model)
     # the regions were joined before the model (ablation needs the boxes): rows carry them
     summarized = attributed.attributed | "Summarize" >> Summarize(settings)
     interval = settings.commit_interval
@@ -76,6 +79,23 @@ def build(
         parts.append(
             reused | "WriteReused" >> WriteParts(out, "summaries", SUMMARY_SCHEMA, REUSED, interval)
         )
+    if settings.strategy_config.enabled:  # issue 21: strategies per class (--strategies auto)
+        rows = [summarized.rows] if reused is None else [summarized.rows, reused]
+        found = (
+            tuple(rows)
+            | "CollectRows" >> beam.Flatten()
+            | "Strategies" >> DiscoverStrategies(settings, model, records, input_pattern)
+        )
+        # the parts stay as written (--resume reuses them); copies with the column filled
+        # are what the commit publishes
+        parts = [
+            tuple(parts)
+            | "CollectSummaryParts" >> beam.Flatten()
+            | "FillStrategies" >> FillStrategies(out, found["models"]),
+            found["strategies"]
+            | "WriteStrategies"
+            >> WriteParts(out, "strategies", STRATEGY_SCHEMA, COMPUTED, interval),
+        ]
     errors = (read_errors, attributed.errors, summarized.errors) | "CollectErrors" >> beam.Flatten()
     parts.append(
         errors | "WriteErrors" >> WriteParts(out, "errors", ERROR_SCHEMA, COMPUTED, interval)

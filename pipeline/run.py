@@ -195,6 +195,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         mufidelity_grid=opts.mufidelity_grid,
         randomize=opts.randomize,
         precision=opts.precision,
+        strategy_config=options.strategy_config(opts),
     )
     records = (
         RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
@@ -272,6 +273,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             "resumed": bool(opts.resume),
             "no_report": bool(opts.no_report),
             "records": records is not None,
+            "strategies": settings.strategy_config.enabled,
             "lock_token": taken.lock.token if taken else None,
         }
         result = _run_job(

@@ -140,6 +140,8 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     Rows from before the methods' columns were added are plain IG rows and are completed."""
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
+    if row.get("settings_hash") == settings_hash and "strategy" not in row:
+        row = {**row, "strategy": None}  # before issue 21: the stage assigns it again
     if (
         row.get("model_fingerprint") == model_fingerprint
         and row.get("settings_hash") == settings_hash
@@ -216,6 +218,7 @@ def reused_row(
         target_label=settings.label(row["target_class"]),
         predicted_label=settings.label(row["predicted_class"]),
         regions=None,
+        strategy=None,  # assigned again by this run's strategy stage (--strategies auto)
     )
     if ref.record is not None:  # TFRecord: the label is the record's, not the previous row's
         new.update(true_class=ref.record.true_class, true_label=ref.record.true_label)
