@@ -8,6 +8,7 @@ No TensorFlow is imported here, so the report and the comparison start without i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -15,6 +16,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from attribution.hashing import CHUNK_BYTES
 
 TEMPORARY_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
@@ -149,3 +152,62 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
         except (OSError, ValueError, pa.ArrowException) as e:
             raise _unreadable(path, e) from None
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+# Digests of a run's data files: manifest.json lists each part as {name: {size, sha256}}.
+def file_digest(path: str) -> dict:
+    """``{"size": bytes, "sha256": hex}`` of one file, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def verify_parts(folder: str, manifest: dict, kinds=("summaries",)) -> bool:
+    """Check the Parquet parts of ``folder/<kind>`` against ``manifest["files"]``: every part
+    on disk is listed, every listed part is there with its size and sha256. RunFolderError
+    names the first file that does not match. Returns False when the manifest lists plain
+    names or no ``files`` (an older run): those parts cannot be verified (the caller says
+    so)."""
+    folder = folder.rstrip("/")
+    files = manifest.get("files")
+    if files is None:  # a manifest from before `files` was written
+        return False
+    if not isinstance(files, dict):
+        raise RunFolderError(f"{folder}/{MANIFEST}: `files` is not a mapping of folders")
+    verifiable = True
+    for kind in kinds:
+        listed = files.get(kind)
+        if listed is None:
+            listed = {}
+        if not isinstance(listed, (dict, list)):
+            raise RunFolderError(f"{folder}/{MANIFEST}: `files.{kind}` is not a list of parts")
+        on_disk = {path.rsplit("/", 1)[-1]: path for path in parquet_parts(folder, kind)}
+        for name in sorted(on_disk):
+            if name not in listed:
+                raise RunFolderError(
+                    f"{on_disk[name]} is not listed in {folder}/{MANIFEST}: the folder was "
+                    f"changed after its run; rerun it"
+                )
+        for name in sorted(listed):
+            path = f"{folder}/{kind}/{name}"
+            if name not in on_disk:
+                raise RunFolderError(
+                    f"{path} is listed in {folder}/{MANIFEST} but missing: the folder is "
+                    f"damaged; rerun it"
+                )
+            expected = listed[name] if isinstance(listed, dict) else None
+            if not isinstance(expected, dict):
+                verifiable = False
+                continue
+            found = file_digest(path)
+            for key in ("size", "sha256"):
+                if found[key] != expected.get(key):
+                    raise RunFolderError(
+                        f"{path} does not match {folder}/{MANIFEST} ({key} "
+                        f"{found[key]}, listed {expected.get(key)}): the file was changed "
+                        f"or damaged after its run; rerun it"
+                    )
+    return verifiable

@@ -35,6 +35,7 @@ from transforms.files import (
     publish,
     read_bytes,
     read_manifest,
+    verify_parts,
 )
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
@@ -79,7 +80,25 @@ def previous_run(folder: str) -> dict:
     if "finished_at" not in record:
         raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
     check_summaries(folder)
+    check_digests(folder, record, "--reuse_from")
     return record
+
+
+def check_digests(folder: str, record: dict, option: str) -> None:
+    """The summaries parts match the sizes and sha256 the manifest lists, or PreviousRunError
+    naming the file. A manifest of an older run lists plain names: accepted, said once (every
+    reused row's arithmetic is re-checked anyway, see ``reverify``)."""
+    try:
+        verified = verify_parts(folder, record)
+    except RunFolderError as e:
+        raise PreviousRunError(f"{option} {folder}: {e}") from None
+    if not verified:
+        logging.warning(
+            "%s %s: its manifest.json lists parts without size and sha256 (an older run): "
+            "the parts were not verifiable; every reused row is re-checked",
+            option,
+            folder,
+        )
 
 
 def check_summaries(folder: str) -> None:
@@ -331,9 +350,11 @@ class ReadWithReuse(beam.PTransform):
                 )
             )
         else:
-            hashed = tfrecord.shard_paths(pbegin, self.pattern) | "Hash" >> beam.ParDo(
+            found = tfrecord.unique_records(pbegin, self.pattern, self.records)
+            hashed = found.records | "Hash" >> beam.ParDo(
                 tfrecord.HashRecordsFn(self.records)
             ).with_outputs(ERRORS, tfrecord.REGIONS, main="hashes")
+            record_errors = found[ERRORS]
             if self.records.regions_from_record:
                 found = hashed[tfrecord.REGIONS]
                 regions = (
@@ -395,7 +416,11 @@ class ReadWithReuse(beam.PTransform):
             decoded = compute | "Decode" >> beam.ParDo(
                 tfrecord.DecodeRecordFn(self.records, s.image_size, s.max_pixels, s.channels)
             ).with_outputs(ERRORS, main="images")
-        errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
+        errors = (
+            (hashed[ERRORS], decoded[ERRORS])
+            if self.records is None
+            else (record_errors, hashed[ERRORS], decoded[ERRORS])
+        ) | "CollectReadErrors" >> beam.Flatten()
         return {
             "images": decoded.images,
             "reused": copied.rows,
