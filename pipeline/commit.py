@@ -24,6 +24,7 @@ from pipeline import manifest
 from pipeline.folder import delete_tree, make_dirs, read_list, remove_temporaries
 from transforms.files import OutputWriteError, file_digest, publish
 from transforms.records import error_row
+from transforms.reuse import REVERIFIED_FAILED
 from transforms.staging import join, loads_dir, parts_dir, staging_dir
 from transforms.write import ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA
 
@@ -33,7 +34,6 @@ EMPTY_PART = "empty.parquet"
 
 
 ARTIFACT_COLUMNS = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
-REVERIFIED_FAILED = "reverified_failed"  # a record of the job: a reused row failed its re-check
 
 
 def _uris(path: str, columns=("image_uri",)) -> list[str]:

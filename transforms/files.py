@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import uuid
 
 import pyarrow as pa
@@ -211,3 +212,58 @@ def verify_parts(folder: str, manifest: dict, kinds=("summaries",)) -> bool:
                         f"or damaged after its run; rerun it"
                     )
     return verifiable
+
+
+def run_file_path(roots: list[str], folder: str, uri: str) -> str:
+    """``uri`` when it names a plain file directly inside ``<root>/<folder>/`` of one of
+    ``roots`` (resolved: no ``..``, no symbolic link on the way, ``<folder>`` itself not a
+    link), else RunFolderError saying why. A path read from a row is never trusted more."""
+    if not isinstance(uri, str) or not uri:
+        raise RunFolderError("no file named")
+    directory, _, name = uri.rstrip("/").rpartition("/")
+    if name in ("", ".", "..") or not directory:
+        raise RunFolderError(f"{uri!r} is not a file name")
+    for root in roots:
+        root = root.rstrip("/")
+        if "://" in root or "://" in uri:
+            if directory == f"{root}/{folder}" and "://" in uri:
+                return uri
+            continue
+        expected = os.path.join(root, folder)
+        if os.path.islink(expected) or not os.path.isdir(expected):
+            continue
+        if os.path.realpath(directory) == os.path.realpath(expected):
+            return os.path.join(expected, name)
+    raise RunFolderError(f"{uri} is not inside {folder}/ of {' or '.join(roots)}")
+
+
+def read_run_file(roots: list[str], folder: str, uri: str, max_bytes: int) -> bytes:
+    """The bytes of a mask, overlay or raw file named by a row, read only from inside
+    ``<root>/<folder>/`` (``run_file_path``), only a regular file that is not a symbolic link,
+    at most ``max_bytes``. RunFolderError says why not (a missing file too); other storage
+    errors propagate."""
+    path = run_file_path(roots, folder, uri)
+    if "://" in path:
+        found = FileSystems.match([path])[0].metadata_list
+        if not found:
+            raise RunFolderError(f"{path} is gone")
+        if found[0].size_in_bytes > max_bytes:
+            raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+        return read_bytes(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is gone") from None
+    except OSError as e:  # ELOOP: a symbolic link
+        raise RunFolderError(f"{path} cannot be opened as a plain file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RunFolderError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+    return data

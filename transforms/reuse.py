@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
@@ -33,8 +34,8 @@ from transforms.files import (
     parquet_parts,
     parquet_schema,
     publish,
-    read_bytes,
     read_manifest,
+    read_run_file,
     verify_parts,
 )
 from transforms.ids import image_id
@@ -47,11 +48,13 @@ from transforms.summarize import artifact_name
 from transforms.write import SUMMARY_SCHEMA
 
 COMPUTE = "compute"
+REVERIFIED_FAILED = "reverified_failed"  # pipeline/commit.py counts these records
 PREVIOUS, CURRENT = "previous", "current"
 # Rewritten for the new run's location; every other column of a reused row is copied as is
 # (labels re-applied from this run's --labels, regions recomputed).
 LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
 COLUMN_OF = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
+FOLDER_OF = {column: folder for folder, column in COLUMN_OF.items()}
 
 
 class PreviousRunError(ValueError):
@@ -187,12 +190,69 @@ def previous_images(rows) -> dict[str, list[dict]]:
     return complete
 
 
+# The engine's absolute completeness floor (IntegratedGradients' atol): an error at most this
+# small counts as converged whatever the relative error.
+ATOL = 1e-6
+# Stored numbers are float64 copies of what the engine compared; only float64 rounding of a
+# mean over baselines separates a recomputed error from the stored one (far below this).
+RECHECK_RTOL = RECHECK_ATOL = 1e-7
+# Methods whose rows carry a completeness check against F(x) - F(start): IG on straight or
+# curved paths. SmoothGrad explains noisy copies (its target_score is the clean image's), so
+# its sum is not checked against its scores; other methods have no completeness to check.
+CHECKED_METHODS = (None, "ig", "xrai", "blur_ig", "guided_ig", "expected_gradients")
+SINGLE_PATH_METHODS = (None, "ig", "blur_ig", "guided_ig")
+
+
+def recheck(row: dict, tolerance: float | None) -> str | None:
+    """Why a previous row's arithmetic does not hold (None when it does): attribution_sum
+    against target_score - baseline_score and the stored completeness_error (equal for one
+    path, an upper bound when the row averages several baselines), the relative error of one
+    path, and ``converged`` against the error and ``--tolerance``."""
+    if row.get("attribution") not in CHECKED_METHODS:
+        return None
+    numbers = [
+        row.get(k)
+        for k in ("attribution_sum", "target_score", "baseline_score", "completeness_error")
+    ]
+    relative = row.get("relative_completeness_error")
+    if any(v is None or not math.isfinite(v) for v in numbers) or relative is None:
+        return "a score, sum or error is missing or not finite"
+    total, fx, fb, error = numbers
+    if error < 0 or not relative >= 0:
+        return "a negative or NaN completeness error"
+    found = abs(total - (fx - fb))
+    slack = RECHECK_ATOL + RECHECK_RTOL * max(abs(total), abs(fx), abs(fb), error)
+    if found > error + slack:
+        return (
+            f"attribution_sum {total!r} is {found!r} from target_score - baseline_score, "
+            f"completeness_error says {error!r}"
+        )
+    one_path = row.get("method") == "random_alpha" or (
+        row["attribution"] in SINGLE_PATH_METHODS and "," not in (row.get("baseline") or "")
+    )
+    if one_path:
+        delta = abs(fx - fb)
+        expected = found / delta if delta > 0 else (0.0 if found == 0 else math.inf)
+        if abs(found - error) > slack:
+            return f"completeness_error {error!r}, the row's numbers give {found!r}"
+        if not math.isclose(relative, expected, rel_tol=RECHECK_RTOL, abs_tol=RECHECK_ATOL):
+            return f"relative_completeness_error {relative!r}, the row's numbers give {expected!r}"
+    if row.get("converged") and not (
+        error <= ATOL + slack or (tolerance is not None and relative <= tolerance)
+    ):
+        return f"converged, yet error {error!r} / relative {relative!r} exceed --tolerance"
+    return None
+
+
 class SplitFn(beam.DoFn):
     """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
-    compute (tagged COMPUTE). Deleted images (no current ref) produce nothing."""
+    compute (tagged COMPUTE). Deleted images (no current ref) produce nothing. Rows whose
+    arithmetic fails ``recheck`` are not reused: the image is computed and each failed row is
+    reported (tagged REVERIFIED_FAILED, counted by the commit in counts.reverified_failed)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.failed_recheck = Metrics.counter(NAMESPACE, "reverified_failed")
 
     def process(self, element):
         _, groups = element
@@ -200,9 +260,30 @@ class SplitFn(beam.DoFn):
         if not refs:
             return
         candidates = previous_images(groups[PREVIOUS])
-        first = candidates[min(candidates)] if candidates else None
+        checked = {}
+        for uri, rows in candidates.items():
+            failed = [(r, why) for r in rows if (why := recheck(r, self.settings.tolerance))]
+            for row, why in failed:
+                self.failed_recheck.inc()
+                logging.warning(
+                    "a previous row of %s (target rank %s) fails its re-check (%s): computed again",
+                    row["image_uri"],
+                    row["target_rank"],
+                    why,
+                )
+                yield beam.pvalue.TaggedOutput(
+                    REVERIFIED_FAILED,
+                    {
+                        "kind": REVERIFIED_FAILED,
+                        "uri": row["image_uri"],
+                        "rank": row["target_rank"],
+                    },
+                )
+            if not failed:
+                checked[uri] = rows
+        first = checked[min(checked)] if checked else None
         for ref in refs:
-            rows = candidates.get(ref.uri, first)  # same uri first, else a renamed copy
+            rows = checked.get(ref.uri, first)  # same uri first, else a renamed copy
             if rows is not None and self._usable(ref, rows):
                 yield ref, rows
             else:
@@ -266,8 +347,8 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
     is gone the image is sent to COMPUTE instead; other storage errors propagate so the
     runner retries the bundle (publishing is idempotent)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, roots: list[str]):
+        self.settings, self.roots = settings, list(roots)
         self.progress_folder = settings.progress_folder
         self.reused = Metrics.counter(NAMESPACE, "reused")
         self.reused_rows = Metrics.counter(NAMESPACE, "reused_rows")
@@ -281,12 +362,14 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
         keys = tuple(COLUMN_OF[a] for a in s.artifacts if a != "raw") + (
             ("raw_uri",) if s.write_raw or "raw" in s.artifacts or boxes is not None else ()
         )
-        sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
+        sources = list(dict.fromkeys((k, row[k]) for row in rows for k in keys))
         try:
-            contents = {path: read_bytes(path) for path in sources}
-        except Exception:
-            if all(FileSystems.exists(path) for path in sources):
-                raise  # a storage error, not a missing file: let the runner retry
+            contents = {
+                path: read_run_file(self.roots, FOLDER_OF[k], path, s.max_file_bytes)
+                for k, path in sources
+            }
+        except RunFolderError as e:  # outside the previous folders, a link, too large, gone
+            logging.warning("%s: a previous file is not copied (%s): computed again", ref.uri, e)
             self.missing.inc()
             yield beam.pvalue.TaggedOutput(COMPUTE, ref)
             return
@@ -326,14 +409,20 @@ class ReadWithReuse(beam.PTransform):
         regions=None,
         records=None,
         inputs_list: str | None = None,
+        roots: list[str] | None = None,
     ):
         """``reuse_from``: previous run folders (their ``summaries/`` are read), or folders
         of part files (``--resume``: an interrupted attempt's parts); ``inputs_list``: the
-        launcher's list of input files (else ``pattern`` is matched)."""
+        launcher's list of input files (else ``pattern`` is matched); ``roots``: the run
+        folders whose masks/, overlays/ and raw/ previous files may be copied from (default:
+        the ``reuse_from`` folders; --resume adds the output folder)."""
         super().__init__()
+        self.roots = list(roots) if roots is not None else None
         self.pattern, self.settings, self.regions = pattern, settings, regions
         folders = [reuse_from] if isinstance(reuse_from, str) else list(reuse_from)
         self.previous = [f"{f.rstrip('/')}/summaries/*.parquet" for f in folders]
+        if self.roots is None:
+            self.roots = folders
         self.records, self.inputs_list = records, inputs_list
 
     def expand(self, pbegin):
@@ -390,11 +479,12 @@ class ReadWithReuse(beam.PTransform):
         split = (
             {PREVIOUS: keyed, CURRENT: hashes}
             | "JoinByContent" >> beam.CoGroupByKey()
-            | "Split" >> beam.ParDo(SplitFn(s)).with_outputs(COMPUTE, main="reuse")
+            | "Split"
+            >> beam.ParDo(SplitFn(s)).with_outputs(COMPUTE, REVERIFIED_FAILED, main="reuse")
         )
-        copied = split.reuse | "CopyForward" >> beam.ParDo(CopyForwardFn(s)).with_outputs(
-            COMPUTE, main="rows"
-        )
+        copied = split.reuse | "CopyForward" >> beam.ParDo(
+            CopyForwardFn(s, self.roots)
+        ).with_outputs(COMPUTE, main="rows")
         compute = (split[COMPUTE], copied[COMPUTE]) | "ToCompute" >> beam.Flatten()
         if self.records is None:
             decoded = (
@@ -426,4 +516,5 @@ class ReadWithReuse(beam.PTransform):
             "reused": copied.rows,
             "errors": errors,
             "regions": regions,
+            "reverified_failed": split[REVERIFIED_FAILED],
         }
