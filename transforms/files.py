@@ -215,26 +215,31 @@ def verify_parts(folder: str, manifest: dict, kinds=("summaries",)) -> bool:
 
 
 def run_file_path(roots: list[str], folder: str, uri: str) -> str:
-    """``uri`` when it names a plain file directly inside ``<root>/<folder>/`` of one of
-    ``roots`` (resolved: no ``..``, no symbolic link on the way, ``<folder>`` itself not a
-    link), else RunFolderError saying why. A path read from a row is never trusted more."""
+    """The file a row's ``uri`` names, looked up by its plain name in ``<root>/<folder>/`` of
+    one of ``roots``: the root whose folder the uri's directory resolves to first, then the
+    others in order (a run folder copied or moved keeps its rows' old absolute uris). The
+    stored directory is never followed, so a row can only name a file of those folders;
+    RunFolderError when there is none (``<folder>`` itself must not be a symbolic link)."""
     if not isinstance(uri, str) or not uri:
         raise RunFolderError("no file named")
     directory, _, name = uri.rstrip("/").rpartition("/")
-    if name in ("", ".", "..") or not directory:
-        raise RunFolderError(f"{uri!r} is not a file name")
+    if name in ("", ".", "..") or "\\" in name:
+        raise RunFolderError(f"{uri!r} does not end in a file name")
+    candidates = []
     for root in roots:
         root = root.rstrip("/")
-        if "://" in root or "://" in uri:
-            if directory == f"{root}/{folder}" and "://" in uri:
-                return uri
-            continue
-        expected = os.path.join(root, folder)
-        if os.path.islink(expected) or not os.path.isdir(expected):
-            continue
-        if os.path.realpath(directory) == os.path.realpath(expected):
-            return os.path.join(expected, name)
-    raise RunFolderError(f"{uri} is not inside {folder}/ of {' or '.join(roots)}")
+        expected = f"{root}/{folder}"
+        if "://" not in root:
+            if os.path.islink(expected) or not os.path.isdir(expected):
+                continue
+            same = bool(directory) and os.path.realpath(directory) == os.path.realpath(expected)
+        else:
+            same = directory == expected
+        candidates.insert(0 if same else len(candidates), f"{expected}/{name}")
+    for path in candidates:
+        if exists(path) or os.path.lexists(path):
+            return path
+    raise RunFolderError(f"no {folder}/{name} in {' or '.join(roots)} (the row names {uri})")
 
 
 def read_run_file(roots: list[str], folder: str, uri: str, max_bytes: int) -> bytes:

@@ -82,8 +82,8 @@ def previous_run(folder: str) -> dict:
         ) from None
     if "finished_at" not in record:
         raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
-    check_summaries(folder)
     check_digests(folder, record, "--reuse_from")
+    check_summaries(folder)
     return record
 
 
