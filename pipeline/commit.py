@@ -152,6 +152,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         not_in_run=int(context.get("not_in_run") or 0), reverified_failed=len(reverified)
     )
     record.update(files=files, resumed=context["resumed"], report=None, report_error=None)
+    record["definition"] = context.get("definition")  # what --resume compares (run.py)
     manifest.write(out, record)
     if not context["no_report"]:
         try:

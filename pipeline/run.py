@@ -272,6 +272,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             ),
             "resumed": bool(opts.resume),
             "not_in_run": not_in_run,
+            "definition": definition,
             "no_report": bool(opts.no_report),
             "records": records is not None,
             "lock_token": taken.lock.token if taken else None,
@@ -356,8 +357,11 @@ def attempt_definition(opts, fingerprint: str, settings: Settings) -> dict:
 def check_same_run(output_dir: str, definition: dict) -> None:
     """--resume finishes the same run or refuses (UsageError naming the option, both values)."""
     recorded = folder.read_definition(output_dir)
-    if recorded is None:  # no list, or one cut short: the run is listed afresh
-        return
+    if recorded is None:  # no staged list (or one cut short): a committed run's, if any
+        committed = manifest.read(output_dir)
+        recorded = committed.get("definition") if isinstance(committed, dict) else None
+        if not isinstance(recorded, dict) or not recorded:
+            return  # nothing recorded what the run was: it is listed afresh
     fix = "rerun the interrupted command with --resume, or pass --overwrite to start again"
     if not recorded:
         raise options.UsageError(

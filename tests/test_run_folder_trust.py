@@ -215,6 +215,19 @@ def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
     assert sorted(os.listdir(out / "masks")) == sorted(os.listdir(first_run[1] / "masks"))
 
 
+def test_resume_of_a_committed_folder_with_another_target_is_refused(
+    tiny_model, first_run, tmp_path
+):
+    folder, previous = copy_run(first_run, tmp_path)
+    before = digests(previous)
+    argv = [*job_argv(f"{folder}/*", previous, tiny_model), *FAST, "--no_report"]
+    done = run_cli(*argv, "--target", "1", "--resume")
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = one_line_error(done)
+    assert "--target" in line and "'1'" in line and "'predicted'" in line, line
+    assert digests(previous) == before
+
+
 def test_resume_after_kill_9_refuses_another_run_then_finishes_its_own(tiny_model, tmp_path):
     """kill -9 mid-run; --resume with another --input_pattern, --target or --artifacts exits 2
     naming the option and both values; with the same options it finishes the listed inputs,
@@ -265,3 +278,31 @@ def test_resume_after_kill_9_refuses_another_run_then_finishes_its_own(tiny_mode
     assert not orphan.exists()
     named = {os.path.basename(r["mask_uri"]) for r in rows(out)}
     assert set(os.listdir(out / "masks")) == named
+
+
+def test_two_listed_files_with_one_image_id_are_one_row_and_a_duplicate_id_error():
+    """File ids are derived from uris (12 hex digits of sha1), so two listed files share one
+    only by a hash collision: then the first uri in sorted order keeps the id, whatever order
+    the workers see them in, and the other is a DuplicateId error naming it."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from transforms.read import FirstOfIdFn
+    from transforms.records import ERRORS
+
+    with TestPipeline() as p:
+        found = (
+            p
+            | beam.Create([("x-0123456789ab", ["/in/b.png", "/in/c.png", "/in/a.png"])])
+            | beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="uris")
+        )
+        assert_that(found.uris, equal_to(["/in/a.png"]), label="First")
+        errors = found[ERRORS] | beam.Map(
+            lambda r: (r["image_uri"], r["error_type"], "'/in/a.png'" in r["message"])
+        )
+        assert_that(
+            errors,
+            equal_to([("/in/b.png", "DuplicateId", True), ("/in/c.png", "DuplicateId", True)]),
+            label="Later",
+        )

@@ -430,14 +430,11 @@ class ReadWithReuse(beam.PTransform):
 
         s, regions = self.settings, self.regions
         if self.records is None:
-            hashed = (
-                pbegin
-                | "List" >> ListedInputs(self.pattern, self.inputs_list)
-                | "Hash"
-                >> beam.ParDo(HashFn(s.progress_folder, s.max_file_bytes)).with_outputs(
-                    ERRORS, main="hashes"
-                )
-            )
+            listed = pbegin | "List" >> ListedInputs(self.pattern, self.inputs_list)
+            record_errors = listed[ERRORS]  # ids listed twice (DuplicateId)
+            hashed = listed.uris | "Hash" >> beam.ParDo(
+                HashFn(s.progress_folder, s.max_file_bytes)
+            ).with_outputs(ERRORS, main="hashes")
         else:
             found = tfrecord.unique_records(pbegin, self.pattern, self.records)
             hashed = found.records | "Hash" >> beam.ParDo(
@@ -506,11 +503,9 @@ class ReadWithReuse(beam.PTransform):
             decoded = compute | "Decode" >> beam.ParDo(
                 tfrecord.DecodeRecordFn(self.records, s.image_size, s.max_pixels, s.channels)
             ).with_outputs(ERRORS, main="images")
-        errors = (
-            (hashed[ERRORS], decoded[ERRORS])
-            if self.records is None
-            else (record_errors, hashed[ERRORS], decoded[ERRORS])
-        ) | "CollectReadErrors" >> beam.Flatten()
+        errors = (record_errors, hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> (
+            beam.Flatten()
+        )
         return {
             "images": decoded.images,
             "reused": copied.rows,
