@@ -174,12 +174,13 @@ def _remove_orphans(out: str, summaries: list[str]) -> None:
     """Masks, overlays and raw files no summary row names (an interrupted attempt's files for
     another --target or --artifacts, or for rows not in the final summaries) are deleted:
     the folder holds only what its rows point at."""
-    named = set()
+    named = {folder: set() for folder in ARTIFACT_COLUMNS}
     for path in summaries:
-        named.update(_uris(path, tuple(ARTIFACT_COLUMNS.values())))
+        for folder, column in ARTIFACT_COLUMNS.items():
+            named[folder].update(u.rsplit("/", 1)[-1] for u in _uris(path, (column,)))
     for folder in ARTIFACT_COLUMNS:
         found = FileSystems.match([join(out, folder, "*")])[0].metadata_list
-        orphans = [m.path for m in found if m.path not in named]
+        orphans = [m.path for m in found if m.path.rsplit("/", 1)[-1] not in named[folder]]
         if orphans:
             FileSystems.delete(orphans)
 

@@ -52,7 +52,12 @@ def build(
         regions = read["regions"]  # with the records' boxes (--regions_from_record)
     elif records is not None:
         read = p | "ReadImages" >> ReadRecords(
-            input_pattern, records, settings.image_size, settings.max_pixels, settings.channels
+            input_pattern,
+            records,
+            settings.image_size,
+            settings.max_pixels,
+            settings.channels,
+            inputs_list=inputs_list,
         )
         images, read_errors, reused = read["images"], read["errors"], None
         if records.regions_from_record:

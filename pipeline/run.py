@@ -431,7 +431,7 @@ def _run_job(
             opts.regions,
             reuse_from=opts.reuse_from,
             records=records,
-            inputs_list=None if records else inputs_list,
+            inputs_list=inputs_list,
             resume_parts=taken.resume_parts if taken else None,
             commit_context=context,
         )

@@ -436,7 +436,7 @@ class ReadWithReuse(beam.PTransform):
                 HashFn(s.progress_folder, s.max_file_bytes)
             ).with_outputs(ERRORS, main="hashes")
         else:
-            found = tfrecord.unique_records(pbegin, self.pattern, self.records)
+            found = tfrecord.unique_records(pbegin, self.pattern, self.records, self.inputs_list)
             hashed = found.records | "Hash" >> beam.ParDo(
                 tfrecord.HashRecordsFn(self.records)
             ).with_outputs(ERRORS, tfrecord.REGIONS, main="hashes")

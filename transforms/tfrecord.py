@@ -288,12 +288,12 @@ class FirstOfIdFn(beam.DoFn):
             )
 
 
-def unique_records(pbegin, pattern: str, keys: RecordKeys):
+def unique_records(pbegin, pattern: str, keys: RecordKeys, inputs_list: str | None = None):
     """The records of a shard pattern, one per id (``FirstOfIdFn``): main output Records,
     ERRORS the corrupt frames and repeated ids. Records are grouped by id in the graph,
     which moves their bytes through one shuffle."""
     return (
-        shard_paths(pbegin, pattern)
+        shard_paths(pbegin, pattern, inputs_list)
         | "ReadShards" >> beam.ParDo(RecordsFn(keys))
         | "GroupById" >> beam.GroupByKey()
         | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="records")
@@ -380,14 +380,22 @@ class DecodeRecordFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(ERRORS, error)
 
 
-def shard_paths(pbegin, pattern: str):
-    """The shards of a pattern, one per element, spread over workers."""
-    return (
-        pbegin
-        | "Match" >> fileio.MatchFiles(pattern)
-        | "Paths" >> beam.Map(lambda metadata: metadata.path)
-        | "Reshuffle" >> beam.Reshuffle()
-    )
+def shard_paths(pbegin, pattern: str, inputs_list: str | None = None):
+    """The shards of a pattern (or of the launcher's input list, so a resumed run reads the
+    shards it listed), one per element, spread over workers."""
+    if inputs_list:
+        paths = (
+            pbegin
+            | "ReadList" >> beam.io.ReadFromParquet(inputs_list, validate=False, columns=["uri"])
+            | "Paths" >> beam.Map(lambda row: row["uri"])
+        )
+    else:
+        paths = (
+            pbegin
+            | "Match" >> fileio.MatchFiles(pattern)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+        )
+    return paths | "Reshuffle" >> beam.Reshuffle()
 
 
 class ReadRecords(beam.PTransform):
@@ -395,14 +403,20 @@ class ReadRecords(beam.PTransform):
     "regions": (key, (index, name, box))}."""
 
     def __init__(
-        self, pattern: str, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3
+        self,
+        pattern: str,
+        keys: RecordKeys,
+        image_size,
+        max_pixels: int,
+        channels: int = 3,
+        inputs_list: str | None = None,
     ):
         super().__init__()
-        self.pattern, self.keys = pattern, keys
+        self.pattern, self.keys, self.inputs_list = pattern, keys, inputs_list
         self.image_size, self.max_pixels, self.channels = image_size, max_pixels, channels
 
     def expand(self, pbegin):
-        found = unique_records(pbegin, self.pattern, self.keys)
+        found = unique_records(pbegin, self.pattern, self.keys, self.inputs_list)
         read = found.records | "DecodeRecords" >> beam.ParDo(
             DecodeRecordsFn(self.keys, self.image_size, self.max_pixels, self.channels)
         ).with_outputs(ERRORS, REGIONS, main="images")
