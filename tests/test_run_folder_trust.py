@@ -177,7 +177,7 @@ def test_a_manifest_of_plain_names_is_accepted_said_and_its_rows_re_checked(
     assert m["counts"]["reverified_failed"] == 1 and m["counts"]["reused"] == 3
 
 
-@pytest.mark.parametrize("target", ["outside", "etc_passwd", "link_inside"])
+@pytest.mark.parametrize("target", ["outside", "outside_same_name", "etc_passwd", "link_inside"])
 def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
     tiny_model, first_run, tmp_path, target
 ):
@@ -185,8 +185,12 @@ def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"the secret\n")
     first = sorted(os.listdir(previous / "masks"))[0]
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / first).write_bytes(secret.read_bytes())
     named = {
         "outside": str(secret),
+        # the stored directory is never followed: the run's own masks/<name> is read
+        "outside_same_name": str(tmp_path / "elsewhere" / first),
         "etc_passwd": "/etc/passwd",
         "link_inside": str(previous / "masks" / first),
     }[target]
@@ -207,7 +211,8 @@ def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     m = assert_clean_and_committed(out)
-    assert (m["counts"]["reused"], m["counts"]["computed"]) == (3, 1)  # that image recomputed
+    recomputed = 0 if target == "outside_same_name" else 1  # else that image is computed
+    assert (m["counts"]["reused"], m["counts"]["computed"]) == (4 - recomputed, recomputed)
     copied = [open(p, "rb").read() for p in (out / "masks").iterdir()]
     assert outside not in copied and not any(b"root:" in c for c in copied)
     assert all(c.startswith(b"\x89PNG") for c in copied)
