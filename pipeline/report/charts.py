@@ -114,9 +114,11 @@ def colorbar_png() -> bytes:
     return _rgb_png(np.ascontiguousarray(rgb))
 
 
-def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str) -> bytes:
+def faithfulness_chart(
+    curves: list, randoms: list, colors: list[str], kind: str, fill: str = "baseline"
+) -> bytes:
     """Mean deletion or insertion curves per class (solid) against the random order
-    (dashed, same colour), over the fraction of pixels changed."""
+    (dashed, same colour), over the fraction of pixels changed; ``fill``: --deletion_fill."""
     figure = _figure(6.4, 3.6)
     axes = figure.axes[0]
     for curve, random, color in zip(curves, randoms, colors):
@@ -127,7 +129,11 @@ def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str
                 np.linspace(0, 1, len(random)), random, color=color, linewidth=1.2, linestyle="--"
             )
     axes.set_xlim(0, 1)
-    verb = "removed (replaced by the baseline)" if kind == "deletion" else "put back on the blur"
+    removed = {"baseline": "replaced by the baseline", "blur": "blurred", "road": "imputed (ROAD)"}
+    if kind == "deletion":
+        verb = f"removed ({removed.get(fill, fill)})"
+    else:
+        verb = "put back on the blur" if fill != "road" else "put back (the rest imputed, ROAD)"
     axes.set_xlabel(f"fraction of pixels {verb}")
     axes.set_ylabel("mean target score")
     return _figure_png(figure)

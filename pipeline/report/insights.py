@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attribution.methods.config import PIXEL_MAPS
 from pipeline.report.read import ClassStats, Run
 
 MIN_ROWS = 5  # rows with regions a class needs before a finding speaks about it
@@ -119,6 +120,11 @@ def _peak(s: ClassStats, name: str) -> str:
 def _completeness_findings(run: Run) -> list[str]:
     if not run.rows:
         return ["No row was attributed: there is nothing to say about attributions."]
+    if run.config("attribution") in PIXEL_MAPS:
+        return [
+            f"--attribution {run.config('attribution')} has no completeness axiom: its rows "
+            "carry no completeness check (read the faithfulness curves instead)."
+        ]
     out = []
     tolerance = run.config("tolerance")
     target = f"the completeness tolerance {tolerance:g}" if tolerance else "completeness"
