@@ -11,6 +11,12 @@ rows whose model fingerprint and settings hash equal this run's, and splits:
 - **compute**: new or changed images, images the previous run failed on (errors are never
   reused), and images whose previous files are gone are read again, decoded and attributed.
 
+Reuse verifies what it reuses: the launcher checks the previous summaries against the sizes
+and sha256 its manifest lists (``check_digests``); every previous row's arithmetic is
+re-checked (``recheck``; a failing row's image is computed, counted in the manifest's
+``counts.reverified_failed``); previous masks, overlays and raw files are read only from the
+previous run folder's own ``masks/``, ``overlays/``, ``raw/`` (``read_run_file``).
+
 The model is loaded in a worker only when the first image needs computing, so a rerun where
 nothing changed never loads it (``metrics.model_loads == 0``).
 """
