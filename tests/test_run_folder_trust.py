@@ -177,31 +177,31 @@ def test_a_manifest_of_plain_names_is_accepted_said_and_its_rows_re_checked(
     assert m["counts"]["reverified_failed"] == 1 and m["counts"]["reused"] == 3
 
 
-@pytest.mark.parametrize("target", ["outside", "outside_same_name", "etc_passwd", "link_inside"])
-def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
-    tiny_model, first_run, tmp_path, target
+def test_rows_naming_files_outside_their_run_folder_never_copy_them(
+    tiny_model, first_run, tmp_path
 ):
+    """Four forged rows of one previous run: a secret file outside, a file outside with a
+    mask's own name, /etc/passwd, and a mask replaced by a link to the secret. Only the
+    run's own regular masks/<name> is ever read: the first, third and fourth images are
+    computed again, the second reuses its run's own mask."""
     folder, previous = copy_run(first_run, tmp_path)
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"the secret\n")
-    first = sorted(os.listdir(previous / "masks"))[0]
+    names = sorted(os.listdir(previous / "masks"))
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / first).write_bytes(secret.read_bytes())
+    (tmp_path / "elsewhere" / names[1]).write_bytes(secret.read_bytes())
     named = {
-        "outside": str(secret),
+        names[0]: str(secret),
         # the stored directory is never followed: the run's own masks/<name> is read
-        "outside_same_name": str(tmp_path / "elsewhere" / first),
-        "etc_passwd": "/etc/passwd",
-        "link_inside": str(previous / "masks" / first),
-    }[target]
-    if target == "link_inside":  # a link inside masks/ to a file outside
-        os.remove(previous / "masks" / first)
-        os.symlink(secret, previous / "masks" / first)
+        names[1]: str(tmp_path / "elsewhere" / names[1]),
+        names[2]: "/etc/passwd",
+    }
+    os.remove(previous / "masks" / names[3])  # a link inside masks/ to a file outside
+    os.symlink(secret, previous / "masks" / names[3])
 
     def forge(table):
         for row in table:
-            if os.path.basename(row["mask_uri"]) == first:
-                row["mask_uri"] = named
+            row["mask_uri"] = named.get(os.path.basename(row["mask_uri"]), row["mask_uri"])
 
     rewrite_rows(previous, forge)
     outside = secret.read_bytes()
@@ -211,13 +211,18 @@ def test_a_row_naming_a_file_outside_its_run_folder_never_copies_it(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     m = assert_clean_and_committed(out)
-    recomputed = 0 if target == "outside_same_name" else 1  # else that image is computed
-    assert (m["counts"]["reused"], m["counts"]["computed"]) == (4 - recomputed, recomputed)
+    assert (m["counts"]["reused"], m["counts"]["computed"]) == (1, 3)
+    reused = next(r for r in rows(out) if os.path.basename(r["mask_uri"]) == names[1])
+    assert (out / "masks" / names[1]).read_bytes() == (
+        first_run[1] / "masks" / names[1]
+    ).read_bytes()
+    assert reused["image_uri"] in {r["image_uri"] for r in rows(first_run[1])}
     copied = [open(p, "rb").read() for p in (out / "masks").iterdir()]
     assert outside not in copied and not any(b"root:" in c for c in copied)
     assert all(c.startswith(b"\x89PNG") for c in copied)
     assert secret.read_bytes() == outside  # and nothing outside changed
-    assert sorted(os.listdir(out / "masks")) == sorted(os.listdir(first_run[1] / "masks"))
+    assert sorted(os.listdir(out / "masks")) == names
+    assert not any(os.path.islink(p) for p in (out / "masks").iterdir())
 
 
 def test_resume_of_a_committed_folder_with_another_target_is_refused(
