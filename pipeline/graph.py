@@ -38,15 +38,28 @@ def build(
     out = settings.output_dir
     regions = p | "ReadRegions" >> ReadRegions(regions, input_pattern) if regions else None
     previous = [folder for folder in (reuse_from, resume_parts) if folder]
+    reverified = None
     if previous:  # hash, join with the previous rows, decode only what is new
         read = p | "ReadImages" >> ReadWithReuse(
-            input_pattern, settings, previous, regions, records, inputs_list=inputs_list
+            input_pattern,
+            settings,
+            previous,
+            regions,
+            records,
+            inputs_list=inputs_list,
+            roots=[f for f in (reuse_from, resume_parts and settings.output_dir) if f],
         )
         images, read_errors, reused = read["images"], read["errors"], read["reused"]
+        reverified = read["reverified_failed"]  # counted by the commit
         regions = read["regions"]  # with the records' boxes (--regions_from_record)
     elif records is not None:
         read = p | "ReadImages" >> ReadRecords(
-            input_pattern, records, settings.image_size, settings.max_pixels, settings.channels
+            input_pattern,
+            records,
+            settings.image_size,
+            settings.max_pixels,
+            settings.channels,
+            inputs_list=inputs_list,
         )
         images, read_errors, reused = read["images"], read["errors"], None
         if records.regions_from_record:
@@ -100,6 +113,8 @@ def build(
     parts.append(
         errors | "WriteErrors" >> WriteParts(out, "errors", ERROR_SCHEMA, COMPUTED, interval)
     )
+    if reverified is not None:
+        parts.append(reverified)
     if commit_context is not None:
         _ = (
             tuple(parts)
