@@ -32,18 +32,17 @@ import time
 import numpy as np
 
 from benchmarks import models
-from benchmarks.run import (
+from benchmarks.measure import (
     HERE,
-    README,
     REPO,
     log,
     machine,
-    replace_between,
     run_pipeline,
     run_process,
     worker,
     write_pngs,
 )
+from benchmarks.render import README, replace_between
 
 README_START = "<!-- generated: benchmarks.performance -->"
 README_END = "<!-- /generated: benchmarks.performance -->"
