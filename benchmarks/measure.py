@@ -31,36 +31,25 @@ ENGINE_DEFAULT = {"method": GL, "steps": 16, "tolerance": 0.01, "max_steps": 256
 BLAS1 = {"OPENBLAS_NUM_THREADS": "1"}
 ADAPTIVE_TRAPEZOID = {"method": TRAP, "steps": 17, "max_steps": 257}  # 17->33->...->257, nested
 
-_FULL = {
-    "small_cnn": {"count": 16, "pipeline_count": 96},
-    "demo": {"count": 12, "pipeline_count": 32},
-    "mobilenet_v2": {"count": 4},
-    "repeats": 3,
-    "min_seconds": 3.0,
-    "pipeline_repeats": 3,
-    "windows": 3,
-    "ladder": LADDER,
-    "levels": LEVELS,
-    "memory_steps": 2000,
-    "pipeline_fixed_cost": True,
-    "profile": True,
+# setting: (its value in the full profile, in the quick one: fewer images, repeats and
+# levels; no memory run, 1-image job or cProfile)
+_SETTINGS = {
+    "small_cnn": ({"count": 16, "pipeline_count": 96}, {"count": 8, "pipeline_count": 32}),
+    "demo": ({"count": 12, "pipeline_count": 32}, {"count": 8, "pipeline_count": 16}),
+    "mobilenet_v2": ({"count": 4}, {"count": 2}),
+    "repeats": (3, 3),
+    "min_seconds": (3.0, 1.5),
+    "pipeline_repeats": (3, 1),
+    "windows": (3, 2),
+    "ladder": (LADDER, LADDER),
+    "levels": (LEVELS, (0.01,)),
+    "memory_steps": (2000, None),
+    "pipeline_fixed_cost": (True, False),
+    "profile": (True, False),
 }
-# quick: fewer images, repeats and levels; no memory run, 1-image job or cProfile
 PROFILES = {
-    "full": _FULL,
-    "quick": {
-        **_FULL,
-        "small_cnn": {"count": 8, "pipeline_count": 32},
-        "demo": {"count": 8, "pipeline_count": 16},
-        "mobilenet_v2": {"count": 2},
-        "min_seconds": 1.5,
-        "pipeline_repeats": 1,
-        "windows": 2,
-        "levels": (0.01,),
-        "memory_steps": None,
-        "pipeline_fixed_cost": False,
-        "profile": False,
-    },
+    name: {setting: values[i] for setting, values in _SETTINGS.items()}
+    for i, name in enumerate(("full", "quick"))
 }
 
 
