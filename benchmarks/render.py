@@ -94,7 +94,7 @@ def meets(run: dict, level: float) -> bool:
 
 # --- targets -----------------------------------------------------------------------------------
 def targets(results: dict, profile: dict) -> list[dict]:
-    """The issue's targets, pass/fail with the numbers."""
+    """The targets the engine is held to, pass/fail with the numbers."""
     out = []
     for name in ("small_cnn", "demo"):
         r = results["models"].get(name)
