@@ -240,15 +240,46 @@ def run_pipeline(argv: list[str], env: dict | None = None) -> dict:
 
 # --- machine -------------------------------------------------------------------------------
 def machine() -> dict:
-    cpu = "unknown"
+    """What the numbers were measured on: CPU, memory, versions, commit, load."""
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    commit, modified = _git()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": _cpu(),
+        "memory_gb": _memory_gb(),
+        "git_commit": commit,
+        "git_modified_files": modified,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average_at_start": load,
+        **_versions(),
+    }
+
+
+def _cpu() -> str:
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown"
+
+
+def _memory_gb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _versions() -> dict:
+    """The libraries' versions, as a benchmark subprocess imports them."""
     versions = subprocess.run(
         [
             sys.executable,
@@ -260,41 +291,17 @@ def machine() -> dict:
         text=True,
         env=_env(),
     ).stdout.split()
-    names = ("tensorflow", "keras", "apache_beam", "numpy")
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
-    memory = None
-    try:
-        with open("/proc/meminfo") as f:
-            memory = f.readline().split()[1]
-            memory = round(int(memory) / 1024 / 1024, 1)
-    except (OSError, IndexError, ValueError):
-        pass
-    git = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
-    ).stdout.strip()
-    dirty = [
-        line[3:]
-        for line in subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        ).stdout.splitlines()
-    ]
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "memory_gb": memory,
-        "git_commit": git,
-        "git_modified_files": dirty,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average_at_start": load,
-        **dict(zip(names, versions)),
-    }
+    return dict(zip(("tensorflow", "keras", "apache_beam", "numpy"), versions))
+
+
+def _git() -> tuple[str, list[str]]:
+    """(the short commit, the tracked files with uncommitted changes)."""
+
+    def git(*args):
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO).stdout
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD").strip(), [line[3:] for line in status.splitlines()]
 
 
 # --- the benchmark -------------------------------------------------------------------------
