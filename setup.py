@@ -32,7 +32,7 @@ setuptools.setup(
         "Jinja2>=3.1",
         "google-crc32c>=1.5",  # TFRecord frame checksums (transforms/tfrecord.py)
         "scipy>=1.11",  # Blur IG's FFT blur, XRAI segment boxes
-        "scikit-image>=0.22",  # XRAI's segments, mask outlines, sanity SSIM
+        "scikit-image>=0.22",  # XRAI's segments, mask outlines, sanity SSIM, test photos
     ],
     package_data={
         "pipeline.report": [
@@ -48,8 +48,7 @@ setuptools.setup(
             "pytest>=8",
             "pytest-timeout>=2",
             "ruff>=0.6",
-            "scikit-image>=0.22",  # real photos (faces) in the model tests
-            "saliency>=0.2",
-        ],  # PAIR's IG: the independent oracle
+            "saliency>=0.2",  # PAIR's IG: the independent oracle
+        ],
     },
 )

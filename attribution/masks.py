@@ -28,12 +28,19 @@ from PIL import Image
 from attribution.config import DEFAULTS, MASK_TYPES, OVERLAYS, POLARITIES
 
 _PNG_COMPRESS_LEVEL = 1
+# The colormaps a mask is drawn in when none is chosen (the config's colormap default is
+# None: inferno for a magnitude, the diverging RdBu_r for both signs), and the tutorial's
+# overlay opacity.
+COLORMAP, DIVERGING_COLORMAP = "inferno", "RdBu_r"
+ALPHA = 0.4
 # Images may overshoot [0, 1] slightly after resizing; within half an 8-bit step they are
 # clipped (the PNG is the same), beyond it they are rejected as a scaling mistake.
 _IMAGE_TOLERANCE = 0.5 / 255
 
 
-def mask_png(attributions, *, clip_percentile: float = 99.0, cmap: str = "inferno") -> bytes:
+def mask_png(
+    attributions, *, clip_percentile: float = DEFAULTS.clip_percentile, cmap: str = COLORMAP
+) -> bytes:
     """The tutorial's mask as PNG bytes (H x W RGB).
 
     Per-pixel |IG| mass divided by its ``clip_percentile`` percentile (or by its maximum when
@@ -44,7 +51,12 @@ def mask_png(attributions, *, clip_percentile: float = 99.0, cmap: str = "infern
 
 
 def overlay_png(
-    image, attributions, *, alpha: float = 0.4, clip_percentile: float = 99.0, cmap: str = "inferno"
+    image,
+    attributions,
+    *,
+    alpha: float = ALPHA,
+    clip_percentile: float = DEFAULTS.clip_percentile,
+    cmap: str = COLORMAP,
 ) -> bytes:
     """The mask blended over the image as PNG bytes (H x W RGB).
 
@@ -60,7 +72,12 @@ def overlay_png(
     return _encode_png(np.rint(blended * 255).astype(np.uint8))
 
 
-def signed_mask_png(attributions, *, clip_percentile: float = 99.0, cmap: str = "RdBu_r") -> bytes:
+def signed_mask_png(
+    attributions,
+    *,
+    clip_percentile: float = DEFAULTS.clip_percentile,
+    cmap: str = DIVERGING_COLORMAP,
+) -> bytes:
     """Diverging mask of the per-pixel signed sum as PNG bytes (H x W RGB).
 
     The scale is symmetric: the ``clip_percentile`` percentile of |signed sum| (or its maximum
@@ -75,7 +92,7 @@ def signed_mask_png(attributions, *, clip_percentile: float = 99.0, cmap: str = 
     return _encode_png(_colorize(values, cmap))
 
 
-def attribution_grid(attributions, cells: int = 14) -> np.ndarray:
+def attribution_grid(attributions, cells: int = DEFAULTS.grid_cells) -> np.ndarray:
     """Share of the |IG| mass in each cell of a ``cells`` x ``cells`` grid, float32.
 
     ``grid[r, c]`` is grid row r (y) and column c (x); cells have equal real-valued size
@@ -255,7 +272,7 @@ def _colormap(name: str):
     except KeyError:
         raise ValueError(
             f"unknown colormap {name!r}; pass a matplotlib colormap name such as "
-            "'inferno' or 'RdBu_r'"
+            f"{COLORMAP!r} or {DIVERGING_COLORMAP!r}"
         ) from None
 
 
@@ -326,7 +343,7 @@ def _parse_regions(regions) -> tuple[list[str], np.ndarray]:
     return names, np.array(boxes, dtype=np.float64).reshape(-1, 4)
 
 
-# -- visualization options (issue 12): polarity, clipping, colormap, overlay, mask type ---
+# -- the configurable masks: polarity, clipping, colormap, overlay, mask type --------------
 
 
 @functools.lru_cache(maxsize=1)
@@ -385,12 +402,12 @@ def styled_pngs(
     image,
     values: np.ndarray,
     *,
-    cmap: str = "inferno",
-    overlay: str = "original",
-    mask_type: str = "pixels",
+    cmap: str = COLORMAP,
+    overlay: str = DEFAULTS.overlay,
+    mask_type: str = DEFAULTS.mask_type,
     outline: np.ndarray | None = None,
-    top_fraction: float = 0.3,
-    alpha: float = 0.4,
+    top_fraction: float = DEFAULTS.xrai_top_fraction,
+    alpha: float = ALPHA,
 ) -> tuple[bytes, bytes]:
     """(mask PNG, overlay PNG) of mask values in [0, 1] (``styled_values``).
 

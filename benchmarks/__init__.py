@@ -1,1 +1,1 @@
-"""Benchmarks for the IG engine and pipeline (issue 5): `python -m benchmarks.run`."""
+"""Benchmarks for the IG engine and pipeline: `python -m benchmarks.run` and its siblings."""

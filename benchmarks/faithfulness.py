@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.output, "w") as f:
         json.dump(record, f, indent=2)
     if os.path.dirname(os.path.abspath(args.output)) == HERE:  # the project's own run
-        from benchmarks.run import README, replace_between
+        from benchmarks.render import README, replace_between
 
         text = table(record)
         replace_between(

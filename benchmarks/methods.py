@@ -1,4 +1,4 @@
-"""Cost per image of each ``--attribution`` at its defaults (issue 12), on one benchmark model.
+"""Cost per image of each ``--attribution`` at its defaults, on one benchmark model.
 
     python -m benchmarks.methods [--model small_cnn|demo|mobilenet_v2] [--images 8]
         [--methods gradcam,occlusion]   (a subset: their rows replace those in the JSON)

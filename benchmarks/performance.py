@@ -1,4 +1,4 @@
-"""Issue 13 benchmark: close to the hardware, and a job that starts fast. Every number is a
+"""The engine close to the hardware, and a job that starts fast. Every number is a
 ratio of things measured side by side in one run (the machine is shared and its load drifts):
 
 - efficiency: the engine's gradient rows/s over the bare model's forward + input gradient at
@@ -15,7 +15,8 @@ ratio of things measured side by side in one run (the machine is shared and its 
 
     .venv/bin/python -m benchmarks.performance [--parts efficiency,fixed,...] [--quick]
 
-Writes benchmarks/performance.json and the "Issue 13" section of benchmarks/RESULTS.md.
+Writes benchmarks/performance.json and its section of benchmarks/RESULTS.md (between START and
+END, headed "Issue 13"; the markers stay as they are: benchmarks.run keeps that section by them).
 """
 
 from __future__ import annotations
@@ -32,18 +33,17 @@ import time
 import numpy as np
 
 from benchmarks import models
-from benchmarks.run import (
+from benchmarks.measure import (
     HERE,
-    README,
     REPO,
     log,
     machine,
-    replace_between,
     run_pipeline,
     run_process,
     worker,
     write_pngs,
 )
+from benchmarks.render import README, replace_between
 
 README_START = "<!-- generated: benchmarks.performance -->"
 README_END = "<!-- /generated: benchmarks.performance -->"

@@ -62,6 +62,34 @@ def _stats(errors: np.ndarray) -> dict:
     }
 
 
+def _engine(model, task, engine_class=None, **overrides):
+    """The engine at the task's rule, steps, tolerance, max_steps and call size (``overrides``
+    win); ``engine_class`` swaps in another implementation (see _engine_class)."""
+    engine_class = engine_class or _engine_class(None)
+    settings = {
+        "method": task["method"],
+        "steps": task["steps"],
+        "tolerance": task.get("tolerance"),
+        "max_steps": task.get("max_steps", 256),
+        "batch_size": task.get("batch_size"),
+        **overrides,
+    }
+    return engine_class(model.fn, image_size=model.image_size, **settings)
+
+
+def _captum(model, method: str, steps: int, batch_size: int):
+    """The Captum-style loop at one rule, steps and internal batch size."""
+    from benchmarks.baselines import CaptumStyleIG
+
+    return CaptumStyleIG(
+        model.fn,
+        image_size=model.image_size,
+        method=method,
+        steps=steps,
+        internal_batch_size=batch_size,
+    )
+
+
 # --- setup: model, images, ceiling, error ladder --------------------------------------------
 def prepare(task):
     """Build the model, choose the images, their predicted targets and F(x), F(black).
@@ -136,8 +164,6 @@ def ladder(task):
     method (tests/test_benchmarks.py checks it), so the fastest one computes the ladder: the
     Captum-style loop, which accumulates in the graph. A rule's ladder stops at the first rung
     whose median and p95 are both <= ``stop_at``."""
-    from benchmarks.baselines import CaptumStyleIG
-
     model, d = _load(task), _data(task)
     images = d["bench_images"]
     targets = d["bench_targets"].tolist()
@@ -145,13 +171,7 @@ def ladder(task):
     for method in task["methods"]:
         out[method] = {}
         for steps in task["ladder"]:
-            ig = CaptumStyleIG(
-                model.fn,
-                image_size=model.image_size,
-                method=method,
-                steps=steps,
-                internal_batch_size=task["batch_size"],
-            )
+            ig = _captum(model, method, steps, task["batch_size"])
             attributions = ig.attribute(images, np.zeros_like(images), targets)
             errors = relative_errors(attributions, d["bench_fx"], d["bench_fb"])
             out[method][str(steps)] = {**_stats(errors), "errors": errors.tolist()}
@@ -210,8 +230,8 @@ def _make_runner(kind, model, task, d):
     """-> (run(images) -> (attributions, targets, gradient evaluations), traces())."""
     import tensorflow as tf
 
-    from attribution.integrated_gradients import IntegratedGradients, Request
-    from benchmarks.baselines import CaptumStyleIG, TutorialIG
+    from attribution.integrated_gradients import Request
+    from benchmarks.baselines import TutorialIG
 
     steps = task["steps"]
     if kind == "tutorial":
@@ -223,13 +243,7 @@ def _make_runner(kind, model, task, d):
 
         return run, lambda: tutorial.trace_count
     if kind == "captum":
-        captum = CaptumStyleIG(
-            model.fn,
-            image_size=model.image_size,
-            method=task["method"],
-            steps=steps,
-            internal_batch_size=task["batch_size"],
-        )
+        captum = _captum(model, task["method"], steps, task["batch_size"])
 
         def run(images):
             scores = tf.nn.softmax(model.fn(tf.convert_to_tensor(images)))  # the targets
@@ -242,15 +256,7 @@ def _make_runner(kind, model, task, d):
 
         return run, lambda: captum.trace_count
     if kind == "engine":
-        engine = IntegratedGradients(
-            model.fn,
-            image_size=model.image_size,
-            method=task["method"],
-            steps=steps,
-            tolerance=task.get("tolerance"),
-            max_steps=task.get("max_steps", 256),
-            batch_size=task["batch_size"],
-        )
+        engine = _engine(model, task)
 
         def run(images):
             results = engine.attribute(
@@ -342,15 +348,7 @@ def efficiency(task):
     raw = RawGradients(model, size)
     engines = {}
     for name, path in task["variants"].items():
-        engine = _engine_class(path)(
-            model.fn,
-            image_size=model.image_size,
-            method=task["method"],
-            steps=task["steps"],
-            tolerance=task.get("tolerance"),
-            max_steps=task.get("max_steps", 256),
-            batch_size=size,
-        )
+        engine = _engine(model, task, _engine_class(path))
         engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
         engines[name] = engine
     out = {
@@ -483,19 +481,11 @@ def _png_arrays(pattern: str) -> np.ndarray:
 def engine_rate(task):
     """The engine alone on the decoded PNGs: every image in one attribute() call (best
     packing), after a warm-up; images/s and gradient rows/s."""
-    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.integrated_gradients import Request
 
     model = _load(task)
     images = _png_arrays(task["pattern"])
-    engine = IntegratedGradients(
-        model.fn,
-        image_size=model.image_size,
-        method=task["method"],
-        steps=task["steps"],
-        tolerance=task.get("tolerance"),
-        max_steps=task.get("max_steps", 256),
-        batch_size=task["batch_size"],
-    )
+    engine = _engine(model, task)
     engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
     started = time.perf_counter()
@@ -534,7 +524,7 @@ def engine_rate(task):
 
 # --- precision: speed and completeness of each compute precision, interleaved -------------
 def precision(task):
-    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.integrated_gradients import Request
     from attribution.models import load_model
     from benchmarks import models
 
@@ -544,14 +534,7 @@ def precision(task):
     engines = {}
     for name in task["precisions"]:
         model = load_model(info.path, precision=name)
-        engine = IntegratedGradients(
-            model.fn,
-            image_size=model.image_size,
-            method=task["method"],
-            steps=task["steps"],
-            tolerance=None,
-            batch_size=task["batch_size"],
-        )
+        engine = _engine(model, task, tolerance=None)
         engine.attribute(requests[:1])
         engines[name] = engine
     out = {name: {"times": []} for name in engines}
@@ -580,6 +563,41 @@ def precision(task):
 
 
 # --- profile -------------------------------------------------------------------------------
+# the functions whose cumulative seconds the pipeline's profile reports: bucket, a part of
+# the file's path, function; the engine's profile reports the engine_* ones without the prefix
+PROFILED_FUNCTIONS = {
+    bucket: (file_part, function)
+    for bucket, file_part, function in map(
+        str.split,
+        """
+        load_model            models.py                load_model
+        engine_attribute      integrated_gradients.py  attribute
+        engine_tf_calls       integrated_gradients.py  _call
+        engine_integrate      integrated_gradients.py  _integrate
+        engine_finish         integrated_gradients.py  _finish
+        decode_image          images.py                decode_image
+        resize_with_pad       images.py                resize_with_pad
+        mask_png              masks.py                 mask_png
+        overlay_png           masks.py                 overlay_png
+        png_encode            masks.py                 _encode_png
+        statistics            masks.py                 attribution_statistics
+        grid                  masks.py                 attribution_grid
+        publish               files.py                 publish
+        parquet_write_record  parquetio.py             write_record
+        parquet_flush         parquetio.py             _flush_buffer
+        parquet_close         parquetio.py             close
+        manifest_build        manifest.py              build
+        pipeline_p_run        pipeline.py              run
+        """.strip().splitlines(),
+    )
+}
+ENGINE_FUNCTIONS = {
+    bucket.removeprefix("engine_"): where
+    for bucket, where in PROFILED_FUNCTIONS.items()
+    if bucket.startswith("engine_")
+}
+
+
 def _profile_summary(stats, buckets: dict, total: float) -> dict:
     """cumulative seconds of the first function matching each bucket's (file, name) parts."""
     out = {"total_s": total}
@@ -607,51 +625,21 @@ def profile(task):
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(d["pipe_images"])]
     engine.attribute([Request(-1, d["warmup"][0], np.zeros_like(d["warmup"][0]))])
     engine_stats, total = _profiled(lambda: engine.attribute(requests))
-    engine_summary = _profile_summary(
-        engine_stats,
-        {
-            "attribute": ("integrated_gradients.py", "attribute"),
-            "tf_calls": ("integrated_gradients.py", "_call"),
-            "integrate": ("integrated_gradients.py", "_integrate"),
-            "finish": ("integrated_gradients.py", "_finish"),
-        },
-        total,
-    )
+    engine_summary = _profile_summary(engine_stats, ENGINE_FUNCTIONS, total)
     engine_summary["python_outside_tf_calls_s"] = (
         engine_summary["attribute"] - engine_summary["tf_calls"]
     )
     engine_summary["images"] = len(requests)
-    engine_summary["calls"] = _ncalls(engine_stats, "integrated_gradients.py", "_call")
+    engine_summary["calls"] = _ncalls(engine_stats, *ENGINE_FUNCTIONS["tf_calls"])
 
     from pipeline import run as pipeline_run
 
     pipe_stats, total = _profiled(
         lambda: pipeline_run.run(task["pipeline_argv"], save_main_session=False)
     )
-    pipe_summary = _profile_summary(
-        pipe_stats,
-        {
-            "load_model": ("models.py", "load_model"),
-            "engine_attribute": ("integrated_gradients.py", "attribute"),
-            "engine_tf_calls": ("integrated_gradients.py", "_call"),
-            "decode_image": ("images.py", "decode_image"),
-            "resize_with_pad": ("images.py", "resize_with_pad"),
-            "mask_png": ("masks.py", "mask_png"),
-            "overlay_png": ("masks.py", "overlay_png"),
-            "png_encode": ("masks.py", "_encode_png"),
-            "statistics": ("masks.py", "attribution_statistics"),
-            "grid": ("masks.py", "attribution_grid"),
-            "publish": ("files.py", "publish"),
-            "parquet_write_record": ("parquetio.py", "write_record"),
-            "parquet_flush": ("parquetio.py", "_flush_buffer"),
-            "parquet_close": ("parquetio.py", "close"),
-            "manifest_build": ("manifest.py", "build"),
-            "pipeline_p_run": ("pipeline.py", "run"),
-        },
-        total,
-    )
-    pipe_summary["engine_calls"] = _ncalls(pipe_stats, "integrated_gradients.py", "_call")
-    pipe_summary["attribute_calls"] = _ncalls(pipe_stats, "integrated_gradients.py", "attribute")
+    pipe_summary = _profile_summary(pipe_stats, PROFILED_FUNCTIONS, total)
+    pipe_summary["engine_calls"] = _ncalls(pipe_stats, *ENGINE_FUNCTIONS["tf_calls"])
+    pipe_summary["attribute_calls"] = _ncalls(pipe_stats, *ENGINE_FUNCTIONS["attribute"])
     top = []
     pipe_stats.sort_stats("tottime")
     for (filename, line, function), (_, calls, tottime, cumulative, _) in list(
