@@ -26,7 +26,7 @@ def artifact_name(image_id: str, target: int, rank: int) -> str:
 def draw(image, attributions, heatmap, s: Settings) -> tuple[bytes, bytes]:
     """(mask, overlay) PNGs with the visualization options; XRAI draws its heat map and
     outlines the top regions covering --xrai_top_fraction of the image."""
-    cmap = s.colormap or ("RdBu_r" if s.mask_polarity == "both" else "inferno")
+    cmap = s.colormap or (masks.DIVERGING_COLORMAP if s.mask_polarity == "both" else masks.COLORMAP)
     if heatmap is not None:
         values = masks.styled_values(heatmap, clip_low=s.clip_low, clip_high=s.clip_percentile)
         return masks.styled_pngs(
