@@ -35,7 +35,7 @@ setuptools.setup(
         "scikit-image>=0.22",  # XRAI's segments, mask outlines, sanity SSIM, test photos
     ],
     package_data={
-        "pipeline.report": [
+        "pipeline.html": [
             "templates/*.html",
             "templates/*.css",
             "templates/*.js",

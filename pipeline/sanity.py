@@ -155,7 +155,7 @@ def stage_maps(run_dir: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 @functools.cache
 def _sections():
     """The sanity page: the verdict with the medians per stage, then the masks."""
-    from pipeline.report.templating import Sections
+    from pipeline.html import Sections
 
     sections = Sections()
     sections.add("verdict", "Verdict", "Randomization sanity check")(_verdict_data)
@@ -180,23 +180,21 @@ def _verdict_data(source: dict) -> dict:
 
 
 def _masks_data(source: dict) -> dict:
-    from pipeline.report.templating import picture
+    from pipeline.html import artifact_picture
 
     masks, originals = source["masks"], source["originals"]
     stages = ("original", *randomization.STAGES)
 
     def mask(stage, uri):
         folder = f"{source['output_dir']}/stages/{stage}"
-        return lambda: (read_artifact(folder, "masks", uri), "image/png")
+        return artifact_picture(folder, "masks", uri, stage, 96, True)
 
     return {
         "stages": stages,
         "images": [
             {
                 "image": originals.get(uri, uri),
-                "pictures": [
-                    picture(mask(s, masks.get(s, {}).get(uri)), s, 96, True) for s in stages
-                ],
+                "pictures": [mask(s, masks.get(s, {}).get(uri)) for s in stages],
             }
             for uri in sorted(masks.get("original", {}))[:THUMBNAILS]
         ],
@@ -212,7 +210,7 @@ def render_html(
     originals: dict[str, str],
     output_dir: str,
 ) -> str:
-    from pipeline.report.templating import render_page
+    from pipeline.html import render_page
 
     source = {
         "output_dir": output_dir,

@@ -155,3 +155,71 @@ def test_help_imports_neither_beam_nor_tensorflow(command):
     )
     assert result.returncode == 0, result.stderr
     assert f"usage: python -m {command}" in result.stdout
+
+
+def test_every_template_ships_with_the_package(tmp_path):
+    """What ``pip install`` puts in site-packages (setup.py's ``package_data``, copied by
+    ``build_py``) holds every template of the HTML layer."""
+    import shutil
+
+    shutil.copy(REPO / "setup.py", tmp_path)
+    shutil.copytree(
+        REPO / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("*.pyc")
+    )
+    result = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "-d", "lib"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    templates = REPO / "pipeline" / "html" / "templates"
+    wanted = {p.relative_to(templates) for p in templates.rglob("*") if p.is_file()}
+    built = tmp_path / "lib" / "pipeline" / "html" / "templates"
+    assert wanted and {p.relative_to(built) for p in built.rglob("*") if p.is_file()} >= wanted
+
+
+def test_every_section_of_every_page_has_its_template():
+    from pipeline.compare.page import SECTIONS as COMPARE
+    from pipeline.html import environment
+    from pipeline.report.methods import SECTIONS as METHODS
+    from pipeline.report.sections import SECTIONS as REPORT
+    from pipeline.sanity import _sections
+
+    pages = {"report": REPORT, "methods": METHODS, "compare": COMPARE, "sanity": _sections()}
+    for page, sections in pages.items():
+        anchors = [s.anchor for s in sections]
+        assert anchors and len(set(anchors)) == len(anchors), page
+        for anchor in anchors:
+            environment().get_template(f"{page}/{anchor}.html")  # raises if it is missing
+
+
+def test_report_sections_are_listed_not_registered_by_importing():
+    """The report's page order is the list in ``pipeline.report.sections``: importing a
+    section's module registers nothing (it does not even load the list)."""
+    code = (
+        "import sys\n"
+        "from pipeline.report import confusion, core, faithfulness, strategies\n"
+        "assert 'pipeline.report.sections' not in sys.modules\n"
+        "assert 'pipeline.report.page' not in sys.modules\n"
+        "from pipeline.report.sections import SECTIONS\n"
+        "print(' '.join(s.anchor for s in SECTIONS))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "run",
+        "findings",
+        "strategies",
+        "errors",
+        "completeness",
+        "saturation",
+        "heatmaps",
+        "regions",
+        "confusion",
+        "faithfulness",
+        "examples",
+    ]

@@ -1,22 +1,16 @@
-"""``drift.html``: the comparison's page, in the report's page shell (see
-``pipeline.report.templating`` for how a section is a template plus a data function)."""
+"""``drift.html``: the comparison's page, in the shared page shell (see ``pipeline.html`` for
+how a section is a template plus a data function)."""
 
 from __future__ import annotations
 
-from pipeline.report.templating import Sections, picture, render_page
-from transforms.files import read_artifact
+from pipeline.html import Sections, artifact_picture, render_page
 
 SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
 def _overlay(folder: str, uri: str | None, alt: str):
-    """A row's overlay, from inside its run ``folder`` only (``read_artifact``)."""
-    return picture(
-        lambda: (read_artifact(folder, "overlays", uri), "image/png"),
-        alt,
-        width=160,
-        pixelated=True,
-    )
+    """A row's overlay, from inside its run ``folder`` only."""
+    return artifact_picture(folder, "overlays", uri, alt, width=160, pixelated=True)
 
 
 @SECTIONS.add("runs", "Runs", "Runs compared: A → B")

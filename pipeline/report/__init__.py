@@ -7,11 +7,14 @@ Modules, in the order the work flows:
 - ``charts``: PNG charts (matplotlib, imported only when something is drawn);
 - ``sources``: what the pages read besides the Parquet and the manifest: originals only from
   the run's inputs, masks and overlays only from inside the run folder;
-- ``templating``: the Jinja2 page shell shared by every page (the report, the comparison, ...),
-  and how to add a section: a template plus a data function;
-- ``page``: the report's sections and ``write_report``;
+- ``core``: the report's core sections (run, findings, errors, completeness, saturation,
+  heatmaps, regions, examples), a data function each;
 - ``strategies``: the Strategies section (``DIR/strategies``), the suspicion ranking the
   per-class sections follow (``--report_classes``) and a finding per suspicious strategy;
+- ``confusion``, ``faithfulness``: the Confusion and Faithfulness sections;
+- ``sections``: the report's sections in page order, the one list the page is built from;
+- ``page``: ``render`` and ``write_report``, the sections in the shared page shell
+  (``pipeline.html``, which also holds every template);
 - ``methods``: the page putting several runs (methods) side by side, ``write_methods``;
 - ``cli``: the command line (it imports nothing heavy before the arguments are parsed).
 
@@ -31,6 +34,4 @@ _EXPORTS = {  # submodule -> the names it defines
     "cli": ("main",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
-__getattr__, __dir__ = lazy_attributes(
-    __name__, _EXPORTS, _EXPORTS.keys() | {"charts", "sources", "templating"}
-)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, _EXPORTS.keys() | {"charts", "sources"})

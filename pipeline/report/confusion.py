@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import collections
 
-from pipeline.report.page import SECTIONS
+from pipeline.html import pct
 from pipeline.report.read import BATCH_ROWS, MAX_CLASSES, TABLE_ROWS, Run
-from pipeline.report.templating import pct
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
 
 COLUMNS = (
@@ -54,7 +53,6 @@ def confusion(output_dir: str) -> dict:
     return {"cells": dict(cells), "mistakes": mistakes}
 
 
-@SECTIONS.add("confusion", "Confusion", "Predicted vs true class", before="examples")
 def confusion_section(run: Run) -> dict:
     found = confusion(run.output_dir)
     cells, mistakes = found["cells"], found["mistakes"]

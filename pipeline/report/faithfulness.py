@@ -4,8 +4,7 @@ Per class, the mean deletion and insertion curves against the random-order contr
 histogram of deletion AUC gaps, the share of rows whose attribution order beats random, and
 the rows that do not (their overlays, as the examples section shows them); MuFidelity per
 class when the run computed it, and the fill removed pixels took (``--deletion_fill``). The
-numbers come from ``pipeline.evidence.section``; registered before the examples section by
-importing this module from ``pipeline.report.page``.
+numbers come from ``pipeline.evidence.section``.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS
-from pipeline.report.page import SECTIONS, _artifact
+from pipeline.html import artifact_picture, data_uri, pct
 from pipeline.report.read import Run
-from pipeline.report.templating import data_uri, pct, picture
 
 # --deletion_fill -> what the section says a removed pixel became
 FILL_WORDS = {
@@ -27,12 +25,6 @@ FILL_WORDS = {
 }
 
 
-@SECTIONS.add(
-    "faithfulness",
-    "Faithfulness",
-    "Faithfulness: deletion and insertion against a random order, MuFidelity",
-    before="examples",
-)
 def faithfulness_section(run: Run) -> dict:
     from pipeline import evidence
 
@@ -93,10 +85,8 @@ def faithfulness_section(run: Run) -> dict:
     ]
     worst = [
         {
-            "picture": picture(
-                lambda uri=r["overlay_uri"]: (_artifact(run, uri, "overlays"), "image/png"),
-                "overlay",
-                160,
+            "picture": artifact_picture(
+                run.output_dir, "overlays", r["overlay_uri"], "overlay", 160
             ),
             "uri": r["image_uri"],
             "label": r["label"],

@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
+from pipeline.html import Sections, data_uri, pct, render_page
 from pipeline.report.read import MAX_CLASSES, Run, _batches, read_run
-from pipeline.report.templating import Sections, data_uri, pct, render_page
 from transforms.files import parquet_parts, parquet_schema, publish
 
 METHODS_NAME = "methods.html"

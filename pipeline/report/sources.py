@@ -1,8 +1,8 @@
 """What the pages read besides a run's manifest and Parquet, and from where only.
 
 No file is read because a row names it. A row's mask, overlay or raw file is read from
-inside its run folder (``transforms.files.read_artifact``: ``DIR/masks/<name>`` and so on,
-a regular file, no symbolic link, size-capped). An original image is read only if it is
+inside its run folder (``pipeline.html.artifact``: ``DIR/masks/<name>`` and so on, a regular
+file, no symbolic link, size-capped). An original image is read only if it is
 one of the run's inputs: for files, a path that the run's ``--input_pattern`` matches,
 outside the run folder, read as the job reads inputs (regular file, ``--max_file_bytes``)
 and, when the row has its ``content_sha256``, only if the bytes still hash to it; for
@@ -20,14 +20,9 @@ import re
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.files import NotRead, read_artifact
+from transforms.files import NotRead
 
 SCAN_BYTES = 1 << 30  # TFRecord: shard bytes read at most while looking for the shown records
-
-
-def artifact(output_dir: str, uri: str | None, folder: str) -> bytes:
-    """A row's mask / overlay / raw file, from inside ``output_dir`` only."""
-    return read_artifact(output_dir, folder, uri)
 
 
 def _config(manifest: dict, key: str):

@@ -13,7 +13,7 @@ classes in that order (``ranked_classes``); the rest are listed in a compact tab
 The folder is read defensively: optional columns a run lacks are shown as missing, values of
 the wrong type as missing, and a run without the folder gets a sentence saying the stage did
 not run. Prototype overlays are read only as ``DIR/overlays/<image_id>.png`` for ids that are
-one plain file name, through the report's artifact reader.
+one plain file name, through ``pipeline.html.artifact``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from pipeline.report.page import SECTIONS, _artifact
+from pipeline.html import artifact, data_uri, picture
 from pipeline.report.read import BATCH_ROWS, Run
-from pipeline.report.templating import data_uri, picture
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
 
 FOLDER = "strategies"
@@ -350,7 +349,7 @@ def _thumbnail(run: Run, image_id: str) -> tuple[bytes, str]:
 
     if not SAFE_ID.fullmatch(image_id):
         raise ValueError("the image id is not a plain file name; not read")
-    data = _artifact(run, f"{run.output_dir}/overlays/{image_id}.png", "overlays")
+    data = artifact(run.output_dir, "overlays", f"{run.output_dir}/overlays/{image_id}.png")
     return charts.compact(data, "image/png", THUMBNAIL, budget=0)
 
 
@@ -431,7 +430,6 @@ def _evidence(s: Strategy | None) -> str | None:
     return f"strategy {s.strategy}: drop {s.ablation_drop:.2f} vs control {s.control_drop:.2f}{on}"
 
 
-@SECTIONS.add("strategies", "Strategies", "Strategies: what each class relies on", before="errors")
 def strategies_section(run: Run) -> dict:
     found = of(run)
     if not found.ran:

@@ -1,25 +1,29 @@
-"""HTML pages from Jinja2 templates, autoescaped: one shell for every page of this package.
+"""The HTML layer: every page of this package (the run report, the methods page, the
+comparison, the sanity check) is rendered here, from Jinja2 templates, autoescaped.
 
 A page is a list of sections; a section is a template plus a data function. The shell
 (``templates/page.html`` with ``style.css`` and ``images_loaded.js``) gives every page the same
 header, navigation, CSS, Content-Security-Policy (no network fetch: everything is inline or a
 ``data:`` URI) and the script that lets a headless browser check that every image decoded.
 
-To add a section to a page (the run report's sections are ``pipeline.report.page.SECTIONS``,
-the comparison's ``pipeline.compare.page.SECTIONS``):
+To add a section to a page (the run report's sections are listed in
+``pipeline.report.sections.SECTIONS``, the comparison's in ``pipeline.compare.page.SECTIONS``):
 
 1. write ``templates/<page>/<anchor>.html``; it sees the data function's dict as ``data``, the
    filters registered below and the macros of ``templates/macros.html`` (``{% from
    "macros.html" import table %}``);
 2. write the data function, ``source -> dict`` of plain values (numbers, text, lists,
-   ``data:`` URIs from ``data_uri``, ``Picture``), never HTML;
-3. decorate it with ``@SECTIONS.add(anchor, nav title, heading)``, placed in the module where
-   the section goes in the page (sections appear in the order they are added).
+   ``data:`` URIs from ``data_uri``, ``Picture`` from ``picture`` or ``artifact_picture``),
+   never HTML;
+3. put its ``Section(anchor, nav title, heading, data function)`` in the page's list where it
+   goes in the page; a page whose sections all live in one module may instead decorate each
+   data function with ``@SECTIONS.add(anchor, nav title, heading)`` (in the order they are
+   defined).
 
-A section defined in another module goes in with ``@SECTIONS.add(..., before="examples")``
-(that module must then be imported by the page's module). A new page is a folder of
-templates and a ``Sections()`` passed to ``render_page``. Every value from the data is
-escaped by the template engine; no Python code in this package writes HTML.
+A new page is a folder of templates and a ``Sections`` passed to ``render_page``. Every value
+from the data is escaped by the template engine; no Python code in this package writes HTML.
+A run's masks, overlays and raw files are read from inside its run folder only (``artifact``,
+``artifact_picture``).
 """
 
 from __future__ import annotations
@@ -48,16 +52,13 @@ class Section:
 
 class Sections(list):
     """A page's sections in order. ``@SECTIONS.add(anchor, nav, heading)`` on a data function
-    appends its section (the heading defaults to the navigation title), or inserts it before
-    the section ``before``."""
+    appends its section (the heading defaults to the navigation title)."""
 
-    def add(self, anchor: str, nav: str, heading: str | None = None, before: str | None = None):
+    def add(self, anchor: str, nav: str, heading: str | None = None):
         def register(data: Callable[[Any], Mapping[str, Any]]):
-            anchors = [s.anchor for s in self]
-            if anchor in anchors:
+            if anchor in (s.anchor for s in self):
                 raise ValueError(f"section {anchor!r} is already on the page")
-            at = anchors.index(before) if before is not None else len(self)
-            self.insert(at, Section(anchor, nav, heading or nav, data))
+            self.append(Section(anchor, nav, heading or nav, data))
             return data
 
         return register
@@ -96,6 +97,27 @@ def picture(
             else f"cannot be read: {type(e).__name__}: {e}"
         )
         return Picture(alt, None, f"{alt} {reason}", width, pixelated)
+
+
+def artifact(output_dir: str, folder: str, uri: str | None) -> bytes:
+    """A row's mask, overlay or raw file (``folder``: "masks", "overlays", "raw"), read from
+    inside its run folder ``output_dir`` only (``transforms.files.read_artifact``: a plain name
+    in that folder, a regular file, no symbolic link, size-capped)."""
+    from transforms.files import read_artifact
+
+    return read_artifact(output_dir, folder, uri)
+
+
+def artifact_picture(
+    output_dir: str,
+    folder: str,
+    uri: str | None,
+    alt: str,
+    width: int | None = None,
+    pixelated: bool = False,
+) -> Picture:
+    """A row's PNG mask or overlay embedded as it is (``artifact``), or why it is not."""
+    return picture(lambda: (artifact(output_dir, folder, uri), "image/png"), alt, width, pixelated)
 
 
 def dash(value):
