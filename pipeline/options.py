@@ -330,11 +330,25 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     known, rest = pre.parse_known_args(argv)
     flags = _switch_values((_config_flags(known.config) if known.config else []) + rest)
     flags, beam_flags = _split_labels(flags)
-    ours, _ = help_parser().parse_known_args(flags)  # --help and type errors exit here
+    ours, rest = help_parser().parse_known_args(flags)  # --help and type errors exit here
+    _refuse_stray_values(rest)
     ours.config = known.config
     ours.given_options = given_options(flags)
     validate(ours)
     return ours, PipelineOptions(beam_flags)
+
+
+def _refuse_stray_values(rest: list[str]) -> None:
+    """A value no option takes (an unquoted ``--input_pattern photos/*.png`` the shell expanded
+    into many names) is refused: Beam would discard it with a warning and the job would read
+    only the first file. A value after a Beam ``--flag`` (no ``=``) is that flag's."""
+    for i, token in enumerate(rest):
+        before = rest[i - 1] if i else ""
+        if not token.startswith("-") and not (before.startswith("--") and "=" not in before):
+            raise UsageError(
+                f"{token!r} is not an option's value (an unquoted pattern the shell expanded? "
+                f"quote it: --input_pattern 'photos/*.png')"
+            )
 
 
 def given_options(flags: list[str]) -> list[str]:

@@ -80,3 +80,24 @@ def test_config_and_settings_load_without_tensorflow():
         "assert 'tensorflow' not in sys.modules, 'tensorflow loaded'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_unquoted_pattern_the_shell_expanded_is_refused_not_cut_to_its_first_file(tmp_path):
+    """`--input_pattern imgs/*.png` unquoted reaches us as one value and many stray names; Beam
+    discarded the strays with a warning and the job read one image (exit 0). Refused instead."""
+    names = []
+    for i in range(3):
+        (tmp_path / f"img{i}.png").write_bytes(b"")
+        names.append(str(tmp_path / f"img{i}.png"))
+    argv = ["--input_pattern", *names, "--output_dir", str(tmp_path / "out"), "--model", "m"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(f"error: {names[1]!r} is not")
+    assert not (tmp_path / "out").exists()
+    # a Beam flag's value is not a stray; neither is a Dataflow job label
+    ours, _ = options.parse(
+        [*argv[:2], *argv[4:], "--runner", "DirectRunner", "--labels", "team=qa"]
+    )
+    assert ours.input_pattern == names[0]
