@@ -45,6 +45,7 @@ STRATEGY_MODES = ("auto", "none")
 KMEANS_RESTARTS = 10
 KMEANS_ITERATIONS = 100
 PROTOTYPES = 6  # image ids per strategy, most typical first
+MAX_STRATEGIES = 50  # --max_strategies 100000 chose k = 1,999 of 2,000 rows and never ended
 HOTSPOT_LIFT = 2.0  # a cell joins the hotspot when it holds more than this x its even share
 
 
@@ -87,6 +88,12 @@ class StrategyConfig:
         ):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_strategies > MAX_STRATEGIES:
+            raise ValueError(
+                f"--max_strategies must be <= {MAX_STRATEGIES} (past it the eigengap's largest "
+                f"jumps sit at the top of the spectrum: k-means then runs with nearly one "
+                f"strategy per row), got {self.max_strategies}"
+            )
         if self.strategy_sample > 20000:
             raise ValueError(
                 f"--strategy_sample must be <= 20000 (the clustering holds an n x n "

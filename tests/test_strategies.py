@@ -201,6 +201,7 @@ def test_strategy_options_are_refused_before_any_work():
     for flags, message in (
         (["--strategies", "maybe"], "--strategies"),
         (["--max_strategies", "0"], "--max_strategies must be >= 1"),
+        (["--max_strategies", "100000"], "--max_strategies must be <= 50"),
         (["--strategy_sample", "1"], "--strategy_sample must be >= 2"),
         (["--strategy_min_rows", "50", "--strategy_sample", "40"], "--strategy_min_rows"),
         (["--strategy_ablation_samples", "-1"], "--strategy_ablation_samples must be >= 0"),
