@@ -4,10 +4,10 @@ earlier run left. The folder's life cycle is in README ("The run folder's life c
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 
@@ -17,20 +17,34 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import lock as locks
 from pipeline.launch import UsageError
-from transforms.files import TEMPORARY_PREFIX, delete_matching, exists, publish
-from transforms.staging import STAGING, inputs_path, join, parts_dir, previous_dir, staging_dir
-
-# Everything a run writes into its folder (besides the lock).
-OUTPUTS = (
-    "summaries",
-    "errors",
-    "masks",
-    "overlays",
-    "raw",
-    "manifest.json",
-    "report.html",
-    STAGING,
+from transforms.files import (
+    TEMPORARY_PREFIX,
+    RunFolderError,
+    delete_matching,
+    exists,
+    publish,
+    read_manifest,
 )
+from transforms.staging import (
+    LOCK,
+    STAGING,
+    inputs_path,
+    join,
+    parts_dir,
+    previous_dir,
+    staging_dir,
+)
+
+# The contract's folders, then its files: everything a run writes into its folder (besides
+# the lock). Nothing else in a folder is ever deleted.
+CONTRACT_FOLDERS = ("summaries", "errors", "masks", "overlays", "raw")
+OUTPUTS = (*CONTRACT_FOLDERS, "manifest.json", "report.html", STAGING)
+# What marks a folder as written by this tool: a committed run's manifest, an unfinished run's
+# staging folder or a lock.
+MARKS = ("manifest.json", STAGING, LOCK)
+# The characters a part's name never holds (transforms/ids.py makes names of ASCII letters,
+# digits, '-', '_' and '.'): a name from the manifest with one of these is not ours.
+_NOT_IN_NAMES = ("/", "\\", "\0")
 
 
 @dataclass(frozen=True)
@@ -40,8 +54,16 @@ class Taken:
     listed: list[str] | None  # the interrupted attempt's input list, kept by --resume
 
 
+def _local(path: str) -> bool:
+    return "://" not in path
+
+
+def _lexists(path: str) -> bool:
+    return os.path.lexists(path) if _local(path) else exists(path)
+
+
 def present_outputs(output_dir: str) -> list[str]:
-    return [name for name in OUTPUTS if exists(join(output_dir, name))]
+    return [name for name in OUTPUTS if _lexists(join(output_dir, name))]
 
 
 def take(
@@ -53,9 +75,17 @@ def take(
     lock_timeout: float,
     local: bool = True,
 ) -> Taken:
-    """Lock ``output_dir`` for this run, or UsageError saying why not and what to do."""
+    """Lock ``output_dir`` for this run, or UsageError saying why not and what to do. Every
+    refusal comes before the lock is taken and before anything is deleted."""
+    refuse_links(output_dir)
     owner = locks.read(output_dir)
     if owner is not None:
+        path = locks.lock_path(output_dir)
+        if _local(path) and os.path.isdir(path) and not os.path.islink(path):
+            raise UsageError(
+                f"--output_dir {output_dir}: {owner.problem}, not a lock this tool writes: "
+                f"nothing was deleted; remove it yourself or choose another --output_dir"
+            )
         stale = owner.stale_reason(lock_timeout)
         if stale is None:
             raise UsageError(
@@ -67,14 +97,25 @@ def take(
                 f"--output_dir {output_dir} has a stale lock of "
                 f"{owner.describe()} ({stale}): pass --resume to finish that run "
                 f"or --overwrite to start again"
+                if owner.problem is None
+                else f"--output_dir {output_dir} has an unreadable lock ({owner.problem}; "
+                f"{stale}): pass --overwrite to replace it (a link is removed, never "
+                f"followed) or --resume to finish the run it was left by"
             )
     present = present_outputs(output_dir)
+    if present and not any(_lexists(join(output_dir, mark)) for mark in MARKS):
+        raise UsageError(
+            f"--output_dir {output_dir} is not a run folder (no manifest.json, no lock, no "
+            f"{STAGING}) but holds {', '.join(present)}: this tool did not write them and "
+            f"never deletes them, even with --overwrite; choose another --output_dir"
+        )
     if present and not (resume or overwrite):
         raise UsageError(
             f"--output_dir {output_dir} holds another run's outputs "
             f"({', '.join(present)}): pass --overwrite to replace them, --resume "
             f"to finish an interrupted run, or choose another folder"
         )
+    doomed = removable(output_dir) if overwrite and present else []
     mine = locks.Lock.new(run_id, local)
     if owner is not None:
         locks.remove_stale(output_dir)
@@ -84,20 +125,152 @@ def take(
         raise UsageError(f"--output_dir {output_dir} is in use: {e}") from None
     try:
         if overwrite:
-            remove_outputs(output_dir)
+            remove_outputs(output_dir, doomed)
             return Taken(mine, None, None)
         if resume:
             return Taken(mine, *set_aside(output_dir))
-    except Exception:
+    except BaseException:
         locks.release(output_dir, mine.token)
         raise
     return Taken(mine, None, None)
 
 
+def check_writable(output_dir: str) -> None:
+    """UsageError unless ``output_dir`` is a folder, or can be made one, that this process can
+    write in: found out before the model loads, by making and removing an empty folder in
+    the nearest folder that exists (nothing is left behind). Local only."""
+    if not _local(output_dir):
+        return
+    existing = output_dir
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        what = "a link to nothing" if os.path.islink(existing) else "a file"
+        raise UsageError(
+            f"--output_dir {output_dir}: {existing} is {what}, not a folder: "
+            f"pass a folder path (it is created if missing)"
+        )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as e:
+        raise UsageError(
+            f"--output_dir {output_dir}: cannot create or write a folder in {existing} "
+            f"({e.strerror or e}): choose a folder you can write to"
+        ) from None
+
+
+def refuse_links(output_dir: str) -> None:
+    """UsageError naming the first symbolic link among the run folder's parts (a contract
+    folder or file, or anything inside one): nothing is ever written, read back or deleted
+    through a link. The folder itself may be a link (it is resolved once). Local only: object
+    stores have no links."""
+    if not _local(output_dir):
+        return
+    for name in OUTPUTS:
+        path = os.path.join(output_dir, name)
+        link = path if os.path.islink(path) else None
+        if link is None and os.path.isdir(path):
+            link = _first_link(path)
+        if link is not None:
+            raise UsageError(
+                f"--output_dir {output_dir}: {os.path.relpath(link, output_dir)} is a symbolic "
+                f"link (to {os.readlink(link)}): a run folder's parts are never links and "
+                f"nothing is written or deleted through one; remove the link or choose "
+                f"another --output_dir"
+            )
+
+
+def _first_link(folder: str) -> str | None:
+    """The first symbolic link under ``folder``, walked without following any."""
+    pending = [folder]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    return entry.path
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+    return None
+
+
+def _plain(name) -> bool:
+    """A file name with no folder part: not empty, '.', '..' nor absolute, no separator."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in _NOT_IN_NAMES)
+    )
+
+
+def removable(output_dir: str) -> list[str]:
+    """--overwrite's plan, made before anything is deleted: the files the old manifest lists
+    (each under a contract folder, by a plain name), then the contract's folders and files,
+    the manifest last (until then the folder still shows it is a run folder). UsageError,
+    naming the entry, for a manifest this tool did not write or one listing anything else:
+    nothing is deleted then."""
+    path = join(output_dir, "manifest.json")
+    listed = []
+    if exists(path):
+        try:
+            record = read_manifest(output_dir)
+        except RunFolderError as e:
+            raise UsageError(f"--overwrite: {e}; nothing was deleted") from None
+        if not isinstance(record.get("run_id"), str):
+            raise UsageError(
+                f"--overwrite: {path} names no run_id: it was not written by "
+                f"`python -m pipeline`; nothing was deleted, choose another --output_dir"
+            )
+        files = record.get("files") or {}
+        if not isinstance(files, dict):
+            raise UsageError(
+                f"--overwrite: {path}: 'files' is not a mapping of folder to names; "
+                f"nothing was deleted"
+            )
+        for folder, names in files.items():
+            if folder not in CONTRACT_FOLDERS:
+                raise UsageError(
+                    f"--overwrite: {path} lists files under {folder!r}, not a folder of a "
+                    f"run ({', '.join(CONTRACT_FOLDERS)}): nothing was deleted; remove "
+                    f"the folder yourself or choose another --output_dir"
+                )
+            bad = (
+                [names]
+                if not isinstance(names, (list, dict))
+                else [n for n in names if not _plain(n)]  # a dict's names are its keys
+            )
+            if bad:
+                raise UsageError(
+                    f"--overwrite: {path} lists {bad[0]!r} under {folder!r}, not a plain "
+                    f"file name: nothing was deleted; remove the folder yourself or choose "
+                    f"another --output_dir"
+                )
+            listed.extend(join(output_dir, folder, name) for name in names)
+    paths = [*listed, *(join(output_dir, n) for n in OUTPUTS if n != "manifest.json"), path]
+    for p in paths:
+        _check_inside(output_dir, p)
+    return paths
+
+
+def _check_inside(output_dir: str, path: str) -> None:
+    """UsageError unless ``path``'s folder, resolved, is ``output_dir`` or below it."""
+    if _local(path):
+        root = os.path.realpath(output_dir)
+        where = os.path.realpath(os.path.dirname(path))
+        inside = where == root or where.startswith(root.rstrip(os.sep) + os.sep)
+    else:
+        inside = path.startswith(output_dir.rstrip("/") + "/") and ".." not in path.split("/")
+    if not inside:
+        raise UsageError(
+            f"--overwrite: {path} is outside --output_dir {output_dir}: nothing was deleted"
+        )
+
+
 def delete_tree(path: str) -> None:
-    if "://" not in path:
+    """Delete a file or a folder with all it holds; a link is removed itself, never followed
+    (locally; object stores have no links)."""
+    if _local(path):
         if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
+            shutil.rmtree(path)  # removes links inside, never follows them
         elif os.path.lexists(path):
             os.remove(path)
         return
@@ -108,28 +281,12 @@ def delete_tree(path: str) -> None:
         FileSystems.delete(found)
 
 
-def _listed_in_manifest(output_dir: str) -> list[str]:
-    try:
-        with FileSystems.open(join(output_dir, "manifest.json")) as f:
-            files = json.loads(f.read().decode("utf-8")).get("files") or {}
-        return [
-            join(output_dir, folder, name)
-            for folder, names in files.items()
-            for name in names
-            if "/" not in name and name not in ("", ".", "..")
-        ]
-    except Exception:  # noqa: BLE001 - no usable manifest: the contract's folders suffice
-        return []
-
-
-def remove_outputs(output_dir: str) -> None:
-    """--overwrite: delete what an earlier run wrote (the files its manifest lists, and the
-    contract's folders and files), nothing else."""
-    listed = [p for p in _listed_in_manifest(output_dir) if exists(p)]
-    if listed:
-        FileSystems.delete(listed)
-    for name in OUTPUTS:
-        delete_tree(join(output_dir, name))
+def remove_outputs(output_dir: str, paths: list[str] | None = None) -> None:
+    """--overwrite: delete what an earlier run wrote, as ``removable`` planned it (planned
+    here when not given), nothing else."""
+    for path in removable(output_dir) if paths is None else paths:
+        _check_inside(output_dir, path)
+        delete_tree(path)
 
 
 def remove_temporaries(output_dir: str) -> None:
