@@ -28,6 +28,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []  # the signal interruptible() caught, if any
+_before: set[int] = set()  # the processes this one had started before interruptible()
 
 
 def received() -> int | None:
@@ -41,11 +42,13 @@ def interruptible():
     """SIGINT and SIGTERM raise Interrupted in the main thread, once: a second signal while
     the first is handled is ignored, so the cleanup runs to its end and says one line. The
     previous handlers are back afterwards. Outside the main thread, nothing changes."""
+    _received.clear()
+    _before.clear()
+    _before.update(_descendants())
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     handled = (signal.SIGINT, signal.SIGTERM)
-    _received.clear()
 
     def interrupt(signum, frame):
         for each in handled:
@@ -61,10 +64,9 @@ def interruptible():
             signal.signal(each, handler)
 
 
-def stop_children() -> list[int]:
-    """SIGKILL every process this one started, and theirs (DirectRunner's worker processes,
-    started through a shell), so none writes into the run folder after an interruption;
-    returns their pids. Linux (reads /proc); elsewhere nothing is done."""
+def _descendants() -> list[int]:
+    """The pids of every process this one started, and theirs (Linux: read from /proc;
+    elsewhere none)."""
     children: dict[int, list[int]] = {}
     try:
         names = [n for n in os.listdir("/proc") if n.isdigit()]
@@ -82,6 +84,14 @@ def stop_children() -> list[int]:
         pid = pending.pop()
         found.append(pid)
         pending.extend(children.get(pid, []))
+    return found
+
+
+def stop_children() -> list[int]:
+    """SIGKILL the processes started since interruptible() began, and theirs (DirectRunner's
+    worker processes, started through a shell), so none writes into the run folder after an
+    interruption; returns their pids. A caller's own earlier children are left alone."""
+    found = [pid for pid in _descendants() if pid not in _before]
     for pid in found:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
