@@ -251,7 +251,7 @@ def removable(output_dir: str) -> list[str]:
     return paths
 
 
-def _check_inside(output_dir: str, path: str) -> None:
+def _check_inside(output_dir: str, path: str, done: str = "nothing was deleted") -> None:
     """UsageError unless ``path``'s folder, resolved, is ``output_dir`` or below it."""
     if _local(path):
         root = os.path.realpath(output_dir)
@@ -260,9 +260,7 @@ def _check_inside(output_dir: str, path: str) -> None:
     else:
         inside = path.startswith(output_dir.rstrip("/") + "/") and ".." not in path.split("/")
     if not inside:
-        raise UsageError(
-            f"--overwrite: {path} is outside --output_dir {output_dir}: nothing was deleted"
-        )
+        raise UsageError(f"--overwrite: {path} is outside --output_dir {output_dir}: {done}")
 
 
 def delete_tree(path: str) -> None:
@@ -285,7 +283,8 @@ def remove_outputs(output_dir: str, paths: list[str] | None = None) -> None:
     """--overwrite: delete what an earlier run wrote, as ``removable`` planned it (planned
     here when not given), nothing else."""
     for path in removable(output_dir) if paths is None else paths:
-        _check_inside(output_dir, path)
+        # checked again as it goes: a folder swapped for a link since the plan stops it
+        _check_inside(output_dir, path, "the overwrite stopped there")
         delete_tree(path)
 
 
@@ -301,7 +300,12 @@ def make_dirs(path: str) -> None:
 
 
 def _parquet(folder: str) -> list[str]:
-    return [m.path for m in FileSystems.match([f"{folder}/*.parquet"])[0].metadata_list]
+    """The published parts in ``folder``: not a write a killed worker left half done."""
+    return [
+        m.path
+        for m in FileSystems.match([f"{folder}/*.parquet"])[0].metadata_list
+        if not m.path.rsplit("/", 1)[-1].startswith(TEMPORARY_PREFIX)
+    ]
 
 
 def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:

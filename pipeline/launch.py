@@ -45,9 +45,6 @@ def interruptible():
     _received.clear()
     _before.clear()
     _before.update(_descendants())
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     handled = (signal.SIGINT, signal.SIGTERM)
 
     def interrupt(signum, frame):
@@ -56,12 +53,14 @@ def interruptible():
         _received.append(signum)
         raise Interrupted(signum)
 
-    previous = {each: signal.signal(each, interrupt) for each in handled}
+    main = threading.current_thread() is threading.main_thread()
+    previous = {each: signal.signal(each, interrupt) for each in handled} if main else {}
     try:
         yield
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
+        _received.clear()  # a later run in this process starts uninterrupted
 
 
 def _descendants() -> list[int]:
