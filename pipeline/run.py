@@ -430,8 +430,10 @@ def _add_counters(output_dir: str, record: dict, result) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 too many failures, outputs incomplete or a failed write,
-    2 bad options or a folder that cannot be used, 3 the model cannot load."""
+    """Exit codes: 0 ok, 1 too many failures (or every input failed), outputs incomplete or
+    a failed write, 2 bad options or a folder that cannot be used, 3 the model cannot load
+    or scores a black image non-finite, 130 Ctrl-C, 143 SIGTERM (the folder left for
+    --resume)."""
     logging.getLogger().setLevel(logging.WARNING)
     # A failed bundle is logged by Beam with its traceback on every attempt; main prints the
     # failure once, as one line (with the traceback only when it is not a failed write).
