@@ -118,6 +118,8 @@ def read(output_dir: str) -> Lock | None:
             return _unreadable(f"{path} is a symbolic link to {os.readlink(path)}")
         if os.path.isdir(path):
             return _unreadable(f"{path} is a folder")
+        if os.path.lexists(path) and not os.path.isfile(path):  # a FIFO would block a read
+            return _unreadable(f"{path} is not a regular file")
     if not FileSystems.exists(path):
         return None
     try:

@@ -268,12 +268,16 @@ def test_a_lock_that_is_a_folder_is_refused_even_with_overwrite(tiny_model, worl
         (b"\x00\xffgarbage", "not a JSON lock"),
         (b"[1, 2]", "holds JSON list"),
         (b'{"run_id": "x", "host": "h", "pid": "12", "started_at": "s", "token": "t"}', "pid"),
+        ("FIFO", "not a regular file"),  # reading it would block for ever
     ],
 )
 def test_a_lock_with_garbage_is_called_unreadable_not_old(tiny_model, world, capsys, content, said):
     out = world / "runs" / "out"
     out.mkdir(parents=True)
-    (out / ".lock").write_bytes(content)
+    if content == "FIFO":
+        os.mkfifo(out / ".lock")
+    else:
+        (out / ".lock").write_bytes(content)
     argv = [*job_argv(f"{world}/in/*", out, tiny_model), *FAST, "--no_report"]
     code, err = run_in_process(capsys, *argv)
     assert code == 2
