@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -162,34 +163,48 @@ def check_writable(output_dir: str) -> None:
 def refuse_links(output_dir: str) -> None:
     """UsageError naming the first symbolic link among the run folder's parts (a contract
     folder or file, or anything inside one): nothing is ever written, read back or deleted
-    through a link. The folder itself may be a link (it is resolved once). Local only: object
-    stores have no links."""
+    through a link. A FIFO, socket or device there is refused too (reading one blocks or
+    never ends). The folder itself may be a link (it is resolved once). Local only: object
+    stores have neither."""
     if not _local(output_dir):
         return
     for name in OUTPUTS:
         path = os.path.join(output_dir, name)
-        link = path if os.path.islink(path) else None
-        if link is None and os.path.isdir(path):
-            link = _first_link(path)
-        if link is not None:
+        odd = path if os.path.lexists(path) and _odd(os.lstat(path).st_mode) else None
+        if odd is None and os.path.isdir(path) and not os.path.islink(path):
+            odd = _first_odd(path)
+        if odd is None:
+            continue
+        where = os.path.relpath(odd, output_dir)
+        if os.path.islink(odd):
             raise UsageError(
-                f"--output_dir {output_dir}: {os.path.relpath(link, output_dir)} is a symbolic "
-                f"link (to {os.readlink(link)}): a run folder's parts are never links and "
-                f"nothing is written or deleted through one; remove the link or choose "
-                f"another --output_dir"
+                f"--output_dir {output_dir}: {where} is a symbolic link (to "
+                f"{os.readlink(odd)}): a run folder's parts are never links and nothing is "
+                f"written or deleted through one; remove the link or choose another --output_dir"
             )
+        raise UsageError(
+            f"--output_dir {output_dir}: {where} is not a regular file nor a folder (a FIFO, "
+            f"socket or device): a run never writes one; remove it or choose another "
+            f"--output_dir"
+        )
 
 
-def _first_link(folder: str) -> str | None:
-    """The first symbolic link under ``folder``, walked without following any."""
+def _odd(mode: int) -> bool:
+    """Neither a regular file nor a folder: a link, FIFO, socket or device."""
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _first_odd(folder: str) -> str | None:
+    """The first entry under ``folder`` that is neither a regular file nor a folder, walked
+    without following any link."""
     pending = [folder]
     while pending:
         with os.scandir(pending.pop()) as entries:
             for entry in entries:
-                if entry.is_symlink():
-                    return entry.path
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
+                elif entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                    return entry.path
     return None
 
 

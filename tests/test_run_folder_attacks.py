@@ -196,6 +196,21 @@ def test_a_link_among_the_run_folders_parts_is_refused_and_never_followed(
     assert snapshot(world, skip=out) == before and snapshot(out) == inside
 
 
+@pytest.mark.parametrize("part", ["manifest.json", "summaries/part.parquet"])
+def test_a_fifo_among_the_parts_is_refused_never_opened(tiny_model, world, committed, capsys, part):
+    out = world / "runs" / "out"
+    shutil.copytree(committed, out, symlinks=True)
+    (out / part).unlink(missing_ok=True)
+    os.mkfifo(out / part)
+    inside = snapshot(out, skip=out / part)
+    for flag in ("--overwrite", "--resume"):
+        code, err = run_in_process(capsys, *job_argv(f"{world}/in/*", out, tiny_model), *FAST, flag)
+        assert code == 2
+        line = one_line(err)
+        assert f"{part} is not a regular file nor a folder" in line, line
+    assert snapshot(out, skip=out / part) == inside
+
+
 @pytest.mark.parametrize("flag", [None, "--overwrite", "--resume"])
 def test_a_folder_this_tool_did_not_write_is_never_deleted(tiny_model, world, capsys, flag):
     out = world / "runs" / "out"
