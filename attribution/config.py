@@ -13,13 +13,26 @@ import dataclasses
 from dataclasses import dataclass
 
 from attribution.baselines import BASELINES
+from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS, FILLS
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS
 
 SCORES = ("probability", "logit")
 MODEL_OUTPUTS = ("logits", "probabilities")
-ATTRIBUTIONS = ("ig", "smoothgrad", "expected_gradients", "blur_ig", "guided_ig", "xrai")
+ATTRIBUTIONS = (
+    "ig",
+    "smoothgrad",
+    "expected_gradients",
+    "blur_ig",
+    "guided_ig",
+    "xrai",
+    # class activation maps and forward-only perturbation methods
+    "gradcam",
+    "gradcam_plus_plus",
+    "occlusion",
+    "rise",
+)
 POLARITIES = ("abs", "positive", "negative", "both")
 OVERLAYS = ("original", "grayscale", "mask_black", "none")
 MASK_TYPES = ("pixels", "outlines")
@@ -31,6 +44,8 @@ MAX_POINTS = 65537
 MAX_GAUSS_LEGENDRE = 4096
 MAX_BATCH = 4096
 MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples: each sample is a whole IG
+MAX_RISE_MASKS = 65536  # --rise_masks: one forward row per mask and image (32x the default)
+MAX_RISE_GRID = 64  # --rise_grid: cells a side of a RISE mask (the paper uses 7)
 
 
 def option(default, help: str, *, choices: tuple | None = None, type: type | None = None):
@@ -93,7 +108,8 @@ class AttributionConfig:
     attribution: str = option(
         "ig",
         "Method: ig, smoothgrad (IG of noisy copies), expected_gradients (baselines "
-        "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions).",
+        "sampled from the inputs), blur_ig, guided_ig, xrai (ranked regions), gradcam, "
+        "gradcam_plus_plus (Keras models), occlusion, rise (forward passes only).",
         choices=ATTRIBUTIONS,
     )
     noise_sigma: float = option(
@@ -142,11 +158,44 @@ class AttributionConfig:
     faithfulness: str = option(
         "deletion,insertion",
         "Forward-only checks per row: deletion and/or insertion curves in attribution "
-        "order against a seeded random order (comma list), or 'none'.",
+        "order against a seeded random order, mufidelity (comma list), or 'none'.",
     )
     faithfulness_points: int = option(
         16, "Points of each deletion/insertion curve, evenly spaced from 0% to 100%."
     )
+    # MuFidelity and the fill of removed pixels (attribution/faithfulness.py)
+    deletion_fill: str = option(
+        "baseline",
+        "What a removed pixel becomes in the deletion/insertion curves and MuFidelity: the "
+        "row's baseline (insertion starts from the blurred image), the blurred image, or "
+        "road (Rong et al. 2022: noisy linear imputation from its neighbours).",
+        choices=FILLS,
+    )
+    mufidelity_subsets: int = option(
+        DEFAULT_SUBSETS,
+        "mufidelity: random subsets per row (one model row each), seeded per image.",
+    )
+    mufidelity_fraction: float = option(
+        DEFAULT_FRACTION, "mufidelity: share of the image each subset removes, in (0, 1)."
+    )
+    mufidelity_grid: int = option(
+        DEFAULT_GRID,
+        "mufidelity: subsets are cells of a GRID x GRID grid (as Xplique's grid_size); "
+        "0 draws single pixels (the paper's original).",
+    )
+    # Grad-CAM, occlusion and RISE (checked in attribution.methods.config.MethodConfig)
+    layer: str | None = option(
+        None,
+        "gradcam, gradcam_plus_plus: the layer whose activations are weighted "
+        "(default: the last layer with a 4-D output).",
+    )
+    occlusion_window: int = option(
+        8, "occlusion: side of the square patch, in pixels of the model input."
+    )
+    occlusion_stride: int = option(4, "occlusion: pixels between two patches.")
+    rise_masks: int = option(2000, "rise: random masks per image (seeded: reruns reproduce).")
+    rise_grid: int = option(7, "rise: cells a side of the random grid each mask is drawn on.")
+    rise_p: float = option(0.5, "rise: probability that a grid cell is kept.")
 
     @classmethod
     def from_options(cls, options) -> AttributionConfig:
@@ -204,6 +253,9 @@ class AttributionConfig:
         Targets.parse(self.target)
         faithfulness.parse_kinds(self.faithfulness)
         faithfulness.fractions(self.faithfulness_points)
+        faithfulness.check_mufidelity(
+            self.mufidelity_subsets, self.mufidelity_fraction, self.mufidelity_grid
+        )
         MethodConfig.of(self)  # the method options the engine checks, same messages
         if not 1 <= self.baseline_samples <= MAX_SAMPLES:
             raise ValueError(

@@ -1,5 +1,6 @@
-"""Does the attribution point at what the model uses? Deletion/insertion curves and region
-ablation, computed with forward passes only (RISE, Petsiuk et al. 2018).
+"""Does the attribution point at what the model uses? Deletion/insertion curves (RISE, Petsiuk
+et al. 2018), MuFidelity (Bhatt et al. 2020) and region ablation, computed with forward passes
+only.
 
 For one (image, target) row with attribution map A, pixels are ordered by their |IG| mass
 (sum of |A| over channels, highest first, ties broken stably). At K fractions f evenly spaced
@@ -22,6 +23,26 @@ is F(x) (all known from the attribution), and insertion at 0 is F(blurred) for b
 rows of a batch into the engine's forward calls (``IntegratedGradients.scores``):
 no new traced shape and no retrace.
 
+**Fill** (``--deletion_fill``): what a removed pixel becomes. ``baseline`` (the default, as
+above): deletion sets it to the row's baseline and insertion starts from the blurred image.
+``blur``: removed pixels take the blurred image's values in both curves (deletion then ends at
+F(blurred), shared with insertion's start). ``road`` (Rong et al. 2022, "remove and debias"):
+removed pixels are imputed from the pixels that remain, each the weighted mean of its 8
+neighbours (1/6 edge, 1/12 diagonal; weights renormalised at the image border), solved as one
+sparse linear system with the remaining pixels fixed, plus Gaussian noise (sigma
+``ROAD_NOISE``, seeded per image and row); with every pixel removed (deletion's end,
+insertion's start) nothing is left to impute from, so the image's mean colour is used (ROAD's
+fixed imputer), with the same noise. The fill applies to MuFidelity's subsets too.
+
+**MuFidelity** (Bhatt et al. 2020, def. 3): the Pearson correlation over S random subsets of
+the image between the attribution summed over the subset (signed, over its pixels and
+channels) and the score drop F(x) - F(x with the subset removed). Subsets are drawn on a grid
+of G x G cells (``--mufidelity_grid``, default 9 as Xplique's ``grid_size``; 0 draws single
+pixels, the paper's original), each exactly ``round(fraction * cells)`` cells (at least one,
+never all), seeded by the image's content so reruns reproduce. A side with no variance (the
+score never moves, or the map sums the same over every subset) gives 0, as in Xplique.
+S forward rows a row, packed like the curves.
+
 **Region ablation**: each named box is replaced by the baseline (pixels straddling the box
 edge by the fraction of their area inside it) and the target score read again; one forward
 row per region.
@@ -36,12 +57,31 @@ import numpy as np
 
 from attribution.baselines import make_baseline, seed_for
 
-KINDS = ("deletion", "insertion")
+KINDS = ("deletion", "insertion", "mufidelity")
+CURVES = ("deletion", "insertion")
+FILLS = ("baseline", "blur", "road")
 DEFAULT_POINTS = 16
+DEFAULT_SUBSETS, DEFAULT_FRACTION, DEFAULT_GRID = 128, 0.2, 9
+MIN_SUBSETS = 3  # a correlation over 2 points is always +1 or -1
+MAX_SUBSETS = 4096  # one forward row each per attributed row: 32x the default
+MAX_GRID = 1024  # cells a side; a side longer than the image counts each pixel once
+ROAD_NOISE = 0.01  # standard deviation of ROAD's imputation noise, on [0, 1] pixels
+# ROAD's noisy linear imputation: a removed pixel is this weighted mean of its neighbours
+ROAD_NEIGHBOURS = (
+    ((-1, -1), 1 / 12),
+    ((-1, 0), 1 / 6),
+    ((-1, 1), 1 / 12),
+    ((0, -1), 1 / 6),
+    ((0, 1), 1 / 6),
+    ((1, -1), 1 / 12),
+    ((1, 0), 1 / 6),
+    ((1, 1), 1 / 12),
+)
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
-    """'deletion,insertion' | 'deletion' | 'insertion' | 'none' -> the curves to compute."""
+    """'deletion,insertion' | 'deletion,insertion,mufidelity' | ... | 'none' -> the checks to
+    compute (deletion and insertion curves, MuFidelity)."""
     text = str(text).strip()
     if text == "none":
         return ()
@@ -69,6 +109,113 @@ def fractions(points: int) -> np.ndarray:
             f"attributed row; the default 16 reads the curves well), got {points!r}"
         )
     return np.linspace(0.0, 1.0, int(points))
+
+
+def check_mufidelity(subsets: int, fraction: float, grid: int) -> None:
+    """--mufidelity_subsets, --mufidelity_fraction, --mufidelity_grid within their limits."""
+    if not MIN_SUBSETS <= int(subsets) <= MAX_SUBSETS:
+        raise ValueError(
+            f"--mufidelity_subsets must be from {MIN_SUBSETS} to {MAX_SUBSETS} (a correlation "
+            f"needs at least 3 subsets; each is one model row per attributed row), got {subsets!r}"
+        )
+    if not 0 < float(fraction) < 1:
+        raise ValueError(
+            f"--mufidelity_fraction must be between 0 and 1, both excluded (the share of the "
+            f"image each subset removes), got {fraction!r}"
+        )
+    if int(grid) != 0 and not 2 <= int(grid) <= MAX_GRID:
+        raise ValueError(
+            f"--mufidelity_grid must be 0 (single-pixel subsets) or from 2 to {MAX_GRID} "
+            f"cells a side, got {grid!r}"
+        )
+
+
+def cell_map(shape: tuple[int, int], grid: int) -> tuple[np.ndarray, int]:
+    """([H, W] cell index of each pixel, number of cells): ``grid`` x ``grid`` cells of
+    near-equal size (pixel row y is in cell row floor(y * rows / H)); 0, or a side longer
+    than the image's, makes each pixel its own cell along that side."""
+    height, width = shape
+    rows = height if grid == 0 else min(grid, height)
+    cols = width if grid == 0 else min(grid, width)
+    cell_rows = np.arange(height) * rows // height
+    cell_cols = np.arange(width) * cols // width
+    return cell_rows[:, None] * cols + cell_cols[None, :], rows * cols
+
+
+def subset_cells(cells: int, subsets: int, fraction: float, key: str, seed: int = 0) -> np.ndarray:
+    """[subsets, cells] bool: the cells each subset removes, exactly round(fraction * cells)
+    of them (at least 1, at most cells - 1), seeded by the image key: reruns reproduce."""
+    size = int(min(cells - 1, max(1, np.rint(fraction * cells))))
+    rng = np.random.default_rng(seed_for(f"mufidelity:{key}", seed))
+    chosen = np.argpartition(rng.random((subsets, cells)), size - 1, axis=1)[:, :size]
+    out = np.zeros((subsets, cells), bool)
+    np.put_along_axis(out, chosen, True, axis=1)
+    return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two vectors in float64; 0 when either is constant (Xplique's
+    convention for a correlation that is undefined)."""
+    a = np.asarray(a, np.float64) - np.mean(a, dtype=np.float64)
+    b = np.asarray(b, np.float64) - np.mean(b, dtype=np.float64)
+    scale = np.sqrt(np.sum(a * a) * np.sum(b * b))
+    return float(np.sum(a * b) / scale) if scale > 0 else 0.0
+
+
+def road_impute(
+    image: np.ndarray, removed: np.ndarray, *, noise: float = ROAD_NOISE, rng=None
+) -> np.ndarray:
+    """``image`` ([H, W, C] in [0, 1]) with the pixels where ``removed`` ([H, W] bool) is True
+    imputed by ROAD's noisy linear imputation (Rong et al. 2022): each removed pixel is the
+    weighted mean of its neighbours inside the image (ROAD_NEIGHBOURS, renormalised at the
+    border), the kept pixels fixed: one sparse linear system (scipy's sparse LU), solved for
+    all channels at once. Every connected group of removed pixels touches a kept one unless
+    all are removed, so the system has one solution; with all removed the image's mean colour
+    is used. Then Gaussian noise of standard deviation ``noise`` (from ``rng``) on the removed
+    pixels, and the result clipped to [0, 1]."""
+    image = np.asarray(image, np.float32)
+    height, width, channels = image.shape
+    flat = image.reshape(-1, channels).astype(np.float64)
+    unknown = np.flatnonzero(np.asarray(removed, bool).ravel())
+    if unknown.size == 0:
+        return image.copy()
+    if unknown.size == flat.shape[0]:  # nothing left to impute from: ROAD's mean imputer
+        values = np.repeat(flat.mean(axis=0, keepdims=True), unknown.size, axis=0)
+    else:
+        from scipy.sparse import csc_matrix
+        from scipy.sparse.linalg import splu
+
+        count = unknown.size
+        variable = np.full(flat.shape[0], -1)
+        variable[unknown] = np.arange(count)
+        ys, xs = np.divmod(unknown, width)
+        diagonal = np.zeros(count)
+        right = np.zeros((count, channels))
+        rows, cols, weights = [], [], []
+        for (dy, dx), weight in ROAD_NEIGHBOURS:
+            y, x = ys + dy, xs + dx
+            inside = np.flatnonzero((y >= 0) & (y < height) & (x >= 0) & (x < width))
+            diagonal[inside] += weight
+            neighbour = y[inside] * width + x[inside]
+            j = variable[neighbour]
+            known = j < 0
+            right[inside[known]] += weight * flat[neighbour[known]]  # rows unique per offset
+            rows.append(inside[~known])
+            cols.append(j[~known])
+            weights.append(np.full(int((~known).sum()), -weight))
+        rows.append(np.arange(count))
+        cols.append(np.arange(count))
+        weights.append(diagonal)
+        system = csc_matrix(
+            (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(count, count),
+        )
+        values = splu(system).solve(right)
+    if noise:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        values = values + noise * rng.standard_normal(values.shape)
+    flat[unknown] = values
+    return np.clip(flat, 0.0, 1.0).reshape(image.shape).astype(np.float32)
 
 
 def attribution_order(attributions: np.ndarray) -> np.ndarray:
@@ -142,6 +289,7 @@ class Evidence:
     aucs: dict = field(default_factory=dict)  # same keys -> normalised AUC
     ablations: list = field(default_factory=list)  # [{'name', 'ablation_score', 'ablation_drop'}]
     forward_rows: int = 0  # model rows spent on this item
+    mufidelity: float | None = None  # None when not asked
 
 
 class _Slots:
@@ -155,50 +303,78 @@ def evaluate(
     engine,
     items: Sequence[Item],
     *,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = CURVES,
     points: int = DEFAULT_POINTS,
     seed: int = 0,
     blur_baseline: bool = False,
+    fill: str = "baseline",
+    subsets: int = DEFAULT_SUBSETS,
+    fraction: float = DEFAULT_FRACTION,
+    grid: int = DEFAULT_GRID,
+    road_noise: float = ROAD_NOISE,
 ) -> list[Evidence]:
-    """Curves and ablations for every item, forward rows packed into the engine's calls.
+    """Curves, MuFidelity and ablations for every item, forward rows packed into the engine's
+    calls.
 
     ``engine`` needs ``scores(images) -> [N, C]`` (after the attributed score transform) and
     ``batch_size``. ``blur_baseline``: the items' baselines are the blur, so F(blurred) is
-    already known (``baseline_score``).
+    already known (``baseline_score``). ``fill``: what a removed pixel becomes (FILLS);
+    ``subsets``, ``fraction``, ``grid``: MuFidelity's subsets; ``road_noise``: the noise of the
+    ``road`` fill.
     """
+    if fill not in FILLS:
+        raise ValueError(f"--deletion_fill must be one of {', '.join(FILLS)}, got {fill!r}")
+    curve_kinds = [k for k in kinds if k in CURVES]
     rows: list[tuple[int, _Slots, int, object]] = []  # (item, slots, index, make image)
     pending = []
     for i, item in enumerate(items):
-        curves, insertions = {}, []
-        blur_score = _Slots(1)
-        if kinds:
+        curves, insertions, ends = {}, [], []
+        empty = _Slots(1)  # F(every pixel removed): insertion's start, deletion's end by fill
+        removal = _Removal(item, fill, seed, road_noise)
+        if curve_kinds:
             pixels = item.image.shape[0] * item.image.shape[1]
             n = counts(points, pixels)
             orders = {
                 "": attribution_order(item.attributions),
                 "_random": random_order(pixels, item.key, seed),
             }
-            blurred = None
-            if "insertion" in kinds:
-                blurred = item.baseline if blur_baseline else make_baseline("blur", item.image)
-                if blur_baseline:
-                    blur_score.values[0] = item.baseline_score
+            if "insertion" in curve_kinds or fill != "baseline":
+                if blur_baseline and fill != "road":
+                    removal.blurred = item.baseline
+                    empty.values[0] = item.baseline_score
                 else:
-                    rows.append((i, blur_score, 0, lambda b=blurred: b))
-            for kind in kinds:
+                    rows.append((i, empty, 0, removal.everything))
+            for kind in curve_kinds:
                 for suffix, order in orders.items():
                     curve = curves[kind + suffix] = _Slots(points)
                     if kind == "deletion":
-                        curve.values[0], curve.values[-1] = item.target_score, item.baseline_score
-                        start, fill = item.image, item.baseline
+                        curve.values[0] = item.target_score
+                        if fill == "baseline":
+                            curve.values[-1] = item.baseline_score
+                        else:
+                            ends.append(curve)
                     else:
                         curve.values[-1] = item.target_score
                         insertions.append(curve)
-                        start, fill = blurred, item.image
                     rows.extend(
-                        (i, curve, k, _replace(start, fill, order[: n[k]]))
+                        (
+                            i,
+                            curve,
+                            k,
+                            removal.curve_point(kind, order[: n[k]], f"{kind}{suffix}:{k}"),
+                        )
                         for k in range(1, points - 1)
                     )
+        mu = None
+        if "mufidelity" in kinds:
+            cells, count = cell_map(item.image.shape[:2], grid)
+            chosen = subset_cells(count, subsets, fraction, item.key, seed)
+            drops = _Slots(subsets)
+            rows.extend(
+                (i, drops, s, removal.subset(cells, chosen[s], f"mufidelity:{s}"))
+                for s in range(subsets)
+            )
+            mu = (cells, chosen, drops)
         ablations = []
         for name, box in item.boxes:
             weight = box_weights(item.image.shape[:2], box)[..., None].astype(np.float32)
@@ -207,17 +383,21 @@ def evaluate(
             rows.append(
                 (i, slot, 0, lambda x=item.image, b=item.baseline, w=weight: x * (1 - w) + b * w)
             )
-        pending.append((curves, insertions, blur_score, ablations))
+        pending.append((curves, insertions, ends, empty, ablations, mu))
 
     forward_rows = _score_rows(engine, items, rows)
 
     out = []
-    for i, (item, (curves, insertions, blur_score, ablations)) in enumerate(zip(items, pending)):
+    for i, (item, (curves, insertions, ends, empty, ablations, mu)) in enumerate(
+        zip(items, pending)
+    ):
         for curve in insertions:
-            curve.values[0] = blur_score.values[0]
+            curve.values[0] = empty.values[0]
+        for curve in ends:
+            curve.values[-1] = empty.values[0]
         out.append(
             Evidence(
-                points=points if kinds else 0,
+                points=points if curve_kinds else 0,
                 curves={name: c.values.astype(np.float32) for name, c in curves.items()},
                 aucs={name: auc(c.values, item.target_score) for name, c in curves.items()},
                 ablations=[
@@ -229,9 +409,79 @@ def evaluate(
                     for name, slot in ablations
                 ],
                 forward_rows=forward_rows[i],
+                mufidelity=None if mu is None else _mufidelity(item, *mu),
             )
         )
     return out
+
+
+def _mufidelity(item: Item, cells: np.ndarray, chosen: np.ndarray, scores: _Slots) -> float:
+    """Pearson correlation over the subsets of (attribution summed over the subset, F(x) -
+    F(x with the subset removed))."""
+    mass = np.asarray(item.attributions, np.float64).sum(axis=-1).ravel()
+    per_cell = np.bincount(cells.ravel(), weights=mass, minlength=chosen.shape[1])
+    return pearson(chosen.astype(np.float64) @ per_cell, item.target_score - scores.values)
+
+
+class _Removal:
+    """Makers of an item's images with pixels removed, by the fill: the ``baseline`` fill
+    builds them exactly as before fills existed (deletion to the baseline, insertion on the
+    blurred image)."""
+
+    def __init__(self, item: Item, fill: str, seed: int, noise: float):
+        self.item, self.fill, self.seed, self.noise = item, fill, seed, noise
+        self._blurred = None
+
+    @property
+    def blurred(self) -> np.ndarray:
+        if self._blurred is None:
+            self._blurred = make_baseline("blur", self.item.image)
+        return self._blurred
+
+    @blurred.setter
+    def blurred(self, value: np.ndarray) -> None:
+        self._blurred = value
+
+    def _road(self, removed: np.ndarray, tag: str) -> np.ndarray:
+        rng = np.random.default_rng(seed_for(f"road:{self.item.key}:{tag}", self.seed))
+        return road_impute(self.item.image, removed, noise=self.noise, rng=rng)
+
+    def everything(self) -> np.ndarray:
+        """Every pixel removed: the blurred image (fills baseline and blur), ROAD's mean."""
+        if self.fill == "road":
+            return self._road(np.ones(self.item.image.shape[:2], bool), "all")
+        return self.blurred
+
+    def curve_point(self, kind: str, pixels: np.ndarray, tag: str):
+        """Deletion: ``pixels`` (flat indices) removed; insertion: only ``pixels`` kept."""
+        image = self.item.image
+        if self.fill == "road":
+
+            def make():
+                removed = np.zeros(image.shape[0] * image.shape[1], bool)
+                removed[pixels] = True
+                removed = removed if kind == "deletion" else ~removed
+                return self._road(removed.reshape(image.shape[:2]), tag)
+
+            return make
+        if kind == "insertion":
+            return lambda: _replace(self.blurred, image, pixels)()
+        return lambda: _replace(image, self._source(), pixels)()
+
+    def _source(self) -> np.ndarray:
+        """Where removed pixels take their values from (fills baseline and blur)."""
+        return self.item.baseline if self.fill == "baseline" else self.blurred
+
+    def subset(self, cells: np.ndarray, chosen: np.ndarray, tag: str):
+        """MuFidelity: the pixels of the chosen cells removed."""
+
+        def make():
+            removed = chosen[cells]
+            if self.fill == "road":
+                return self._road(removed, tag)
+            return np.where(removed[..., None], self._source(), self.item.image)
+
+        return make
 
 
 def _replace(start: np.ndarray, fill: np.ndarray, pixels: np.ndarray):

@@ -70,6 +70,11 @@ class LoadedModel:
     # the model's variables in layer order (.keras: model.weights; SavedModel: the restored
     # object's `variables`), what attribution.randomization re-initialises
     variables: tuple = field(default=(), repr=False, compare=False)
+    # Keras models only (None for a SavedModel or hub handle, whose layers cannot be reached):
+    # ``features(layer)(images) -> (the layer's activations, [N, C] scores)``, preprocess
+    # included, for Grad-CAM; ``layers`` names the layers with a 4-D output, in model order.
+    features: Callable[[str], Callable] | None = field(default=None, repr=False, compare=False)
+    layers: tuple[str, ...] = ()
 
 
 def load_model(
@@ -127,7 +132,7 @@ def load_model(
         transform = preprocessor(preprocess, channels)
     except ValueError as exc:
         raise _error(handle, str(exc)) from None
-    fn, num_classes = _make_fn(
+    fn, num_classes, select = _make_fn(
         handle,
         lambda images: call(transform(images)),
         size,
@@ -136,6 +141,10 @@ def load_model(
         output_names,
         model_output,
     )
+    keras_model = getattr(call, "keras_model", None)
+    features = layers = None
+    if keras_model is not None:
+        features, layers = _layer_access(keras_model, transform, select)
     loaded = LoadedModel(
         handle=handle,
         kind=kind,
@@ -147,6 +156,8 @@ def load_model(
         channels=channels,
         preprocess=preprocess,
         variables=tuple(getattr(call, "variables", ())),
+        features=features,
+        layers=layers or (),
     )
     if not reuse:
         return loaded
@@ -245,7 +256,54 @@ def _load_keras(handle: str, path: str, kind: str = "keras", precision: str = "f
         return model(images, training=False)
 
     call.variables = tuple(model.weights)
+    call.keras_model = model  # its layers: Grad-CAM (see _layer_access)
     return call, spec, list(getattr(model, "output_names", None) or [])
+
+
+def _layer_access(model, transform, select):
+    """(features, names of the top-level layers with a 4-D output) of a Keras model.
+
+    ``features(name)`` is ``images -> (activations of that layer, scores)``: one Keras model
+    from the input to both outputs, so the activations are the ones the scores are computed
+    from (what Grad-CAM differentiates). A Sequential model is first re-traced as a
+    functional graph on a new input (same layers, same weights): the gradient of its output
+    with respect to a layer's ``output`` is None in Keras 3. Layers inside a nested model
+    are not reachable."""
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue  # the image itself: no activations to weigh
+        try:
+            output = layer.output
+        except (AttributeError, ValueError):  # a layer used twice, or never called
+            continue
+        if not isinstance(output, (list, tuple, dict)) and len(output.shape) == 4:
+            names.append(layer.name)
+
+    def graph():
+        """(input, {layer name: its output}, outputs) of a graph the gradient flows through."""
+        if not isinstance(model, keras.Sequential):
+            tensors = {name: model.get_layer(name).output for name in names}
+            return model.inputs[0], tensors, model.outputs  # one image input (checked)
+        spec = model.inputs[0]
+        inputs = keras.Input(tuple(spec.shape[1:]), dtype=spec.dtype)
+        x, tensors = inputs, {}
+        for layer in model.layers:
+            x = tensors[layer.name] = layer(x)
+        return inputs, tensors, [x]
+
+    def features(name: str):
+        inputs, tensors, final = graph()
+        inner = keras.Model(inputs, [tensors[name], final])
+
+        def fn(images):
+            activations, outputs = inner(transform(tf.cast(images, tf.float32)), training=False)
+            outputs = outputs[0] if len(outputs) == 1 else outputs
+            return activations, tf.cast(select(outputs), tf.float32)
+
+        return fn
+
+    return features, tuple(names)
 
 
 def _refuse_h5_code(handle: str, path: str) -> None:
@@ -479,7 +537,7 @@ def _make_fn(handle, call, size, channels, output_key, output_names, model_outpu
     def fn(images):
         return tf.cast(select(call(tf.cast(images, tf.float32))), tf.float32)
 
-    return fn, int(scores.shape[1])
+    return fn, int(scores.shape[1]), select
 
 
 def _output_selector(handle, probe, output_key, output_names) -> Callable:

@@ -7,7 +7,10 @@
    box per image: object-sized, on the background, for the ablation check),
 4. prints where the report is and what it found, with the faithfulness evidence: how often
    attribution order beats random deletion, and how much masking the cue (and the control
-   box) lowers the cue class's score.
+   box) lowers the cue class's score,
+5. runs the pipeline again over the same images with no boxes (the strategy stage finds where
+   each class looks by itself) and prints the strategy finding for the cue class with the
+   precision and recall of that strategy's members against the stamped images.
 """
 
 from __future__ import annotations
@@ -20,6 +23,25 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def job_argv(data: str, saved_model, output_dir: str, *flags: str) -> list[str]:
+    """The demo job over the held-out images in ``data``; its folder is rewritten on every
+    `make demo` (--overwrite)."""
+    return [
+        "--config",
+        os.path.join(REPO, "configs", "demo.yaml"),
+        "--input_pattern",
+        os.path.join(data, "images", "*.png"),
+        "--output_dir",
+        output_dir,
+        "--model",
+        str(saved_model),
+        "--labels",
+        os.path.join(data, "labels.txt"),
+        "--overwrite",
+        *flags,
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo",
@@ -27,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output_dir", default=os.path.join(REPO, "out", "demo"))
+    parser.add_argument(
+        "--strategies_output_dir",
+        default=os.path.join(REPO, "out", "demo-strategies"),
+        help="the second run's folder: the same images, no --regions",
+    )
     parser.add_argument("--cache_dir", default=os.path.join(REPO, ".cache", "demo"))
     parser.add_argument("--count", type=int, default=240, help="held-out images to audit")
     parser.add_argument("--seed", type=int, default=0)
@@ -52,22 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         os.path.join(data, "regions.csv"), os.path.join(data, "regions-with-control.csv")
     )
     code = run.main(
-        [
-            "--config",
-            os.path.join(REPO, "configs", "demo.yaml"),
-            "--input_pattern",
-            os.path.join(data, "images", "*.png"),
-            "--output_dir",
-            args.output_dir,
-            "--model",
-            str(saved_model),
-            "--labels",
-            os.path.join(data, "labels.txt"),
-            "--regions",
-            str(regions),
-            "--overwrite",  # the demo's folder is rewritten on every `make demo`
-            *pipeline_args,
-        ]
+        job_argv(data, saved_model, args.output_dir, "--regions", str(regions), *pipeline_args)
     )
     if code != 0:
         return code
@@ -83,6 +95,53 @@ def main(argv: list[str] | None = None) -> int:
     if control:
         print(f"  - control: {control} (an object-sized box on the background)")
     print(f"\nopen the report: {os.path.join(args.output_dir, 'report.html')}")
+    return without_boxes(args, data, saved_model, pipeline_args)
+
+
+def without_boxes(args, data: str, saved_model, pipeline_args: list[str]) -> int:
+    """The same audit with no boxes: the strategy stage alone must find the stamp."""
+    from demo import dataset
+    from demo.strategies import stamp_recovery
+    from pipeline import report, run
+    from pipeline.report import strategies
+
+    started = time.monotonic()
+    code = run.main(
+        job_argv(
+            data,
+            saved_model,
+            args.strategies_output_dir,
+            "--write_raw=false",  # the strategies need the grid column only
+            "--faithfulness",
+            "none",
+            *pipeline_args,
+        )
+    )
+    if code != 0:
+        return code
+    found = report.read_run(args.strategies_output_dir)
+    print(f"\nno boxes given: the run took {time.monotonic() - started:.0f} s.")
+    cue = next((c for c, s in found.classes.items() if s.label == dataset.CUE_CLASS), None)
+    worst = strategies.of(found).worst(cue) if cue is not None else None
+    if not strategies.of(found).ran:
+        print(
+            "  - the strategy stage did not run (no strategies/ folder: --strategies none, "
+            "or a version of the job without the stage): nothing to show"
+        )
+        return 0
+    if worst is None:
+        print(f"  - `{dataset.CUE_CLASS}` was not clustered (no strategies/ rows for it)")
+        return 0
+    if worst.suspicious:
+        print(f"  - {strategies.finding(worst, 'predictions')}")
+    else:
+        print(f"  - no strategy of `{dataset.CUE_CLASS}` was flagged; the most suspicious:")
+        print(f"    strategy {worst.strategy}, {strategies.certainty(worst)}")
+    recovery = stamp_recovery(
+        args.strategies_output_dir, os.path.join(data, "truth.csv"), worst.label, worst.strategy
+    )
+    print(f"  - {recovery.sentence()}")
+    print(f"\nopen its report: {os.path.join(args.strategies_output_dir, 'report.html')}")
     return 0
 
 

@@ -2,6 +2,9 @@
 
 - ``deletion`` / ``insertion``: per class, the share of rows whose attribution order beats
   the seeded random order (deletion: a smaller normalised AUC; insertion: a larger one);
+- ``mufidelity``: per class, the mean and median MuFidelity (Bhatt et al. 2020: the
+  correlation over random subsets between the attribution in the subset and the score drop
+  when it is removed);
 - ``ablations``: per (target class, region), the mean target score with and without the
   region, and the region's mean share of the positive attribution;
 - ``findings``: sentences, failures first (a class whose attribution order does no better
@@ -25,6 +28,7 @@ COLUMNS = (
     "insertion_auc",
     "insertion_auc_random",
     "regions",
+    "mufidelity",
 )
 BEATS_RANDOM = 0.5  # a class whose share of rows beating random is at most this fails
 NO_EFFECT_DROP = 0.05  # an ablation lowering the score by less than this (share of F(x))...
@@ -86,6 +90,28 @@ def shares(table: pa.Table, kind: str = "deletion") -> list[Share]:
     return [Share(k, *per[k]) for k in keys]
 
 
+@dataclass
+class Fidelity:
+    label: str
+    rows: int  # rows with a MuFidelity
+    mean: float
+    median: float
+
+
+def mufidelity(table: pa.Table) -> list[Fidelity]:
+    """Per class, then '(all)' last: mean and median MuFidelity over the rows that have it."""
+    per: dict[str, list[float]] = {}
+    for label, value in zip(_column(table, "target_label"), _column(table, "mufidelity")):
+        if value is None or not np.isfinite(value):
+            continue
+        for key in (str(label), "(all)"):
+            per.setdefault(key, []).append(float(value))
+    keys = sorted(k for k in per if k != "(all)") + (["(all)"] if "(all)" in per else [])
+    return [
+        Fidelity(k, len(per[k]), float(np.mean(per[k])), float(np.median(per[k]))) for k in keys
+    ]
+
+
 def ablations(table: pa.Table) -> list[Ablation]:
     """Per (target class, region) with an ablation score: means over the rows that have it."""
     groups: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
@@ -130,6 +156,17 @@ def split_findings(table: pa.Table) -> tuple[list[str], list[str]]:
             f"deleting pixels in attribution order lowers the score faster than a "
             f"random order in {s.share:.0%} of rows ({s.beating} of {s.rows})"
         )
+    for f in mufidelity(table):
+        if f.label == "(all)":
+            passed.append(
+                f"MuFidelity (attribution in random subsets against the score drop when they "
+                f"are removed) averages {f.mean:.2f} over {f.rows} rows"
+            )
+        elif f.mean <= 0:
+            failed.append(
+                f"class `{f.label}`: the attribution in random subsets does not predict the "
+                f"score drop when they are removed (mean MuFidelity {f.mean:.2f}, n={f.rows})"
+            )
     for a in ablations(table):
         if a.mass_fraction >= LARGE_MASS and a.drop < NO_EFFECT_DROP * abs(a.score):
             failed.append(
@@ -168,6 +205,7 @@ SECTION_COLUMNS = (
     "insertion_auc",
     "insertion_auc_random",
     "regions",
+    "mufidelity",
 )
 
 
@@ -185,7 +223,8 @@ def section(table: pa.Table, worst: int = 8) -> dict:
     random order (over the class's rows, fraction from 0 to 1) and the share of rows beating
     random; ``gaps``: per row, ``deletion_auc_random - deletion_auc`` (> 0: attribution order
     beats random); ``not_beating``: up to ``worst`` rows that do not beat random deletion,
-    worst first (image uri, overlay uri, label, gap); ``findings``: as ``findings``.
+    worst first (image uri, overlay uri, label, gap); ``mufidelity``: as ``mufidelity``;
+    ``findings``: as ``findings``.
     """
     rows = table.to_pylist() if table.num_rows else []
     rows = [r for r in rows if r.get("deletion_auc") is not None]
@@ -227,5 +266,6 @@ def section(table: pa.Table, worst: int = 8) -> dict:
             }
             for g, r in failing
         ],
+        "mufidelity": mufidelity(table),
         "findings": findings(table),
     }

@@ -63,8 +63,10 @@ def _lexists(path: str) -> bool:
     return os.path.lexists(path) if _local(path) else exists(path)
 
 
-def present_outputs(output_dir: str) -> list[str]:
-    return [name for name in OUTPUTS if _lexists(join(output_dir, name))]
+def present_outputs(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
+    """Which of ``outputs`` (a run folder's, or another folder kind's, e.g. the sanity
+    check's) the folder holds."""
+    return [name for name in outputs if _lexists(join(output_dir, name))]
 
 
 def take(
@@ -75,10 +77,13 @@ def take(
     resume: bool,
     lock_timeout: float,
     local: bool = True,
+    outputs: tuple[str, ...] = OUTPUTS,
 ) -> Taken:
     """Lock ``output_dir`` for this run, or UsageError saying why not and what to do. Every
-    refusal comes before the lock is taken and before anything is deleted."""
-    refuse_links(output_dir)
+    refusal comes before the lock is taken and before anything is deleted. ``outputs``: the
+    names this kind of folder holds (a run's by default); a run folder holding some of them
+    but none of ``MARKS`` is not one (another kind's caller makes its own check)."""
+    refuse_links(output_dir, outputs)
     owner = locks.read(output_dir)
     if owner is not None:
         path = locks.lock_path(output_dir)
@@ -103,8 +108,12 @@ def take(
                 f"{stale}): pass --overwrite to replace it (a link is removed, never "
                 f"followed) or --resume to finish the run it was left by"
             )
-    present = present_outputs(output_dir)
-    if present and not any(_lexists(join(output_dir, mark)) for mark in MARKS):
+    present = present_outputs(output_dir, outputs)
+    if (
+        present
+        and outputs == OUTPUTS
+        and not any(_lexists(join(output_dir, mark)) for mark in MARKS)
+    ):
         raise UsageError(
             f"--output_dir {output_dir} is not a run folder (no manifest.json, no lock, no "
             f"{STAGING}) but holds {', '.join(present)}: this tool did not write them and "
@@ -116,7 +125,7 @@ def take(
             f"({', '.join(present)}): pass --overwrite to replace them, --resume "
             f"to finish an interrupted run, or choose another folder"
         )
-    doomed = removable(output_dir) if overwrite and present else []
+    doomed = removable(output_dir, outputs) if overwrite and present else []
     mine = locks.Lock.new(run_id, local)
     if owner is not None:
         locks.remove_stale(output_dir)
@@ -126,7 +135,7 @@ def take(
         raise UsageError(f"--output_dir {output_dir} is in use: {e}") from None
     try:
         if overwrite:
-            remove_outputs(output_dir, doomed)
+            remove_outputs(output_dir, outputs, plan=doomed)
             return Taken(mine, None, None)
         if resume:
             return Taken(mine, *set_aside(output_dir))
@@ -160,7 +169,7 @@ def check_writable(output_dir: str) -> None:
         ) from None
 
 
-def refuse_links(output_dir: str) -> None:
+def refuse_links(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> None:
     """UsageError naming the first symbolic link among the run folder's parts (a contract
     folder or file, or anything inside one): nothing is ever written, read back or deleted
     through a link. A FIFO, socket or device there is refused too (reading one blocks or
@@ -168,7 +177,7 @@ def refuse_links(output_dir: str) -> None:
     stores have neither."""
     if not _local(output_dir):
         return
-    for name in OUTPUTS:
+    for name in outputs:
         path = os.path.join(output_dir, name)
         odd = path if os.path.lexists(path) and _odd(os.lstat(path).st_mode) else None
         if odd is None and os.path.isdir(path) and not os.path.islink(path):
@@ -217,7 +226,7 @@ def _plain(name) -> bool:
     )
 
 
-def removable(output_dir: str) -> list[str]:
+def removable(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
     """--overwrite's plan, made before anything is deleted: the files the old manifest lists
     (each under a contract folder, by a plain name), then the contract's folders and files,
     the manifest last (until then the folder still shows it is a run folder). UsageError,
@@ -225,7 +234,7 @@ def removable(output_dir: str) -> list[str]:
     nothing is deleted then."""
     path = join(output_dir, "manifest.json")
     listed = []
-    if exists(path):
+    if "manifest.json" in outputs and exists(path):
         try:
             record = read_manifest(output_dir)
         except RunFolderError as e:
@@ -260,7 +269,11 @@ def removable(output_dir: str) -> list[str]:
                     f"another --output_dir"
                 )
             listed.extend(join(output_dir, folder, name) for name in names)
-    paths = [*listed, *(join(output_dir, n) for n in OUTPUTS if n != "manifest.json"), path]
+    paths = [
+        *listed,
+        *(join(output_dir, n) for n in outputs if n != "manifest.json"),
+        *([path] if "manifest.json" in outputs else []),
+    ]
     for p in paths:
         _check_inside(output_dir, p)
     return paths
@@ -294,10 +307,12 @@ def delete_tree(path: str) -> None:
         FileSystems.delete(found)
 
 
-def remove_outputs(output_dir: str, paths: list[str] | None = None) -> None:
-    """--overwrite: delete what an earlier run wrote, as ``removable`` planned it (planned
-    here when not given), nothing else."""
-    for path in removable(output_dir) if paths is None else paths:
+def remove_outputs(
+    output_dir: str, outputs: tuple[str, ...] = OUTPUTS, *, plan: list[str] | None = None
+) -> None:
+    """--overwrite: delete what an earlier run wrote (``outputs``), as ``removable`` planned
+    it (planned here when not given), nothing else."""
+    for path in removable(output_dir, outputs) if plan is None else plan:
         # checked again as it goes: a folder swapped for a link since the plan stops it
         _check_inside(output_dir, path, "the overwrite stopped there")
         delete_tree(path)

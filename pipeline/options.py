@@ -94,6 +94,13 @@ class AttributionOptions(PipelineOptions):
             action="store_true",
             help="Do not write DIR/report.html at the end of the run.",
         )
+        add(
+            "--report_classes",
+            type=int,
+            default=24,
+            help="Classes the report's per-class sections draw, those with the most "
+            "suspicious strategies first; the rest are listed in tables.",
+        )
         option("jit_compile")
         option("precision")
         add(
@@ -160,6 +167,14 @@ class AttributionOptions(PipelineOptions):
         option("mask_type")
         option("faithfulness")
         option("faithfulness_points")
+        option("deletion_fill")
+        option("mufidelity_subsets")
+        option("mufidelity_fraction")
+        option("mufidelity_grid")
+        for name in ("layer", "occlusion_window", "occlusion_stride"):
+            option(name)
+        for name in ("rise_masks", "rise_grid", "rise_p"):
+            option(name)
         add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
         add(
             "--run_id",
@@ -417,6 +432,8 @@ def validate(o: argparse.Namespace) -> None:
             "--overwrite and --resume exclude each other: --resume finishes the "
             "interrupted run in --output_dir, --overwrite starts it again"
         )
+    if o.report_classes < 1:
+        raise UsageError(f"--report_classes must be >= 1, got {o.report_classes}")
     if o.max_file_bytes < 1:
         raise UsageError(f"--max_file_bytes must be >= 1, got {o.max_file_bytes}")
     if not o.lock_timeout > 0:
@@ -439,9 +456,13 @@ MAX_CALL_BYTES = 2 * 1024**3
 
 
 def validate_with_model(
-    o: argparse.Namespace, num_classes: int, image_size: tuple[int, int]
+    o: argparse.Namespace, num_classes: int, image_size: tuple[int, int], model=None
 ) -> None:
-    """Checks that need the loaded model: a target it has, a call size that fits memory."""
+    """Checks that need the loaded model: a target it has, a call size that fits memory; with
+    ``model`` (attribution.models.LoadedModel), gradcam's layer (``o.layer`` is set to the one
+    used) and an occlusion window that fits the image."""
+    if model is not None:
+        _validate_methods(o, model, image_size)
     targets = Targets.parse(o.target)
     if targets.kind == "class" and not 0 <= targets.value < num_classes:
         raise UsageError(
@@ -455,4 +476,20 @@ def validate_with_model(
             f"--batch_size {o.batch_size} puts {call_bytes / 1024**3:.1f} GiB "
             f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "
             f"--batch_size {min(fits, MAX_BATCH)} or less"
+        )
+
+
+def _validate_methods(o: argparse.Namespace, model, image_size: tuple[int, int]) -> None:
+    """Issue 22's methods against the model: its layers (gradcam), its input size."""
+    from attribution.methods.config import CAMS, check_layer
+
+    if o.attribution in CAMS:
+        try:
+            o.layer = check_layer(model.kind, model.layers, o.layer, o.attribution)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    if o.attribution == "occlusion" and o.occlusion_window > min(image_size):
+        raise UsageError(
+            f"--occlusion_window {o.occlusion_window} is larger than the model input "
+            f"{image_size[0]}x{image_size[1]}: pass at most {min(image_size)}"
         )

@@ -170,7 +170,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         if opts.image_size is not None and "--image_size" in str(e):
             raise options.UsageError(str(e)) from None  # the option is wrong, not the model
         raise
-    options.validate_with_model(opts, model.num_classes, model.image_size)
+    options.validate_with_model(opts, model.num_classes, model.image_size, model)
     if labels and len(labels) != model.num_classes:
         logging.warning(
             "--labels has %d lines, the model has %d classes", len(labels), model.num_classes
@@ -212,6 +212,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         **chosen,
         faithfulness=parse_kinds(opts.faithfulness),
         faithfulness_points=opts.faithfulness_points,
+        deletion_fill=opts.deletion_fill,
+        mufidelity_subsets=opts.mufidelity_subsets,
+        mufidelity_fraction=opts.mufidelity_fraction,
+        mufidelity_grid=opts.mufidelity_grid,
         randomize=opts.randomize,
         precision=opts.precision,
     )
@@ -392,6 +396,7 @@ def method_settings(opts) -> dict:
     unless --steps is given; expected gradients uses one random alpha per (image, baseline)
     pair unless --method is given (then that quadrature rule per pair)."""
     from attribution.methods import GUIDED_STEPS
+    from attribution.methods.config import ISSUE22_OPTIONS
 
     given = set(getattr(opts, "given_options", ()))
     out = {
@@ -400,6 +405,7 @@ def method_settings(opts) -> dict:
         if name != "expected_gradients_alpha"  # chosen below from the options given
     }
     out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
+    out.update({name: getattr(opts, name) for name in ISSUE22_OPTIONS})  # layer: resolved
     if opts.attribution == "guided_ig" and "steps" not in given:
         out["steps"] = GUIDED_STEPS
         out["max_steps"] = max(opts.max_steps, GUIDED_STEPS)

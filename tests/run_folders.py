@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from benchmarks.report_scale import STRATEGY_SCHEMA  # DIR/strategies' columns
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA
 
 CLASSES = ("circle", "square", "triangle")
@@ -30,13 +31,19 @@ def png(path: Path, size=(16, 16), seed=0) -> str:
     return str(path)
 
 
+def images_of(folder: Path) -> Path:
+    """Where a hand-made run's inputs are: beside the run folder, as a run's inputs are never
+    inside its output folder (the report reads originals only from the run's inputs)."""
+    return folder.parent / "images"
+
+
 def summary_row(
     folder: Path, index: int, class_id: int, *, regions=True, converged=True, image_uri=None
 ) -> dict:
     label = CLASSES[class_id]
     name = f"{label}{index}"
     image_uri = image_uri or png(
-        folder / "images" / f"{name}.png", (20, 30), 1000 * (class_id + 1) + index
+        images_of(folder) / f"{name}.png", (20, 30), 1000 * (class_id + 1) + index
     )
     grid = np.zeros(CELLS * CELLS, np.float32)
     grid[class_id * 5] = 1.0  # all mass in one cell per class: cells 0, 5 and 10
@@ -120,7 +127,7 @@ def make_run(folder: Path, *, rows=None, errors=(), matched=None, regions=True) 
             "target": "predicted",
             "grid_cells": CELLS,
             "max_pixels": 1000000,
-            "input_pattern": "imgs/*",
+            "input_pattern": str(images_of(folder) / "*"),
         },
         "model": {
             "handle": "/models/<toy>",
@@ -145,3 +152,36 @@ def write_parquet(path: Path, rows: list[dict], schema: pa.Schema) -> None:
 
 def error(uri: str, kind: str = "UnsupportedFormat") -> dict:
     return {"image_uri": uri, "stage": "decode", "error_type": kind, "message": f"bad {uri}"}
+
+
+def strategy_row(class_id: int, strategy: int, **values) -> dict:
+    """A benign strategy of ``class_id`` (attribution spread over a quarter of the image, whose
+    removal costs little more than the control's); ``values`` override any column."""
+    grid = np.full(CELLS * CELLS, 1.0 / CELLS**2)
+    row = {
+        "target_class": class_id,
+        "target_label": CLASSES[class_id],
+        "strategy": strategy,
+        "rows": ROWS_PER_CLASS,
+        "share": 1.0,
+        "eigengap": 0.5,
+        "mean_grid": grid.tolist(),
+        "hotspot_box": [0.25, 0.25, 0.75, 0.75],
+        "hotspot_area_fraction": 0.25,
+        "hotspot_mass_fraction": 0.4,
+        "ablation_score": 0.75,
+        "ablation_drop": 0.15,
+        "control_drop": 0.1,
+        "prototypes": [f"{CLASSES[class_id]}{i}" for i in range(3)],
+        "control_box": [0.0, 0.5, 0.5, 1.0],
+        "ablation_n": ROWS_PER_CLASS,
+        "target_mean_score": 0.9,
+    }
+    row.update(values)
+    return row
+
+
+def write_strategies(folder: Path, rows: list[dict], schema: pa.Schema = STRATEGY_SCHEMA) -> None:
+    """``rows`` as DIR/strategies/part-00000-of-00001.parquet (``schema`` may drop columns)."""
+    rows = [{k: v for k, v in r.items() if k in schema.names} for r in rows]
+    write_parquet(folder / "strategies" / "part-00000-of-00001.parquet", rows, schema)

@@ -25,11 +25,12 @@ def score(x, target=0):
     return float(x.reshape(-1).astype(np.float64) @ WEIGHTS[:, target].astype(np.float64))
 
 
-def engine(batch_size=8, fn=linear_logits):
+def engine(batch_size=8, fn=linear_logits, score="logit", image_size=(H, W)):
+    """The engine around ``fn`` (also tests/test_mufidelity_road.py's, at its image size)."""
     return IntegratedGradients(
         fn,
-        image_size=(H, W),
-        score="logit",
+        image_size=image_size,
+        score=score,
         method="gausslegendre",
         steps=4,
         tolerance=None,
@@ -203,6 +204,19 @@ REQUIRED = ["--input_pattern", "x/*.png", "--output_dir", "out", "--model", "m"]
         (["--faithfulness", "deletion,sideways"], "--faithfulness"),
         (["--faithfulness_points", "1"], "--faithfulness_points"),
         (["--faithfulness_points", "100000"], "at most 1025"),
+        # issue 22's options, at and past their edges
+        (["--mufidelity_subsets", "2"], "--mufidelity_subsets must be from 3 to 4096"),
+        (["--mufidelity_subsets", "4097"], "--mufidelity_subsets"),
+        (["--mufidelity_subsets", "0"], "--mufidelity_subsets"),
+        (["--mufidelity_fraction", "0"], "--mufidelity_fraction must be between 0 and 1"),
+        (["--mufidelity_fraction", "1"], "--mufidelity_fraction"),
+        (["--mufidelity_fraction", "-0.1"], "--mufidelity_fraction"),
+        (["--mufidelity_fraction", "1.5"], "--mufidelity_fraction"),
+        (["--mufidelity_fraction", "nan"], "--mufidelity_fraction"),
+        (["--mufidelity_grid", "1"], "--mufidelity_grid must be 0"),
+        (["--mufidelity_grid", "1025"], "--mufidelity_grid"),
+        (["--mufidelity_grid", "-1"], "--mufidelity_grid"),
+        (["--faithfulness", "mufidelity,road"], "--faithfulness"),
     ],
 )
 def test_bad_faithfulness_options_are_refused_before_any_work(flags, message):

@@ -17,6 +17,7 @@ from run_folders import (
     HOSTILE_REGION,
     ROWS_PER_CLASS,
     error,
+    images_of,
     make_run,
     png,
     summary_row,
@@ -106,7 +107,7 @@ def test_report_with_zero_attributed_rows(tmp_path):
 
 def test_report_is_self_contained_and_escapes_data(tmp_path):
     folder = tmp_path / "run"
-    hostile = png(folder / "images" / HOSTILE, (20, 30))
+    hostile = png(images_of(folder) / HOSTILE, (20, 30))
     rows = [summary_row(folder, i, c) for c in range(3) for i in range(ROWS_PER_CLASS)]
     rows[0] = {**rows[0], "image_uri": hostile, "target_label": "<b>circle</b>"}
     for row in rows:  # a hostile region name: in the regions table and the findings
@@ -130,14 +131,14 @@ def test_unreadable_pictures_are_said_in_place(tmp_path):
     folder = tmp_path / "run"
     rows = [summary_row(folder, i, 0) for i in range(3)]
     moved = folder / "masks" / "circle1.png"
-    rows[0] = {**rows[0], "image_uri": str(folder / "images" / "gone.png")}
+    rows[0] = {**rows[0], "image_uri": str(images_of(folder) / "gone.png")}
     rows[1] = {**rows[1], "mask_uri": f"/old/place/masks/{moved.name}"}  # run folder moved
     rows[2] = {**rows[2], "overlay_uri": str(folder / "overlays" / "gone.png")}
     make_run(folder, rows=rows)
     page = Path(report.write_report(str(folder))).read_text()
-    assert "original cannot be read: FileNotFoundError" in page
-    assert "overlay cannot be read" in page
-    assert page.count("mask cannot be read") == 0  # found under DIR/masks instead
+    assert f"original missing: {images_of(folder) / 'gone.png'} no longer exists" in page
+    assert f"overlay missing: {folder / 'overlays' / 'gone.png'} does not exist" in page
+    assert page.count("mask missing") == 0  # found under DIR/masks instead
 
 
 def test_missing_manifest_is_a_clear_error(tmp_path):

@@ -480,8 +480,8 @@ def test_a_part_swapped_for_a_link_after_the_plan_stops_the_overwrite(world, com
     (world / "victims" / os.path.basename(parts[0])).write_text("named like a part")
     before = snapshot(world, skip=out)
     with pytest.raises(UsageError, match="is outside --output_dir .*the overwrite stopped there"):
-        folder.remove_outputs(str(out), plan)
+        folder.remove_outputs(str(out), plan=plan)
     assert snapshot(world, skip=out) == before
-    folder.remove_outputs(str(out), [p for p in plan if p not in parts])
+    folder.remove_outputs(str(out), plan=[p for p in plan if p not in parts])
     assert snapshot(world, skip=out) == before  # the link went, not what it named
     assert not os.path.lexists(out / "summaries") and not (out / "manifest.json").exists()

@@ -13,6 +13,8 @@ from attribution import faithfulness, methods, randomization
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import pad_geometry
 from attribution.integrated_gradients import IntegratedGradients, Targets
+from attribution.methods.cam import Cam
+from attribution.methods.config import CAMS
 from attribution.models import load_model
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
@@ -55,6 +57,13 @@ class _ProcessModel:
             jit_compile=settings.jit_compile,
             channels=model.channels,
         )
+        self.cam = None
+        if settings.attribution in CAMS:  # the --layer resolved when the job started
+            self.cam = Cam(
+                model.features(settings.layer),
+                self.engine,
+                plus_plus=settings.attribution == "gradcam_plus_plus",
+            )
 
 
 class AttributeFn(CountsProgress, beam.DoFn):
@@ -109,10 +118,11 @@ class AttributeFn(CountsProgress, beam.DoFn):
             self.targets,
             self.config,
             references,
+            cam=self.model.cam,
         )
 
     def _evidence(self, images, groups, boxes_list):
-        """Deletion/insertion curves and region ablation for every row of the batch."""
+        """Deletion/insertion curves, MuFidelity and region ablation for every row."""
         s = self.settings
         items = []
         baselines = [
@@ -150,6 +160,10 @@ class AttributeFn(CountsProgress, beam.DoFn):
                 points=s.faithfulness_points,
                 seed=s.seed,
                 blur_baseline=False,
+                fill=s.deletion_fill,
+                subsets=s.mufidelity_subsets,
+                fraction=s.mufidelity_fraction,
+                grid=s.mufidelity_grid,
             )
         )
         out = [[next(evidence) for _ in group] for group in groups]
@@ -185,7 +199,8 @@ class AttributeFn(CountsProgress, beam.DoFn):
             self.attributed.inc()
             self.rows.inc(len(group))
             self.evaluations.inc(sum(r.gradient_evaluations for r in group))
-            self.unconverged.inc(sum(not r.converged for r in group))
+            # converged is None for the methods without completeness (gradcam, occlusion, rise)
+            self.unconverged.inc(sum(r.converged is False for r in group))
             yield ((image, group, evidence), boxes) if was_joined else (image, group, evidence)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 
 import pyarrow as pa
@@ -73,6 +74,87 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+# Files a run writes next to its rows, one per row and kind: read back only from there.
+ARTIFACT_FOLDERS = ("masks", "overlays", "raw")
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # a mask, overlay or raw .npy is far smaller
+SIGNATURES = {"masks": b"\x89PNG\r\n\x1a\n", "overlays": b"\x89PNG\r\n\x1a\n", "raw": b"\x93NUMPY"}
+
+
+class NotRead(Exception):
+    """A file the data names that is not read; the message is the one-line reason."""
+
+
+def artifact_path(output_dir: str, folder: str, uri: str | None) -> str:
+    """Where a row's recorded ``uri`` (mask_uri, overlay_uri, raw_uri) is read from: always
+    ``output_dir/folder/<its file name>`` (so a moved run folder still finds its files),
+    and only if the uri names a file in a ``folder/`` folder; NotRead otherwise."""
+    if folder not in ARTIFACT_FOLDERS:
+        raise NotRead(f"{folder!r} is not one of the run's artifact folders")
+    if not uri:
+        raise NotRead("no file recorded")
+    parts = uri.split("/")
+    name = parts[-1]
+    if len(parts) < 2 or parts[-2] != folder or name in ("", ".", "..") or "\x00" in uri:
+        raise NotRead(f"{uri} is not a file in a {folder}/ folder of a run: not read")
+    return f"{output_dir.rstrip('/')}/{folder}/{name}"
+
+
+def _read_local_artifact(path: str, max_bytes: int) -> bytes:
+    """A regular file, no symbolic link on the way from the run folder, opened without
+    blocking and read up to ``max_bytes``."""
+    folder = os.path.dirname(path)
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            raise NotRead(f"{folder} is not a folder (a symbolic link?): not read")
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise NotRead(f"{path} does not exist") from None
+    except OSError as e:
+        raise NotRead(f"{path} cannot be looked at ({e.strerror})") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise NotRead(f"{path} is a symbolic link: not read")
+    if not stat.S_ISREG(info.st_mode):
+        raise NotRead(f"{path} is not a regular file: not read")
+    if info.st_size > max_bytes:
+        raise NotRead(f"{path} has {info.st_size} bytes, more than {max_bytes}: not read")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise NotRead(f"{path} cannot be opened ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino) or not stat.S_ISREG(now.st_mode):
+            raise NotRead(f"{path} was replaced while being read: not read")
+        return f.read(max_bytes + 1)
+
+
+def read_artifact(
+    output_dir: str, folder: str, uri: str | None, max_bytes: int = MAX_ARTIFACT_BYTES
+) -> bytes:
+    """The bytes of a row's mask, overlay or raw file, read only from inside ``output_dir``
+    (``artifact_path``): a regular file (locally: not a symbolic link, nor in a linked
+    folder; a FIFO or a device is never opened for reading), at most ``max_bytes``, starting
+    as its kind does (PNG, .npy). NotRead says why not, in one line."""
+    path = artifact_path(output_dir, folder, uri)
+    if "://" not in path:
+        data = _read_local_artifact(path, max_bytes)
+    else:
+        found = FileSystems.match([path])[0].metadata_list
+        if not found:
+            raise NotRead(f"{path} does not exist")
+        if found[0].size_in_bytes > max_bytes:
+            raise NotRead(f"{path} has {found[0].size_in_bytes} bytes, more than {max_bytes}")
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise NotRead(f"{path} has more than {max_bytes} bytes: not read")
+    if not data.startswith(SIGNATURES[folder]):
+        kind = "a .npy array" if folder == "raw" else "a PNG"
+        raise NotRead(f"{path} is not {kind}: not shown")
+    return data
+
+
 def delete_matching(pattern: str) -> int:
     """Delete every file matching ``pattern``; how many there were."""
     stale = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
@@ -105,7 +187,145 @@ def read_manifest(folder: str) -> dict:
             f"{path} must hold a JSON object, got {type(manifest).__name__}: "
             f"it was not written by `python -m pipeline`"
         )
+    check_manifest(path, manifest)
     return manifest
+
+
+# What readers use of a manifest, and the JSON type each must have when present (null is
+# always allowed: older runs lack keys; keys not listed are not checked). One rule for every
+# reader: a manifest that breaks it is no run's record.
+NUMBER, COUNT, TEXT, OBJECT, FLAG, SIZE = (
+    "a number",
+    "a whole number >= 0",
+    "a string",
+    "an object",
+    "true or false",
+    "a list of two whole numbers > 0",
+)
+MANIFEST_FIELDS = {
+    "counts": OBJECT,
+    **{f"counts.{k}": COUNT for k in ("matched", "attributed", "failed", "rows", "missing")},
+    "counts.in_both": COUNT,
+    "metrics": OBJECT,
+    "metrics.model_loads": COUNT,
+    "config": OBJECT,
+    "model": OBJECT,
+    "versions": OBJECT,
+    "complete": FLAG,
+    "started_at": TEXT,
+    "finished_at": TEXT,
+    "run_id": TEXT,
+    "settings_hash": TEXT,
+    "model.handle": TEXT,
+    "model.kind": TEXT,
+    "model.fingerprint": TEXT,
+    "model.num_classes": COUNT,
+    "model.output": TEXT,
+    "model.input_size": SIZE,
+    "config.input_pattern": TEXT,
+    "config.input_format": TEXT,
+    "config.image_key": TEXT,
+    "config.id_key": TEXT,
+    "config.attribution": TEXT,
+    "config.method": TEXT,
+    "config.baseline": TEXT,
+    "config.score": TEXT,
+    "config.steps": COUNT,
+    "config.max_steps": COUNT,
+    "config.tolerance": NUMBER,
+    "config.grid_cells": COUNT,
+    "config.batch_size": COUNT,
+    "config.max_pixels": COUNT,
+    "config.max_file_bytes": COUNT,
+    "config.max_blur_sigma": NUMBER,
+    "config.deletion_fill": TEXT,
+    "config.mufidelity_subsets": COUNT,
+    "config.mufidelity_fraction": NUMBER,
+    "config.resolved_image_size": SIZE,
+}
+
+
+def _is(value, kind: str) -> bool:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if kind == NUMBER:
+        return whole or (isinstance(value, float) and value == value)
+    if kind == COUNT:
+        return whole and value >= 0
+    if kind == SIZE:
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_is(v, COUNT) and v > 0 for v in value)
+        )
+    return isinstance(value, {TEXT: str, OBJECT: dict, FLAG: bool}[kind])
+
+
+def check_manifest(path: str, manifest: dict) -> None:
+    """RunFolderError naming the first key of ``MANIFEST_FIELDS`` whose value has the wrong
+    type (readers then never meet a string where they count, or a list where they format)."""
+    for key, kind in MANIFEST_FIELDS.items():
+        parent, _, name = key.rpartition(".")
+        holder = manifest.get(parent) if parent else manifest
+        value = holder.get(name) if isinstance(holder, dict) else None  # parents come first
+        if value is not None and not _is(value, kind):
+            shown = " ".join(json.dumps(value, default=str).split())
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise RunFolderError(
+                f"{path}: `{key}` must be {kind}, got {shown}: it was not written by "
+                f"`python -m pipeline`; rerun the run"
+            )
+
+
+def _family(kind: pa.DataType):
+    """What a reader can rely on of an Arrow type, whatever its width."""
+    if pa.types.is_null(kind):
+        return None  # a column of nulls fits any type
+    if pa.types.is_integer(kind):
+        return "integer"
+    if pa.types.is_floating(kind):
+        return "number"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return "string"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return ("list", kind.value_type)
+    if pa.types.is_struct(kind):
+        return ("struct", kind)
+    return str(kind)
+
+
+def _fits(found: pa.DataType, expected: pa.DataType) -> bool:
+    f, e = _family(found), _family(expected)
+    if f is None or e is None or (f, e) == ("integer", "number"):  # whole numbers are numbers
+        return True
+    if isinstance(f, tuple) and isinstance(e, tuple) and f[0] == e[0]:
+        if f[0] == "list":
+            return _fits(f[1], e[1])
+        known = {field.name: field.type for field in e[1]}
+        return all(_fits(field.type, known[field.name]) for field in f[1] if field.name in known)
+    return f == e
+
+
+def contract_schema(path: str) -> pa.Schema | None:
+    """The contract's schema of a part under ``summaries/`` or ``errors/``, else None."""
+    from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA  # it imports this module
+
+    folder = path.rsplit("/", 2)[-2] if path.count("/") >= 1 else ""
+    return {"summaries": SUMMARY_SCHEMA, "errors": ERROR_SCHEMA}.get(folder)
+
+
+def check_part(path: str, schema: pa.Schema) -> pa.Schema:
+    """``schema`` if every column the contract names has the contract's kind of type
+    (numbers, strings, lists of..., structs of...), else RunFolderError naming the column."""
+    expected = contract_schema(path)
+    for field in schema if expected is not None else ():
+        index = expected.get_field_index(field.name)
+        if index >= 0 and not _fits(field.type, expected.field(index).type):
+            raise RunFolderError(
+                f"{path}: column `{field.name}` is {field.type}, the contract says "
+                f"{expected.field(index).type}: it was not written by `python -m pipeline`; "
+                f"rerun the run"
+            )
+    return schema
 
 
 def parquet_parts(folder: str, kind: str) -> list[str]:
@@ -125,17 +345,23 @@ def parquet_schema(path: str) -> pa.Schema:
     """The schema of one Parquet file (its footer only)."""
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
-            return pq.read_schema(f)
+            schema = pq.read_schema(f)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise _unreadable(path, e) from None
+    return check_part(path, schema)
 
 
 def parquet_batches(path: str, columns: list[str], batch_size: int):
     """Record batches of ``columns`` of one Parquet file, streamed."""
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
-            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+            part = pq.ParquetFile(f)
+            check_part(path, part.schema_arrow)
+            yield from part.iter_batches(batch_size=batch_size, columns=columns)
     except (OSError, ValueError, pa.ArrowException) as e:
+        if isinstance(e, RunFolderError):
+            raise
+
         raise _unreadable(path, e) from None
 
 
@@ -148,4 +374,5 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
                 tables.append(pq.read_table(f, columns=columns))
         except (OSError, ValueError, pa.ArrowException) as e:
             raise _unreadable(path, e) from None
+        check_part(path, tables[-1].schema)
     return pa.concat_tables(tables) if tables else pa.table({})

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 from attribution.config import DEFAULTS
+from attribution.methods.config import METHOD_OPTIONS  # no TensorFlow
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Settings:
     # the curves of --faithfulness; () for --faithfulness none
     faithfulness: tuple[str, ...] = tuple(DEFAULTS.faithfulness.split(","))
     faithfulness_points: int = DEFAULTS.faithfulness_points
+    deletion_fill: str = DEFAULTS.deletion_fill  # issue 22: removed pixels' fill; MuFidelity
+    mufidelity_subsets: int = DEFAULTS.mufidelity_subsets
+    mufidelity_fraction: float = DEFAULTS.mufidelity_fraction
+    mufidelity_grid: int = DEFAULTS.mufidelity_grid
     randomize: str | None = None  # pipeline.sanity: a randomization stage applied on load
     # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
     attribution: str = DEFAULTS.attribution
@@ -60,6 +65,13 @@ class Settings:
     colormap: str | None = DEFAULTS.colormap
     overlay: str = DEFAULTS.overlay
     mask_type: str = DEFAULTS.mask_type
+    # issue 22's methods: in settings_hash only when their --attribution runs
+    layer: str | None = DEFAULTS.layer  # gradcam: resolved to a name when the job starts
+    occlusion_window: int = DEFAULTS.occlusion_window
+    occlusion_stride: int = DEFAULTS.occlusion_stride
+    rise_masks: int = DEFAULTS.rise_masks
+    rise_grid: int = DEFAULTS.rise_grid
+    rise_p: float = DEFAULTS.rise_p
 
     @property
     def method_config(self):
@@ -86,7 +98,8 @@ class Settings:
 
         Rows of a previous run are reused only when this hash matches (docs/audits.md). It
         covers the attribution (method, rule sizes, baseline, seed, score, target policy,
-        input size, model output; the faithfulness curves and a sanity stage) and what is drawn from it (``grid_cells``: the grid column;
+        input size, model output; the faithfulness checks, their fill and MuFidelity's subsets
+        when not at their defaults, and a sanity stage) and what is drawn from it (``grid_cells``: the grid column;
         ``clip_percentile``: the mask and overlay PNGs; the method and visualization options
         of METHOD_KEYS when not at their defaults). Left out on purpose: labels (relabelled
         on reuse), regions (recomputed on reuse), write_raw (reuse needs the raw file when
@@ -127,8 +140,13 @@ class Settings:
             values["faithfulness"] = list(self.faithfulness)
         if self.faithfulness_points != _default("faithfulness_points"):
             values["faithfulness_points"] = self.faithfulness_points
+        for name in FAITHFULNESS_KEYS:  # issue 22's, likewise only when not the default
+            if getattr(self, name) != _default(name):
+                values[name] = getattr(self, name)
         if self.randomize is not None:
             values["randomize"] = self.randomize
+        for name in METHOD_OPTIONS.get(self.attribution, ()):  # only the running method's
+            values[name] = getattr(self, name)
         if self.precision != _default(
             "precision"
         ):  # bfloat16/float16 change the numbers, not rounding
@@ -142,6 +160,12 @@ def _default(name: str):
     return Settings.__dataclass_fields__[name].default
 
 
+FAITHFULNESS_KEYS = (
+    "deletion_fill",
+    "mufidelity_subsets",
+    "mufidelity_fraction",
+    "mufidelity_grid",
+)
 METHOD_KEYS = (
     "attribution",
     "noise_sigma",

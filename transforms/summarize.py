@@ -63,6 +63,7 @@ def with_evidence(row: dict, evidence) -> dict:
             "insertion_curve_random": _list(curves.get("insertion_random")),
             **{name: aucs.get(name.replace("_auc", "")) for name in FAITHFULNESS_AUCS},
             "faithfulness_points": evidence.points if curves else None,
+            "mufidelity": evidence.mufidelity if evidence is not None else None,
         }
     )
     ablations = evidence.ablations if evidence is not None else []
@@ -170,6 +171,7 @@ class SummarizeFn(beam.DoFn):
             "score": s.score,
             "attribution": getattr(result, "attribution", s.attribution),
             "xrai_region_ranks": getattr(result, "xrai_region_ranks", None),
+            "split_half_correlation": getattr(result, "split_half_correlation", None),
             "mask_uri": mask_uri,
             "overlay_uri": overlay_uri,
             "raw_uri": raw_uri,

@@ -88,6 +88,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("insertion_curve_random", pa.list_(pa.float32())),
         *[(name, pa.float64()) for name in FAITHFULNESS_AUCS],
         ("faithfulness_points", pa.int32()),
+        ("mufidelity", pa.float64()),  # --faithfulness mufidelity; null when not asked
         ("true_class", pa.int32()),
         ("true_label", pa.string()),  # TFRecord --label_key
         ("attribution", pa.string()),
@@ -95,6 +96,7 @@ SUMMARY_SCHEMA = pa.schema(
             "xrai_region_ranks",
             pa.list_(pa.struct([("segment_area_fraction", pa.float64()), ("gain", pa.float64())])),
         ),
+        ("split_half_correlation", pa.float64()),  # rise: its two halves of masks agree
     ]
 )
 

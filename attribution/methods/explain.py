@@ -16,9 +16,10 @@ from attribution.integrated_gradients import (
     Request,
     Targets,
 )
-from attribution.methods import guided, xrai
+from attribution.methods import guided, perturbation, xrai
 from attribution.methods.blur import BlurPath
-from attribution.methods.config import XRAI_BASELINES, MethodConfig
+from attribution.methods.cam import gradcam
+from attribution.methods.config import CAMS, PIXEL_MAPS, XRAI_BASELINES, MethodConfig
 from attribution.methods.paths import Curve, integrate, weighted_gradients
 from attribution.methods.results import Explanation, checked, combine, explanation
 
@@ -30,16 +31,20 @@ def explain(
     targets: Targets,
     config: MethodConfig,
     references: np.ndarray | None = None,
+    cam=None,
 ) -> list[list[Explanation]]:
     """Explanations of every image, one list per image in target rank order.
 
     ``seed_keys`` (e.g. content hashes) seed the noise; ``references`` [K, H, W, 3] are the
-    expected-gradients baselines.
+    expected-gradients baselines; ``cam`` (an ``attribution.methods.cam.Cam`` of the model's
+    --layer) computes gradcam and gradcam_plus_plus.
     """
     if not len(images):
         return []
     images = [np.asarray(image, np.float32) for image in images]
     name = config.attribution
+    if name in PIXEL_MAPS:
+        return _pixel_maps(engine, images, seed_keys, targets, config, cam)
     if name in ("ig", "xrai"):
         kinds = config.baselines if name == "ig" else XRAI_BASELINES
         groups = _averaged(
@@ -76,6 +81,45 @@ def explain(
             rows.append(explanation(dataclasses.replace(result, key=i), name, label, **extras))
         out.append(rows)
     return out
+
+
+def _pixel_maps(engine, images, seed_keys, targets, config, cam) -> list[list[Explanation]]:
+    """Issue 22's methods: no path, no completeness (attribution.methods.results.pixel_map)."""
+    name, label = config.attribution, config.baseline_label
+    if name in CAMS:
+        if cam is None:
+            raise ValueError(f"--attribution {name} needs the model's layers (a Keras model)")
+        groups = [[(r, None) for r in g] for g in gradcam(engine, cam, images, targets)]
+    else:
+        baselines = [
+            make_baseline(config.baselines[0], x, key=s, seed=config.seed)
+            for x, s in zip(images, seed_keys)
+        ]
+        if name == "occlusion":
+            found = perturbation.occlusion(
+                engine, images, baselines, targets, config.occlusion_window, config.occlusion_stride
+            )
+            groups = [[(r, None) for r in g] for g in found]
+        else:
+            groups = perturbation.rise(
+                engine,
+                images,
+                baselines,
+                targets,
+                config.rise_masks,
+                config.rise_grid,
+                config.rise_p,
+                config.seed,
+            )
+    return [
+        [
+            explanation(
+                dataclasses.replace(r, key=i), name, label, split_half_correlation=correlation
+            )
+            for r, correlation in group
+        ]
+        for i, group in enumerate(groups)
+    ]
 
 
 # -- straight-line methods: sets of engine Requests ---------------------------------------

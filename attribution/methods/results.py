@@ -4,7 +4,7 @@ how per-baseline / per-copy IG results combine into one row."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -26,11 +26,55 @@ class Explanation(Attribution):
     xrai_heatmap: np.ndarray | None = None
     xrai_ranks: np.ndarray | None = None
     xrai_region_ranks: list | None = None
+    split_half_correlation: float | None = None  # rise: maps of its two halves of masks
 
 
 def explanation(result: Attribution, attribution: str, baseline: str, **extras) -> Explanation:
     values = {f.name: getattr(result, f.name) for f in fields(Attribution)}
     return Explanation(**values, attribution=attribution, baseline=baseline, **extras)
+
+
+def pixel_map(
+    *,
+    key,
+    target: int,
+    image_scores: np.ndarray,
+    heatmap: np.ndarray,
+    channels: int,
+    baseline_score: float | None,
+    baseline_predicts_target: bool | None,
+    evaluations: int,
+) -> Attribution:
+    """An ``Attribution`` of a method that gives one value per pixel (Grad-CAM, occlusion,
+    RISE) and has no completeness axiom: the completeness fields, ``converged``, the rule
+    (``method``, ``steps``) and the path are empty. The [H, W] map is spread evenly over the
+    channels (each holds map / C), so a pixel's channel sum, what masks, statistics and the
+    faithfulness order read, is the map; ``attribution_sum`` is the map's sum."""
+    heatmap = np.asarray(heatmap, np.float64)
+    result = checked(
+        key=key,
+        target=target,
+        image_scores=image_scores,
+        start_score=0.0,  # no path start: the check's fields are emptied below
+        start_predicts_target=False,
+        attributions=np.repeat(heatmap[..., None] / channels, channels, axis=-1),
+        atol=0.0,
+        tolerance=None,
+        method=None,
+        steps=None,
+        evaluations=evaluations,
+        path_alphas=[],
+        path_scores=[],
+    )
+    return replace(
+        result,
+        baseline_score=baseline_score,
+        baseline_predicts_target=baseline_predicts_target,
+        attribution_sum=float(heatmap.sum()),
+        completeness_error=None,
+        relative_completeness_error=None,
+        converged=None,
+    )
 
 
 def relative_error(error: float, fx: float, fb: float) -> float:

@@ -38,6 +38,7 @@ _EXPORTS = {  # submodule -> the names it defines
     "graph": ("DRIFT_SCHEMA", "UNMATCHED_SCHEMA", "CompareFn", "build", "key_first_target"),
     "summary": ("most_changed", "summarize"),
     "thresholds": ("METRICS", "check", "parse_threshold"),
+    "strategies": ("class_drift", "cosine", "drift", "match"),
     "cli": ("main", "parser", "run"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

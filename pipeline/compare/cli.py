@@ -15,6 +15,11 @@ from pipeline.compare.thresholds import METRICS, check, parse_threshold
 from pipeline.launch import UsageError
 
 TOP_IMAGES = 12
+OUTPUTS = ("drift", "unmatched", "drift_summary.json", "drift.html")  # all a comparison writes
+
+
+class CompareFailed(Exception):
+    """The comparison job failed; the message is one line, and nothing was left behind."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +45,14 @@ def parser() -> argparse.ArgumentParser:
         + ", ".join(METRICS),
     )
     p.add_argument(
+        "--max_strategy_shift",
+        type=float,
+        default=None,
+        help="Exit 1 when a class's strategy shares moved more than this (0-1: the share of "
+        "its rows that changed strategy) or a class gained a suspicious strategy; runs need "
+        "DIR/strategies (python -m pipeline --strategies auto).",
+    )
+    p.add_argument(
         "--top", type=int, default=TOP_IMAGES, help="Most changed images shown in drift.html."
     )
     return p
@@ -62,28 +75,55 @@ def run(argv: list[str]) -> dict:
     args, beam_args = parser().parse_known_args(argv)
     for text in args.fail_on:  # refuse a bad threshold before any work
         parse_threshold(text)
+    if args.max_strategy_shift is not None and not 0 <= args.max_strategy_shift <= 1:
+        raise UsageError(f"--max_strategy_shift must be in [0, 1], got {args.max_strategy_shift}")
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.compare import graph, page, summary
+    from pipeline.compare import graph, page, strategies, summary
+    from pipeline.folder import delete_tree, make_dirs
     from pipeline.launch import ship_package
-    from transforms.files import absolute, delete_matching, publish, read_manifest, read_parquet
+    from transforms.files import absolute, publish, read_manifest, read_parquet
 
     out = absolute(args.output_dir)
-    runs, records = {}, {}
+    runs, records, manifests = {}, {}, {}
     for name, folder in (("a", absolute(args.run_a)), ("b", absolute(args.run_b))):
         runs[name] = (folder, graph.summary_columns(folder))
-        records[name] = _run_record(folder, read_manifest(folder))
+        manifests[name] = read_manifest(folder)
+        records[name] = _run_record(folder, manifests[name])
     options = PipelineOptions(beam_args)
     ship_package(options)
-    for folder in ("drift", "unmatched"):  # a rerun must not mix in an earlier comparison
-        delete_matching(f"{out}/{folder}/*.parquet")
-    with beam.Pipeline(options=options) as p:
-        graph.build(p, runs, out)
+    try:
+        make_dirs(out)
+    except OSError as e:
+        raise UsageError(
+            f"--output_dir {out}: cannot create it ({e.strerror}): choose another folder"
+        ) from None
+    for name in OUTPUTS:  # a rerun must not mix in, or leave beside it, an earlier comparison
+        delete_tree(f"{out}/{name}")
+    beam_log = logging.getLogger("apache_beam")
+    level = beam_log.level
+    beam_log.setLevel(logging.CRITICAL)  # a failing step's traceback: said in one line below
+    try:
+        with beam.Pipeline(options=options) as p:
+            graph.build(p, runs, out)
+    except Exception as e:  # noqa: BLE001 - whatever failed in the job: one line, no leftovers
+        for name in OUTPUTS:  # the sinks' beam-temp-* folders and any part written
+            delete_tree(f"{out}/{name}")
+        last = (str(e).strip().splitlines() or [""])[-1][:300]
+        raise CompareFailed(
+            f"the comparison job failed ({type(e).__name__}: {last}); nothing was written to {out}"
+        ) from None
+    finally:
+        beam_log.setLevel(level)
     drift = read_parquet(out, "drift")
     unmatched = read_parquet(out, "unmatched")
     metrics, classes = summary.summarize(drift, unmatched)
-    thresholds = check(metrics, args.fail_on)
+    strategy_drift = strategies.drift(
+        runs["a"][0], runs["b"][0], manifests, args.max_strategy_shift
+    )
+    metrics.update(strategy_drift["metrics"])
+    thresholds = check(metrics, args.fail_on + strategies.gate(args.max_strategy_shift))
     iou_sources = drift.column("iou_source").to_pylist() if drift.num_rows else []
     result = {
         "output_dir": out,
@@ -93,6 +133,8 @@ def run(argv: list[str]) -> dict:
         "iou_sources": {s: iou_sources.count(s) for s in ("raw", "grid")},
         "thresholds": thresholds,
         "passed": not any(t["violated"] for t in thresholds),
+        "strategies": strategy_drift,
+        "max_strategy_shift": args.max_strategy_shift,
     }
     publish(
         f"{out}/drift_summary.json", json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
@@ -107,8 +149,8 @@ def _show(value) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 no threshold violated, 1 a threshold violated, 2 bad arguments or a
-    folder that is not a readable finished run."""
+    """Exit codes: 0 no threshold violated, 1 a threshold violated or the comparison could not
+    be done or written, 2 bad arguments or a folder that is not a readable finished run."""
     logging.getLogger().setLevel(logging.WARNING)
     argv = sys.argv[1:] if argv is None else list(argv)
     parser().parse_known_args(argv)  # --help exits here, before Beam is imported
@@ -119,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (CompareFailed, OSError) as e:  # OutputWriteError: "cannot write FILE: reason"
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     m, out = result["metrics"], result["output_dir"]
     print(
         f"compared {m['images_compared']} images ({m['images_only_in_a']} only in A, "
@@ -126,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         f"prediction, median grid correlation {_show(m['median_grid_correlation'])}, median "
         f"top-5% IoU {_show(m['median_top5_iou'])}. Report: {out}/drift.html"
     )
+    if m.get("strategy_classes_compared") is not None:
+        flagged = [c for c in result["strategies"]["classes"] if c["flagged"]]
+        print(
+            f"strategies: {m['strategy_classes_compared']} classes compared, largest shift "
+            f"{_show(m['max_strategy_shift'])}, {m['new_suspicious_strategies']} new suspicious; "
+            f"flagged: {', '.join(c['label'] for c in flagged[:10]) or 'none'}"
+        )
     violated = [t for t in result["thresholds"] if t["violated"]]
     for t in violated:
         print(

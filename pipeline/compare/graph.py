@@ -116,7 +116,8 @@ def _pick(rows: list[dict], uri: str | None = None) -> dict:
 class CompareFn(beam.DoFn):
     """(hash, {a: rows, b: rows}) -> drift row, or `unmatched` rows for one-sided images."""
 
-    def __init__(self):
+    def __init__(self, folders: tuple[str, str] | None = None):
+        self.folders = folders  # runs A and B: raw files are read from inside them only
         self.compared = Metrics.counter(NAMESPACE, "compared")
         self.unmatched = Metrics.counter(NAMESPACE, "unmatched")
 
@@ -126,7 +127,7 @@ class CompareFn(beam.DoFn):
         if rows_a and rows_b:
             a = _pick(rows_a)
             self.compared.inc()
-            yield compare_rows(a, _pick(rows_b, a["image_uri"]))
+            yield compare_rows(a, _pick(rows_b, a["image_uri"]), self.folders)
             return
         for run, rows in (("a", rows_a), ("b", rows_b)):
             for row in rows:
@@ -149,7 +150,10 @@ def build(p: beam.Pipeline, runs: dict[str, tuple[str, list[str]]], output_dir: 
     compared = (
         keyed
         | "JoinByContent" >> beam.CoGroupByKey()
-        | "Compare" >> beam.ParDo(CompareFn()).with_outputs("unmatched", main="drift")
+        | "Compare"
+        >> beam.ParDo(CompareFn((runs["a"][0], runs["b"][0]))).with_outputs(
+            "unmatched", main="drift"
+        )
     )
     out = output_dir.rstrip("/")
     _ = compared.drift | "WriteDrift" >> beam.io.WriteToParquet(

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from transforms.files import read_bytes
+from transforms.files import read_artifact
 
 TOP_FRACTION = 0.05  # the top-5% |IG| pixels (or grid cells) compared by IoU
 
@@ -62,8 +62,8 @@ def top_fraction_iou(mass_a, mass_b, fraction: float = TOP_FRACTION) -> float | 
 def region_deltas(regions_a, regions_b) -> tuple[list[dict] | None, float | None]:
     if not regions_a or not regions_b:
         return None, None
-    a = {r["name"]: r["mass_fraction"] for r in regions_a}
-    b = {r["name"]: r["mass_fraction"] for r in regions_b}
+    a = {r["name"]: r["mass_fraction"] for r in regions_a if r["mass_fraction"] is not None}
+    b = {r["name"]: r["mass_fraction"] for r in regions_b if r["mass_fraction"] is not None}
     deltas = [
         {"name": name, "mass_a": a[name], "mass_b": b[name], "delta": b[name] - a[name]}
         for name in sorted(set(a) & set(b))
@@ -73,13 +73,15 @@ def region_deltas(regions_a, regions_b) -> tuple[list[dict] | None, float | None
     return deltas, max(abs(d["delta"]) for d in deltas)
 
 
-def _load_raw(uri: str | None):
-    if not uri:
+def _load_raw(folder: str | None, uri: str | None):
+    """A row's raw attributions, read from inside its run ``folder`` only (never from where
+    the row says: ``read_artifact``); None (compare grids) when there is none to read."""
+    if not uri or not folder:
         return None
     try:
-        return np.load(io.BytesIO(read_bytes(uri)))
+        return np.load(io.BytesIO(read_artifact(folder, "raw", uri)), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a missing raw file falls back to the grid
-        logging.warning("cannot read %s (%s): comparing grids instead", uri, e)
+        logging.warning("not reading %s (%s): comparing grids instead", uri, e)
         return None
 
 
@@ -87,16 +89,22 @@ def _delta(a, b):
     return None if a is None or b is None else float(b) - float(a)
 
 
-def compare_rows(a: dict, b: dict) -> dict:
-    """One DRIFT_SCHEMA row from the rank-0 summary rows of the same image in two runs."""
+def compare_rows(a: dict, b: dict, folders: tuple[str, str] | None = None) -> dict:
+    """One DRIFT_SCHEMA row from the rank-0 summary rows of the same image in two runs;
+    ``folders``: the two run folders their raw files are read from (none: grids only)."""
     grid_a, grid_b = a.get("grid"), b.get("grid")
     comparable_grids = (
-        grid_a is not None and grid_b is not None and a.get("grid_cells") == b.get("grid_cells")
+        grid_a is not None
+        and grid_b is not None
+        and None not in grid_a
+        and None not in grid_b
+        and a.get("grid_cells") == b.get("grid_cells")
     )
     correlation = spearman(grid_a, grid_b) if comparable_grids else None
     iou, source = None, None
     if a.get("raw_uri") and b.get("raw_uri"):
-        raw_a, raw_b = _load_raw(a["raw_uri"]), _load_raw(b["raw_uri"])
+        folder_a, folder_b = folders or (None, None)
+        raw_a, raw_b = _load_raw(folder_a, a["raw_uri"]), _load_raw(folder_b, b["raw_uri"])
         if raw_a is not None and raw_b is not None and raw_a.shape == raw_b.shape:
             iou = top_fraction_iou(np.abs(raw_a).sum(axis=-1), np.abs(raw_b).sum(axis=-1))
             source = "raw"

@@ -4,18 +4,19 @@
 from __future__ import annotations
 
 from pipeline.report.templating import Sections, picture, render_page
-from transforms.files import read_bytes
+from transforms.files import read_artifact
 
 SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
-def _overlay(uri: str | None, alt: str):
-    def read():
-        if not uri:
-            raise ValueError("no overlay recorded")
-        return read_bytes(uri), "image/png"
-
-    return picture(read, alt, width=160, pixelated=True)
+def _overlay(folder: str, uri: str | None, alt: str):
+    """A row's overlay, from inside its run ``folder`` only (``read_artifact``)."""
+    return picture(
+        lambda: (read_artifact(folder, "overlays", uri), "image/png"),
+        alt,
+        width=160,
+        pixelated=True,
+    )
 
 
 @SECTIONS.add("runs", "Runs", "Runs compared: A → B")
@@ -70,14 +71,51 @@ def classes_section(drift: dict) -> dict:
     }
 
 
+@SECTIONS.add("strategies", "Strategies", "Strategy drift per class")
+def strategies_section(drift: dict) -> dict:
+    from pipeline.compare.strategies import TABLE_ROWS
+
+    found = drift["summary"].get("strategies") or {}
+    ran = found.get("ran") or {}
+    classes = found.get("classes") or []
+
+    def pairs(c):
+        return "; ".join(
+            f"{p['a']} -> {p['b']} (cos {p['cosine']:.2f}, "
+            f"{(p['share_a'] or 0):.0%} -> {(p['share_b'] or 0):.0%})"
+            for p in c["pairs"]
+        )
+
+    return {
+        "ran": ran,
+        "threshold": drift["summary"].get("max_strategy_shift"),
+        "rows": [
+            [
+                c["class"],
+                c["label"],
+                f"{c['strategies_a']} -> {c['strategies_b']}",
+                c["shift"],
+                ", ".join(str(n) for n in c["new_suspicious"]) or None,
+                "FLAGGED" if c["flagged"] else "",
+                pairs(c) or None,
+                ", ".join(str(n) for n in c["gone"]) or None,
+                ", ".join(str(n) for n in c["new"]) or None,
+            ]
+            for c in classes[:TABLE_ROWS]
+        ],
+        "more": max(0, len(classes) - TABLE_ROWS),
+    }
+
+
 @SECTIONS.add("changed", "Most changed", "Most changed images (before | after)")
 def changed_section(drift: dict) -> dict:
+    runs = drift["summary"]["runs"]
     return {
         "examples": [
             {
                 **e,
-                "before": _overlay(e["overlay_uri_a"], "A"),
-                "after": _overlay(e["overlay_uri_b"], "B"),
+                "before": _overlay(runs["a"]["folder"], e["overlay_uri_a"], "A"),
+                "after": _overlay(runs["b"]["folder"], e["overlay_uri_b"], "B"),
             }
             for e in drift["examples"]
         ]

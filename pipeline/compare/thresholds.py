@@ -28,6 +28,11 @@ METRICS = (
     "max_abs_predicted_score_delta",
     "median_region_mass_delta",
     "max_region_mass_delta",
+    # strategy drift (pipeline/compare/strategies.py)
+    "strategy_classes_compared",
+    "strategy_classes_flagged",
+    "max_strategy_shift",
+    "new_suspicious_strategies",
 )
 _THRESHOLD = re.compile(
     r"\s*([a-z0-9_]+)\s*(<=|>=|<|>)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*"

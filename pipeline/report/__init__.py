@@ -5,9 +5,13 @@ Modules, in the order the work flows:
 - ``read``: read a run folder into per-class aggregates (``read_run``, ``Run``);
 - ``insights``: the findings the data supports (``findings``, ``shortcuts``);
 - ``charts``: PNG charts (matplotlib, imported only when something is drawn);
+- ``sources``: what the pages read besides the Parquet and the manifest: originals only from
+  the run's inputs, masks and overlays only from inside the run folder;
 - ``templating``: the Jinja2 page shell shared by every page (the report, the comparison, ...),
   and how to add a section: a template plus a data function;
 - ``page``: the report's sections and ``write_report``;
+- ``strategies``: the Strategies section (``DIR/strategies``), the suspicion ranking the
+  per-class sections follow (``--report_classes``) and a finding per suspicious strategy;
 - ``methods``: the page putting several runs (methods) side by side, ``write_methods``;
 - ``cli``: the command line (it imports nothing heavy before the arguments are parsed).
 
@@ -28,5 +32,5 @@ _EXPORTS = {  # submodule -> the names it defines
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_attributes(
-    __name__, _EXPORTS, _EXPORTS.keys() | {"charts", "templating"}
+    __name__, _EXPORTS, _EXPORTS.keys() | {"charts", "sources", "templating"}
 )

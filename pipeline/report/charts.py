@@ -114,9 +114,11 @@ def colorbar_png() -> bytes:
     return _rgb_png(np.ascontiguousarray(rgb))
 
 
-def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str) -> bytes:
+def faithfulness_chart(
+    curves: list, randoms: list, colors: list[str], kind: str, fill: str = "baseline"
+) -> bytes:
     """Mean deletion or insertion curves per class (solid) against the random order
-    (dashed, same colour), over the fraction of pixels changed."""
+    (dashed, same colour), over the fraction of pixels changed; ``fill``: --deletion_fill."""
     figure = _figure(6.4, 3.6)
     axes = figure.axes[0]
     for curve, random, color in zip(curves, randoms, colors):
@@ -127,7 +129,11 @@ def faithfulness_chart(curves: list, randoms: list, colors: list[str], kind: str
                 np.linspace(0, 1, len(random)), random, color=color, linewidth=1.2, linestyle="--"
             )
     axes.set_xlim(0, 1)
-    verb = "removed (replaced by the baseline)" if kind == "deletion" else "put back on the blur"
+    removed = {"baseline": "replaced by the baseline", "blur": "blurred", "road": "imputed (ROAD)"}
+    if kind == "deletion":
+        verb = f"removed ({removed.get(fill, fill)})"
+    else:
+        verb = "put back on the blur" if fill != "road" else "put back (the rest imputed, ROAD)"
     axes.set_xlabel(f"fraction of pixels {verb}")
     axes.set_ylabel("mean target score")
     return _figure_png(figure)
@@ -143,3 +149,42 @@ def gap_histogram(gaps: np.ndarray) -> bytes:
     axes.set_ylabel("rows")
     _counts_axis(axes)
     return _figure_png(figure)
+
+
+def strategy_map_png(grid, vmax: float, box=None) -> bytes:
+    """A strategy's mean layout (a flat row-major square grid) as a heatmap, with its hotspot
+    box (x0, y0, x1, y1 as fractions of the model input) outlined in cyan."""
+    from PIL import ImageDraw
+
+    values = np.asarray(grid, np.float64)
+    cells = int(round(values.size**0.5))
+    image = Image.open(io.BytesIO(heatmap_png(values.reshape(cells, cells), vmax)))
+    if box is not None:
+        width, height = image.size
+        x0, y0, x1, y1 = (round(v * s) for v, s in zip(box, (width, height, width, height)))
+        ImageDraw.Draw(image).rectangle(
+            (x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=(0, 229, 255), width=2
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+MAX_PICTURE_PIXELS = 64_000_000  # a picture claiming more pixels is not decoded
+PICTURE_BUDGET = 12_000  # bytes a picture may take in a page before it is shrunk
+
+
+def compact(data: bytes, mime: str, side: int, budget: int = PICTURE_BUDGET) -> tuple[bytes, str]:
+    """A picture for a page: ``(data, mime)`` as is when it takes at most ``budget`` bytes,
+    else decoded, shrunk to at most ``side`` pixels a side and saved as JPEG (quality 80),
+    so a page of hundreds of ImageNet-size overlays stays a few MB."""
+    if len(data) <= budget:
+        return data, mime
+    with Image.open(io.BytesIO(data)) as image:
+        if image.width * image.height > MAX_PICTURE_PIXELS:
+            raise ValueError(f"{image.width} x {image.height} pixels is too large to draw")
+        image = image.convert("RGB")
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue(), "image/jpeg"

@@ -20,23 +20,46 @@ def parser() -> argparse.ArgumentParser:
         default="methods.html",
         help="with several DIRs: where the side-by-side page is written",
     )
+    p.add_argument(
+        "--report_classes",
+        type=int,
+        default=None,
+        help="classes the per-class sections draw, most suspicious strategies first "
+        "(default: the run's --report_classes, 24)",
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 written, 2 the folder is not a readable run folder."""
+    """Exit codes: 0 written, 1 the page could not be written, 2 a folder is not a readable
+    run folder or --output cannot be a page. Each failure is one line."""
     args = parser().parse_args(argv)
+    import os
+
+    if len(args.output_dir) > 1 and "://" not in args.output and os.path.isdir(args.output):
+        print(
+            f"error: --output {args.output} is a folder: name the page's file, e.g. "
+            f"{os.path.join(args.output, 'methods.html')}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.report_classes is not None and args.report_classes < 1:
+        print(f"error: --report_classes must be >= 1, got {args.report_classes}", file=sys.stderr)
+        return 2
     from pipeline.report.methods import write_methods
     from pipeline.report.page import write_report
-    from transforms.files import RunFolderError
+    from transforms.files import OutputWriteError, RunFolderError
 
     try:
         if len(args.output_dir) > 1:
             path = write_methods(args.output_dir, args.output)
         else:
-            path = write_report(args.output_dir[0])
+            path = write_report(args.output_dir[0], args.report_classes)
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OutputWriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"report: {path}")
     return 0

@@ -2,24 +2,35 @@
 
 Per class, the mean deletion and insertion curves against the random-order control, the
 histogram of deletion AUC gaps, the share of rows whose attribution order beats random, and
-the rows that do not (their overlays, as the examples section shows them). The numbers come
-from ``pipeline.evidence.section``; registered before the examples section by importing this
-module from ``pipeline.report.page``.
+the rows that do not (their overlays, as the examples section shows them); MuFidelity per
+class when the run computed it, and the fill removed pixels took (``--deletion_fill``). The
+numbers come from ``pipeline.evidence.section``; registered before the examples section by
+importing this module from ``pipeline.report.page``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS
 from pipeline.report.page import SECTIONS, _artifact
 from pipeline.report.read import Run
 from pipeline.report.templating import data_uri, pct, picture
+
+# --deletion_fill -> what the section says a removed pixel became
+FILL_WORDS = {
+    "baseline": "deletion (and MuFidelity) set removed pixels to the row's baseline; "
+    "insertion puts pixels back on a blurred copy",
+    "blur": "removed pixels take the blurred image's values (deletion, insertion, MuFidelity)",
+    "road": "removed pixels are imputed from their neighbours with a little noise (ROAD, "
+    "Rong et al. 2022), in deletion, insertion and MuFidelity",
+}
 
 
 @SECTIONS.add(
     "faithfulness",
     "Faithfulness",
-    "Faithfulness: deletion and insertion against a random order",
+    "Faithfulness: deletion and insertion against a random order, MuFidelity",
     before="examples",
 )
 def faithfulness_section(run: Run) -> dict:
@@ -27,8 +38,20 @@ def faithfulness_section(run: Run) -> dict:
 
     data = evidence.section(evidence.read_summaries(run.output_dir, evidence.SECTION_COLUMNS))
     classes = [c for c in data["classes"] if c["deletion"] is not None]
+    fidelity = [[f.label, f.rows, f"{f.mean:.3f}", f"{f.median:.3f}"] for f in data["mufidelity"]]
+    if not classes and not fidelity:
+        return {"rows": 0, "mufidelity": []}
+    fill = run.config("deletion_fill") or "baseline"
+    out = {
+        "fill": fill,
+        "fill_words": FILL_WORDS.get(fill, ""),
+        "mufidelity": fidelity,
+        "subsets": run.config("mufidelity_subsets") or DEFAULT_SUBSETS,
+        "fraction": pct(float(run.config("mufidelity_fraction") or DEFAULT_FRACTION)),
+        "grid": run.config("mufidelity_grid", DEFAULT_GRID),
+    }
     if not classes:
-        return {"rows": 0}
+        return {**out, "rows": 0}
     from pipeline.report import charts
 
     colors = charts.class_colors(len(classes))
@@ -36,7 +59,11 @@ def faithfulness_section(run: Run) -> dict:
         (
             data_uri(
                 charts.faithfulness_chart(
-                    [c[kind] for c in classes], [c[f"{kind}_random"] for c in classes], colors, kind
+                    [c[kind] for c in classes],
+                    [c[f"{kind}_random"] for c in classes],
+                    colors,
+                    kind,
+                    fill,
                 )
             ),
             f"Mean {kind} curve per target class (solid: pixels in attribution order; dashed: "
@@ -78,6 +105,7 @@ def faithfulness_section(run: Run) -> dict:
         for r in data["not_beating"]
     ]
     return {
+        **out,
         "rows": int(sum(c["rows"] for c in classes)),
         "legend": list(zip(colors, table)),
         "charts": figures,

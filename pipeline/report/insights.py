@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attribution.methods.config import PIXEL_MAPS
 from pipeline.report.read import ClassStats, Run
 
 MIN_ROWS = 5  # rows with regions a class needs before a finding speaks about it
@@ -52,13 +53,16 @@ def shortcuts(run: Run) -> list[Shortcut]:
 
 def findings(run: Run) -> list[str]:
     """Plain-text findings the data supports, most important first; `x` marks names.
-    Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation."""
+    Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation; a
+    suspicious strategy (pipeline/report/strategies.py) is one finding each."""
     from pipeline import evidence
+    from pipeline.report.strategies import strategy_findings
 
     table = evidence.read_summaries(run.output_dir, evidence.COLUMNS)
     failed, held = evidence.split_findings(table)
     return [
         *failed,
+        *strategy_findings(run),
         *_shortcut_findings(run, table),
         *held,
         *_region_findings(run),
@@ -119,6 +123,11 @@ def _peak(s: ClassStats, name: str) -> str:
 def _completeness_findings(run: Run) -> list[str]:
     if not run.rows:
         return ["No row was attributed: there is nothing to say about attributions."]
+    if run.config("attribution") in PIXEL_MAPS:
+        return [
+            f"--attribution {run.config('attribution')} has no completeness axiom: its rows "
+            "carry no completeness check (read the faithfulness curves instead)."
+        ]
     out = []
     tolerance = run.config("tolerance")
     target = f"the completeness tolerance {tolerance:g}" if tolerance else "completeness"

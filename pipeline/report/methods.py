@@ -1,8 +1,9 @@
 """The methods page, ``python -m pipeline.report DIR_A DIR_B ...``: runs of different
 ``--attribution`` methods (or baselines, or settings) on the same images, side by side, so
 a user can pick the method that suits their model: what each cost, how complete it was,
-where it puts the attribution per class, and its deletion / insertion AUCs when the runs
-have them (the faithfulness columns).
+where it puts the attribution per class, and its deletion / insertion AUCs and MuFidelity
+when the runs have them (the faithfulness columns), with the fill removed pixels took
+(``--deletion_fill``), so runs can be ranked on each metric.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from transforms.files import parquet_parts, parquet_schema, publish
 
 METHODS_NAME = "methods.html"
 SECTIONS = Sections()
-FAITHFULNESS = ("deletion_auc", "insertion_auc")
+FAITHFULNESS = ("deletion_auc", "insertion_auc", "mufidelity")
+# each faithfulness column: its name in the ranking, and whether higher is better
+RANKED = {
+    "deletion_auc": ("mean deletion AUC", False),
+    "insertion_auc": ("mean insertion AUC", True),
+    "mufidelity": ("mean MuFidelity", True),
+}
 
 
 def _baseline(run: Run) -> str | None:
@@ -62,6 +69,7 @@ def runs_section(runs: list[Run]) -> dict:
                 run.config("attribution") or "ig",
                 _baseline(run),
                 run.config("method"),
+                _fill(run),
                 run.rows,
                 run.gradient_evaluations / run.rows if run.rows else None,
                 pct(float(np.median(errors))) if errors.size else None,
@@ -69,7 +77,44 @@ def runs_section(runs: list[Run]) -> dict:
                 *(_mean_column(run, c) for c in FAITHFULNESS),
             ]
         )
-    return {"rows": rows}
+    return {"rows": rows, "ranking": _ranking(runs), "fills": sorted(set(map(_fill, runs)))}
+
+
+def _fill(run: Run) -> str:
+    """How the run's faithfulness checks removed pixels (runs before the option: baseline)."""
+    return run.config("deletion_fill") or "baseline"
+
+
+def _ranking(runs: list[Run]) -> list[tuple[str, int, list[tuple[str, float]]]]:
+    """Per faithfulness column that at least two runs have: (its name, the number of rows
+    compared, [(run, mean)] best first), the means over the (image content, target) rows
+    every one of those runs has, so the runs are ranked on the same images."""
+    out = []
+    for column, (name, higher) in RANKED.items():
+        have = [(run.output_dir, values) for run in runs if (values := _by_row(run, column))]
+        if len(have) < 2:
+            continue
+        common = set.intersection(*(set(values) for _, values in have))
+        if not common:
+            out.append((name, 0, []))
+            continue
+        means = [(d, float(np.mean([values[k] for k in common]))) for d, values in have]
+        out.append((name, len(common), sorted(means, key=lambda p: -p[1] if higher else p[1])))
+    return out
+
+
+def _by_row(run: Run, column: str) -> dict[tuple[str, int], float]:
+    """(content_sha256, target_class) -> the column's finite value in the run's rows."""
+    keys = ("content_sha256", "target_class", column)
+    out = {}
+    for path in parquet_parts(run.output_dir, "summaries"):
+        if not set(keys) <= set(parquet_schema(path).names):
+            continue
+        for batch in _batches(path, keys):
+            for sha, target, value in zip(*(batch.column(k).to_pylist() for k in keys)):
+                if value is not None and np.isfinite(value):
+                    out[(sha, target)] = float(value)
+    return out
 
 
 @SECTIONS.add("heatmaps", "Heatmaps", "Where each method puts the attribution, per class")

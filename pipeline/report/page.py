@@ -16,9 +16,9 @@ import json
 import numpy as np
 
 from pipeline.report.insights import findings, shortcuts
-from pipeline.report.read import ALPHAS, MAX_CLASSES, TABLE_ROWS, Example, Run, read_run
+from pipeline.report.read import ALPHAS, REPORT_CLASSES, TABLE_ROWS, Example, Run, read_run
 from pipeline.report.templating import Sections, data_uri, pct, picture, render_page
-from transforms.files import exists, publish, read_bytes
+from transforms.files import publish
 
 REPORT_NAME = "report.html"
 SECTIONS = Sections()  # in page order: each data function below adds its own
@@ -185,7 +185,7 @@ def saturation_section(run: Run) -> dict:
         "caption": caption,
         "legend": legend,
         "hidden": _hidden(run),
-        "shown": MAX_CLASSES,
+        "shown": run.report_classes,
     }
 
 
@@ -212,7 +212,7 @@ def heatmaps_section(run: Run) -> dict:
         "classes": _classes_table(run),
         "tiles": [],
         "hidden": _hidden(run),
-        "shown": MAX_CLASSES,
+        "shown": run.report_classes,
     }
     if not shown:
         return data
@@ -261,27 +261,27 @@ def regions_section(run: Run) -> dict:
                 ],
             )
         )
-    return {"names": names, "rows": rows, "hidden": _hidden(run), "shown": MAX_CLASSES}
+    return {"names": names, "rows": rows, "hidden": _hidden(run), "shown": run.report_classes}
 
 
 def _artifact(run: Run, uri: str | None, folder: str) -> bytes:
-    """A mask or overlay: at its recorded uri, else under this folder (a moved run)."""
-    if not uri:
-        raise ValueError("no file recorded")
-    for candidate in (uri, f"{run.output_dir}/{folder}/{uri.rsplit('/', 1)[-1]}"):
-        if exists(candidate):
-            return read_bytes(candidate)
-    raise FileNotFoundError(uri)
+    """A row's mask or overlay, from inside the run folder only (``sources``)."""
+    from pipeline.report import sources
+
+    return sources.artifact(run.output_dir, uri, folder)
 
 
-def _original_jpeg(run: Run, uri: str, size: tuple[int, int]) -> bytes:
-    """The original decoded and fitted to the model input as the pipeline did."""
+def _original_jpeg(run: Run, original: bytes | Exception, size: tuple[int, int]) -> bytes:
+    """The original (bytes read by ``sources.originals``) decoded and fitted to the model
+    input as the pipeline did."""
     from PIL import Image
 
     from attribution.images import DEFAULT_MAX_PIXELS, decode_image, resize_with_pad
 
+    if isinstance(original, Exception):
+        raise original
     max_pixels = run.config("max_pixels") or DEFAULT_MAX_PIXELS
-    pixels = resize_with_pad(decode_image(read_bytes(uri), max_pixels=max_pixels), size)
+    pixels = resize_with_pad(decode_image(original, max_pixels=max_pixels), size)
     buffer = io.BytesIO()
     Image.fromarray(np.rint(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(
         buffer, format="JPEG", quality=90
@@ -289,7 +289,7 @@ def _original_jpeg(run: Run, uri: str, size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def _example(run: Run, e: Example, size: tuple[int, int] | None) -> dict:
+def _example(run: Run, e: Example, size: tuple[int, int] | None, originals: dict) -> dict:
     width = size[1] if size else 224
     shown = width * max(1, 160 // width) if width < 160 else min(width, 256)
     pixelated = shown > width
@@ -297,19 +297,17 @@ def _example(run: Run, e: Example, size: tuple[int, int] | None) -> dict:
     def original():
         if not size:
             raise ValueError("the manifest has no model input size")
-        return _original_jpeg(run, e.image_uri, size), "image/jpeg"
+        return _original_jpeg(run, originals[e.image_uri], size), "image/jpeg"
+
+    def artifact(uri, folder):  # shrunk when large: 24 classes x 4 examples stay a few MB
+        from pipeline.report import charts
+
+        return charts.compact(_artifact(run, uri, folder), "image/png", shown)
 
     pictures = [
         picture(original, "original", shown, pixelated),
-        picture(
-            lambda: (_artifact(run, e.mask_uri, "masks"), "image/png"), "mask", shown, pixelated
-        ),
-        picture(
-            lambda: (_artifact(run, e.overlay_uri, "overlays"), "image/png"),
-            "overlay",
-            shown,
-            pixelated,
-        ),
+        picture(lambda: artifact(e.mask_uri, "masks"), "mask", shown, pixelated),
+        picture(lambda: artifact(e.overlay_uri, "overlays"), "overlay", shown, pixelated),
     ]
     return {
         "pictures": pictures,
@@ -325,11 +323,21 @@ def examples_section(run: Run) -> dict:
     shown = [c for c in run.shown_classes() if run.classes[c].most]
     size = (run.manifest.get("model") or {}).get("input_size") or run.config("resolved_image_size")
     size = tuple(int(v) for v in size) if size else None
+    shown_examples = [e for c in shown for e in (*run.classes[c].most, *run.classes[c].least)]
+    originals = {}
+    if size and shown_examples:
+        from pipeline.report import sources
+
+        originals = sources.originals(
+            run.output_dir,
+            run.manifest,
+            list(dict.fromkeys((e.image_uri, e.content_sha256) for e in shown_examples)),
+        )
     classes = []
     for c in shown:
         s = run.classes[c]
         columns = [
-            (title, [_example(run, e, size) for e in examples])
+            (title, [_example(run, e, size, originals) for e in examples])
             for title, examples in (
                 ("most concentrated", s.most),
                 ("least concentrated", s.least_distinct()),
@@ -337,7 +345,7 @@ def examples_section(run: Run) -> dict:
             if examples
         ]
         classes.append({"label": s.label, "rows": s.rows, "columns": columns})
-    return {"classes": classes, "hidden": _hidden(run), "shown": MAX_CLASSES}
+    return {"classes": classes, "hidden": _hidden(run), "shown": run.report_classes}
 
 
 def render(run: Run) -> str:
@@ -352,13 +360,15 @@ def render(run: Run) -> str:
     )
 
 
-def write_report(output_dir: str) -> str:
-    """Write ``output_dir/report.html`` (replacing any) and return its path."""
+def write_report(output_dir: str, report_classes: int | None = None) -> str:
+    """Write ``output_dir/report.html`` (replacing any) and return its path. The per-class
+    sections draw ``report_classes`` classes (default: the run's --report_classes)."""
     run = read_run(output_dir)
+    run.report_classes = report_classes or run.config("report_classes") or REPORT_CLASSES
     path = f"{run.output_dir}/{REPORT_NAME}"
     publish(path, render(run).encode("utf-8"))
     return path
 
 
-# registers the sections defined in their own modules (issues 14 and 11)
-from pipeline.report import confusion, faithfulness  # noqa: E402, F401
+# registers the sections defined in their own modules (issues 14, 11 and 21)
+from pipeline.report import confusion, faithfulness, strategies  # noqa: E402, F401

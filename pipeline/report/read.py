@@ -24,7 +24,8 @@ from transforms.files import (
 
 ReportError = RunFolderError  # the folder cannot be reported on
 ALPHAS = np.linspace(0.0, 1.0, 101)  # common grid the saturation curves are averaged on
-MAX_CLASSES = 12  # classes drawn (those with the most rows); tables list more
+MAX_CLASSES = 12  # classes the methods page and the confusion view draw
+REPORT_CLASSES = 24  # classes the report draws (--report_classes), most suspicious first
 EXAMPLES = 2  # most and least concentrated images shown per class
 TABLE_ROWS = 200  # rows shown in the errors and classes tables
 BATCH_ROWS = 65_536
@@ -47,8 +48,9 @@ COLUMNS = (
     "path_alphas",
     "path_scores",
 )
-OPTIONAL_COLUMNS = ("regions",)  # older runs wrote no regions column
+OPTIONAL_COLUMNS = ("regions", "content_sha256")  # older runs wrote neither
 EXAMPLE_COLUMNS = ("image_uri", "mask_uri", "overlay_uri", "target_score", "predicted_label")
+OPTIONAL_EXAMPLE_COLUMNS = ("content_sha256",)  # checks an original is the image attributed
 
 
 @dataclass(frozen=True)
@@ -59,10 +61,11 @@ class Example:
     overlay_uri: str | None
     target_score: float | None
     predicted_label: str | None
+    content_sha256: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.top5_share, self.image_uri)
+        return (self.top5_share, self.image_uri or "")
 
 
 @dataclass
@@ -126,14 +129,19 @@ class Run:
     errors: list[dict] = field(default_factory=list)  # the first TABLE_ROWS
     error_count: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
+    report_classes: int = REPORT_CLASSES  # classes the per-class sections draw
+    strategies: object = None  # pipeline.report.strategies.Strategies, read on first use
 
     def config(self, key: str, default=None):
         return (self.manifest.get("config") or {}).get(key, default)
 
     def shown_classes(self) -> list[int]:
-        """The MAX_CLASSES classes with the most rows (ties: lower class id first)."""
-        ordered = sorted(self.classes, key=lambda c: (-self.classes[c].rows, c))
-        return ordered[:MAX_CLASSES]
+        """The ``report_classes`` classes with rows ranked first: those with the most
+        suspicious strategies (``pipeline.report.strategies``), then those with the most rows
+        (ties: lower class id first)."""
+        from pipeline.report.strategies import ranked_classes
+
+        return [c for c in ranked_classes(self) if c in self.classes][: self.report_classes]
 
     def region_names(self) -> list[str]:
         return sorted({name for s in self.classes.values() for name in s.region_rows})
@@ -187,7 +195,9 @@ def _floats(array) -> np.ndarray:
 
 def _add_batch(run: Run, batch) -> None:
     """Fold one record batch of summaries into ``run``."""
-    classes = np.asarray(batch.column("target_class").to_numpy(zero_copy_only=False), np.int64)
+    classes = np.asarray(  # a row without a class (never written so) counts under -1
+        pc.fill_null(batch.column("target_class"), -1).to_numpy(zero_copy_only=False), np.int64
+    )
     ids, codes = np.unique(classes, return_inverse=True)
     order = np.argsort(codes, kind="stable")
     groups = np.split(order, np.searchsorted(codes[order], np.arange(1, ids.size)))
@@ -338,7 +348,8 @@ def _add_examples(
     stats: list[ClassStats], groups: list[np.ndarray], top5: np.ndarray, batch
 ) -> None:
     """Keep each class's EXAMPLES most and least concentrated rows (by top5_share)."""
-    columns = {name: batch.column(name) for name in EXAMPLE_COLUMNS}
+    present = [c for c in OPTIONAL_EXAMPLE_COLUMNS if c in batch.schema.names]
+    columns = {name: batch.column(name) for name in (*EXAMPLE_COLUMNS, *present)}
     for s, rows in zip(stats, groups):
         rows = rows[np.isfinite(top5[rows])]
         if not rows.size:
@@ -346,8 +357,7 @@ def _add_examples(
         rows = rows[np.argsort(top5[rows], kind="stable")]
         picked = sorted({int(r) for r in (*rows[:EXAMPLES], *rows[-EXAMPLES:])})
         new = [
-            Example(float(top5[r]), *(columns[c][r].as_py() for c in EXAMPLE_COLUMNS))
-            for r in picked
+            Example(float(top5[r]), **{c: columns[c][r].as_py() for c in columns}) for r in picked
         ]
         s.most = sorted([*s.most, *new], key=lambda e: e.key, reverse=True)[:EXAMPLES]
         s.least = sorted([*s.least, *new], key=lambda e: e.key)[:EXAMPLES]

@@ -88,9 +88,14 @@ def picture(
     try:
         return Picture(alt, data_uri(*read()), None, width, pixelated)
     except Exception as e:  # noqa: BLE001 - any unreadable picture is shown as missing
-        return Picture(
-            alt, None, f"{alt} cannot be read: {type(e).__name__}: {e}", width, pixelated
+        from transforms.files import NotRead
+
+        reason = (
+            f"missing: {e}"
+            if isinstance(e, NotRead)
+            else f"cannot be read: {type(e).__name__}: {e}"
         )
+        return Picture(alt, None, f"{alt} {reason}", width, pixelated)
 
 
 def dash(value):
