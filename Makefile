@@ -31,6 +31,9 @@ bench: install
 	$(PY) -m benchmarks.methods --model small_cnn --images 16
 	$(PY) -m benchmarks.performance --before e4c0365  # 'before': the engine before issue 13
 	$(PY) -m benchmarks.faithfulness
+	$(PY) -m benchmarks.score_guided
+	$(PY) -m benchmarks.strategies
+	$(PY) -m benchmarks.report_scale
 
 scale: install  # a simulated large run (not part of make test): benchmarks/RESULTS.md
 	$(PY) -m benchmarks.scale --images 10000,100000

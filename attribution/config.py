@@ -16,7 +16,7 @@ from attribution.baselines import BASELINES
 from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS, FILLS
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
-from attribution.quadrature import METHODS
+from attribution.quadrature import METHODS, SCORE_GUIDED, base
 
 SCORES = ("probability", "logit")
 MODEL_OUTPUTS = ("logits", "probabilities")
@@ -77,7 +77,12 @@ class AttributionConfig:
     target: str = option(
         "predicted", "predicted | a class index | topk:K (one output row per target)."
     )
-    method: str = option("gausslegendre", "Quadrature rule.", choices=METHODS)
+    method: str = option(
+        "gausslegendre",
+        "Quadrature rule; score_guided places a trapezoid rule's points by a forward scan "
+        "of the path's scores (15 forward rows an image).",
+        choices=METHODS,
+    )
     steps: int = option(16, "Points of the initial rule.")
     tolerance: float = option(
         0.01, "Relative completeness error to reach by refining; 0 disables refinement."
@@ -228,8 +233,13 @@ class AttributionConfig:
                     + (" with --method gausslegendre" if limit == MAX_GAUSS_LEGENDRE else "")
                     + f", got {getattr(self, name)}"
                 )
-        if self.method == "riemann_trapezoid" and self.steps < 2:
-            raise ValueError("--steps must be >= 2 for riemann_trapezoid (it uses both ends)")
+        if base(self.method) == "riemann_trapezoid" and self.steps < 2:
+            raise ValueError(f"--steps must be >= 2 for {self.method} (it uses both ends)")
+        if self.method == SCORE_GUIDED and self.attribution == "blur_ig":
+            raise ValueError(
+                "--method score_guided places points on straight paths by a scan of their "
+                "scores; blur_ig's path is not one: use another --method with blur_ig"
+            )
         if self.tolerance < 0:
             raise ValueError(
                 f"--tolerance must be >= 0 (0 disables refinement), got {self.tolerance}"

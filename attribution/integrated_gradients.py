@@ -9,6 +9,9 @@ any number of rows (their batch dimension is unknown) and the target is a tensor
 never retrace after warm-up and a short call computes only its own rows; under XLA
 (``jit_compile``), which compiles each shape anew, calls are padded to one fixed size instead.
 Identical baselines (the black one of every image) are scored once per request.
+``--method score_guided`` first scans each image's path with forward rows (``quadrature``'s
+scan points, all classes at once, shared by the image's targets) and places each job's
+gradient points by its target's score curve (``quadrature.Density``).
 A request's images and baselines go to the device once; each call gathers its rows there and
 adds its weighted gradients to per-job float64 integrals there, so per call the host only
 sends two small arrays (each row's request, target, job, alpha and weight) and reads back the
@@ -59,6 +62,8 @@ class Attribution:
     gradient_evaluations: int  # gradient rows spent on this result, refinements included
     path_alphas: np.ndarray = field(repr=False)  # float32, sorted, 0 and 1 included
     path_scores: np.ndarray = field(repr=False)  # F(baseline + alpha (x - baseline))
+    # forward rows of score_guided's scan of this image's path (shared by its targets)
+    forward_evaluations: int = 0
 
 
 @dataclass
@@ -70,6 +75,8 @@ class _Job:
     evaluations: int = 0
     path: dict = field(default_factory=dict)  # alpha -> score
     pending: np.ndarray | None = None  # weights of the rows of the current round
+    density: quadrature.Density | None = None  # score_guided: where the points go
+    forward: int = 0  # forward rows of the scan
 
 
 class IntegratedGradients:
@@ -134,7 +141,8 @@ class IntegratedGradients:
         self._integrals = tf.Variable(
             tf.zeros([0, *shape], tf.float64), shape=[None, *shape], trainable=False
         )
-        self._rule = quadrature.rule(self.method, self.steps)
+        self._rule = quadrature.rule(self.method, self.steps)  # score_guided: before its map
+        self.guided = self.method == quadrature.SCORE_GUIDED
         self._refinements: dict[int, quadrature.Refinement] = {}  # by steps: computed once
         self._lock = threading.Lock()  # one attribute() at a time: the integrals are shared
         self._build(int(batch_size))
@@ -155,6 +163,12 @@ class IntegratedGradients:
             )
             for name, impl, spec in (
                 ("forward", self._forward_impl, [images]),
+                # score_guided's scan: (request, alpha) per row, every class's score
+                (
+                    "scan",
+                    self._scan_impl,
+                    [pool, pool, ints, tf.TensorSpec([rows], tf.float32)],
+                ),
                 ("points", self._points_impl, [images, ints]),
                 # (request, target, job) and (alpha, weight) per row: two arguments, not five
                 (
@@ -180,6 +194,13 @@ class IntegratedGradients:
     def _forward_impl(self, images):
         self.trace_count += 1
         return self._scores(images)
+
+    def _scan_impl(self, baselines, differences, rows, alphas):
+        self.trace_count += 1
+        points = tf.gather(baselines, rows) + alphas[:, None, None, None] * tf.gather(
+            differences, rows
+        )
+        return self._scores(points)
 
     def _target_gradients(self, points: tf.Tensor, targets: tf.Tensor):
         """(target scores [B], their gradients [B, H, W, 3]) at ``points``, in a traced call."""
@@ -294,14 +315,26 @@ class IntegratedGradients:
         both = self._scores_unlocked(np.concatenate([images, baselines[distinct]]))
         image_scores, baseline_scores = both[:n], both[n:][of_request]
 
+        pool = tf.constant(baselines), tf.constant(images - baselines)  # gathered per call
+        scan = quadrature.scan_alphas() if self.guided else np.zeros(0)
+        scanned = self._scan(*pool, n, scan)  # [n, len(scan), classes]
         jobs = []
         for i in range(n):
             for target in targets.select(image_scores[i]):
                 job = _Job(i, target, self._rule, np.zeros(images.shape[1:], np.float64))
-                job.pending = job.rule.weights
-                jobs.append((job, job.rule.alphas))
+                alphas, job.pending = job.rule.alphas, job.rule.weights
+                if self.guided:
+                    curve = [
+                        baseline_scores[i, target],
+                        *scanned[i, :, target],
+                        image_scores[i, target],
+                    ]
+                    job.density = quadrature.Density.from_scores([0.0, *scan, 1.0], curve)
+                    job.forward = len(scan)
+                    job.path.update(zip(scan.tolist(), scanned[i, :, target].tolist()))
+                    alphas, job.pending = job.density.place(alphas, job.pending)
+                jobs.append((job, alphas))
         results: dict[int, tuple[int, int, Attribution]] = {}
-        pool = tf.constant(baselines), tf.constant(images - baselines)  # gathered per call
         while jobs:
             self._integrate(jobs, *pool)
             next_round = []
@@ -320,8 +353,14 @@ class IntegratedGradients:
                 if refinement.rule.steps > self.max_steps:
                     continue
                 job.integral *= refinement.scale
-                job.rule, job.pending = refinement.rule, refinement.weights
-                next_round.append((job, refinement.alphas))
+                job.rule, alphas, job.pending = (
+                    refinement.rule,
+                    refinement.alphas,
+                    refinement.weights,
+                )
+                if job.density is not None:  # the same map: nested when the base rule nests
+                    alphas, job.pending = job.density.place(alphas, job.pending)
+                next_round.append((job, alphas))
             jobs = next_round
         return [result for _, _, result in sorted(results.values(), key=lambda r: r[:2])]
 
@@ -344,6 +383,26 @@ class IntegratedGradients:
                 f"{(*self.image_size, self.channels)}: resize it first"
             )
         return array
+
+    def _scan(self, baselines, differences, n: int, alphas: np.ndarray) -> np.ndarray:
+        """Every class's score at ``alphas`` on each of the ``n`` paths, [n, len(alphas), C],
+        forward rows packed into calls of at most ``batch_size``."""
+        rows = np.repeat(np.arange(n, dtype=np.int32), len(alphas))
+        points = np.tile(alphas.astype(np.float32), n)
+        out, start = [], 0
+        while start < len(rows):
+            chunk = slice(start, start + self.batch_size)
+            try:
+                (result,) = self._call(
+                    "scan", baselines, differences, self._fit(rows[chunk]), self._fit(points[chunk])
+                )
+            except _Retry:
+                continue
+            out.append(result[: len(rows[chunk])])
+            start += len(rows[chunk])
+        if not out:
+            return np.zeros((n, 0, 0), np.float32)
+        return np.concatenate(out).reshape(n, len(alphas), -1)
 
     def _integrate(self, jobs, baselines: tf.Tensor, differences: tf.Tensor) -> None:
         """Evaluate every pending row, packed into calls of at most ``batch_size`` rows, into
@@ -414,6 +473,7 @@ class IntegratedGradients:
             method=self.method,
             steps=job.rule.steps,
             gradient_evaluations=job.evaluations,
+            forward_evaluations=job.forward,
             path_alphas=alphas,
             path_scores=np.array([path[a] for a in sorted(path)], np.float32),
         )

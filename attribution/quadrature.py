@@ -6,6 +6,14 @@ integration path for all of them. ``steps`` is always the number of points of th
 Refinement reuses what was computed where the rule allows it: a refined integral is
 ``scale * previous_integral + sum(new_weights * g(new_alphas))``. The Riemann and trapezoid
 rules nest (scale > 0, only new points are evaluated); Gauss-Legendre does not (scale 0).
+
+``score_guided`` places the points by the path's score curve, scanned first with forward
+rows: a density ``p`` on [0, 1], piecewise linear through the scan's knots and proportional
+to the curve's slope |dF/dalpha| plus a floor, maps the base rule's points ``u`` to
+``alpha = C^-1(u)`` (``C`` the density's CDF), with weights ``w / p(alpha)`` (the Jacobian of
+the change of variables, exact). It is the base rule applied to ``g(C^-1(u)) / p(C^-1(u))``
+on [0, 1], the same integral: consistent, nested when the base rule nests (the map is fixed
+per path), and the base rule itself on a flat curve (``rule`` builds it so: no scan yet).
 """
 
 from __future__ import annotations
@@ -14,7 +22,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre")
+SCORE_GUIDED = "score_guided"
+METHODS = (
+    "riemann_left",
+    "riemann_right",
+    "riemann_middle",
+    "riemann_trapezoid",
+    "gausslegendre",
+    SCORE_GUIDED,
+)
+GUIDED_BASE = "riemann_trapezoid"  # score_guided's rule in u: nested, measured best
+SCAN_INTERVALS = 16  # score_guided's scan: alpha = k / 16, the 15 inner points forward rows
+GUIDED_FLOOR = 0.25  # share of the density that is uniform (the curve may move between knots)
 
 
 @dataclass(frozen=True)
@@ -33,10 +52,15 @@ class Refinement:
     weights: np.ndarray  # their weights in the refined rule
 
 
+def base(method: str) -> str:
+    """The rule whose points a method evaluates (score_guided maps its base rule's)."""
+    return GUIDED_BASE if method == SCORE_GUIDED else method
+
+
 def _check(method: str, steps: int) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    minimum = 2 if method == "riemann_trapezoid" else 1
+    minimum = 2 if base(method) == "riemann_trapezoid" else 1
     if int(steps) != steps or steps < minimum:
         raise ValueError(f"--steps must be an integer >= {minimum} for {method}, got {steps!r}")
 
@@ -45,6 +69,8 @@ def rule(method: str, steps: int) -> Rule:
     """The ``method`` rule with ``steps`` points."""
     _check(method, steps)
     n = int(steps)
+    if method == SCORE_GUIDED:  # before any scan: the flat curve's density, uniform
+        return _relabel(rule(GUIDED_BASE, n))
     if method == "riemann_left":
         alphas, weights = np.arange(n) / n, np.full(n, 1.0 / n)
     elif method == "riemann_right":
@@ -65,6 +91,9 @@ def rule(method: str, steps: int) -> Rule:
 def refine(previous: Rule) -> Refinement:
     """The next finer rule, and only the points it adds to ``previous`` (when it nests)."""
     method, n = previous.method, previous.steps
+    if method == SCORE_GUIDED:
+        step = refine(_relabel(previous, GUIDED_BASE))
+        return Refinement(_relabel(step.rule), step.scale, step.alphas, step.weights)
     if method in ("riemann_left", "riemann_right"):
         new = (2 * np.arange(n) + 1) / (2 * n)
         return Refinement(rule(method, 2 * n), 0.5, new, np.full(n, 1.0 / (2 * n)))
@@ -79,3 +108,66 @@ def refine(previous: Rule) -> Refinement:
         )
     finer = rule(method, 2 * n)
     return Refinement(finer, 0.0, finer.alphas, finer.weights)
+
+
+def _relabel(r: Rule, method: str = SCORE_GUIDED) -> Rule:
+    return Rule(method, r.steps, r.alphas, r.weights)
+
+
+@dataclass(frozen=True)
+class Density:
+    """A density on [0, 1], linear between ``knots`` (float64, 0 and 1 included) through
+    ``values`` (> 0), integrating to 1; ``cdf`` is its integral at the knots."""
+
+    knots: np.ndarray
+    values: np.ndarray
+    cdf: np.ndarray
+
+    @classmethod
+    def from_scores(cls, knots, scores, floor: float | None = None) -> Density:
+        """The density of ``score_guided`` for a scanned curve: at each knot the larger
+        slope |dF/dalpha| of the two scan intervals beside it (a step inside an interval
+        raises both its ends), mixed with the uniform density by ``floor``."""
+        floor = GUIDED_FLOOR if floor is None else floor
+        knots = np.asarray(knots, np.float64)
+        scores = np.asarray(scores, np.float64)
+        widths = np.diff(knots)
+        if len(knots) < 2 or knots[0] != 0 or knots[-1] != 1 or not (widths > 0).all():
+            raise ValueError("knots must rise from 0 to 1")
+        if not 0 < floor <= 1:
+            raise ValueError(f"floor must be in (0, 1], got {floor!r}")
+        slopes = np.abs(np.diff(scores)) / widths
+        at = np.maximum(np.concatenate([slopes[:1], slopes]), np.concatenate([slopes, slopes[-1:]]))
+        mass = float(np.sum(widths * (at[:-1] + at[1:]) / 2))
+        if not (np.isfinite(mass) and mass > 0):  # a flat or broken curve: no information
+            values = np.ones_like(knots)
+        else:
+            values = (1 - floor) * at / mass + floor
+        cdf = np.concatenate([[0.0], np.cumsum(widths * (values[:-1] + values[1:]) / 2)])
+        return cls(knots, values / cdf[-1], cdf / cdf[-1])
+
+    def __call__(self, alphas) -> np.ndarray:
+        return np.interp(np.asarray(alphas, np.float64), self.knots, self.values)
+
+    def inverse(self, u) -> np.ndarray:
+        """C^-1(u): on a knot interval C is quadratic; the stable root of
+        ``p0 t + s t^2 / 2 = r`` is ``t = 2 r / (p0 + sqrt(p0^2 + 2 s r))``."""
+        u = np.asarray(u, np.float64)
+        k = np.clip(np.searchsorted(self.cdf, u, side="right") - 1, 0, len(self.knots) - 2)
+        widths = np.diff(self.knots)[k]
+        p0 = self.values[k]
+        s = (self.values[k + 1] - p0) / widths
+        r = u - self.cdf[k]
+        t = 2 * r / (p0 + np.sqrt(np.maximum(p0 * p0 + 2 * s * r, 0.0)))
+        return self.knots[k] + np.clip(t, 0.0, widths)
+
+    def place(self, alphas, weights) -> tuple[np.ndarray, np.ndarray]:
+        """A base rule's points u and weights w as points C^-1(u), weights w / p(C^-1(u))."""
+        mapped = self.inverse(alphas)
+        return mapped, np.asarray(weights, np.float64) / self(mapped)
+
+
+def scan_alphas(intervals: int | None = None) -> np.ndarray:
+    """The inner points of score_guided's scan (0 and 1 are scored anyway)."""
+    intervals = SCAN_INTERVALS if intervals is None else intervals
+    return np.arange(1, intervals) / intervals

@@ -26,6 +26,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from transforms.strategies import STRATEGY_SCHEMA  # DIR/strategies as the stage writes it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = os.path.join(REPO, "benchmarks", "report_scale.json")
 SIZE = 224  # model input, pixels
@@ -33,30 +35,6 @@ CELLS = 14  # --grid_cells
 POINTS = 17  # path points per row
 DISTINCT_FILES = 16  # distinct originals, masks and overlays the rows point to
 PLANT_EVERY = 37  # every 37th class has a planted suspicious strategy (28 of 1,000)
-
-# DIR/strategies as the strategy stage writes it (DESIGN.md's contract and the stage's
-# optional control_box, ablation_n, target_mean_score).
-STRATEGY_SCHEMA = pa.schema(
-    [
-        ("target_class", pa.int32()),
-        ("target_label", pa.string()),
-        ("strategy", pa.int32()),
-        ("rows", pa.int64()),
-        ("share", pa.float64()),
-        ("eigengap", pa.float64()),
-        ("mean_grid", pa.list_(pa.float32())),
-        ("hotspot_box", pa.list_(pa.float64())),
-        ("hotspot_area_fraction", pa.float64()),
-        ("hotspot_mass_fraction", pa.float64()),
-        ("ablation_score", pa.float64()),
-        ("ablation_drop", pa.float64()),
-        ("control_drop", pa.float64()),
-        ("prototypes", pa.list_(pa.string())),
-        ("control_box", pa.list_(pa.float64())),
-        ("ablation_n", pa.int64()),
-        ("target_mean_score", pa.float64()),
-    ]
-)
 
 
 def planted_classes(classes: int) -> list[int]:

@@ -22,19 +22,25 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import lock as locks
 from pipeline import manifest
 from pipeline.folder import delete_tree, make_dirs, read_list, remove_temporaries
-from transforms.files import OutputWriteError, publish
+from transforms.files import OutputWriteError, file_digest, publish
 from transforms.records import error_row
+from transforms.reuse import REVERIFIED_FAILED
 from transforms.staging import join, loads_dir, parts_dir, staging_dir
 from transforms.write import ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA
 
 FOLDERS = ("summaries", "errors")
+STRATEGIES = "strategies"  # one row per (class, strategy): --strategies auto (issue 21)
 MISSING_PART = "missing.parquet"
 EMPTY_PART = "empty.parquet"
 
 
-def _uris(path: str) -> list[str]:
+ARTIFACT_COLUMNS = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
+
+
+def _uris(path: str, columns=("image_uri",)) -> list[str]:
     with FileSystems.open(path, compression_type="uncompressed") as f:
-        return pq.read_table(f, columns=["image_uri"]).column("image_uri").to_pylist()
+        table = pq.read_table(f, columns=list(columns))
+    return [value for column in columns for value in table.column(column).to_pylist() if value]
 
 
 def _located(output_dir: str, folder: str, name: str) -> str:
@@ -50,10 +56,15 @@ def _count_files(folder: str) -> int:
 def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
     """Publish the run (see the module's doc); returns the manifest written."""
     out = output_dir.rstrip("/")
-    parts = sorted(parts, key=lambda p: (p["folder"], p["name"]))
+    reverified = {(p["uri"], p["rank"]) for p in parts if p.get("kind") == REVERIFIED_FAILED}
+    parts = sorted(
+        (p for p in parts if p.get("kind") != REVERIFIED_FAILED),
+        key=lambda p: (p["folder"], p["name"]),
+    )
     uris = {folder: [] for folder in FOLDERS}
     for part in parts:
-        uris[part["folder"]].extend(_uris(_located(out, part["folder"], part["name"])))
+        if part["folder"] in uris:
+            uris[part["folder"]].extend(_uris(_located(out, part["folder"], part["name"])))
     listed = read_list(out) or []
     if context.get("records"):  # TFRecord: the list holds shards, rows name their records
         listed = sorted(set(uris["summaries"]) | set(uris["errors"]))
@@ -82,6 +93,9 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             }
         )
         uris["errors"].extend(missing)
+    # strategies/ exists when a class was clustered (no empty part: a run too small to
+    # cluster stays as it was before the stage); its files entry is there with auto
+    folders = FOLDERS + ((STRATEGIES,) if context.get("strategies") else ())
     for folder, schema in (("summaries", SUMMARY_SCHEMA), ("errors", ERROR_SCHEMA)):
         if not any(p["folder"] == folder for p in parts):  # readers find the folder, 0 rows
             buffer = io.BytesIO()
@@ -97,7 +111,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
                     "gradient_evaluations": 0,
                 }
             )
-    files = {folder: [] for folder in FOLDERS}
+    files = {folder: {} for folder in folders}  # {folder: {name: {size, sha256}}}
     for part in parts:
         folder, name = part["folder"], part["name"]
         target = join(out, folder, name)
@@ -105,8 +119,8 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         if source != target:
             make_dirs(join(out, folder))
             FileSystems.rename([source], [target])
-        files[folder].append(name)
-    for folder in FOLDERS:  # nothing but this run's parts under summaries/ and errors/
+        files[folder][name] = file_digest(target)
+    for folder in folders:  # nothing but this run's parts under summaries/, errors/, ...
         keep = {join(out, folder, name) for name in files[folder]}
         stray = [
             m.path
@@ -115,6 +129,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         ]
         if stray:
             FileSystems.delete(stray)
+    _remove_orphans(out, [join(out, "summaries", name) for name in files["summaries"]])
     remove_temporaries(out)
     summaries = [p for p in parts if p["folder"] == "summaries"]
     metrics = {
@@ -138,7 +153,11 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         attributed_uris=uris["summaries"],
         failed_uris=uris["errors"],
     )
+    record["counts"].update(
+        not_in_run=int(context.get("not_in_run") or 0), reverified_failed=len(reverified)
+    )
     record.update(files=files, resumed=context["resumed"], report=None, report_error=None)
+    record["definition"] = context.get("definition")  # what --resume compares (run.py)
     manifest.write(out, record)
     if not context["no_report"]:
         try:
@@ -154,6 +173,21 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
     delete_tree(staging_dir(out))
     locks.release(out, context["lock_token"])
     return record
+
+
+def _remove_orphans(out: str, summaries: list[str]) -> None:
+    """Masks, overlays and raw files no summary row names (an interrupted attempt's files for
+    another --target or --artifacts, or for rows not in the final summaries) are deleted:
+    the folder holds only what its rows point at."""
+    named = {folder: set() for folder in ARTIFACT_COLUMNS}
+    for path in summaries:
+        for folder, column in ARTIFACT_COLUMNS.items():
+            named[folder].update(u.rsplit("/", 1)[-1] for u in _uris(path, (column,)))
+    for folder in ARTIFACT_COLUMNS:
+        found = FileSystems.match([join(out, folder, "*")])[0].metadata_list
+        orphans = [m.path for m in found if m.path.rsplit("/", 1)[-1] not in named[folder]]
+        if orphans:
+            FileSystems.delete(orphans)
 
 
 class CommitFn(beam.DoFn):

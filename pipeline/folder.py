@@ -4,6 +4,7 @@ earlier run left. The folder's life cycle is in README ("The run folder's life c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from transforms.files import (
     publish,
     read_manifest,
 )
+from transforms.reuse import PreviousRunError, check_digests
 from transforms.staging import (
     LOCK,
     STAGING,
@@ -38,7 +40,7 @@ from transforms.staging import (
 
 # The contract's folders, then its files: everything a run writes into its folder (besides
 # the lock). Nothing else in a folder is ever deleted.
-CONTRACT_FOLDERS = ("summaries", "errors", "masks", "overlays", "raw")
+CONTRACT_FOLDERS = ("summaries", "errors", "strategies", "masks", "overlays", "raw")
 OUTPUTS = (*CONTRACT_FOLDERS, "manifest.json", "report.html", STAGING)
 # What marks a folder as written by this tool: a committed run's manifest, an unfinished run's
 # staging folder or a lock.
@@ -343,6 +345,7 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
     committed) to ``.staging/previous/summaries/`` to be reused, and drop what is redone
     (errors, manifest, report, model-load marks, temporaries). Masks and overlays stay: the
     reused rows point at them."""
+    _check_committed_parts(output_dir)
     target = join(previous_dir(output_dir), "summaries")
     make_dirs(target)
     for source in _parquet(join(output_dir, "summaries")) + _parquet(
@@ -359,6 +362,8 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
         join(output_dir, "summaries"),
         join(output_dir, "errors"),
         parts_dir(output_dir, "errors"),
+        join(output_dir, "strategies"),  # recomputed from every row (issue 21)
+        parts_dir(output_dir, "strategies"),
         parts_dir(output_dir, "model_loads"),
         join(output_dir, "manifest.json"),
         join(output_dir, "report.html"),
@@ -367,6 +372,19 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
     remove_temporaries(output_dir)
     listed = read_list(output_dir) if exists(inputs_path(output_dir)) else None
     return (previous_dir(output_dir) if _parquet(target) else None), listed
+
+
+def _check_committed_parts(output_dir: str) -> None:
+    """--resume of a folder whose run committed: its summaries must match the sizes and
+    sha256 its manifest lists (UsageError naming the file), before anything is moved."""
+    try:
+        record = read_manifest(output_dir)
+    except RunFolderError:
+        return  # an interrupted attempt: nothing was committed, no digests to check
+    try:
+        check_digests(output_dir, record, "--resume")
+    except PreviousRunError as e:
+        raise UsageError(str(e)) from None
 
 
 def _readable(path: str) -> bool:
@@ -378,11 +396,18 @@ def _readable(path: str) -> bool:
         return False
 
 
-def write_list(output_dir: str, uris: list[str]) -> str:
-    """The run's inputs, listed once: the job reads this file instead of matching again."""
+ATTEMPT_KEY = b"attempt"  # the list's Parquet metadata: what defines the run (see run.py)
+
+
+def write_list(output_dir: str, uris: list[str], definition: dict | None = None) -> str:
+    """The run's inputs, listed once: the job reads this file instead of matching again. The
+    options that define the run (``definition``) are stored in the same file, so the list
+    and what it was matched for are published together."""
     path = inputs_path(output_dir)
     make_dirs(staging_dir(output_dir))
     table = pa.table({"uri": pa.array(uris, pa.string())})
+    if definition is not None:
+        table = table.replace_schema_metadata({ATTEMPT_KEY: json.dumps(definition).encode()})
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     publish(path, sink.getvalue().to_pybytes())
@@ -395,3 +420,19 @@ def read_list(output_dir: str) -> list[str] | None:
             return pq.read_table(f, columns=["uri"]).column("uri").to_pylist()
     except Exception:  # noqa: BLE001 - a list cut short by the crash: match again
         return None
+
+
+def read_definition(output_dir: str) -> dict | None:
+    """What defines the interrupted attempt (``write_list``'s ``definition``): None when its
+    list is absent or cut short (the run is matched afresh), ``{}`` when the list was written
+    without one (by an older version)."""
+    try:
+        with FileSystems.open(inputs_path(output_dir), compression_type="uncompressed") as f:
+            metadata = pq.read_schema(f).metadata or {}
+    except Exception:  # noqa: BLE001 - as read_list: nothing to compare with
+        return None
+    try:
+        found = json.loads(metadata.get(ATTEMPT_KEY, b"{}").decode("utf-8"))
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

@@ -18,6 +18,7 @@ from attribution.config import (  # noqa: F401 (the limits: their home before, c
     MAX_POINTS,
     AttributionConfig,
 )
+from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
 from pipeline.launch import UsageError
 from transforms.files import absolute
@@ -214,6 +215,15 @@ class AttributionOptions(PipelineOptions):
             help="Most seconds a worker holds finished rows before publishing them to the "
             "staging folder: a crash loses at most about this much work per worker.",
         )
+        for field in dataclasses.fields(StrategyConfig):  # issue 21: the strategy stage
+            kind = type(field.default)
+            add(
+                f"--{field.name}",
+                type=kind,
+                default=field.default,
+                choices=field.metadata["choices"],
+                help=field.metadata["help"],
+            )
 
 
 CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(AttributionConfig)}
@@ -376,6 +386,15 @@ def parse_artifacts(text: str, write_raw: bool = False) -> tuple[str, ...]:
     return tuple(n for n in ARTIFACTS if n in names)
 
 
+def strategy_config(o: argparse.Namespace) -> StrategyConfig:
+    """The strategy stage's options, validated (ValueError)."""
+    config = StrategyConfig(
+        **{f.name: getattr(o, f.name) for f in dataclasses.fields(StrategyConfig)}
+    )
+    config.validate()
+    return config
+
+
 def input_format(o: argparse.Namespace) -> str:
     """--input_format, or tfrecord when the pattern's last part names .tfrecord files."""
     if o.input_format:
@@ -400,6 +419,10 @@ def validate(o: argparse.Namespace) -> None:
     if not 0 <= o.max_failure_fraction <= 1:
         raise UsageError(f"--max_failure_fraction must be in [0, 1], got {o.max_failure_fraction}")
     parse_image_size(o.image_size)
+    try:
+        strategy_config(o)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
         raise UsageError(
             f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "

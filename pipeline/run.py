@@ -218,6 +218,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         mufidelity_grid=opts.mufidelity_grid,
         randomize=opts.randomize,
         precision=opts.precision,
+        strategy_config=options.strategy_config(opts),
     )
     records = (
         RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
@@ -243,7 +244,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         or pipeline_options.view_as(GoogleCloudOptions).template_location
     )
 
-    taken = None
+    definition = attempt_definition(opts, model.fingerprint, settings)
+    if opts.resume and not dry_run:
+        check_same_run(opts.output_dir, definition)
+
+    taken, not_in_run = None, 0
     if not dry_run:
         crashed = lock.read(opts.output_dir) if opts.resume else None
         if opts.run_id is None and crashed is not None and crashed.run_id != "unknown":
@@ -266,9 +271,10 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     try:
         if taken is not None:
             if taken.listed:
+                not_in_run = not_in_list(matched, taken.listed)
                 matched = taken.listed  # the interrupted run's list: the same inputs
             else:
-                folder.write_list(opts.output_dir, matched)
+                folder.write_list(opts.output_dir, matched, definition)
         context = {
             "config": {
                 **vars(opts),
@@ -293,8 +299,11 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
                 {k: previous.get(k) for k in ("run_id", "finished_at")} if previous else None
             ),
             "resumed": bool(opts.resume),
+            "not_in_run": not_in_run,
+            "definition": definition,
             "no_report": bool(opts.no_report),
             "records": records is not None,
+            "strategies": settings.strategy_config.enabled,
             "lock_token": taken.lock.token if taken else None,
         }
         result = _run_job(
@@ -337,8 +346,90 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         raise RunFailed(
             f"the job ended without committing {opts.output_dir}/manifest.json: rerun with --resume"
         )
-    record = _add_counters(opts.output_dir, record, result)
+    record = _add_counters(opts.output_dir, record, result, records is not None)
     return RunResult(record, record.get("report"), result)
+
+
+# What defines a run, in the order --resume names a difference: an option that changed is
+# named with both values; settings_hash catches any other setting that shapes the rows.
+DEFINING = (
+    "input_pattern",
+    "input_format",
+    "image_key",
+    "id_key",
+    "label_key",
+    "regions_from_record",
+    "regions",
+    "model",
+    "target",
+    "artifacts",
+    "attribution",
+    "method",
+    "settings_hash",
+)
+
+
+def attempt_definition(opts, fingerprint: str, settings: Settings) -> dict:
+    """The options that define this run, as recorded with its input list (--resume compares)."""
+    return {
+        "input_pattern": opts.input_pattern,
+        "input_format": options.input_format(opts),
+        "image_key": opts.image_key,
+        "id_key": opts.id_key,
+        "label_key": opts.label_key,
+        "regions_from_record": bool(opts.regions_from_record),
+        "regions": absolute(opts.regions) if opts.regions else None,
+        "model": fingerprint,
+        "target": opts.target,
+        "artifacts": ",".join(settings.artifacts),
+        "attribution": opts.attribution,
+        "method": opts.method,
+        "settings_hash": settings.settings_hash,
+    }
+
+
+def check_same_run(output_dir: str, definition: dict) -> None:
+    """--resume finishes the same run or refuses (UsageError naming the option, both values)."""
+    recorded = folder.read_definition(output_dir)
+    if recorded is None:  # no staged list (or one cut short): a committed run's, if any
+        committed = manifest.read(output_dir)
+        recorded = committed.get("definition") if isinstance(committed, dict) else None
+        if not isinstance(recorded, dict) or not recorded:
+            return  # nothing recorded what the run was: it is listed afresh
+    fix = "rerun the interrupted command with --resume, or pass --overwrite to start again"
+    if not recorded:
+        raise options.UsageError(
+            f"--resume: {inputs_path(output_dir)} does not record what defines the interrupted "
+            f"run (written by an older version): pass --overwrite to start again"
+        )
+    for key in DEFINING:
+        if recorded.get(key) != definition[key]:
+            name = (
+                "--model (fingerprint)"
+                if key == "model"
+                else "the settings (settings_hash)"
+                if key == "settings_hash"
+                else f"--{key}"
+            )
+            raise options.UsageError(
+                f"--resume: {name} is {definition[key]!r}, the interrupted run had "
+                f"{recorded.get(key)!r}: {fix}"
+            )
+
+
+def not_in_list(matched: list[str], listed: list[str], shown: int = 5) -> int:
+    """--resume: how many files the pattern matches now that the interrupted run's list does
+    not hold (they are not read); named in one line."""
+    extra = sorted(set(matched) - set(listed))
+    if extra:
+        logging.warning(
+            "--resume: %d file(s) matched now are not in the interrupted run's list and are "
+            "not read (counts.not_in_run): %s%s",
+            len(extra),
+            ", ".join(extra[:shown]),
+            f" and {len(extra) - shown} more" if len(extra) > shown else "",
+        )
+    return len(extra)
 
 
 def _run_job(
@@ -374,7 +465,7 @@ def _run_job(
             opts.regions,
             reuse_from=opts.reuse_from,
             records=records,
-            inputs_list=None if records else inputs_list,
+            inputs_list=inputs_list,
             resume_parts=taken.resume_parts if taken else None,
             commit_context=context,
         )
@@ -412,7 +503,7 @@ def method_settings(opts) -> dict:
     return out
 
 
-def _add_counters(output_dir: str, record: dict, result) -> dict:
+def _add_counters(output_dir: str, record: dict, result, tfrecord: bool) -> dict:
     """Beam's counters, when this launcher waited for the job, join the metrics the commit
     recorded from the data (those stay as they are)."""
     try:
@@ -420,7 +511,7 @@ def _add_counters(output_dir: str, record: dict, result) -> dict:
     except Exception:  # noqa: BLE001 - a runner without metrics: the commit's are enough
         return record
     extra = {k: v for k, v in counters.items() if k not in record["metrics"]}
-    if record["config"].get("input_format") == "tfrecord" and "matched" in counters:
+    if tfrecord and "matched" in counters:
         # The commit could only count the records it found; the job's counter says how many
         # were read: every one must be in summaries or errors.
         counts = record["counts"]

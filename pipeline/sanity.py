@@ -299,6 +299,8 @@ def _check(args, rest: list[str], out: str, matched: list[str]) -> tuple[bool, s
             "--write_raw",
             "--faithfulness",
             "none",
+            "--strategies",  # the check compares maps; strategies would cost ablations
+            "none",
             "--no_report",
             "--overwrite",  # each stage's folder is this check's own, rewritten on a rerun
             "--seed",

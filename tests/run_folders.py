@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from benchmarks.report_scale import STRATEGY_SCHEMA  # DIR/strategies' columns
+from transforms.strategies import STRATEGY_SCHEMA  # DIR/strategies' columns
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA
 
 CLASSES = ("circle", "square", "triangle")

@@ -241,6 +241,13 @@ def _row(uri, rank, target, **extra):
         mask_uri=f"/old/masks/{rank}.png",
         overlay_uri=f"/old/overlays/{rank}.png",
         raw_uri=f"/old/raw/{rank}.npy",
+        # arithmetic that holds: reuse re-checks it (issue 19)
+        target_score=0.9,
+        baseline_score=0.1,
+        attribution_sum=0.8,
+        completeness_error=0.0,
+        relative_completeness_error=0.0,
+        converged=True,
         **extra,
     )
     return row

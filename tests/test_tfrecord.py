@@ -307,6 +307,7 @@ def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
     for label in (
         "ReadImages/Reshuffle",
         "ReadImages/ReadShards",
+        "ReadImages/GroupById",  # one record per id (DuplicateId), issue 19
         "Attribute/JoinRegions",  # before the model since issue 11 (ablation)
         "Attribute/IntegratedGradients",
     ):
@@ -352,3 +353,59 @@ def test_the_report_shows_predicted_against_true_class(tiny_model, shards, tmp_p
     plain = tmp_path / "plain"
     assert job.main([*argv[:3], str(plain), *argv[4:6], *FAST]) == 0
     assert confusion_section(read_run(str(plain))) == {"images": 0}
+
+
+@pytest.mark.parametrize("given", [True, False], ids=["format_given", "format_detected"])
+def test_a_repeated_record_id_is_one_row_and_the_later_ones_are_duplicate_id_errors(
+    tiny_model, tmp_path, given
+):
+    """ids a, b, same, same, same: the first `same` (by shard, record index) is attributed,
+    the other two are DuplicateId errors naming it, whether the format was given or
+    detected; the manifest's counts agree with the rows (issue 19)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    pictures = [photos.astronaut(), photos.coffee(), photos.chelsea(), photos.rocket()]
+    images = [encoded(p, "PNG") for p in pictures] + [encoded(photos.camera(), "PNG")]
+    ids = [b"a", b"b", b"same", b"same", b"same"]
+    (tmp_path / "in").mkdir()
+    shard = write(
+        tmp_path / "in" / "dup.tfrecord",
+        [example(image__encoded=data, image__id=i) for data, i in zip(images, ids)],
+    )
+    out = tmp_path / "out"
+    argv = [*job_argv(shard, out, tiny_model), "--id_key", "image/id", *FAST]
+    if given:
+        argv += ["--input_format", "tfrecord"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *argv],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries, errors = read(out, "summaries"), read(out, "errors")
+    assert sorted(r["image_uri"] for r in summaries) == ["a", "b", "same"]
+    same = next(r for r in summaries if r["image_uri"] == "same")
+    assert same["content_sha256"] == hashlib.sha256(images[2]).hexdigest()  # the first one
+    assert len({r["image_id"] for r in summaries}) == 3
+    masks = [r["mask_uri"] for r in summaries]
+    assert len(set(masks)) == 3 and all(os.path.isfile(m) for m in masks)
+    assert sorted(os.listdir(out / "masks")) == sorted(os.path.basename(m) for m in masks)
+    assert sorted(r["image_uri"] for r in errors) == [f"{shard}#3", f"{shard}#4"]
+    for row in errors:
+        assert row["error_type"] == "DuplicateId"
+        assert "'same'" in row["message"] and f"record 2 of {shard}" in row["message"]
+    m = json.loads((out / "manifest.json").read_text())
+    counts = m["counts"]
+    assert m["complete"] is True
+    assert (counts["matched"], counts["attributed"], counts["failed"], counts["rows"]) == (
+        5,
+        3,
+        2,
+        3,
+    )
+    assert counts["error_rows"] == 2 and counts["missing"] == 0 and counts["in_both"] == 0

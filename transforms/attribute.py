@@ -210,9 +210,10 @@ class AttributeImages(beam.PTransform):
     takes it): joined with the images before the model, so each box can be ablated (one
     forward row each); the elements then carry their boxes on to Summarize."""
 
-    def __init__(self, settings: Settings, regions=None):
+    def __init__(self, settings: Settings, regions=None, shared_handle=None):
         super().__init__()
         self.settings, self.regions = settings, regions
+        self.shared_handle = shared_handle or shared.Shared()  # shared with later model steps
 
     def expand(self, images):
         size = self.settings.image_batch_size
@@ -230,7 +231,7 @@ class AttributeImages(beam.PTransform):
             # Beam's adaptive sizing started at 1 image (mean 8.7 of 16 in a benchmark)
             | "Batch" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
             | "IntegratedGradients"
-            >> beam.ParDo(AttributeFn(self.settings, shared.Shared()), **side).with_outputs(
+            >> beam.ParDo(AttributeFn(self.settings, self.shared_handle), **side).with_outputs(
                 ERRORS, main="attributed"
             )
         )

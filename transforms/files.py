@@ -8,6 +8,7 @@ No TensorFlow is imported here, so the report and the comparison start without i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -16,6 +17,8 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from attribution.hashing import CHUNK_BYTES
 
 TEMPORARY_PREFIX = ".tmp-"
 MANIFEST = "manifest.json"
@@ -376,3 +379,122 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
             raise _unreadable(path, e) from None
         check_part(path, tables[-1].schema)
     return pa.concat_tables(tables) if tables else pa.table({})
+
+
+# Digests of a run's data files: manifest.json lists each part as {name: {size, sha256}}.
+def file_digest(path: str) -> dict:
+    """``{"size": bytes, "sha256": hex}`` of one file, read in chunks."""
+    digest, size = hashlib.sha256(), 0
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+def verify_parts(folder: str, manifest: dict, kinds=("summaries",)) -> bool:
+    """Check the Parquet parts of ``folder/<kind>`` against ``manifest["files"]``: every part
+    on disk is listed, every listed part is there with its size and sha256. RunFolderError
+    names the first file that does not match. Returns False when the manifest lists plain
+    names or no ``files`` (an older run): those parts cannot be verified (the caller says
+    so)."""
+    folder = folder.rstrip("/")
+    files = manifest.get("files")
+    if files is None:  # a manifest from before `files` was written
+        return False
+    if not isinstance(files, dict):
+        raise RunFolderError(f"{folder}/{MANIFEST}: `files` is not a mapping of folders")
+    verifiable = True
+    for kind in kinds:
+        listed = files.get(kind)
+        if listed is None:
+            listed = {}
+        if not isinstance(listed, (dict, list)):
+            raise RunFolderError(f"{folder}/{MANIFEST}: `files.{kind}` is not a list of parts")
+        on_disk = {path.rsplit("/", 1)[-1]: path for path in parquet_parts(folder, kind)}
+        for name in sorted(on_disk):
+            if name not in listed:
+                raise RunFolderError(
+                    f"{on_disk[name]} is not listed in {folder}/{MANIFEST}: the folder was "
+                    f"changed after its run; rerun it"
+                )
+        for name in sorted(listed):
+            path = f"{folder}/{kind}/{name}"
+            if name not in on_disk:
+                raise RunFolderError(
+                    f"{path} is listed in {folder}/{MANIFEST} but missing: the folder is "
+                    f"damaged; rerun it"
+                )
+            expected = listed[name] if isinstance(listed, dict) else None
+            if not isinstance(expected, dict):
+                verifiable = False
+                continue
+            found = file_digest(path)
+            for key in ("size", "sha256"):
+                if found[key] != expected.get(key):
+                    raise RunFolderError(
+                        f"{path} does not match {folder}/{MANIFEST} ({key} "
+                        f"{found[key]}, listed {expected.get(key)}): the file was changed "
+                        f"or damaged after its run; rerun it"
+                    )
+    return verifiable
+
+
+def run_file_path(roots: list[str], folder: str, uri: str) -> str:
+    """The file a row's ``uri`` names, looked up by its plain name in ``<root>/<folder>/`` of
+    one of ``roots``: the root whose folder the uri's directory resolves to first, then the
+    others in order (a run folder copied or moved keeps its rows' old absolute uris). The
+    stored directory is never followed, so a row can only name a file of those folders;
+    RunFolderError when there is none (``<folder>`` itself must not be a symbolic link)."""
+    if not isinstance(uri, str) or not uri:
+        raise RunFolderError("no file named")
+    directory, _, name = uri.rstrip("/").rpartition("/")
+    if name in ("", ".", "..") or "\\" in name:
+        raise RunFolderError(f"{uri!r} does not end in a file name")
+    candidates = []
+    for root in roots:
+        root = root.rstrip("/")
+        expected = f"{root}/{folder}"
+        if "://" not in root:
+            if os.path.islink(expected) or not os.path.isdir(expected):
+                continue
+            same = bool(directory) and os.path.realpath(directory) == os.path.realpath(expected)
+        else:
+            same = directory == expected
+        candidates.insert(0 if same else len(candidates), f"{expected}/{name}")
+    for path in candidates:
+        if exists(path) or os.path.lexists(path):
+            return path
+    raise RunFolderError(f"no {folder}/{name} in {' or '.join(roots)} (the row names {uri})")
+
+
+def read_run_file(roots: list[str], folder: str, uri: str, max_bytes: int) -> bytes:
+    """The bytes of a mask, overlay or raw file named by a row, read only from inside
+    ``<root>/<folder>/`` (``run_file_path``), only a regular file that is not a symbolic link,
+    at most ``max_bytes``. RunFolderError says why not (a missing file too); other storage
+    errors propagate."""
+    path = run_file_path(roots, folder, uri)
+    if "://" in path:
+        found = FileSystems.match([path])[0].metadata_list
+        if not found:
+            raise RunFolderError(f"{path} is gone")
+        if found[0].size_in_bytes > max_bytes:
+            raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+        return read_bytes(path)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is gone") from None
+    except OSError as e:  # ELOOP: a symbolic link
+        raise RunFolderError(f"{path} cannot be opened as a plain file ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise RunFolderError(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RunFolderError(f"{path} is larger than {max_bytes} bytes")
+    return data

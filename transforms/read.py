@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -185,9 +186,40 @@ class DecodeFn(CountsProgress, beam.DoFn):
         )
 
 
+class FirstOfIdFn(beam.DoFn):
+    """(image_id, uris with that id) -> the first uri in sorted order; each later one is an
+    `errors` row (``DuplicateId``) naming it. Ids are derived from uris, so two listed uris
+    share one only by a hash collision (12 hex digits); then one row is still written once
+    under its id, whatever the order or the number of workers. Uris out; rows tagged ERRORS."""
+
+    def __init__(self):
+        self.matched = Metrics.counter(NAMESPACE, "matched")
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, element):
+        key, uris = element
+        first, *later = sorted(uris)
+        yield first
+        for uri in later:
+            self.matched.inc()
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(
+                ERRORS,
+                error_row(
+                    uri,
+                    "read",
+                    f"its image id {key!r} is the id of {first!r}, which is attributed under "
+                    f"it: this file is not",
+                    "DuplicateId",
+                ),
+            )
+
+
 class ListedInputs(beam.PTransform):
     """The uris of the run's input list (a Parquet file with a ``uri`` column, written once
-    by the launcher), or of a pattern matched here when no list is given (tests, notebooks)."""
+    by the launcher), or of a pattern matched here when no list is given (tests, notebooks),
+    one per image id (``FirstOfIdFn``): ``.uris`` and ``[ERRORS]``. The group by id spreads
+    the uris over workers, as a reshuffle would."""
 
     def __init__(self, pattern: str | None = None, inputs_list: str | None = None):
         super().__init__()
@@ -207,11 +239,23 @@ class ListedInputs(beam.PTransform):
                 | "Match" >> fileio.MatchFiles(self.pattern)
                 | "Uri" >> beam.Map(lambda metadata: metadata.path)
             )
-        return uris | "Reshuffle" >> beam.Reshuffle()
+        return (
+            uris
+            | "KeyById" >> beam.Map(lambda uri: (image_id(uri), uri))
+            | "GroupById" >> beam.GroupByKey()
+            | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="uris")
+        )
+
+
+class Read(NamedTuple):
+    """What ReadImages returns: decoded images and `errors` rows."""
+
+    images: beam.PCollection
+    errors: beam.PCollection
 
 
 class ReadImages(beam.PTransform):
-    """pattern or input list -> (DecodedImage, errors). Local paths and gs:// alike."""
+    """pattern or input list -> Read(DecodedImage, errors). Local paths and gs:// alike."""
 
     def __init__(
         self,
@@ -230,17 +274,15 @@ class ReadImages(beam.PTransform):
         self.inputs_list, self.max_file_bytes = inputs_list, max_file_bytes
 
     def expand(self, pbegin):
-        return (
-            pbegin
-            | "List" >> ListedInputs(self.pattern, self.inputs_list)
-            | "Decode"
-            >> beam.ParDo(
-                DecodeFn(
-                    self.image_size,
-                    self.max_pixels,
-                    progress_folder=self.progress_folder,
-                    channels=self.channels,
-                    max_file_bytes=self.max_file_bytes,
-                )
-            ).with_outputs(ERRORS, main="images")
-        )
+        listed = pbegin | "List" >> ListedInputs(self.pattern, self.inputs_list)
+        decoded = listed.uris | "Decode" >> beam.ParDo(
+            DecodeFn(
+                self.image_size,
+                self.max_pixels,
+                progress_folder=self.progress_folder,
+                channels=self.channels,
+                max_file_bytes=self.max_file_bytes,
+            )
+        ).with_outputs(ERRORS, main="images")
+        errors = (listed[ERRORS], decoded[ERRORS]) | "CollectListErrors" >> beam.Flatten()
+        return Read(decoded.images, errors)

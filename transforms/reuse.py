@@ -11,6 +11,12 @@ rows whose model fingerprint and settings hash equal this run's, and splits:
 - **compute**: new or changed images, images the previous run failed on (errors are never
   reused), and images whose previous files are gone are read again, decoded and attributed.
 
+Reuse verifies what it reuses: the launcher checks the previous summaries against the sizes
+and sha256 its manifest lists (``check_digests``); every previous row's arithmetic is
+re-checked (``recheck``; a failing row's image is computed, counted in the manifest's
+``counts.reverified_failed``); previous masks, overlays and raw files are read only from the
+previous run folder's own ``masks/``, ``overlays/``, ``raw/`` (``read_run_file``).
+
 The model is loaded in a worker only when the first image needs computing, so a rerun where
 nothing changed never loads it (``metrics.model_loads == 0``).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
@@ -33,8 +40,9 @@ from transforms.files import (
     parquet_parts,
     parquet_schema,
     publish,
-    read_bytes,
     read_manifest,
+    read_run_file,
+    verify_parts,
 )
 from transforms.ids import image_id
 from transforms.progress import CountsProgress
@@ -46,11 +54,13 @@ from transforms.summarize import artifact_name
 from transforms.write import SUMMARY_SCHEMA
 
 COMPUTE = "compute"
+REVERIFIED_FAILED = "reverified_failed"  # pipeline/commit.py counts these records
 PREVIOUS, CURRENT = "previous", "current"
 # Rewritten for the new run's location; every other column of a reused row is copied as is
 # (labels re-applied from this run's --labels, regions recomputed).
 LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
 COLUMN_OF = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
+FOLDER_OF = {column: folder for folder, column in COLUMN_OF.items()}
 
 
 class PreviousRunError(ValueError):
@@ -78,8 +88,26 @@ def previous_run(folder: str) -> dict:
         ) from None
     if "finished_at" not in record:
         raise PreviousRunError(f"--reuse_from {folder}: its manifest.json is not a run manifest")
+    check_digests(folder, record, "--reuse_from")
     check_summaries(folder)
     return record
+
+
+def check_digests(folder: str, record: dict, option: str) -> None:
+    """The summaries parts match the sizes and sha256 the manifest lists, or PreviousRunError
+    naming the file. A manifest of an older run lists plain names: accepted, said once (every
+    reused row's arithmetic is re-checked anyway, see ``reverify``)."""
+    try:
+        verified = verify_parts(folder, record)
+    except RunFolderError as e:
+        raise PreviousRunError(f"{option} {folder}: {e}") from None
+    if not verified:
+        logging.warning(
+            "%s %s: its manifest.json lists parts without size and sha256 (an older run): "
+            "the parts were not verifiable; every reused row is re-checked",
+            option,
+            folder,
+        )
 
 
 def check_summaries(folder: str) -> None:
@@ -140,6 +168,8 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     Rows from before the methods' columns were added are plain IG rows and are completed."""
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
+    if row.get("settings_hash") == settings_hash and "strategy" not in row:
+        row = {**row, "strategy": None}  # before issue 21: the stage assigns it again
     if (
         row.get("model_fingerprint") == model_fingerprint
         and row.get("settings_hash") == settings_hash
@@ -168,12 +198,69 @@ def previous_images(rows) -> dict[str, list[dict]]:
     return complete
 
 
+# The engine's absolute completeness floor (IntegratedGradients' atol): an error at most this
+# small counts as converged whatever the relative error.
+ATOL = 1e-6
+# Stored numbers are float64 copies of what the engine compared; only float64 rounding of a
+# mean over baselines separates a recomputed error from the stored one (far below this).
+RECHECK_RTOL = RECHECK_ATOL = 1e-7
+# Methods whose rows carry a completeness check against F(x) - F(start): IG on straight or
+# curved paths. SmoothGrad explains noisy copies (its target_score is the clean image's), so
+# its sum is not checked against its scores; other methods have no completeness to check.
+CHECKED_METHODS = (None, "ig", "xrai", "blur_ig", "guided_ig", "expected_gradients")
+SINGLE_PATH_METHODS = (None, "ig", "blur_ig", "guided_ig")
+
+
+def recheck(row: dict, tolerance: float | None) -> str | None:
+    """Why a previous row's arithmetic does not hold (None when it does): attribution_sum
+    against target_score - baseline_score and the stored completeness_error (equal for one
+    path, an upper bound when the row averages several baselines), the relative error of one
+    path, and ``converged`` against the error and ``--tolerance``."""
+    if row.get("attribution") not in CHECKED_METHODS:
+        return None
+    numbers = [
+        row.get(k)
+        for k in ("attribution_sum", "target_score", "baseline_score", "completeness_error")
+    ]
+    relative = row.get("relative_completeness_error")
+    if any(v is None or not math.isfinite(v) for v in numbers) or relative is None:
+        return "a score, sum or error is missing or not finite"
+    total, fx, fb, error = numbers
+    if error < 0 or not relative >= 0:
+        return "a negative or NaN completeness error"
+    found = abs(total - (fx - fb))
+    slack = RECHECK_ATOL + RECHECK_RTOL * max(abs(total), abs(fx), abs(fb), error)
+    if found > error + slack:
+        return (
+            f"attribution_sum {total!r} is {found!r} from target_score - baseline_score, "
+            f"completeness_error says {error!r}"
+        )
+    one_path = row.get("method") == "random_alpha" or (
+        row["attribution"] in SINGLE_PATH_METHODS and "," not in (row.get("baseline") or "")
+    )
+    if one_path:
+        delta = abs(fx - fb)
+        expected = found / delta if delta > 0 else (0.0 if found == 0 else math.inf)
+        if abs(found - error) > slack:
+            return f"completeness_error {error!r}, the row's numbers give {found!r}"
+        if not math.isclose(relative, expected, rel_tol=RECHECK_RTOL, abs_tol=RECHECK_ATOL):
+            return f"relative_completeness_error {relative!r}, the row's numbers give {expected!r}"
+    if row.get("converged") and not (
+        error <= ATOL + slack or (tolerance is not None and relative <= tolerance)
+    ):
+        return f"converged, yet error {error!r} / relative {relative!r} exceed --tolerance"
+    return None
+
+
 class SplitFn(beam.DoFn):
     """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
-    compute (tagged COMPUTE). Deleted images (no current ref) produce nothing."""
+    compute (tagged COMPUTE). Deleted images (no current ref) produce nothing. Rows whose
+    arithmetic fails ``recheck`` are not reused: the image is computed and each failed row is
+    reported (tagged REVERIFIED_FAILED, counted by the commit in counts.reverified_failed)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.failed_recheck = Metrics.counter(NAMESPACE, "reverified_failed")
 
     def process(self, element):
         _, groups = element
@@ -181,9 +268,30 @@ class SplitFn(beam.DoFn):
         if not refs:
             return
         candidates = previous_images(groups[PREVIOUS])
-        first = candidates[min(candidates)] if candidates else None
+        checked = {}
+        for uri, rows in candidates.items():
+            failed = [(r, why) for r in rows if (why := recheck(r, self.settings.tolerance))]
+            for row, why in failed:
+                self.failed_recheck.inc()
+                logging.warning(
+                    "a previous row of %s (target rank %s) fails its re-check (%s): computed again",
+                    row["image_uri"],
+                    row["target_rank"],
+                    why,
+                )
+                yield beam.pvalue.TaggedOutput(
+                    REVERIFIED_FAILED,
+                    {
+                        "kind": REVERIFIED_FAILED,
+                        "uri": row["image_uri"],
+                        "rank": row["target_rank"],
+                    },
+                )
+            if not failed:
+                checked[uri] = rows
+        first = checked[min(checked)] if checked else None
         for ref in refs:
-            rows = candidates.get(ref.uri, first)  # same uri first, else a renamed copy
+            rows = checked.get(ref.uri, first)  # same uri first, else a renamed copy
             if rows is not None and self._usable(ref, rows):
                 yield ref, rows
             else:
@@ -216,6 +324,7 @@ def reused_row(
         target_label=settings.label(row["target_class"]),
         predicted_label=settings.label(row["predicted_class"]),
         regions=None,
+        strategy=None,  # assigned again by this run's strategy stage (--strategies auto)
     )
     if ref.record is not None:  # TFRecord: the label is the record's, not the previous row's
         new.update(true_class=ref.record.true_class, true_label=ref.record.true_label)
@@ -247,8 +356,8 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
     is gone the image is sent to COMPUTE instead; other storage errors propagate so the
     runner retries the bundle (publishing is idempotent)."""
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, roots: list[str]):
+        self.settings, self.roots = settings, list(roots)
         self.progress_folder = settings.progress_folder
         self.reused = Metrics.counter(NAMESPACE, "reused")
         self.reused_rows = Metrics.counter(NAMESPACE, "reused_rows")
@@ -262,12 +371,14 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
         keys = tuple(COLUMN_OF[a] for a in s.artifacts if a != "raw") + (
             ("raw_uri",) if s.write_raw or "raw" in s.artifacts or boxes is not None else ()
         )
-        sources = list(dict.fromkeys(row[k] for row in rows for k in keys))
+        sources = list(dict.fromkeys((k, row[k]) for row in rows for k in keys))
         try:
-            contents = {path: read_bytes(path) for path in sources}
-        except Exception:
-            if all(FileSystems.exists(path) for path in sources):
-                raise  # a storage error, not a missing file: let the runner retry
+            contents = {
+                path: read_run_file(self.roots, FOLDER_OF[k], path, s.max_file_bytes)
+                for k, path in sources
+            }
+        except RunFolderError as e:  # outside the previous folders, a link, too large, gone
+            logging.warning("%s: a previous file is not copied (%s): computed again", ref.uri, e)
             self.missing.inc()
             yield beam.pvalue.TaggedOutput(COMPUTE, ref)
             return
@@ -307,14 +418,20 @@ class ReadWithReuse(beam.PTransform):
         regions=None,
         records=None,
         inputs_list: str | None = None,
+        roots: list[str] | None = None,
     ):
         """``reuse_from``: previous run folders (their ``summaries/`` are read), or folders
         of part files (``--resume``: an interrupted attempt's parts); ``inputs_list``: the
-        launcher's list of input files (else ``pattern`` is matched)."""
+        launcher's list of input files (else ``pattern`` is matched); ``roots``: the run
+        folders whose masks/, overlays/ and raw/ previous files may be copied from (default:
+        the ``reuse_from`` folders; --resume adds the output folder)."""
         super().__init__()
+        self.roots = list(roots) if roots is not None else None
         self.pattern, self.settings, self.regions = pattern, settings, regions
         folders = [reuse_from] if isinstance(reuse_from, str) else list(reuse_from)
         self.previous = [f"{f.rstrip('/')}/summaries/*.parquet" for f in folders]
+        if self.roots is None:
+            self.roots = folders
         self.records, self.inputs_list = records, inputs_list
 
     def expand(self, pbegin):
@@ -322,18 +439,17 @@ class ReadWithReuse(beam.PTransform):
 
         s, regions = self.settings, self.regions
         if self.records is None:
-            hashed = (
-                pbegin
-                | "List" >> ListedInputs(self.pattern, self.inputs_list)
-                | "Hash"
-                >> beam.ParDo(HashFn(s.progress_folder, s.max_file_bytes)).with_outputs(
-                    ERRORS, main="hashes"
-                )
-            )
+            listed = pbegin | "List" >> ListedInputs(self.pattern, self.inputs_list)
+            record_errors = listed[ERRORS]  # ids listed twice (DuplicateId)
+            hashed = listed.uris | "Hash" >> beam.ParDo(
+                HashFn(s.progress_folder, s.max_file_bytes)
+            ).with_outputs(ERRORS, main="hashes")
         else:
-            hashed = tfrecord.shard_paths(pbegin, self.pattern) | "Hash" >> beam.ParDo(
+            found = tfrecord.unique_records(pbegin, self.pattern, self.records, self.inputs_list)
+            hashed = found.records | "Hash" >> beam.ParDo(
                 tfrecord.HashRecordsFn(self.records)
             ).with_outputs(ERRORS, tfrecord.REGIONS, main="hashes")
+            record_errors = found[ERRORS]
             if self.records.regions_from_record:
                 found = hashed[tfrecord.REGIONS]
                 regions = (
@@ -369,11 +485,12 @@ class ReadWithReuse(beam.PTransform):
         split = (
             {PREVIOUS: keyed, CURRENT: hashes}
             | "JoinByContent" >> beam.CoGroupByKey()
-            | "Split" >> beam.ParDo(SplitFn(s)).with_outputs(COMPUTE, main="reuse")
+            | "Split"
+            >> beam.ParDo(SplitFn(s)).with_outputs(COMPUTE, REVERIFIED_FAILED, main="reuse")
         )
-        copied = split.reuse | "CopyForward" >> beam.ParDo(CopyForwardFn(s)).with_outputs(
-            COMPUTE, main="rows"
-        )
+        copied = split.reuse | "CopyForward" >> beam.ParDo(
+            CopyForwardFn(s, self.roots)
+        ).with_outputs(COMPUTE, main="rows")
         compute = (split[COMPUTE], copied[COMPUTE]) | "ToCompute" >> beam.Flatten()
         if self.records is None:
             decoded = (
@@ -395,10 +512,13 @@ class ReadWithReuse(beam.PTransform):
             decoded = compute | "Decode" >> beam.ParDo(
                 tfrecord.DecodeRecordFn(self.records, s.image_size, s.max_pixels, s.channels)
             ).with_outputs(ERRORS, main="images")
-        errors = (hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> beam.Flatten()
+        errors = (record_errors, hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> (
+            beam.Flatten()
+        )
         return {
             "images": decoded.images,
             "reused": copied.rows,
             "errors": errors,
             "regions": regions,
+            "reverified_failed": split[REVERIFIED_FAILED],
         }

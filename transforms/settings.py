@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from attribution.config import DEFAULTS
 from attribution.methods.config import METHOD_OPTIONS  # no TensorFlow
+from attribution.strategies import StrategyConfig
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,15 @@ class Settings:
     colormap: str | None = DEFAULTS.colormap
     overlay: str = DEFAULTS.overlay
     mask_type: str = DEFAULTS.mask_type
-    # issue 22's methods: in settings_hash only when their --attribution runs
+    # Grad-CAM, occlusion and RISE: in settings_hash only when their --attribution runs
     layer: str | None = DEFAULTS.layer  # gradcam: resolved to a name when the job starts
     occlusion_window: int = DEFAULTS.occlusion_window
     occlusion_stride: int = DEFAULTS.occlusion_stride
     rise_masks: int = DEFAULTS.rise_masks
     rise_grid: int = DEFAULTS.rise_grid
     rise_p: float = DEFAULTS.rise_p
+    # the strategy stage: not in settings_hash, the column is recomputed every run
+    strategy_config: StrategyConfig = StrategyConfig()
 
     @property
     def method_config(self):

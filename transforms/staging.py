@@ -3,7 +3,8 @@ never leave half a file.
 
 ```
 DIR/.lock                          the run that owns the folder (pipeline/lock.py)
-DIR/.staging/inputs.parquet        the list of inputs, matched once by the launcher
+DIR/.staging/inputs.parquet        the list of inputs, matched once by the launcher, with
+                                   what defines the run in its metadata (--resume compares)
 DIR/.staging/summaries/<uuid>.parquet   published part files, moved by the commit
 DIR/.staging/errors/<uuid>.parquet
 DIR/.staging/model_loads/<uuid>    one empty file per model load in a worker

@@ -12,7 +12,8 @@ held in memory whole. Work is split across shards: one shard per element after a
   (normalised to [0, 1]) named by ``image/object/class/text`` (else ``.../label``) become
   regions keyed like ``--regions`` rows, in original pixels.
 
-A record without the image key, or whose image cannot be decoded, is an ``errors`` row. A
+A record without the image key, or whose image cannot be decoded, is an ``errors`` row; a
+record whose id repeats an earlier one's (by shard uri, record index) is a ``DuplicateId`` row. A
 corrupt frame (bad checksum) or a truncated shard ends that shard: one ``errors`` row at
 ``<shard uri>#<index>`` says so; the records before it are attributed as usual.
 """
@@ -232,48 +233,93 @@ def decode_or_error(
         return None, error_row(record.uri, "preprocess", e)
 
 
-class _ShardFn(beam.DoFn):
-    """Reads shards: every record counted as matched; corrupt frames are `errors` rows."""
+class RecordsFn(beam.DoFn):
+    """shard uri -> (image_id, (shard uri, index, Record or an `errors` row)) for each record,
+    every record counted as matched; a corrupt frame is an `errors` row in its place."""
 
     def __init__(self, keys: RecordKeys):
         self.keys = keys
         self.matched = Metrics.counter(NAMESPACE, "matched")
-        self.failed = Metrics.counter(NAMESPACE, "failed")
-
-    def records(self, uri):
-        """Each Record of the shard, or a tagged `errors` row in place of a corrupt frame."""
-        for index, record in read_shard(uri, self.keys):
-            self.matched.inc()
-            if isinstance(record, CorruptRecord):
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, corrupt_row(uri, index, record))
-            else:
-                yield record
-
-
-class ReadShardFn(_ShardFn):
-    """shard uri -> DecodedImage per record; errors tagged ERRORS; boxes tagged REGIONS."""
-
-    def __init__(self, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3):
-        super().__init__(keys)
-        self.image_size, self.max_pixels = tuple(image_size), max_pixels
-        self.channels = channels  # 1: grayscale model input
 
     def process(self, uri):
-        for record in self.records(uri):
-            if not isinstance(record, Record):
-                yield record
-                continue
-            image, error = decode_or_error(
-                record, self.keys, self.image_size, self.max_pixels, self.channels
+        for index, record in read_shard(uri, self.keys):
+            self.matched.inc()
+            item = corrupt_row(uri, index, record) if isinstance(record, CorruptRecord) else record
+            yield (
+                image_id(item.uri if isinstance(item, Record) else item["image_uri"]),
+                (
+                    uri,
+                    index,
+                    item,
+                ),
             )
-            if error is not None:
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, error)
-                continue
-            for region in record_regions(record, image.width, image.height):
-                yield beam.pvalue.TaggedOutput(REGIONS, region)
-            yield image
+
+
+class FirstOfIdFn(beam.DoFn):
+    """(image_id, records with that id) -> the first by (shard uri, record index), whatever
+    the order they arrived in or the number of workers; each later one is an `errors` row
+    (``DuplicateId``) under its own position ``<shard uri>#<index>``, naming the first. So
+    every row is written once under a unique id. Records out; rows tagged ERRORS."""
+
+    def __init__(self):
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, element):
+        _, group = element
+        (shard, index, first), *later = sorted(group, key=lambda found: found[:2])
+        if isinstance(first, Record):
+            yield first
+        else:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, first)
+        first_id = first.uri if isinstance(first, Record) else first["image_uri"]
+        for other_shard, other_index, item in later:
+            self.failed.inc()
+            item_id = item.uri if isinstance(item, Record) else item["image_uri"]
+            yield beam.pvalue.TaggedOutput(
+                ERRORS,
+                error_row(
+                    f"{other_shard}#{other_index}",
+                    "read",
+                    f"record id {item_id!r} repeats the id of record {index} of {shard} "
+                    f"({first_id!r}), which is attributed under it: this record is not",
+                    "DuplicateId",
+                ),
+            )
+
+
+def unique_records(pbegin, pattern: str, keys: RecordKeys, inputs_list: str | None = None):
+    """The records of a shard pattern, one per id (``FirstOfIdFn``): main output Records,
+    ERRORS the corrupt frames and repeated ids. Records are grouped by id in the graph,
+    which moves their bytes through one shuffle."""
+    return (
+        shard_paths(pbegin, pattern, inputs_list)
+        | "ReadShards" >> beam.ParDo(RecordsFn(keys))
+        | "GroupById" >> beam.GroupByKey()
+        | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="records")
+    )
+
+
+class DecodeRecordsFn(beam.DoFn):
+    """Record -> DecodedImage; errors tagged ERRORS; boxes tagged REGIONS."""
+
+    def __init__(self, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3):
+        self.keys = keys
+        self.image_size, self.max_pixels = tuple(image_size), max_pixels
+        self.channels = channels  # 1: grayscale model input
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, record):
+        image, error = decode_or_error(
+            record, self.keys, self.image_size, self.max_pixels, self.channels
+        )
+        if error is not None:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, error)
+            return
+        for region in record_regions(record, image.width, image.height):
+            yield beam.pvalue.TaggedOutput(REGIONS, region)
+        yield image
 
 
 def header_size(data: bytes) -> tuple[int, int]:
@@ -288,31 +334,31 @@ def header_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-class HashRecordsFn(_ShardFn):
-    """--reuse_from: shard uri -> (sha256 of the image bytes, ImageRef carrying the Record),
-    read and hashed but not decoded; errors tagged ERRORS; boxes tagged REGIONS."""
+class HashRecordsFn(beam.DoFn):
+    """--reuse_from: Record -> (sha256 of the image bytes, ImageRef carrying the Record),
+    hashed but not decoded; errors tagged ERRORS; boxes tagged REGIONS."""
 
-    def process(self, uri):
+    def __init__(self, keys: RecordKeys):
+        self.keys = keys
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, record):
         from transforms.reuse import ImageRef
 
-        for record in self.records(uri):
-            if not isinstance(record, Record):
-                yield record
-                continue
-            if record.data is None:
-                self.failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, missing_image_row(record, self.keys))
-                continue
-            if record.boxes:
-                try:
-                    width, height = header_size(record.data)
-                except Exception:  # noqa: BLE001 - not an image: decoding will say so
-                    width = height = None
-                if width:
-                    for region in record_regions(record, width, height):
-                        yield beam.pvalue.TaggedOutput(REGIONS, region)
-            sha = hashlib.sha256(record.data).hexdigest()
-            yield sha, ImageRef(record.uri, image_id(record.uri), sha, record=record)
+        if record.data is None:
+            self.failed.inc()
+            yield beam.pvalue.TaggedOutput(ERRORS, missing_image_row(record, self.keys))
+            return
+        if record.boxes:
+            try:
+                width, height = header_size(record.data)
+            except Exception:  # noqa: BLE001 - not an image: decoding will say so
+                width = height = None
+            if width:
+                for region in record_regions(record, width, height):
+                    yield beam.pvalue.TaggedOutput(REGIONS, region)
+        sha = hashlib.sha256(record.data).hexdigest()
+        yield sha, ImageRef(record.uri, image_id(record.uri), sha, record=record)
 
 
 class DecodeRecordFn(beam.DoFn):
@@ -334,14 +380,22 @@ class DecodeRecordFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(ERRORS, error)
 
 
-def shard_paths(pbegin, pattern: str):
-    """The shards of a pattern, one per element, spread over workers."""
-    return (
-        pbegin
-        | "Match" >> fileio.MatchFiles(pattern)
-        | "Paths" >> beam.Map(lambda metadata: metadata.path)
-        | "Reshuffle" >> beam.Reshuffle()
-    )
+def shard_paths(pbegin, pattern: str, inputs_list: str | None = None):
+    """The shards of a pattern (or of the launcher's input list, so a resumed run reads the
+    shards it listed), one per element, spread over workers."""
+    if inputs_list:
+        paths = (
+            pbegin
+            | "ReadList" >> beam.io.ReadFromParquet(inputs_list, validate=False, columns=["uri"])
+            | "Paths" >> beam.Map(lambda row: row["uri"])
+        )
+    else:
+        paths = (
+            pbegin
+            | "Match" >> fileio.MatchFiles(pattern)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+        )
+    return paths | "Reshuffle" >> beam.Reshuffle()
 
 
 class ReadRecords(beam.PTransform):
@@ -349,14 +403,22 @@ class ReadRecords(beam.PTransform):
     "regions": (key, (index, name, box))}."""
 
     def __init__(
-        self, pattern: str, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3
+        self,
+        pattern: str,
+        keys: RecordKeys,
+        image_size,
+        max_pixels: int,
+        channels: int = 3,
+        inputs_list: str | None = None,
     ):
         super().__init__()
-        self.pattern, self.keys = pattern, keys
+        self.pattern, self.keys, self.inputs_list = pattern, keys, inputs_list
         self.image_size, self.max_pixels, self.channels = image_size, max_pixels, channels
 
     def expand(self, pbegin):
-        read = shard_paths(pbegin, self.pattern) | "ReadShards" >> beam.ParDo(
-            ReadShardFn(self.keys, self.image_size, self.max_pixels, self.channels)
+        found = unique_records(pbegin, self.pattern, self.keys, self.inputs_list)
+        read = found.records | "DecodeRecords" >> beam.ParDo(
+            DecodeRecordsFn(self.keys, self.image_size, self.max_pixels, self.channels)
         ).with_outputs(ERRORS, REGIONS, main="images")
-        return {"images": read.images, "errors": read[ERRORS], "regions": read[REGIONS]}
+        errors = (found[ERRORS], read[ERRORS]) | "CollectRecordErrors" >> beam.Flatten()
+        return {"images": read.images, "errors": errors, "regions": read[REGIONS]}

@@ -97,6 +97,7 @@ SUMMARY_SCHEMA = pa.schema(
             pa.list_(pa.struct([("segment_area_fraction", pa.float64()), ("gain", pa.float64())])),
         ),
         ("split_half_correlation", pa.float64()),  # rise: its two halves of masks agree
+        ("strategy", pa.int32()),  # the row's strategy in its class; null: not clustered
     ]
 )
 
@@ -152,7 +153,7 @@ class WritePartsFn(beam.DoFn):
             "name": name,
             "origin": self.origin,
             "rows": len(rows),
-            "images": len({r["image_uri"] for r in rows}),
+            "images": len({r["image_uri"] for r in rows if "image_uri" in r}),
             "gradient_evaluations": evaluations if self.origin == COMPUTED else 0,
         }
 

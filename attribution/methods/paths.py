@@ -56,6 +56,8 @@ def integrate(
     atol: float,
 ) -> list[Attribution]:
     """Attributions along every curve, refined until completeness holds or max_steps."""
+    if method == quadrature.SCORE_GUIDED:  # its scan is of straight paths (the engine's)
+        raise ValueError("--method score_guided is for straight paths: not for blur_ig")
     rules = {id(c): quadrature.rule(method, steps) for c in curves}
     pending = [(c, rules[id(c)].alphas, rules[id(c)].weights) for c in curves]
     results = {}

@@ -127,6 +127,7 @@ def combine(
         method=first.method,
         steps=max(p.steps for p in parts),
         gradient_evaluations=sum(p.gradient_evaluations for p in parts),
+        forward_evaluations=sum(p.forward_evaluations for p in parts),
         path_alphas=first.path_alphas,
         path_scores=(
             np.mean([p.path_scores for p in parts], axis=0).astype(np.float32)
