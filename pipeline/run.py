@@ -130,6 +130,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
     opts.input_pattern, opts.output_dir = absolute(opts.input_pattern), absolute(opts.output_dir)
     folder.check_writable(opts.output_dir)  # before the model loads: nothing is left behind
+    folder.refuse_links(opts.output_dir)  # before --resume reads the folder's manifest
     started_at = manifest.now()
     labels = read_labels(opts.labels)
     matched = match_inputs(opts.input_pattern, exclude=opts.output_dir)

@@ -138,17 +138,20 @@ def test_overwrite_deletes_the_run_and_nothing_else_with_either_files_shape(
     out = world / "runs" / "out"
     shutil.copytree(committed, out, symlinks=True)
     record = json.loads((out / "manifest.json").read_text())
-    if shape == "sizes":
-        with_files(
-            out,
-            {
-                folder: {
-                    name: {"size": os.path.getsize(out / folder / name), "sha256": "0" * 64}
-                    for name in names
-                }
-                for folder, names in record["files"].items()
-            },
-        )
+    names = {folder: sorted(listed) for folder, listed in record["files"].items()}
+    assert names["summaries"] and all(n.endswith(".parquet") for n in names["summaries"])
+    with_files(  # whichever shape this version commits, the test sets the one it names
+        out,
+        names
+        if shape == "names"
+        else {
+            folder: {
+                name: {"size": os.path.getsize(out / folder / name), "sha256": "0" * 64}
+                for name in listed
+            }
+            for folder, listed in names.items()
+        },
+    )
     (out / "notes.txt").write_text("the operator's own notes, beside the run")
     (out / "drafts").mkdir()
     (out / "drafts" / "a.txt").write_text("kept")
