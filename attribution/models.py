@@ -524,7 +524,15 @@ def _make_fn(handle, call, size, channels, output_key, output_names, model_outpu
             handle,
             f"the model returns shape {scores.shape} for one image; class scores [N, C] are needed",
         )
-    _check_declared_output(handle, np.asarray(scores, np.float64), model_output)
+    values = np.asarray(scores, np.float64)
+    if not np.all(np.isfinite(values)):
+        raise _error(
+            handle,
+            f"its scores for a black image [1, {height}, {width}, {channels}] are not all "
+            f"finite ({int(np.sum(np.isnan(values)))} NaN, {int(np.sum(np.isinf(values)))} "
+            f"infinite of {values.size}): no attribution of it could be trusted",
+        )
+    _check_declared_output(handle, values, model_output)
 
     def fn(images):
         return tf.cast(select(call(tf.cast(images, tf.float32))), tf.float32)

@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -42,6 +42,9 @@ class Lock:
     # True when the job runs in the launcher's process group (DirectRunner): the launcher's
     # death is the job's. A remote job (Dataflow) outlives its launcher: only age counts.
     local: bool = True
+    # Set only on a lock read back that is not one this tool writes (garbage, a link): what
+    # it is. Never written to the file.
+    problem: str | None = field(default=None, compare=False)
 
     @classmethod
     def new(cls, run_id: str, local: bool = True) -> Lock:
@@ -55,6 +58,8 @@ class Lock:
         )
 
     def describe(self) -> str:
+        if self.problem:
+            return f"an unreadable lock ({self.problem})"
         return f"run {self.run_id!r} (host {self.host}, pid {self.pid}, started {self.started_at})"
 
     def age_seconds(self) -> float:
@@ -66,6 +71,8 @@ class Lock:
 
     def stale_reason(self, lock_timeout: float) -> str | None:
         """Why this lock's owner is presumed dead, or None while it may be alive."""
+        if self.problem:  # no run to wait for: nothing names one
+            return "it names no run: corrupt, or not written by this tool"
         if self.local and self.host == socket.gethostname() and not _alive(self.pid):
             return f"its process {self.pid} on {self.host} is gone"
         if self.age_seconds() > lock_timeout:
@@ -91,23 +98,52 @@ def lock_path(output_dir: str) -> str:
     return join(output_dir, LOCK)
 
 
+# What each field of a lock file must hold; bool is not an int here.
+_TYPES = {"run_id": str, "host": str, "pid": int, "started_at": str, "token": str, "local": bool}
+_DEFAULTS = {"local": True}  # a lock written before the field existed
+MAX_LOCK_BYTES = 64 * 1024  # a lock is a few hundred bytes: anything larger is not one
+
+
+def _unreadable(problem: str) -> Lock:
+    return Lock("unknown", "unknown", -1, "unknown", "unknown", problem=problem)
+
+
 def read(output_dir: str) -> Lock | None:
-    """The folder's lock, None when there is none; an unreadable lock is an owner unknown."""
+    """The folder's lock, None when there is none. A lock this tool did not write (garbage,
+    a symbolic link, a folder) is returned with ``problem`` saying what it is: an owner we
+    cannot name, stale at once (``stale_reason``)."""
     path = lock_path(output_dir)
+    if "://" not in path:  # a link is looked at, never followed
+        if os.path.islink(path):
+            return _unreadable(f"{path} is a symbolic link to {os.readlink(path)}")
+        if os.path.isdir(path):
+            return _unreadable(f"{path} is a folder")
+        if os.path.lexists(path) and not os.path.isfile(path):  # a FIFO would block a read
+            return _unreadable(f"{path} is not a regular file")
     if not FileSystems.exists(path):
         return None
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
-            fields = json.loads(f.read().decode("utf-8"))
-        return Lock(**{k: fields[k] for k in Lock.__dataclass_fields__ if k in fields})
-    except Exception:  # noqa: BLE001 - half-written or foreign: an owner we cannot name
-        return Lock("unknown", "unknown", -1, "unknown", "unknown")
+            data = f.read(MAX_LOCK_BYTES + 1)
+        if len(data) > MAX_LOCK_BYTES:
+            return _unreadable(f"{path} is larger than {MAX_LOCK_BYTES} bytes")
+        fields = json.loads(data.decode("utf-8"))
+    except Exception as e:  # noqa: BLE001 - half-written or foreign: an owner we cannot name
+        return _unreadable(f"{path} is not a JSON lock: {' '.join(str(e).split())[:120]}")
+    if not isinstance(fields, dict):
+        return _unreadable(f"{path} holds JSON {type(fields).__name__}, not a lock")
+    wrong = [  # exactly these types: True is not a pid
+        k for k, kind in _TYPES.items() if type(fields.get(k, _DEFAULTS.get(k))) is not kind
+    ]
+    if wrong:
+        return _unreadable(f"{path} lacks or mistypes {', '.join(wrong)}")
+    return Lock(**{k: fields[k] for k in _TYPES if k in fields})
 
 
 def create(output_dir: str, lock: Lock) -> None:
     """Create the lock if no lock exists, atomically; LockHeld otherwise."""
     path = lock_path(output_dir)
-    data = json.dumps(asdict(lock), indent=2).encode()
+    data = json.dumps({k: v for k, v in asdict(lock).items() if k in _TYPES}, indent=2).encode()
     if path.startswith("gs://"):
         created = _create_gcs(path, data)
     else:
@@ -148,6 +184,9 @@ def release(output_dir: str, token: str) -> bool:
 
 
 def remove_stale(output_dir: str) -> None:
+    """Delete a stale lock; a symbolic link is removed itself, never what it points to."""
     path = lock_path(output_dir)
-    if FileSystems.exists(path):
+    if "://" not in path and os.path.islink(path):
+        os.remove(path)
+    elif FileSystems.exists(path):
         FileSystems.delete([path])

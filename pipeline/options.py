@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import re
 
@@ -256,6 +257,7 @@ def _config_flags(path: str) -> list[str]:
         raise UsageError(f"--config {path}: not valid YAML ({e})") from None
     if not isinstance(config, dict):
         raise UsageError(f"--config {path}: expected a mapping of option: value")
+    _refuse_unknown_keys(path, config)
     flags = []
     for key, value in config.items():
         for item in value if isinstance(value, list) else [value]:
@@ -265,6 +267,17 @@ def _config_flags(path: str) -> list[str]:
             if item is not True:
                 flags.append(str(item))
     return flags
+
+
+def _refuse_unknown_keys(path: str, config: dict) -> None:
+    """UsageError naming the first key of a --config profile that is no option (ours or
+    Beam's), and the known option nearest to it: a misspelt key is never ignored."""
+    known = set(PipelineOptions([]).get_all_options()) | {"labels"}
+    for key in config:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean {near[0]!r}?" if near else "see python -m pipeline --help"
+            raise UsageError(f"--config {path}: unknown option {key!r}: {hint}")
 
 
 def help_parser() -> argparse.ArgumentParser:
@@ -449,7 +462,8 @@ def validate(o: argparse.Namespace) -> None:
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
-            raise UsageError(f"--{name} {path}: no such file")
+            what = "a folder, not a file" if os.path.isdir(path) else "no such file"
+            raise UsageError(f"--{name} {path}: {what}")
     if o.overwrite and o.resume:
         raise UsageError(
             "--overwrite and --resume exclude each other: --resume finishes the "

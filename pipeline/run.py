@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import traceback
@@ -22,14 +23,23 @@ from attribution.faithfulness import parse_kinds
 from attribution.models import ModelLoadError, load_model
 from pipeline import folder, graph, lock, manifest, options
 from pipeline.console import WorkerLog, worker_processes
-from pipeline.launch import runner_name, ship_package
+from pipeline.launch import (
+    Interrupted,
+    interruptible,
+    received,
+    runner_name,
+    ship_package,
+    stop_children,
+)
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
-from transforms.regions import check_regions
+from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import METHOD_KEYS, Settings
 from transforms.staging import inputs_path
 from transforms.tfrecord import RecordKeys
+
+INTERRUPTED = "interrupted: nothing was committed; rerun with --resume"
 
 
 class RunFailed(Exception):
@@ -119,6 +129,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     """Run the job; see RunResult."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
     opts.input_pattern, opts.output_dir = absolute(opts.input_pattern), absolute(opts.output_dir)
+    folder.check_writable(opts.output_dir)  # before the model loads: nothing is left behind
+    folder.refuse_links(opts.output_dir)  # before --resume reads the folder's manifest
     started_at = manifest.now()
     labels = read_labels(opts.labels)
     matched = match_inputs(opts.input_pattern, exclude=opts.output_dir)
@@ -131,7 +143,19 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             raise options.UsageError(str(e)) from None
     try:
         if opts.regions:  # streamed once to refuse a bad file now; the job reads it again
-            check_regions(opts.regions, opts.input_pattern)
+            boxes = check_regions(opts.regions, opts.input_pattern)
+            if (
+                boxes
+                and options.input_format(opts) == "files"  # records are named in the job
+                and not names_any(opts.regions, opts.input_pattern, matched)
+            ):
+                logging.warning(
+                    "--regions %s: none of its %d boxes names an image --input_pattern "
+                    "matched (image is a full path, or relative to %s): no row gets regions",
+                    opts.regions,
+                    boxes,
+                    pattern_root(opts.input_pattern),
+                )
     except ValueError as e:
         raise options.UsageError(str(e)) from None
     try:
@@ -296,8 +320,13 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
             context,
         )
     except BaseException as e:
+        signum = received()
+        if signum is not None or isinstance(e, KeyboardInterrupt):
+            stop_children()  # no worker writes into the folder once the lock is released
         if taken is not None:
             lock.release(opts.output_dir, taken.lock.token)
+        if signum is not None:
+            raise Interrupted(signum) from None
         if isinstance(e, (options.UsageError, KeyboardInterrupt)):
             raise
         line = _write_error(e)
@@ -499,14 +528,20 @@ def _add_counters(output_dir: str, record: dict, result, tfrecord: bool) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 ok, 1 too many failures, outputs incomplete or a failed write,
-    2 bad options or a folder that cannot be used, 3 the model cannot load."""
+    """Exit codes: 0 ok, 1 too many failures (or every input failed), outputs incomplete or
+    a failed write, 2 bad options or a folder that cannot be used, 3 the model cannot load
+    or scores a black image non-finite, 130 Ctrl-C, 143 SIGTERM (the folder left for
+    --resume)."""
     logging.getLogger().setLevel(logging.WARNING)
     # A failed bundle is logged by Beam with its traceback on every attempt; main prints the
     # failure once, as one line (with the traceback only when it is not a failed write).
     logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
-        result = run(argv)
+        with interruptible():
+            result = run(argv)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the folder is left for --resume
+        print(INTERRUPTED, file=sys.stderr)
+        return e.exit_code if isinstance(e, Interrupted) else 128 + signal.SIGINT
     except options.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -544,6 +579,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not record["complete"]:
         print(f"error: outputs do not account for every matched input: {counts}", file=sys.stderr)
+        return 1
+    if counts["matched"] and counts["failed"] == counts["matched"]:
+        print(
+            f"error: every one of the {counts['matched']} matched inputs failed, whatever "
+            f"--max_failure_fraction says: see {out.rstrip('/')}/errors/",
+            file=sys.stderr,
+        )
         return 1
     fraction = counts["failed"] / counts["matched"] if counts["matched"] else 0.0
     limit = record["config"]["max_failure_fraction"]

@@ -53,6 +53,13 @@ def _batches(path: str, batch_rows: int = 65536):
                         f"{', '.join(COLUMNS)} (boxes in original pixels, x1/y1 "
                         f"exclusive)"
                     )
+                nested = [c for c in COLUMNS if pa.types.is_nested(batch.schema.field(c).type)]
+                if nested:
+                    raise ValueError(
+                        f"--regions {path}: column {nested[0]!r} holds "
+                        f"{batch.schema.field(nested[0]).type} values; one box a row is "
+                        f"needed, each cell a single value ({', '.join(COLUMNS)})"
+                    )
                 yield [
                     batch.column("image"),
                     batch.column("region"),
@@ -125,6 +132,17 @@ def check_regions(path: str, input_pattern: str) -> int:
         _bad_box(path, rows, columns)
         rows += len(columns[0])
     return rows - 1
+
+
+def names_any(path: str, input_pattern: str, inputs: list[str]) -> bool:
+    """Whether any box of the file names one of ``inputs``; streamed, it stops at the first
+    that does (a file that names none is read whole, to say so)."""
+    wanted = {region_key(uri) for uri in inputs}
+    root = pattern_root(input_pattern)
+    for columns in _batches(path):
+        if any(_key(str(image), root) in wanted for image in columns[0].to_pylist()):
+            return True
+    return False
 
 
 def load_regions(path: str, input_pattern: str) -> Regions:
