@@ -359,8 +359,9 @@ def _refuse_stray_values(rest: list[str]) -> None:
         before = rest[i - 1] if i else ""
         if not token.startswith("-") and not (before.startswith("--") and "=" not in before):
             raise UsageError(
-                f"{token!r} is not an option's value (an unquoted pattern the shell expanded? "
-                f"quote it: --input_pattern 'photos/*.png')"
+                f"{token!r} is not an option's value (a switch such as --overwrite takes "
+                f"none; a pattern the shell expanded must be quoted: --input_pattern "
+                f"'photos/*.png')"
             )
 
 

@@ -101,3 +101,6 @@ def test_an_unquoted_pattern_the_shell_expanded_is_refused_not_cut_to_its_first_
         [*argv[:2], *argv[4:], "--runner", "DirectRunner", "--labels", "team=qa"]
     )
     assert ours.input_pattern == names[0]
+    # `--overwrite false` (a switch given a value) read as --overwrite on: refused too
+    with pytest.raises(options.UsageError, match="'false' is not an option's value"):
+        options.parse([*argv[:2], *argv[4:], "--overwrite", "false"])
