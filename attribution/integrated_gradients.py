@@ -15,7 +15,9 @@ gradient points by its target's score curve (``quadrature.Density``).
 A request's images and baselines go to the device once; each call gathers its rows there and
 adds its weighted gradients to per-job float64 integrals there, so per call the host only
 sends two small arrays (each row's request, target, job, alpha and weight) and reads back the
-row scores.
+row scores. The completeness check (``checked``) and the refinement loop
+(``IntegratedGradients.refine_until_complete``) are every method's (attribution/methods/);
+``engine_for`` builds the engine around a loaded model from settings.
 """
 
 from __future__ import annotations
