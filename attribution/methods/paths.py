@@ -49,7 +49,9 @@ def integrate(engine, curves: list[Curve]) -> list[Attribution]:
     """Attributions along every curve at the engine's rule, refined as the engine refines IG
     (until completeness holds or max_steps)."""
     if engine.method == quadrature.SCORE_GUIDED:  # its scan is of straight paths (the engine's)
-        raise ValueError("--method score_guided is for straight paths: not for blur_ig")
+        raise ValueError(
+            "the engine's method score_guided is for straight paths: not for blur_ig's curves"
+        )
     first = []
     for curve in curves:
         curve.rule = quadrature.rule(engine.method, engine.steps)
