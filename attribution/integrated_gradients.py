@@ -502,9 +502,9 @@ ENGINE_SETTINGS = (
 def engine_for(model, settings=None, engine_class=None, **overrides) -> IntegratedGradients:
     """The engine around a loaded model (``attribution.models.load_model``): the model gives
     the function, input size, output kind and channels; ``settings`` the rule and call size,
-    an object with every name of ENGINE_SETTINGS (the job's Settings, an AttributionConfig)
-    or a mapping with some of them (the others keep the engine's defaults); ``overrides``
-    win. ``engine_class`` builds another implementation (a benchmark's A/B of the engine).
+    an object with every name of ENGINE_SETTINGS (the job's Settings: tolerance None when
+    refinement is off) or a mapping with some of them (the others keep the engine's
+    defaults); ``overrides`` win. ``engine_class`` builds another implementation (a benchmark's A/B of the engine).
     The job, the RunInference handler and the benchmarks build their engine here."""
     if settings is None or isinstance(settings, Mapping):
         settings = settings or {}
