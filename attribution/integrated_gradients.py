@@ -15,14 +15,16 @@ gradient points by its target's score curve (``quadrature.Density``).
 A request's images and baselines go to the device once; each call gathers its rows there and
 adds its weighted gradients to per-job float64 integrals there, so per call the host only
 sends two small arrays (each row's request, target, job, alpha and weight) and reads back the
-row scores.
+row scores. The completeness check (``checked``) and the refinement loop
+(``IntegratedGradients.refine_until_complete``) are every method's (attribution/methods/);
+``engine_for`` builds the engine around a loaded model from settings.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -74,7 +76,6 @@ class _Job:
     integral: np.ndarray  # float64 [H, W, 3]: sum of weights * gradients so far
     evaluations: int = 0
     path: dict = field(default_factory=dict)  # alpha -> score
-    pending: np.ndarray | None = None  # weights of the rows of the current round
     density: quadrature.Density | None = None  # score_guided: where the points go
     forward: int = 0  # forward rows of the scan
 
@@ -143,7 +144,7 @@ class IntegratedGradients:
         )
         self._rule = quadrature.rule(self.method, self.steps)  # score_guided: before its map
         self.guided = self.method == quadrature.SCORE_GUIDED
-        self._refinements: dict[int, quadrature.Refinement] = {}  # by steps: computed once
+        self._refinements: dict[tuple, quadrature.Refinement] = {}  # by rule: computed once
         self._lock = threading.Lock()  # one attribute() at a time: the integrals are shared
         self._build(int(batch_size))
 
@@ -322,7 +323,7 @@ class IntegratedGradients:
         for i in range(n):
             for target in targets.select(image_scores[i]):
                 job = _Job(i, target, self._rule, np.zeros(images.shape[1:], np.float64))
-                alphas, job.pending = job.rule.alphas, job.rule.weights
+                alphas, weights = job.rule.alphas, job.rule.weights
                 if self.guided:
                     curve = [
                         baseline_scores[i, target],
@@ -332,43 +333,64 @@ class IntegratedGradients:
                     job.density = quadrature.Density.from_scores([0.0, *scan, 1.0], curve)
                     job.forward = len(scan)
                     job.path.update(zip(scan.tolist(), scanned[i, :, target].tolist()))
-                    alphas, job.pending = job.density.place(alphas, job.pending)
-                jobs.append((job, alphas))
-        results: dict[int, tuple[int, int, Attribution]] = {}
-        while jobs:
-            self._integrate(jobs, *pool)
+                    alphas, weights = job.density.place(alphas, weights)
+                jobs.append((job, alphas, weights))
+        finished = self.refine_until_complete(
+            jobs,
+            lambda rows: self._integrate(rows, *pool),
+            lambda job: self._finish(
+                job, requests, images, baselines, image_scores, baseline_scores
+            ),
+            _placed,
+        )
+        order = [(job.request, _rank(image_scores[job.request], job.target)) for job, _, _ in jobs]
+        return [result for _, result in sorted(zip(order, finished), key=lambda r: r[0])]
+
+    def refine_until_complete(
+        self,
+        first: Sequence[tuple[Any, np.ndarray, np.ndarray]],
+        evaluate: Callable[[list], None],
+        finish: Callable[[Any], Attribution],
+        place: Callable[[Any, np.ndarray, np.ndarray], tuple] | None = None,
+    ) -> list[Attribution]:
+        """The refinement loop of IG and every path method, at this engine's tolerance and
+        max_steps: the final result of each job of ``first``, in its order.
+
+        ``first``: (job, alphas, weights) of the first round, a job having ``rule`` (its
+        ``quadrature.Rule``) and ``integral`` (the weighted gradient sum so far).
+        ``evaluate(round)`` adds a round's rows to the jobs' integrals; ``finish(job)`` is the
+        job's result with its completeness check (``checked``). A result that is not
+        converged is refined (its integral rescaled, only the new points evaluated) while the
+        refined rule has at most ``max_steps`` points; ``place(job, alphas, weights)`` maps a
+        round's points (score_guided's density).
+        """
+        results: dict[int, Attribution] = {}
+        pending = list(first)
+        while pending:
+            evaluate(pending)
             next_round = []
-            for job, _ in jobs:
-                result = self._finish(
-                    job, requests, images, baselines, image_scores, baseline_scores
-                )
-                results[id(job)] = (
-                    job.request,
-                    _rank(image_scores[job.request], job.target),
-                    result,
-                )
+            for job, _, _ in pending:
+                result = results[id(job)] = finish(job)
                 if result.converged or self.tolerance is None:
                     continue
                 refinement = self._refine(job.rule)
                 if refinement.rule.steps > self.max_steps:
                     continue
-                job.integral *= refinement.scale
-                job.rule, alphas, job.pending = (
-                    refinement.rule,
-                    refinement.alphas,
-                    refinement.weights,
-                )
-                if job.density is not None:  # the same map: nested when the base rule nests
-                    alphas, job.pending = job.density.place(alphas, job.pending)
-                next_round.append((job, alphas))
-            jobs = next_round
-        return [result for _, _, result in sorted(results.values(), key=lambda r: r[:2])]
+                job.integral = job.integral * refinement.scale
+                job.rule = refinement.rule
+                alphas, weights = refinement.alphas, refinement.weights
+                if place is not None:
+                    alphas, weights = place(job, alphas, weights)
+                next_round.append((job, alphas, weights))
+            pending = next_round
+        return [results[id(job)] for job, _, _ in first]
 
     # -- internals ----------------------------------------------------------------------
     def _refine(self, rule: quadrature.Rule) -> quadrature.Refinement:
-        if rule.steps not in self._refinements:
-            self._refinements[rule.steps] = quadrature.refine(rule)
-        return self._refinements[rule.steps]
+        key = (rule.method, rule.steps)
+        if key not in self._refinements:
+            self._refinements[key] = quadrature.refine(rule)
+        return self._refinements[key]
 
     def _fit(self, array: np.ndarray) -> np.ndarray:
         """A call's rows as the traced functions take them: padded to the call size under XLA
@@ -407,12 +429,12 @@ class IntegratedGradients:
     def _integrate(self, jobs, baselines: tf.Tensor, differences: tf.Tensor) -> None:
         """Evaluate every pending row, packed into calls of at most ``batch_size`` rows, into
         the jobs' integrals."""
-        counts = [len(alphas) for _, alphas in jobs]
+        counts = [len(alphas) for _, alphas, _ in jobs]
         job_of_row = np.repeat(np.arange(len(jobs), dtype=np.int32), counts)
-        rows = np.array([job.request for job, _ in jobs], np.int32)[job_of_row]
-        targets = np.array([job.target for job, _ in jobs], np.int32)[job_of_row]
-        alphas = np.concatenate([alphas for _, alphas in jobs]).astype(np.float32)
-        weights = np.concatenate([job.pending for job, _ in jobs]).astype(np.float32)
+        rows = np.array([job.request for job, _, _ in jobs], np.int32)[job_of_row]
+        targets = np.array([job.target for job, _, _ in jobs], np.int32)[job_of_row]
+        alphas = np.concatenate([alphas for _, alphas, _ in jobs]).astype(np.float32)
+        weights = np.concatenate([weights for _, _, weights in jobs]).astype(np.float32)
         ints = np.stack([rows, targets, job_of_row], axis=1)
         floats = np.stack([alphas, weights], axis=1)
         scores = np.empty(len(alphas), np.float32)
@@ -435,7 +457,7 @@ class IntegratedGradients:
             start += n
         integrals = self._integrals.numpy()
         bounds = np.cumsum([0, *counts])
-        for j, (job, _) in enumerate(jobs):
+        for j, (job, _, _) in enumerate(jobs):
             lo, hi = bounds[j], bounds[j + 1]
             job.integral += integrals[j]
             job.evaluations += hi - lo
@@ -443,40 +465,123 @@ class IntegratedGradients:
 
     def _finish(self, job, requests, images, baselines, image_scores, baseline_scores):
         i, t = job.request, job.target
-        attributions = (images[i] - baselines[i]).astype(np.float64) * job.integral
-        total = float(attributions.sum())
-        fx, fb = float(image_scores[i, t]), float(baseline_scores[i, t])
-        error = abs(total - (fx - fb))
-        delta = abs(fx - fb)
-        relative = error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
-        converged = error <= self.atol or (
-            self.tolerance is not None and relative <= self.tolerance
-        )
         path = dict(job.path)
-        path.setdefault(0.0, fb)
-        path.setdefault(1.0, fx)
-        alphas = np.array(sorted(path), np.float32)
-        predicted = int(np.argmax(image_scores[i]))
-        return Attribution(
+        path.setdefault(0.0, float(baseline_scores[i, t]))
+        path.setdefault(1.0, float(image_scores[i, t]))
+        alphas = sorted(path)
+        return checked(
             key=requests[i].key,
             target=t,
-            predicted_class=predicted,
-            predicted_score=float(image_scores[i, predicted]),
-            target_score=fx,
-            baseline_score=fb,
-            baseline_predicts_target=int(np.argmax(baseline_scores[i])) == t,
-            attributions=attributions.astype(np.float32),
-            attribution_sum=total,
-            completeness_error=error,
-            relative_completeness_error=relative,
-            converged=bool(converged),
+            image_scores=image_scores[i],
+            start_score=float(baseline_scores[i, t]),
+            start_predicts_target=int(np.argmax(baseline_scores[i])) == t,
+            attributions=(images[i] - baselines[i]).astype(np.float64) * job.integral,
+            atol=self.atol,
+            tolerance=self.tolerance,
             method=self.method,
             steps=job.rule.steps,
-            gradient_evaluations=job.evaluations,
+            evaluations=job.evaluations,
             forward_evaluations=job.forward,
             path_alphas=alphas,
-            path_scores=np.array([path[a] for a in sorted(path)], np.float32),
+            path_scores=[path[a] for a in alphas],
         )
+
+
+# the engine's settings, as AttributionConfig and the job's Settings name them
+ENGINE_SETTINGS = (
+    "score",
+    "method",
+    "steps",
+    "tolerance",
+    "max_steps",
+    "batch_size",
+    "jit_compile",
+)
+
+
+def engine_for(model, settings=None, engine_class=None, **overrides) -> IntegratedGradients:
+    """The engine around a loaded model (``attribution.models.load_model``): the model gives
+    the function, input size, output kind and channels; ``settings`` the rule and call size,
+    an object with every name of ENGINE_SETTINGS (the job's Settings: tolerance None when
+    refinement is off) or a mapping with some of them (the others keep the engine's
+    defaults); ``overrides`` win. ``engine_class`` builds another implementation (a benchmark's A/B of the engine).
+    The job, the RunInference handler and the benchmarks build their engine here."""
+    if settings is None or isinstance(settings, Mapping):
+        settings = settings or {}
+        values = {name: settings[name] for name in ENGINE_SETTINGS if name in settings}
+    else:
+        values = {name: getattr(settings, name) for name in ENGINE_SETTINGS}
+    return (engine_class or IntegratedGradients)(
+        model.fn,
+        image_size=model.image_size,
+        model_output=model.output,
+        channels=model.channels,
+        **{**values, **overrides},
+    )
+
+
+# -- completeness: one check for IG and every method ------------------------------------
+def relative_error(error: float, fx: float, fb: float) -> float:
+    """|sum - (F(x) - F(start))| relative to |F(x) - F(start)| (0/0 is 0, e/0 is inf)."""
+    delta = abs(fx - fb)
+    return error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
+
+
+def converged(error: float, relative: float, *, atol: float, tolerance: float | None) -> bool:
+    """Completeness holds: within ``atol`` absolutely, or within ``tolerance`` relatively."""
+    return bool(error <= atol or (tolerance is not None and relative <= tolerance))
+
+
+def checked(
+    *,
+    key,
+    target: int,
+    image_scores: np.ndarray,
+    start_score: float,
+    start_predicts_target: bool,
+    attributions: np.ndarray,
+    atol: float,
+    tolerance: float | None,
+    method: str | None,
+    steps: int | None,
+    evaluations: int,
+    path_alphas,
+    path_scores,
+    forward_evaluations: int = 0,
+) -> Attribution:
+    """An ``Attribution`` of any path (the engine's straight lines and every method's), with
+    its completeness check against F(image) - F(path start)."""
+    attributions = np.asarray(attributions, np.float64)
+    total = float(attributions.sum())
+    fx = float(image_scores[target])
+    error = abs(total - (fx - start_score))
+    relative = relative_error(error, fx, start_score)
+    predicted = int(np.argmax(image_scores))
+    return Attribution(
+        key=key,
+        target=target,
+        predicted_class=predicted,
+        predicted_score=float(image_scores[predicted]),
+        target_score=fx,
+        baseline_score=float(start_score),
+        baseline_predicts_target=bool(start_predicts_target),
+        attributions=attributions.astype(np.float32),
+        attribution_sum=total,
+        completeness_error=error,
+        relative_completeness_error=relative,
+        converged=converged(error, relative, atol=atol, tolerance=tolerance),
+        method=method,
+        steps=steps,
+        gradient_evaluations=evaluations,
+        forward_evaluations=forward_evaluations,
+        path_alphas=np.asarray(path_alphas, np.float32),
+        path_scores=np.asarray(path_scores, np.float32),
+    )
+
+
+def _placed(job: _Job, alphas: np.ndarray, weights: np.ndarray) -> tuple:
+    """A refinement's points on score_guided's map (nested when the base rule nests)."""
+    return job.density.place(alphas, weights) if job.density is not None else (alphas, weights)
 
 
 class _Retry(Exception):

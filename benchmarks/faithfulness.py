@@ -23,14 +23,14 @@ TARGET = 0.25
 
 def measure(name: str, count: int, repeats: int, cache_dir: str) -> dict:
     from attribution import faithfulness
-    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.integrated_gradients import Request, engine_for
     from attribution.models import load_model
     from benchmarks.models import build, images_for
 
     info = build(name, cache_dir)
     model = load_model(info.path)
     images = images_for(info, count + 2, seed=1)
-    engine = IntegratedGradients(model.fn, image_size=model.image_size)  # the defaults
+    engine = engine_for(model)  # the defaults
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[2:])]
     warm = engine.attribute([Request(i, x, np.zeros_like(x)) for i, x in enumerate(images[:2])])
     faithfulness.evaluate(engine, _items(warm, images[:2]))

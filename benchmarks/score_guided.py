@@ -68,15 +68,9 @@ BATCH = {"demo": 32, "mobilenet_v2": 16}
 def run_rule(model, images, warmup, rule: dict, tolerance, batch_size: int) -> dict:
     """One timed pass of a fresh engine (warmed up on the held-out image ``warmup``: tracing;
     None: untimed, no warm-up)."""
-    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.integrated_gradients import Request, engine_for
 
-    engine = IntegratedGradients(
-        model.fn,
-        image_size=model.image_size,
-        tolerance=tolerance,
-        batch_size=batch_size,
-        **rule,
-    )
+    engine = engine_for(model, tolerance=tolerance, batch_size=batch_size, **rule)
     if warmup is not None:
         engine.attribute([Request(-1, warmup, np.zeros_like(warmup))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]

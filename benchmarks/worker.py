@@ -65,16 +65,16 @@ def _stats(errors: np.ndarray) -> dict:
 def _engine(model, task, engine_class=None, **overrides):
     """The engine at the task's rule, steps, tolerance, max_steps and call size (``overrides``
     win); ``engine_class`` swaps in another implementation (see _engine_class)."""
-    engine_class = engine_class or _engine_class(None)
+    from attribution.integrated_gradients import engine_for
+
     settings = {
         "method": task["method"],
         "steps": task["steps"],
         "tolerance": task.get("tolerance"),
         "max_steps": task.get("max_steps", 256),
         "batch_size": task.get("batch_size"),
-        **overrides,
     }
-    return engine_class(model.fn, image_size=model.image_size, **settings)
+    return engine_for(model, settings, engine_class or _engine_class(None), **overrides)
 
 
 def _captum(model, method: str, steps: int, batch_size: int):
@@ -98,14 +98,14 @@ def prepare(task):
     relative completeness error divides by it); the first kept image only warms up. Set
     ``bench`` is the first ``count`` of the rest, set ``pipe`` the first ``pipeline_count``.
     """
-    from attribution.integrated_gradients import IntegratedGradients
+    from attribution.integrated_gradients import engine_for
     from benchmarks import models
 
     info = models.build(task["model"], task["cache_dir"], seed=task.get("seed", 0))
     model = _load({"model_path": info.path})
     count, pipe_count = task["count"], task.get("pipeline_count", 0)
     pool = models.images_for(info, int(1.5 * max(count, pipe_count)) + 8, seed=task.get("seed", 0))
-    ig = IntegratedGradients(model.fn, image_size=model.image_size, tolerance=None)
+    ig = engine_for(model, tolerance=None)
     scores = ig.scores(pool)
     base = ig.scores(np.zeros_like(pool[:1]))[0]
     targets = scores.argmax(1)
@@ -616,12 +616,10 @@ def _ncalls(stats, file_part: str, name: str) -> int:
 
 def profile(task):
     """cProfile the engine (attribute only) and the pipeline (run(), in this process)."""
-    from attribution.integrated_gradients import IntegratedGradients, Request
+    from attribution.integrated_gradients import Request, engine_for
 
     model, d = _load(task), _data(task)
-    engine = IntegratedGradients(
-        model.fn, image_size=model.image_size, batch_size=task["batch_size"]
-    )
+    engine = engine_for(model, batch_size=task["batch_size"])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(d["pipe_images"])]
     engine.attribute([Request(-1, d["warmup"][0], np.zeros_like(d["warmup"][0]))])
     engine_stats, total = _profiled(lambda: engine.attribute(requests))

@@ -368,6 +368,58 @@ def test_bad_settings_are_refused_with_what_to_do(kwargs, message):
         engine(linear_logits, **kwargs)
 
 
+def test_engine_for_builds_the_engine_from_the_model_and_the_settings(tiny_model):
+    """The one factory of the job, the RunInference handler and the benchmarks: the loaded
+    model gives the function, input size, output kind and channels; a settings object gives
+    every engine setting, a mapping some (the others keep the defaults); overrides win. Its
+    engine computes what the constructor's does, bit for bit."""
+    from types import SimpleNamespace
+
+    from attribution.config import DEFAULTS
+    from attribution.integrated_gradients import ENGINE_SETTINGS, engine_for
+    from attribution.models import load_model
+
+    model = load_model(tiny_model)
+    values = {
+        "score": "logit",
+        "method": "riemann_trapezoid",
+        "steps": 5,
+        "tolerance": 1e-4,
+        "max_steps": 9,
+        "batch_size": 3,
+        "jit_compile": False,
+    }
+    assert set(values) == set(ENGINE_SETTINGS)
+    built = engine_for(model, SimpleNamespace(**values))
+    assert (built.fn, built.image_size, built.channels) == (
+        model.fn,
+        model.image_size,
+        model.channels,
+    )
+    assert (built.method, built.steps, built.tolerance, built.max_steps, built.batch_size) == (
+        "riemann_trapezoid",
+        5,
+        1e-4,
+        9,
+        3,
+    )
+    x = np.random.default_rng(0).random((*model.image_size, 3)).astype(np.float32)
+    request = [Request(0, x, np.zeros_like(x))]
+    direct = IntegratedGradients(model.fn, image_size=model.image_size, **values)
+    (a,), (b,) = built.attribute(request), direct.attribute(request)
+    assert a.steps == b.steps and a.steps > 5  # refined: the tolerance reached the engine
+    np.testing.assert_array_equal(a.attributions, b.attributions)
+    partial = engine_for(model, {"steps": 8, "score": "logit"}, batch_size=2)
+    assert (partial.steps, partial.batch_size, partial.method, partial.tolerance) == (
+        8,
+        2,
+        DEFAULTS.method,
+        DEFAULTS.tolerance,
+    )
+    with pytest.raises(TypeError):
+        engine_for(model, {"steps": 8}, nonsense=1)
+
+
 def test_wrong_image_shape_is_refused():
     with pytest.raises(ValueError, match="resize it first"):
         engine(linear_logits).attribute([Request(0, np.zeros((4, 4, 3)), np.zeros((4, 4, 3)))])

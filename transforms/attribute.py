@@ -12,7 +12,7 @@ from apache_beam.utils import shared
 from attribution import faithfulness, methods, randomization
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import pad_geometry
-from attribution.integrated_gradients import IntegratedGradients, Targets
+from attribution.integrated_gradients import Targets, engine_for
 from attribution.methods.cam import Cam
 from attribution.methods.config import CAMS
 from attribution.models import load_model
@@ -44,19 +44,7 @@ class _ProcessModel:
             )
         if settings.randomize:  # pipeline.sanity: every worker draws the same weights
             randomization.randomize(model.variables, settings.randomize, settings.seed)
-        self.engine = IntegratedGradients(
-            model.fn,
-            image_size=model.image_size,
-            model_output=model.output,
-            score=settings.score,
-            method=settings.method,
-            steps=settings.steps,
-            tolerance=settings.tolerance,
-            max_steps=settings.max_steps,
-            batch_size=settings.batch_size,
-            jit_compile=settings.jit_compile,
-            channels=model.channels,
-        )
+        self.engine = engine_for(model, settings)
         self.cam = None
         if settings.attribution in CAMS:  # the --layer resolved when the job started
             self.cam = Cam(

@@ -42,6 +42,7 @@ from attribution.integrated_gradients import (
     IntegratedGradients,
     Request,
     Targets,
+    engine_for,
 )
 from attribution.quadrature import METHODS
 
@@ -129,15 +130,7 @@ class IntegratedGradientsModelHandler(ModelHandler[np.ndarray, list, Attribution
         from attribution.models import load_model
 
         model = load_model(self.model_uri, **self.load_args)
-        return AttributionModel(
-            IntegratedGradients(
-                model.fn,
-                image_size=model.image_size,
-                model_output=model.output,
-                channels=model.channels,
-                **self.engine_args,
-            )
-        )
+        return AttributionModel(engine_for(model, self.engine_args))
 
     def _request(self, index: int, image, shape) -> Request:
         image = np.asarray(image, np.float32)

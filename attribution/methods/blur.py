@@ -26,7 +26,7 @@ class BlurPath:
 
     def __init__(self, image: np.ndarray, max_sigma: float):
         if not max_sigma > 0:
-            raise ValueError(f"--max_blur_sigma must be > 0, got {max_sigma!r}")
+            raise ValueError(f"max_sigma must be > 0, got {max_sigma!r}")
         self.image = np.asarray(image, np.float64)
         self.max_sigma = float(max_sigma)
         self.radius = math.ceil(4 * self.max_sigma)

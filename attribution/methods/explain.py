@@ -15,13 +15,14 @@ from attribution.integrated_gradients import (
     IntegratedGradients,
     Request,
     Targets,
+    checked,
 )
 from attribution.methods import guided, perturbation, xrai
 from attribution.methods.blur import BlurPath
 from attribution.methods.cam import gradcam
 from attribution.methods.config import CAMS, PIXEL_MAPS, XRAI_BASELINES, MethodConfig
 from attribution.methods.paths import Curve, integrate, weighted_gradients
-from attribution.methods.results import Explanation, checked, combine, explanation
+from attribution.methods.results import Explanation, combine, explanation
 
 
 def explain(
@@ -249,15 +250,7 @@ def _blur_ig(engine, images, targets, config) -> list[list[Attribution]]:
                     start_predicts_target=int(np.argmax(start_scores[i])) == target,
                 )
             )
-    results = integrate(
-        engine,
-        curves,
-        method=engine.method,
-        steps=engine.steps,
-        tolerance=engine.tolerance,
-        max_steps=engine.max_steps,
-        atol=engine.atol,
-    )
+    results = integrate(engine, curves)
     groups = [[] for _ in images]
     for result in results:
         groups[result.key].append(result)

@@ -23,7 +23,7 @@ class GuidedPath:
 
     def __init__(self, image, baseline, steps: int, fraction: float, max_dist: float = MAX_DIST):
         if not 0 < fraction <= 1:
-            raise ValueError(f"--guided_fraction must be in (0, 1], got {fraction!r}")
+            raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
         self.x_input = np.asarray(image, np.float64)
         self.x_baseline = np.asarray(baseline, np.float64)
         self.x = self.x_baseline.copy()

@@ -3,8 +3,8 @@
 A curve is ``point(t) -> (gamma(t), gamma'(t))`` for t in [0, 1], from the path's start
 (t = 0) to the image (t = 1). Its attribution is ``sum_k w_k grad F(gamma(t_k)) * gamma'(t_k)``
 for a quadrature rule (t_k, w_k); completeness compares the sum with F(image) - F(start).
-Rows of all curves are packed into ``IntegratedGradients.gradients`` calls; curves whose
-relative completeness error exceeds the tolerance are refined as the engine refines IG.
+Rows of all curves are packed into ``IntegratedGradients.gradients`` calls; the rule, the
+completeness check and the refinement are the engine's (``refine_until_complete``, ``checked``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from attribution import quadrature
-from attribution.integrated_gradients import Attribution
-from attribution.methods.results import checked
+from attribution.integrated_gradients import Attribution, checked
 
 
 @dataclass
@@ -30,6 +29,7 @@ class Curve:
     integral: np.ndarray | None = None
     evaluations: int = 0
     path: dict = field(default_factory=dict)
+    rule: quadrature.Rule | None = None  # of the latest round
 
 
 def weighted_gradients(engine, rows) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -45,47 +45,36 @@ def weighted_gradients(engine, rows) -> tuple[np.ndarray, list[np.ndarray]]:
     return (np.concatenate(scores) if scores else np.zeros(0)), products
 
 
-def integrate(
-    engine,
-    curves: list[Curve],
-    *,
-    method: str,
-    steps: int,
-    tolerance: float | None,
-    max_steps: int,
-    atol: float,
-) -> list[Attribution]:
-    """Attributions along every curve, refined until completeness holds or max_steps."""
-    if method == quadrature.SCORE_GUIDED:  # its scan is of straight paths (the engine's)
-        raise ValueError("--method score_guided is for straight paths: not for blur_ig")
-    rules = {id(c): quadrature.rule(method, steps) for c in curves}
-    pending = [(c, rules[id(c)].alphas, rules[id(c)].weights) for c in curves]
-    results = {}
-    while pending:
-        rows = [
-            (c.target, (lambda c=c, t=t, w=w: _row(c, t, w)), c, t)
-            for c, alphas, weights in pending
-            for t, w in zip(alphas, weights)
-        ]
-        scores, products = weighted_gradients(engine, [(t, make) for t, make, _, _ in rows])
-        for (_, _, curve, t), score, product in zip(rows, scores, products):
-            curve.integral = product if curve.integral is None else curve.integral + product
-            curve.evaluations += 1
-            curve.path[float(t)] = float(score)
-        next_round = []
-        for curve, _, _ in pending:
-            result = _finish(curve, rules[id(curve)], atol, tolerance)
-            results[id(curve)] = result
-            if result.converged or tolerance is None:
-                continue
-            refinement = quadrature.refine(rules[id(curve)])
-            if refinement.rule.steps > max_steps:
-                continue
-            curve.integral = curve.integral * refinement.scale
-            rules[id(curve)] = refinement.rule
-            next_round.append((curve, refinement.alphas, refinement.weights))
-        pending = next_round
-    return [results[id(c)] for c in curves]
+def integrate(engine, curves: list[Curve]) -> list[Attribution]:
+    """Attributions along every curve at the engine's rule, refined as the engine refines IG
+    (until completeness holds or max_steps)."""
+    if engine.method == quadrature.SCORE_GUIDED:  # its scan is of straight paths (the engine's)
+        raise ValueError(
+            "the engine's method score_guided is for straight paths: not for blur_ig's curves"
+        )
+    first = []
+    for curve in curves:
+        curve.rule = quadrature.rule(engine.method, engine.steps)
+        first.append((curve, curve.rule.alphas, curve.rule.weights))
+    return engine.refine_until_complete(
+        first,
+        lambda pending: _evaluate(engine, pending),
+        lambda curve: _finish(curve, engine.atol, engine.tolerance),
+    )
+
+
+def _evaluate(engine, pending) -> None:
+    """One round: every pending (curve, alphas, weights) row into its curve's integral."""
+    rows = [
+        (c.target, (lambda c=c, t=t, w=w: _row(c, t, w)), c, t)
+        for c, alphas, weights in pending
+        for t, w in zip(alphas, weights)
+    ]
+    scores, products = weighted_gradients(engine, [(t, make) for t, make, _, _ in rows])
+    for (_, _, curve, t), score, product in zip(rows, scores, products):
+        curve.integral = product if curve.integral is None else curve.integral + product
+        curve.evaluations += 1
+        curve.path[float(t)] = float(score)
 
 
 def _row(curve: Curve, t: float, weight: float):
@@ -93,7 +82,7 @@ def _row(curve: Curve, t: float, weight: float):
     return point, weight * velocity
 
 
-def _finish(curve: Curve, rule, atol, tolerance) -> Attribution:
+def _finish(curve: Curve, atol, tolerance) -> Attribution:
     path = dict(curve.path)
     path.setdefault(0.0, curve.start_score)
     path.setdefault(1.0, float(curve.image_scores[curve.target]))
@@ -107,8 +96,8 @@ def _finish(curve: Curve, rule, atol, tolerance) -> Attribution:
         attributions=curve.integral,
         atol=atol,
         tolerance=tolerance,
-        method=rule.method,
-        steps=rule.steps,
+        method=curve.rule.method,
+        steps=curve.rule.steps,
         evaluations=curve.evaluations,
         path_alphas=alphas,
         path_scores=[path[a] for a in alphas],

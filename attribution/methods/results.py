@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from attribution.integrated_gradients import Attribution
+from attribution.integrated_gradients import Attribution, checked, converged
 
 
 @dataclass
@@ -77,11 +77,6 @@ def pixel_map(
     )
 
 
-def relative_error(error: float, fx: float, fb: float) -> float:
-    delta = abs(fx - fb)
-    return error / delta if delta > 0 else (0.0 if error == 0 else float("inf"))
-
-
 def combine(
     parts: Sequence[Attribution],
     *,
@@ -103,13 +98,10 @@ def combine(
     pick = np.max if worst else np.mean
     same_path = all(np.array_equal(p.path_alphas, first.path_alphas) for p in parts)
     attributions = np.mean([p.attributions.astype(np.float64) for p in parts], axis=0)
-    converged = (
+    both = (
         all(p.converged for p in parts)
         if worst
-        else bool(
-            float(pick(errors)) <= atol
-            or (tolerance is not None and float(pick(relatives)) <= tolerance)
-        )
+        else converged(float(pick(errors)), float(pick(relatives)), atol=atol, tolerance=tolerance)
     )
     return Attribution(
         key=first.key,
@@ -123,7 +115,7 @@ def combine(
         attribution_sum=float(attributions.sum()),
         completeness_error=float(pick(errors)),
         relative_completeness_error=float(pick(relatives)),
-        converged=converged,
+        converged=both,
         method=first.method,
         steps=max(p.steps for p in parts),
         gradient_evaluations=sum(p.gradient_evaluations for p in parts),
@@ -134,49 +126,4 @@ def combine(
             if same_path
             else first.path_scores
         ),
-    )
-
-
-def checked(
-    *,
-    key,
-    target: int,
-    image_scores: np.ndarray,
-    start_score: float,
-    start_predicts_target: bool,
-    attributions: np.ndarray,
-    atol: float,
-    tolerance: float | None,
-    method: str,
-    steps: int,
-    evaluations: int,
-    path_alphas,
-    path_scores,
-) -> Attribution:
-    """An ``Attribution`` for a path computed outside the engine, with its completeness check
-    against F(image) - F(path start)."""
-    attributions = np.asarray(attributions, np.float64)
-    total = float(attributions.sum())
-    fx = float(image_scores[target])
-    error = abs(total - (fx - start_score))
-    relative = relative_error(error, fx, start_score)
-    predicted = int(np.argmax(image_scores))
-    return Attribution(
-        key=key,
-        target=target,
-        predicted_class=predicted,
-        predicted_score=float(image_scores[predicted]),
-        target_score=fx,
-        baseline_score=float(start_score),
-        baseline_predicts_target=bool(start_predicts_target),
-        attributions=attributions.astype(np.float32),
-        attribution_sum=total,
-        completeness_error=error,
-        relative_completeness_error=relative,
-        converged=bool(error <= atol or (tolerance is not None and relative <= tolerance)),
-        method=method,
-        steps=steps,
-        gradient_evaluations=evaluations,
-        path_alphas=np.asarray(path_alphas, np.float32),
-        path_scores=np.asarray(path_scores, np.float32),
     )

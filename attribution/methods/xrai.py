@@ -135,5 +135,5 @@ def top_regions(heatmap: np.ndarray, fraction: float) -> np.ndarray:
     """Boolean [H, W]: the pixels of the highest-gain regions covering ``fraction`` of the
     image (the heat map at or above its (1 - fraction) quantile, as PAIR's visualisation)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"--xrai_top_fraction must be in (0, 1], got {fraction!r}")
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     return heatmap >= np.percentile(heatmap, 100 * (1 - fraction))
