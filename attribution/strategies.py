@@ -110,12 +110,15 @@ DEFAULTS = StrategyConfig()
 
 
 def layouts(grids) -> np.ndarray:
-    """[n, G*G] float64 grids -> unit-mass layouts (an all-zero grid: an even spread)."""
+    """[n, G*G] float64 grids -> unit-mass layouts (an all-zero grid, or one with a NaN or
+    infinite cell, which has no layout to read: an even spread; an infinite cell made the
+    row, then its strategy's centroid, NaN, and argmin sends rows to a NaN centroid)."""
     x = np.abs(np.asarray(grids, np.float64))
     x = x.reshape(len(x), -1)
     total = x.sum(axis=1, keepdims=True)
+    usable = np.isfinite(total) & (total > 0)
     even = np.full_like(x, 1.0 / max(1, x.shape[1]))
-    return np.where(total > 0, x / np.where(total > 0, total, 1.0), even)
+    return np.where(usable, x / np.where(usable, total, 1.0), even)
 
 
 def neighbours(n: int) -> int:

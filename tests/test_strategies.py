@@ -82,6 +82,22 @@ def test_a_class_with_one_strategy_gets_one(rows):
     assert gap == pytest.approx(values[1])  # the algebraic connectivity beat every later gap
 
 
+def test_a_non_finite_grid_counts_as_an_even_spread_and_poisons_no_centroid():
+    """An inf cell made the row's layout NaN, then its strategy's centroid NaN (numpy's
+    argmin then picks a NaN centroid for any row); a NaN grid was already an even spread."""
+    rng = np.random.default_rng(0)
+    grids = rng.random((30, G, G))
+    grids[:15, 0, 0] += 5.0  # two groups: with and without a hot corner
+    hostile = grids.copy()
+    hostile[2, 0, 0], hostile[3, 5, 5] = np.inf, np.nan
+    even = np.full(G * G, 1.0 / (G * G))
+    np.testing.assert_array_equal(st.layouts(hostile[2:4]), [even, even])
+    model = st.fit(hostile, rows=30)
+    assert np.isfinite(model.centroids).all()
+    assert st.assign(model, grids[0])[0] == st.assign(model, grids[1])[0]
+    assert np.isfinite(st.assign(model, hostile[2])[1])
+
+
 def test_max_strategies_1_and_tiny_classes_give_one_strategy():
     grids, _ = planted({0: 60, 1: 60})
     assert set(st.cluster(grids, max_strategies=1)[0]) == {0}
