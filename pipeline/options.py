@@ -320,7 +320,8 @@ def _split_labels(flags: list[str]) -> tuple[list[str], list[str]]:
 
 def _switch_values(flags: list[str]) -> list[str]:
     """``--write_raw=true`` / ``=false`` (how Flex Templates pass booleans) -> the bare switch
-    or nothing."""
+    or nothing; ``=false`` also drops the switch set before it (by --config), else a
+    profile's ``write_raw: true`` could not be turned off from the command line."""
     switches = {
         a.option_strings[0]
         for a in help_parser()._actions
@@ -330,7 +331,10 @@ def _switch_values(flags: list[str]) -> list[str]:
     for flag in flags:
         name, equals, value = flag.partition("=")
         if equals and name in switches and value.lower() in ("true", "false"):
-            out.extend([name] if value.lower() == "true" else [])
+            if value.lower() == "true":
+                out.append(name)
+            else:
+                out = [f for f in out if f != name]
         else:
             out.append(flag)
     return out

@@ -6,6 +6,7 @@ import dataclasses
 import inspect
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,14 @@ def test_an_unquoted_pattern_the_shell_expanded_is_refused_not_cut_to_its_first_
     # `--overwrite false` (a switch given a value) read as --overwrite on: refused too
     with pytest.raises(options.UsageError, match="'false' is not an option's value"):
         options.parse([*argv[:2], *argv[4:], "--overwrite", "false"])
+
+
+def test_a_switch_a_config_turns_on_is_turned_off_by_name_false_on_the_command_line():
+    """configs/demo.yaml sets write_raw: true; `--write_raw=false` (the Flex Template form)
+    was dropped and the config's switch stayed on."""
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    base = ["--config", demo, "--input_pattern", "x", "--output_dir", "o"]
+    ours, _ = options.parse([*base, "--model", "m", "--write_raw=false"])
+    assert ours.write_raw is False
+    ours, _ = options.parse([*base, "--model", "m"])
+    assert ours.write_raw is True
