@@ -2,9 +2,11 @@
 
 ``AttributionConfig`` is the one home of these options. Each field carries its command-line
 metadata (``help``, ``choices``, ``type``; the option is ``--<field name>``), from which
-``pipeline.options`` generates the argparse options; ``transforms.settings.Settings``,
-``IntegratedGradients`` and ``MethodConfig`` take their defaults from ``DEFAULTS``.
-No TensorFlow here (nor matplotlib until a colormap is checked).
+``pipeline.options`` generates the argparse options; ``transforms.settings.Settings`` and
+``MethodConfig`` take their fields from it (``fields_from``), ``IntegratedGradients`` its
+defaults from ``DEFAULTS``. ``validate`` checks every option a user passes, with messages
+naming the flags; the engine checks only its own parameters. No TensorFlow here (nor
+matplotlib until a colormap is checked).
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from attribution.baselines import BASELINES
-from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS, FILLS
+from attribution.faithfulness import (
+    DEFAULT_FRACTION,
+    DEFAULT_GRID,
+    DEFAULT_POINTS,
+    DEFAULT_SUBSETS,
+    FILLS,
+)
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS, SCORE_GUIDED, base
@@ -33,14 +41,18 @@ ATTRIBUTIONS = (
     "occlusion",
     "rise",
 )
+CAMS = ("gradcam", "gradcam_plus_plus")  # need a Keras model's layers
 POLARITIES = ("abs", "positive", "negative", "both")
 OVERLAYS = ("original", "grayscale", "mask_black", "none")
 MASK_TYPES = ("pixels", "outlines")
+# The colormaps a mask is drawn in when --colormap is not given: inferno for a magnitude, the
+# diverging RdBu_r for both signs (attribution.masks draws with them).
+COLORMAP, DIVERGING_COLORMAP = "inferno", "RdBu_r"
 
 # Beyond these a run is a mistake, not a workload: points of a rule (Gauss-Legendre nodes
 # for 4096 points take seconds to compute, 8192 over a minute; the trapezoid rule refines
 # 17 -> 33 -> ... -> 2^k + 1), and rows or images in one model call.
-MAX_POINTS = 65537
+MAX_RULE_POINTS = 65537
 MAX_GAUSS_LEGENDRE = 4096
 MAX_BATCH = 4096
 MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples: each sample is a whole IG
@@ -55,8 +67,32 @@ def option(default, help: str, *, choices: tuple | None = None, type: type | Non
     return dataclasses.field(default=default, metadata=metadata)
 
 
+class Options:
+    """What a config of command-line options shares: built from an options namespace and
+    validated; each field is ``--<name>``, its metadata made by ``option``."""
+
+    @classmethod
+    def from_options(cls, options):
+        """The fields of an options namespace, validated."""
+        config = cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
+        config.validate()
+        return config
+
+    def check_choices(self) -> None:
+        """ValueError for a field set (not None) to a value outside its choices."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["choices"] and value is not None and value not in f.metadata["choices"]:
+                raise ValueError(
+                    f"--{f.name} must be one of {', '.join(f.metadata['choices'])}, got {value!r}"
+                )
+
+    def validate(self) -> None:
+        self.check_choices()
+
+
 @dataclass(frozen=True)
-class AttributionConfig:
+class AttributionConfig(Options):
     model_output: str = option("logits", "What the model returns.", choices=MODEL_OUTPUTS)
     preprocess: str = option(
         "none",
@@ -147,7 +183,9 @@ class AttributionConfig:
         type=float,
     )
     colormap: str | None = option(
-        None, "Any matplotlib colormap (default: inferno; RdBu_r for --mask_polarity both)."
+        None,
+        f"Any matplotlib colormap (default: {COLORMAP}; {DIVERGING_COLORMAP} for "
+        "--mask_polarity both).",
     )
     overlay: str = option(
         "original",
@@ -166,7 +204,7 @@ class AttributionConfig:
         "order against a seeded random order, mufidelity (comma list), or 'none'.",
     )
     faithfulness_points: int = option(
-        16, "Points of each deletion/insertion curve, evenly spaced from 0% to 100%."
+        DEFAULT_POINTS, "Points of each deletion/insertion curve, evenly spaced from 0% to 100%."
     )
     # MuFidelity and the fill of removed pixels (attribution/faithfulness.py)
     deletion_fill: str = option(
@@ -188,7 +226,7 @@ class AttributionConfig:
         "mufidelity: subsets are cells of a GRID x GRID grid (as Xplique's grid_size); "
         "0 draws single pixels (the paper's original).",
     )
-    # Grad-CAM, occlusion and RISE (checked in attribution.methods.config.MethodConfig)
+    # Grad-CAM, occlusion and RISE
     layer: str | None = option(
         None,
         "gradcam, gradcam_plus_plus: the layer whose activations are weighted "
@@ -202,25 +240,33 @@ class AttributionConfig:
     rise_grid: int = option(7, "rise: cells a side of the random grid each mask is drawn on.")
     rise_p: float = option(0.5, "rise: probability that a grid cell is kept.")
 
-    @classmethod
-    def from_options(cls, options) -> AttributionConfig:
-        """The fields of an options namespace, validated."""
-        config = cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
-        config.validate()
-        return config
-
     def validate(self) -> None:
         """Every check these options need before a model is loaded; ValueError says what to
         pass instead (pipeline.options turns it into a usage error, exit 2)."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(
-                    f"--{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
-                )
+        self.check_choices()
+        self._check_rule()
+        if self.score == "logit" and self.model_output == "probabilities":
+            raise ValueError(
+                "--score logit needs a model that outputs logits; with "
+                "--model_output probabilities use --score probability"
+            )
+        from attribution import faithfulness
+        from attribution.targets import Targets
+
+        Targets.parse(self.target)
+        faithfulness.parse_kinds(self.faithfulness)
+        faithfulness.fractions(self.faithfulness_points)
+        faithfulness.check_mufidelity(
+            self.mufidelity_subsets, self.mufidelity_fraction, self.mufidelity_grid
+        )
+        self._check_methods()
+        self._check_drawing()
+
+    def _check_rule(self) -> None:
+        """The quadrature rule, its refinement and the call sizes."""
         if self.steps < 1:
             raise ValueError(f"--steps must be >= 1, got {self.steps}")
-        points = MAX_GAUSS_LEGENDRE if self.method == "gausslegendre" else MAX_POINTS
+        points = MAX_GAUSS_LEGENDRE if self.method == "gausslegendre" else MAX_RULE_POINTS
         for name, limit in (
             ("steps", points),
             ("max_steps", points),
@@ -249,30 +295,53 @@ class AttributionConfig:
         for name in ("batch_size", "image_batch_size", "max_pixels", "grid_cells"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+
+    def _check_methods(self) -> None:
+        """The options of --attribution's methods (image-size limits: at model load)."""
+        baselines = parse_baselines(self.baseline)
+        if not self.noise_sigma > 0:
+            raise ValueError(f"--noise_sigma must be > 0, got {self.noise_sigma!r}")
+        for name in ("noise_samples", "baseline_samples"):
+            if not 1 <= getattr(self, name) <= MAX_SAMPLES:
+                raise ValueError(
+                    f"--{name} must be from 1 to {MAX_SAMPLES}, got {getattr(self, name)!r}"
+                )
+        if not self.max_blur_sigma > 0:
+            raise ValueError(f"--max_blur_sigma must be > 0, got {self.max_blur_sigma!r}")
+        for name in ("guided_fraction", "xrai_top_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"--{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.layer is not None and self.attribution not in CAMS:
+            raise ValueError(
+                f"--layer is for --attribution {' or '.join(CAMS)}, not {self.attribution}"
+            )
+        if self.attribution in ("occlusion", "rise") and len(baselines) > 1:
+            raise ValueError(
+                f"--attribution {self.attribution} fills with one --baseline (the masked "
+                f"pixels' value), got {','.join(baselines)}"
+            )
+        if self.occlusion_window < 1:
+            raise ValueError(f"--occlusion_window must be >= 1 pixel, got {self.occlusion_window}")
+        if not 1 <= self.occlusion_stride <= self.occlusion_window:
+            raise ValueError(
+                f"--occlusion_stride must be from 1 to --occlusion_window "
+                f"({self.occlusion_window}: larger strides leave pixels no patch covers), "
+                f"got {self.occlusion_stride}"
+            )
+        if not 2 <= self.rise_masks <= MAX_RISE_MASKS or self.rise_masks % 2:
+            raise ValueError(
+                f"--rise_masks must be an even number from 2 to {MAX_RISE_MASKS} (two halves "
+                f"give split_half_correlation), got {self.rise_masks}"
+            )
+        if not 1 <= self.rise_grid <= MAX_RISE_GRID:
+            raise ValueError(f"--rise_grid must be from 1 to {MAX_RISE_GRID}, got {self.rise_grid}")
+        if not 0 < self.rise_p < 1:
+            raise ValueError(f"--rise_p must be in (0, 1), got {self.rise_p}")
+
+    def _check_drawing(self) -> None:
+        """The mask's clipping and colormap."""
         if not 0 < self.clip_percentile <= 100:
             raise ValueError(f"--clip_percentile must be in (0, 100], got {self.clip_percentile}")
-        if self.score == "logit" and self.model_output == "probabilities":
-            raise ValueError(
-                "--score logit needs a model that outputs logits; with "
-                "--model_output probabilities use --score probability"
-            )
-        from attribution import faithfulness
-        from attribution.methods.config import MethodConfig
-        from attribution.targets import Targets
-
-        Targets.parse(self.target)
-        faithfulness.parse_kinds(self.faithfulness)
-        faithfulness.fractions(self.faithfulness_points)
-        faithfulness.check_mufidelity(
-            self.mufidelity_subsets, self.mufidelity_fraction, self.mufidelity_grid
-        )
-        MethodConfig.of(self)  # the method options the engine checks, same messages
-        if not 1 <= self.baseline_samples <= MAX_SAMPLES:
-            raise ValueError(
-                f"--baseline_samples must be from 1 to {MAX_SAMPLES}, got {self.baseline_samples}"
-            )
-        if not 0 < self.xrai_top_fraction <= 1:
-            raise ValueError(f"--xrai_top_fraction must be in (0, 1], got {self.xrai_top_fraction}")
         high = self.clip_percentile if self.clip_high is None else self.clip_high
         if not 0 <= self.clip_low < high <= 100:
             raise ValueError(
@@ -285,8 +354,41 @@ class AttributionConfig:
             if self.colormap not in matplotlib.colormaps:
                 raise ValueError(
                     f"--colormap {self.colormap!r} is not a matplotlib colormap; try "
-                    f"inferno, viridis, gray or RdBu_r"
+                    f"{COLORMAP}, viridis, gray or {DIVERGING_COLORMAP}"
                 )
 
 
 DEFAULTS = AttributionConfig()
+
+
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """``black,white`` -> ('black', 'white'); unknown or repeated names are refused."""
+    names = tuple(part.strip() for part in str(text).split(","))
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown or not names:
+        raise ValueError(
+            f"--baseline must be a comma list of {', '.join(BASELINES)}, "
+            f"e.g. black,white; got {text!r}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"--baseline lists a baseline twice: {text!r}")
+    return names
+
+
+def fields_from(source, names=None, *, exclude: tuple[str, ...] = ()):
+    """A class decorator, applied before ``@dataclass``: the class gets the fields of the
+    dataclass ``source`` (those in ``names``, or all, less ``exclude``) it does not declare
+    itself, with their type and default. A value that copies options (the Beam-side Settings,
+    the engine's MethodConfig) so takes each default from its one declaration; a field whose
+    copy has another form (a parsed tuple for a comma list) is declared in the class body."""
+
+    def add(cls):
+        annotations = dict(cls.__dict__.get("__annotations__", {}))
+        for f in dataclasses.fields(source):
+            if (names is None or f.name in names) and f.name not in exclude + tuple(annotations):
+                annotations[f.name] = f.type
+                setattr(cls, f.name, f.default)
+        cls.__annotations__ = annotations
+        return cls
+
+    return add

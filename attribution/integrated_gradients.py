@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from attribution import quadrature
 from attribution.config import DEFAULTS, MODEL_OUTPUTS, SCORES
-from attribution.targets import Targets  # noqa: F401 (its home before; callers import it here)
+from attribution.targets import Targets
 
 
 @dataclass
@@ -115,19 +115,19 @@ class IntegratedGradients:
         if model_output not in MODEL_OUTPUTS:
             raise ValueError(f"model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}")
         if score not in SCORES:
-            raise ValueError(f"--score must be one of {SCORES}, got {score!r}")
+            raise ValueError(f"score must be one of {SCORES}, got {score!r}")
         if score == "logit" and model_output == "probabilities":
             raise ValueError(
-                "--score logit needs a model that outputs logits; this model outputs "
-                "probabilities: use --score probability"
+                "score 'logit' needs a model that outputs logits; with model_output "
+                "'probabilities' use score 'probability'"
             )
         quadrature.rule(method, steps)  # validates method and steps
         if tolerance is not None and not tolerance > 0:
-            raise ValueError(f"--tolerance must be > 0, got {tolerance!r}")
+            raise ValueError(f"tolerance must be > 0 (None: no refinement), got {tolerance!r}")
         if tolerance is not None and max_steps < steps:
-            raise ValueError(f"--max_steps ({max_steps}) must be >= --steps ({steps})")
+            raise ValueError(f"max_steps ({max_steps}) must be >= steps ({steps})")
         if batch_size < 1:
-            raise ValueError(f"--batch_size must be >= 1, got {batch_size!r}")
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         self.fn = fn
         self.image_size = tuple(int(s) for s in image_size)
         self.channels = int(channels)

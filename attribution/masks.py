@@ -25,14 +25,17 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
-from attribution.config import DEFAULTS, MASK_TYPES, OVERLAYS, POLARITIES
+from attribution.config import (
+    COLORMAP,
+    DEFAULTS,
+    DIVERGING_COLORMAP,
+    MASK_TYPES,
+    OVERLAYS,
+    POLARITIES,
+)
 
 _PNG_COMPRESS_LEVEL = 1
-# The colormaps a mask is drawn in when none is chosen (the config's colormap default is
-# None: inferno for a magnitude, the diverging RdBu_r for both signs), and the tutorial's
-# overlay opacity.
-COLORMAP, DIVERGING_COLORMAP = "inferno", "RdBu_r"
-ALPHA = 0.4
+ALPHA = 0.4  # the tutorial's overlay opacity
 # Images may overshoot [0, 1] slightly after resizing; within half an 8-bit step they are
 # clipped (the PNG is the same), beyond it they are rejected as a scaling mistake.
 _IMAGE_TOLERANCE = 0.5 / 255

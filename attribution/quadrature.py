@@ -62,7 +62,7 @@ def _check(method: str, steps: int) -> None:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     minimum = 2 if base(method) == "riemann_trapezoid" else 1
     if int(steps) != steps or steps < minimum:
-        raise ValueError(f"--steps must be an integer >= {minimum} for {method}, got {steps!r}")
+        raise ValueError(f"steps must be an integer >= {minimum} for {method}, got {steps!r}")
 
 
 def rule(method: str, steps: int) -> Rule:

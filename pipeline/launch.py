@@ -6,6 +6,7 @@ Beam is imported inside the functions, so a command's ``--help`` does not load i
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -111,3 +112,14 @@ def ship_package(pipeline_options) -> None:
     setup = pipeline_options.view_as(SetupOptions)
     if "Dataflow" in runner_name(pipeline_options) and not setup.setup_file:
         setup.setup_file = REPO_SETUP
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one of this package's commands: every option's default shown in --help,
+    and no abbreviated option names (a prefix of ours could be one of Beam's options)."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )

@@ -11,21 +11,46 @@ import re
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from attribution import randomization
-from attribution.config import (  # noqa: F401 (the limits: their home before, callers read them here)
-    MAX_BATCH,
-    MAX_GAUSS_LEGENDRE,
-    MAX_POINTS,
-    AttributionConfig,
-)
+from attribution.config import MAX_BATCH, AttributionConfig
+from attribution.faithfulness import parse_kinds
+from attribution.methods.config import EG_ALPHAS, GUIDED_STEPS
 from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
-from pipeline.launch import UsageError
+from pipeline.launch import UsageError, command_parser
+from transforms import job_config
 from transforms.files import absolute
+from transforms.job_config import JobConfig, input_format  # noqa: F401 (pipeline.run reads it here)
+from transforms.settings import Settings
 
-INPUT_FORMATS = ("files", "tfrecord")
-ARTIFACTS = ("masks", "overlays", "raw")
-RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+# --help lists the options as runs of each config's fields, in their declared order, from the
+# first to the last named here: a field added to a config is an option in its run.
+HELP_RUNS = (
+    (JobConfig, "input_pattern", "model"),
+    (AttributionConfig, "model_output", "score"),
+    (JobConfig, "image_size", "image_size"),
+    (AttributionConfig, "target", "image_batch_size"),
+    (JobConfig, "write_raw", "max_failure_fraction"),
+    (AttributionConfig, "max_pixels", "clip_percentile"),
+    (JobConfig, "regions", "report_classes"),
+    (AttributionConfig, "jit_compile", "precision"),
+    (JobConfig, "progress_interval", "artifacts"),
+    (AttributionConfig, "attribution", "rise_p"),
+    (JobConfig, "randomize", "commit_interval"),
+)
+
+
+def _help_order() -> tuple[str, ...]:
+    names = []
+    for config, first, last in HELP_RUNS:
+        fields = [f.name for f in dataclasses.fields(config)]
+        names += fields[fields.index(first) : fields.index(last) + 1]
+    return tuple(names)
+
+
+OPTIONS = _help_order()
+CONFIG_FIELDS = {
+    f.name: f for config in (AttributionConfig, JobConfig) for f in dataclasses.fields(config)
+}
 
 
 class AttributionOptions(PipelineOptions):
@@ -37,207 +62,22 @@ class AttributionOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        add = parser.add_argument
-
-        def option(name):  # an attribution option: generated from attribution.config
+        for name in OPTIONS:
             add_config_option(parser, name)
-
-        add("--input_pattern", help="Files to explain: a local glob or gs:// pattern.")
-        add(
-            "--output_dir",
-            help="Run folder: summaries/, errors/, masks/, overlays/, raw/, "
-            "manifest.json, report.html.",
-        )
-        add(
-            "--model",
-            help="SavedModel folder, .keras or .h5 file, TF Hub / Kaggle URL, or "
-            "gs:// SavedModel mapping float32 [N,H,W,3] (or [N,H,W,1]: "
-            "grayscale) in [0,1] to [N,C] scores.",
-        )
-        option("model_output")
-        option("preprocess")
-        option("output_key")
-        option("score")
-        add(
-            "--image_size",
-            default=None,
-            help="H,W model input size; needed only when the signature has no static size.",
-        )
-        option("target")
-        option("method")
-        option("steps")
-        option("tolerance")
-        option("max_steps")
-        option("baseline")
-        option("seed")
-        option("batch_size")
-        option("image_batch_size")
-        add("--write_raw", action="store_true", help="Also write raw/<image_id>.npy.")
-        add(
-            "--max_failure_fraction",
-            type=float,
-            default=1.0,
-            help="Exit non-zero after writing everything when more than this fraction of "
-            "inputs failed.",
-        )
-        option("max_pixels")
-        option("grid_cells")
-        option("clip_percentile")
-        add(
-            "--regions",
-            default=None,
-            help="CSV or Parquet of boxes (image, region, x0, y0, x1, y1 in original pixels; "
-            "image relative to the pattern's folder or a full uri): each row gets the "
-            "share of positive attribution per region and a pointing-game hit.",
-        )
-        add(
-            "--no_report",
-            action="store_true",
-            help="Do not write DIR/report.html at the end of the run.",
-        )
-        add(
-            "--report_classes",
-            type=int,
-            default=24,
-            help="Classes the report's per-class sections draw, those with the most "
-            "suspicious strategies first; the rest are listed in tables.",
-        )
-        option("jit_compile")
-        option("precision")
-        add(
-            "--progress_interval",
-            type=float,
-            default=10.0,
-            help="Seconds between progress lines on DirectRunner; 0 turns them off.",
-        )
-        add(
-            "--reuse_from",
-            default=None,
-            help="A previous run's output folder (local or gs://): images whose content, "
-            "model and settings are unchanged get its rows and files copied forward; "
-            "only new or changed images are attributed (docs/audits.md).",
-        )
-        add(
-            "--input_format",
-            default=None,
-            choices=INPUT_FORMATS,
-            help="files: one image per file; tfrecord: one tf.train.Example per image in "
-            "TFRecord shards (default: tfrecord when the pattern ends in .tfrecord*, "
-            "else files).",
-        )
-        add(
-            "--image_key",
-            default="image/encoded",
-            help="TFRecord: the feature holding the encoded image.",
-        )
-        add(
-            "--id_key",
-            default=None,
-            help="TFRecord: a feature to use as image_uri (default: <shard uri>#<index>).",
-        )
-        add(
-            "--label_key",
-            default=None,
-            help="TFRecord: a feature with the true class (int64 index, or text looked up in "
-            "--labels): the true_class and true_label columns.",
-        )
-        add(
-            "--regions_from_record",
-            action="store_true",
-            help="TFRecord: boxes image/object/bbox/{xmin,ymin,xmax,ymax} (normalised) named "
-            "by image/object/class/text (or label) become regions, as --regions.",
-        )
-        add(
-            "--artifacts",
-            default="masks,overlays",
-            help="Per-image files to write: a comma list of masks, overlays, raw, or none "
-            "(then mask_uri/overlay_uri are null). --write_raw adds raw.",
-        )
-        option("attribution")
-        option("noise_sigma")
-        option("noise_samples")
-        option("baseline_samples")
-        option("max_blur_sigma")
-        option("guided_fraction")
-        option("xrai_top_fraction")
-        option("mask_polarity")
-        option("clip_low")
-        option("clip_high")
-        option("colormap")
-        option("overlay")
-        option("mask_type")
-        option("faithfulness")
-        option("faithfulness_points")
-        option("deletion_fill")
-        option("mufidelity_subsets")
-        option("mufidelity_fraction")
-        option("mufidelity_grid")
-        for name in ("layer", "occlusion_window", "occlusion_stride"):
-            option(name)
-        for name in ("rise_masks", "rise_grid", "rise_p"):
-            option(name)
-        add("--randomize", default=None, help=argparse.SUPPRESS)  # pipeline.sanity's stages
-        add(
-            "--run_id",
-            default=None,
-            help="This run's name, recorded in the manifest (default: the UTC start time, "
-            "e.g. 20260101T020000Z).",
-        )
-        add(
-            "--overwrite",
-            action="store_true",
-            help="Replace the outputs of an earlier run in --output_dir (without it such a "
-            "folder is refused).",
-        )
-        add(
-            "--resume",
-            action="store_true",
-            help="Finish an interrupted run in --output_dir (same command): rows it already "
-            "published are reused, the rest is computed.",
-        )
-        add(
-            "--lock_timeout",
-            type=float,
-            default=86400.0,
-            help="Seconds after which another run's lock on --output_dir counts as stale "
-            "(also stale at once when its process is gone on this host).",
-        )
-        add(
-            "--max_file_bytes",
-            type=int,
-            default=256 * 1024 * 1024,
-            help="Refuse input files larger than this, from their size, before reading them.",
-        )
-        add(
-            "--commit_interval",
-            type=float,
-            default=60.0,
-            help="Most seconds a worker holds finished rows before publishing them to the "
-            "staging folder: a crash loses at most about this much work per worker.",
-        )
-        for field in dataclasses.fields(StrategyConfig):  # issue 21: the strategy stage
-            kind = type(field.default)
-            add(
-                f"--{field.name}",
-                type=kind,
-                default=field.default,
-                choices=field.metadata["choices"],
-                help=field.metadata["help"],
-            )
+        for field in dataclasses.fields(StrategyConfig):
+            add_config_option(parser, field.name, field)
 
 
-CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(AttributionConfig)}
-
-
-def add_config_option(parser: argparse.ArgumentParser, name: str) -> None:
-    """``--name`` from the AttributionConfig field: its default, type, choices and help."""
-    field = CONFIG_FIELDS[name]
+def add_config_option(parser: argparse.ArgumentParser, name: str, field=None) -> None:
+    """``--name`` from its config field (AttributionConfig's or JobConfig's unless ``field``
+    is given): its default, type, choices and help."""
+    field = field or CONFIG_FIELDS[name]
     kwargs = {"help": field.metadata["help"].replace("%", "%%")}  # argparse formats help
     if isinstance(field.default, bool):
         parser.add_argument(f"--{name}", action="store_true", **kwargs)
         return
     kwargs["default"] = field.default
-    kind = field.metadata["type"]
+    kind = field.metadata.get("type")
     if kind is None and isinstance(field.default, (int, float)):
         kind = type(field.default)
     if kind is not None:
@@ -281,12 +121,10 @@ def _refuse_unknown_keys(path: str, config: dict) -> None:
 
 
 def help_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
-        description="Integrated Gradients for every image matched by a pattern, on Apache Beam. "
+    parser = command_parser(
+        "python -m pipeline",
+        "Integrated Gradients for every image matched by a pattern, on Apache Beam. "
         "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
     )
     parser.add_argument("--config", help="YAML profile (configs/NAME.yaml); flags override it.")
     parser.add_argument(
@@ -390,21 +228,6 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-def parse_artifacts(text: str, write_raw: bool = False) -> tuple[str, ...]:
-    """``masks,overlays`` -> ("masks", "overlays"); ``none`` -> (); --write_raw adds raw."""
-    names = [n.strip() for n in str(text).split(",") if n.strip()]
-    if names == ["none"]:
-        names = []
-    unknown = [n for n in names if n not in ARTIFACTS]
-    if unknown:
-        raise UsageError(
-            f"--artifacts: unknown {unknown}; use a comma list of {', '.join(ARTIFACTS)}, or none"
-        )
-    if write_raw and "raw" not in names:
-        names.append("raw")
-    return tuple(n for n in ARTIFACTS if n in names)
-
-
 def strategy_config(o: argparse.Namespace) -> StrategyConfig:
     """The strategy stage's options, validated (ValueError)."""
     config = StrategyConfig(
@@ -412,13 +235,6 @@ def strategy_config(o: argparse.Namespace) -> StrategyConfig:
     )
     config.validate()
     return config
-
-
-def input_format(o: argparse.Namespace) -> str:
-    """--input_format, or tfrecord when the pattern's last part names .tfrecord files."""
-    if o.input_format:
-        return o.input_format
-    return "tfrecord" if ".tfrecord" in o.input_pattern.rsplit("/", 1)[-1] else "files"
 
 
 def validate(o: argparse.Namespace) -> None:
@@ -429,59 +245,24 @@ def validate(o: argparse.Namespace) -> None:
     ):
         if not getattr(o, name):
             raise UsageError(f"--{name} is required, e.g. {example}")
-    try:
-        AttributionConfig.from_options(o)  # the attribution options, checked in one place
-        if o.randomize is not None:
-            randomization.parse_stage(o.randomize)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if not 0 <= o.max_failure_fraction <= 1:
-        raise UsageError(f"--max_failure_fraction must be in [0, 1], got {o.max_failure_fraction}")
-    parse_image_size(o.image_size)
-    try:
+    try:  # the options' own checks, each in its config
+        AttributionConfig.from_options(o)
+        JobConfig.from_options(o)
         strategy_config(o)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if o.run_id is not None and not re.fullmatch(RUN_ID, o.run_id):
+    parse_image_size(o.image_size)
+    if o.reuse_from and absolute(o.reuse_from) == absolute(o.output_dir):
         raise UsageError(
-            f"--run_id must be 1-128 letters, digits, '.', '_', ':' or '-' "
-            f"starting with a letter or digit, e.g. 2026-01-01; got {o.run_id!r}"
+            "--reuse_from must be a previous run's folder, not --output_dir "
+            "itself: write each run to its own folder, e.g. "
+            "--output_dir gs://bucket/audits/$(date +%F)"
         )
-    if o.reuse_from:
-        if absolute(o.reuse_from) == absolute(o.output_dir):
-            raise UsageError(
-                "--reuse_from must be a previous run's folder, not --output_dir "
-                "itself: write each run to its own folder, e.g. "
-                "--output_dir gs://bucket/audits/$(date +%F)"
-            )
-    parse_artifacts(o.artifacts, o.write_raw)
-    if input_format(o) == "files":
-        for name in ("id_key", "label_key"):
-            if getattr(o, name):
-                raise UsageError(f"--{name} is for TFRecord input: add --input_format tfrecord")
-        if o.regions_from_record:
-            raise UsageError(
-                "--regions_from_record is for TFRecord input: add "
-                "--input_format tfrecord, or give boxes with --regions FILE"
-            )
     for name in ("labels", "regions"):
         path = getattr(o, name)
         if path and "://" not in path and not os.path.isfile(path):
             what = "a folder, not a file" if os.path.isdir(path) else "no such file"
             raise UsageError(f"--{name} {path}: {what}")
-    if o.overwrite and o.resume:
-        raise UsageError(
-            "--overwrite and --resume exclude each other: --resume finishes the "
-            "interrupted run in --output_dir, --overwrite starts it again"
-        )
-    if o.report_classes < 1:
-        raise UsageError(f"--report_classes must be >= 1, got {o.report_classes}")
-    if o.max_file_bytes < 1:
-        raise UsageError(f"--max_file_bytes must be >= 1, got {o.max_file_bytes}")
-    if not o.lock_timeout > 0:
-        raise UsageError(f"--lock_timeout must be > 0 seconds, got {o.lock_timeout}")
-    if not o.commit_interval >= 0:
-        raise UsageError(f"--commit_interval must be >= 0 seconds, got {o.commit_interval}")
     if (
         "://" not in o.output_dir
         and os.path.lexists(o.output_dir)
@@ -491,6 +272,36 @@ def validate(o: argparse.Namespace) -> None:
             f"--output_dir {o.output_dir} is an existing file, not a folder: "
             f"pass a folder path (it is created if missing)"
         )
+
+
+def settings_from_options(o: argparse.Namespace, model, labels: tuple[str, ...]) -> Settings:
+    """The Settings the workers get: the validated options (``o``, after
+    ``validate_with_model`` resolved ``--layer``), the loaded model's facts and the labels.
+
+    Guided IG takes GUIDED_STEPS steps unless --steps is given; expected gradients uses one
+    random alpha per (image, reference) pair unless --method is given (then that rule)."""
+    given = set(getattr(o, "given_options", ()))
+    steps, max_steps = o.steps, o.max_steps
+    if o.attribution == "guided_ig" and "steps" not in given:
+        steps, max_steps = GUIDED_STEPS, max(o.max_steps, GUIDED_STEPS)
+    named = {f.name for f in dataclasses.fields(Settings)} & set(vars(o))
+    values = {name: getattr(o, name) for name in named}
+    values.update(  # the model's facts, and the options the workers read in another form
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        model_fingerprint=model.fingerprint,
+        channels=model.channels,
+        labels=labels,
+        steps=steps,
+        max_steps=max_steps,
+        tolerance=o.tolerance or None,  # 0: no refinement
+        clip_percentile=o.clip_percentile if o.clip_high is None else o.clip_high,
+        artifacts=job_config.artifacts(o.artifacts, o.write_raw),
+        faithfulness=parse_kinds(o.faithfulness),
+        expected_gradients_alpha=EG_ALPHAS[1] if "method" in given else EG_ALPHAS[0],
+        strategy_config=strategy_config(o),
+    )
+    return Settings(**values)
 
 
 # Most bytes of model input in one call: --batch_size rows of H x W x 3 float32.

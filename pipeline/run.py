@@ -19,7 +19,6 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
 
-from attribution.faithfulness import parse_kinds
 from attribution.models import ModelLoadError, load_model
 from pipeline import folder, graph, lock, manifest, options
 from pipeline.console import WorkerLog, worker_processes
@@ -35,7 +34,7 @@ from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
-from transforms.settings import METHOD_KEYS, Settings
+from transforms.settings import Settings
 from transforms.staging import inputs_path
 from transforms.tfrecord import RecordKeys
 
@@ -176,51 +175,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
         logging.warning(
             "--labels has %d lines, the model has %d classes", len(labels), model.num_classes
         )
-    chosen = method_settings(opts)
-    opts.steps, opts.max_steps = (
-        chosen.pop("steps", opts.steps),
-        chosen.pop("max_steps", opts.max_steps),
-    )
-    settings = Settings(
-        model=opts.model,
-        output_dir=opts.output_dir,
-        image_size=model.image_size,
-        num_classes=model.num_classes,
-        model_fingerprint=model.fingerprint,
-        model_output=opts.model_output,
-        output_key=opts.output_key,
-        score=opts.score,
-        target=opts.target,
-        method=opts.method,
-        steps=opts.steps,
-        tolerance=opts.tolerance or None,
-        max_steps=opts.max_steps,
-        baseline=opts.baseline,
-        seed=opts.seed,
-        batch_size=opts.batch_size,
-        image_batch_size=opts.image_batch_size,
-        max_pixels=opts.max_pixels,
-        write_raw=opts.write_raw,
-        grid_cells=opts.grid_cells,
-        clip_percentile=opts.clip_percentile if opts.clip_high is None else opts.clip_high,
-        jit_compile=opts.jit_compile,
-        labels=labels,
-        preprocess=opts.preprocess,
-        channels=model.channels,
-        artifacts=options.parse_artifacts(opts.artifacts, opts.write_raw),
-        max_file_bytes=opts.max_file_bytes,
-        commit_interval=opts.commit_interval,
-        **chosen,
-        faithfulness=parse_kinds(opts.faithfulness),
-        faithfulness_points=opts.faithfulness_points,
-        deletion_fill=opts.deletion_fill,
-        mufidelity_subsets=opts.mufidelity_subsets,
-        mufidelity_fraction=opts.mufidelity_fraction,
-        mufidelity_grid=opts.mufidelity_grid,
-        randomize=opts.randomize,
-        precision=opts.precision,
-        strategy_config=options.strategy_config(opts),
-    )
+    settings = options.settings_from_options(opts, model, labels)
+    opts.steps, opts.max_steps = settings.steps, settings.max_steps  # the manifest records these
     records = (
         RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
         if options.input_format(opts) == "tfrecord"
@@ -481,27 +437,6 @@ def _run_job(
         if progress_folder:
             shutil.rmtree(progress_folder, ignore_errors=True)
     return result
-
-
-def method_settings(opts) -> dict:
-    """Settings of --attribution and the visualization options. Guided IG takes 128 steps
-    unless --steps is given; expected gradients uses one random alpha per (image, baseline)
-    pair unless --method is given (then that quadrature rule per pair)."""
-    from attribution.methods import GUIDED_STEPS
-    from attribution.methods.config import ISSUE22_OPTIONS
-
-    given = set(getattr(opts, "given_options", ()))
-    out = {
-        name: getattr(opts, name)
-        for name in METHOD_KEYS
-        if name != "expected_gradients_alpha"  # chosen below from the options given
-    }
-    out["expected_gradients_alpha"] = "quadrature" if "method" in given else "random"
-    out.update({name: getattr(opts, name) for name in ISSUE22_OPTIONS})  # layer: resolved
-    if opts.attribution == "guided_ig" and "steps" not in given:
-        out["steps"] = GUIDED_STEPS
-        out["max_steps"] = max(opts.max_steps, GUIDED_STEPS)
-    return out
 
 
 def _add_counters(output_dir: str, record: dict, result, tfrecord: bool) -> dict:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from attribution.integrated_gradients import IntegratedGradients, Request, Targets
+from attribution.integrated_gradients import IntegratedGradients, Request
 from attribution.quadrature import METHODS
+from attribution.targets import Targets
 
 H, W = 6, 5
 RNG = np.random.default_rng(42)

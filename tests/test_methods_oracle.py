@@ -13,11 +13,12 @@ import tensorflow as tf
 from saliency.core import xrai as pair_xrai
 from skimage import data, transform
 
-from attribution.integrated_gradients import IntegratedGradients, Targets
+from attribution.integrated_gradients import IntegratedGradients
 from attribution.methods import MethodConfig, explain, noisy_copies, xrai
 from attribution.methods.blur import BlurPath
 from attribution.methods.guided import GuidedPath
 from attribution.methods.guided import run as run_guided
+from attribution.targets import Targets
 
 SIZE = 32
 

@@ -20,10 +20,11 @@ from PIL import Image
 from test_fer_model import face_photos, fer_hdf5  # noqa: F401 (fixtures)
 
 from attribution.config import AttributionConfig
-from attribution.integrated_gradients import IntegratedGradients, Targets
+from attribution.integrated_gradients import IntegratedGradients
 from attribution.methods import MethodConfig, explain
 from attribution.methods.cam import Cam
 from attribution.models import load_model
+from attribution.targets import Targets
 from pipeline import run as job
 from transforms.settings import Settings
 from transforms.write import SUMMARY_SCHEMA

@@ -12,10 +12,11 @@ from apache_beam.utils import shared
 from attribution import faithfulness, methods, randomization
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import pad_geometry
-from attribution.integrated_gradients import Targets, engine_for
+from attribution.integrated_gradients import engine_for
 from attribution.methods.cam import Cam
 from attribution.methods.config import CAMS
 from attribution.models import load_model
+from attribution.targets import Targets
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key

@@ -22,10 +22,11 @@ from apache_beam.metrics import Metrics
 from attribution import hashing
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
+from transforms.job_config import JOB_DEFAULTS
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, error_row
 
-DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
 
 
 class UnsafeInput(Exception):

@@ -1,4 +1,10 @@
-"""What a run attributes with: one picklable value shared by the launcher and the workers."""
+"""What a run attributes with: one picklable value shared by the launcher and the workers.
+
+``Settings`` carries every AttributionConfig field and the JobConfig fields the workers read,
+generated from those configs (``fields_from``: each default is declared once, there), plus
+the loaded model's facts and what the launcher resolves. Its body declares only those facts
+and the fields whose Beam-side form differs from the option's (comma lists parsed to tuples).
+"""
 
 from __future__ import annotations
 
@@ -7,86 +13,47 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from attribution.config import DEFAULTS
-from attribution.methods.config import METHOD_OPTIONS  # no TensorFlow
+from attribution.config import DEFAULTS, AttributionConfig, fields_from
+from attribution.methods.config import METHOD_OPTIONS, RANDOM_ALPHA, MethodConfig
 from attribution.strategies import StrategyConfig
+from transforms.job_config import JOB_DEFAULTS, JobConfig, artifacts
+
+WORKER_JOB_OPTIONS = ("write_raw", "max_file_bytes", "commit_interval", "randomize")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+@fields_from(AttributionConfig, exclude=("clip_high",))  # clip_high: folded into clip_percentile
+@fields_from(JobConfig, WORKER_JOB_OPTIONS)
 class Settings:
+    """Besides the generated option fields: ``tolerance`` is None when refinement is off
+    (--tolerance 0), ``clip_percentile`` is --clip_high when given, ``layer`` is gradcam's
+    layer resolved to a name when the job starts."""
+
     model: str
     output_dir: str
     image_size: tuple[int, int]
     num_classes: int
     model_fingerprint: str
-    model_output: str = DEFAULTS.model_output
-    output_key: str | None = DEFAULTS.output_key
-    score: str = DEFAULTS.score
-    target: str = DEFAULTS.target
-    method: str = DEFAULTS.method
-    steps: int = DEFAULTS.steps
-    tolerance: float | None = DEFAULTS.tolerance
-    max_steps: int = DEFAULTS.max_steps
-    baseline: str = DEFAULTS.baseline
-    seed: int = DEFAULTS.seed
-    batch_size: int = DEFAULTS.batch_size
-    image_batch_size: int = DEFAULTS.image_batch_size
-    max_pixels: int = DEFAULTS.max_pixels
-    write_raw: bool = False
-    grid_cells: int = DEFAULTS.grid_cells
-    clip_percentile: float = DEFAULTS.clip_percentile
-    jit_compile: bool = DEFAULTS.jit_compile
-    precision: str = DEFAULTS.precision  # what the model computes in (attribution.precision)
-    labels: tuple[str, ...] = field(default=(), repr=False)
-    artifacts: tuple[str, ...] = ("masks", "overlays")  # --artifacts: per-image files
-    progress_folder: str | None = None  # local runners: where finished images are tallied
-    preprocess: str = DEFAULTS.preprocess  # --preprocess: part of the explained function
     channels: int = 3  # the model's input channels (1: grayscale), from its signature
-    max_file_bytes: int = 256 * 1024 * 1024  # inputs larger than this are refused unread
-    commit_interval: float = 60.0  # seconds a worker may hold finished rows before staging them
+    labels: tuple[str, ...] = field(default=(), repr=False)
+    progress_folder: str | None = None  # local runners: where finished images are tallied
+    # --artifacts, with --write_raw's raw
+    artifacts: tuple[str, ...] = artifacts(JOB_DEFAULTS.artifacts, JOB_DEFAULTS.write_raw)
     # the curves of --faithfulness; () for --faithfulness none
     faithfulness: tuple[str, ...] = tuple(DEFAULTS.faithfulness.split(","))
-    faithfulness_points: int = DEFAULTS.faithfulness_points
-    deletion_fill: str = DEFAULTS.deletion_fill  # issue 22: removed pixels' fill; MuFidelity
-    mufidelity_subsets: int = DEFAULTS.mufidelity_subsets
-    mufidelity_fraction: float = DEFAULTS.mufidelity_fraction
-    mufidelity_grid: int = DEFAULTS.mufidelity_grid
-    randomize: str | None = None  # pipeline.sanity: a randomization stage applied on load
-    # methods and visualization (issue 12); defaults are plain IG and the tutorial's mask
-    attribution: str = DEFAULTS.attribution
-    noise_sigma: float = DEFAULTS.noise_sigma
-    noise_samples: int = DEFAULTS.noise_samples
-    baseline_samples: int = DEFAULTS.baseline_samples
-    expected_gradients_alpha: str = "random"  # 'quadrature' when --method is given
-    max_blur_sigma: float = DEFAULTS.max_blur_sigma
-    guided_fraction: float = DEFAULTS.guided_fraction
-    xrai_top_fraction: float = DEFAULTS.xrai_top_fraction
-    mask_polarity: str = DEFAULTS.mask_polarity
-    clip_low: float = DEFAULTS.clip_low
-    colormap: str | None = DEFAULTS.colormap
-    overlay: str = DEFAULTS.overlay
-    mask_type: str = DEFAULTS.mask_type
-    # Grad-CAM, occlusion and RISE: in settings_hash only when their --attribution runs
-    layer: str | None = DEFAULTS.layer  # gradcam: resolved to a name when the job starts
-    occlusion_window: int = DEFAULTS.occlusion_window
-    occlusion_stride: int = DEFAULTS.occlusion_stride
-    rise_masks: int = DEFAULTS.rise_masks
-    rise_grid: int = DEFAULTS.rise_grid
-    rise_p: float = DEFAULTS.rise_p
+    # expected gradients' alphas: 'quadrature' when --method is given
+    expected_gradients_alpha: str = RANDOM_ALPHA
     # the strategy stage: not in settings_hash, the column is recomputed every run
     strategy_config: StrategyConfig = StrategyConfig()
 
     @property
-    def method_config(self):
-        """The engine-side ``attribution.methods.MethodConfig`` (imported here: this module
-        stays importable without TensorFlow)."""
-        from attribution.methods import MethodConfig
-
-        return MethodConfig.of(self, expected_gradients_alpha=self.expected_gradients_alpha)
+    def method_config(self) -> MethodConfig:
+        """The engine-side ``attribution.methods.MethodConfig``."""
+        return MethodConfig.of(self)
 
     @property
     def default_style(self) -> bool:
-        """The tutorial's mask and overlay (drawn exactly as before issue 12)."""
+        """The tutorial's mask and overlay: every drawing option at its default."""
         return all(
             getattr(self, name) == _default(name)
             for name in ("mask_polarity", "clip_low", "colormap", "overlay", "mask_type")
@@ -129,11 +96,11 @@ class Settings:
             "grid_cells",
             "clip_percentile",
         )
-        values = {k: getattr(self, k) for k in keys}  # a tuple dumps as a list, as before
+        values = {k: getattr(self, k) for k in keys}  # image_size, a tuple, dumps as a list
         if self.preprocess != _default("preprocess"):
             values["preprocess"] = self.preprocess
-        # issue 12's options count only when they differ from their defaults, so hashes of
-        # plain IG runs (and --reuse_from across the upgrade) stay as they were
+        # the method and drawing options count only when they differ from their defaults,
+        # so hashes of plain IG runs stay valid (--reuse_from of runs made before them)
         for name in METHOD_KEYS:
             if getattr(self, name) != _default(name):
                 values[name] = getattr(self, name)
@@ -143,16 +110,14 @@ class Settings:
             values["faithfulness"] = list(self.faithfulness)
         if self.faithfulness_points != _default("faithfulness_points"):
             values["faithfulness_points"] = self.faithfulness_points
-        for name in FAITHFULNESS_KEYS:  # issue 22's, likewise only when not the default
+        for name in FAITHFULNESS_KEYS:  # likewise only when not the default
             if getattr(self, name) != _default(name):
                 values[name] = getattr(self, name)
         if self.randomize is not None:
             values["randomize"] = self.randomize
         for name in METHOD_OPTIONS.get(self.attribution, ()):  # only the running method's
             values[name] = getattr(self, name)
-        if self.precision != _default(
-            "precision"
-        ):  # bfloat16/float16 change the numbers, not rounding
+        if self.precision != _default("precision"):  # bfloat16/float16 change the numbers
             values["precision"] = self.precision
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 

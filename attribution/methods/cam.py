@@ -45,7 +45,9 @@ class Cam:
             picked = tf.gather(scores, targets, axis=1, batch_dims=1)
         g = tape.gradient(picked, activations)
         if g is None:  # at tracing time, once
-            raise ValueError("the scores do not depend on the --layer activations: pick another")
+            raise ValueError(
+                "the scores do not depend on the layer's activations: pick another layer"
+            )
         g = tf.cast(g, tf.float32)
         a = tf.cast(activations, tf.float32)
         if self.plus_plus:

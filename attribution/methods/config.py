@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from attribution.baselines import BASELINES
 from attribution.config import (
     ATTRIBUTIONS,
+    CAMS,
     DEFAULTS,
-    MAX_RISE_GRID,
-    MAX_RISE_MASKS,
-    MAX_SAMPLES,
+    AttributionConfig,
+    fields_from,
+    parse_baselines,
 )
 
 EG_ALPHAS = ("random", "quadrature")
-CAMS = ("gradcam", "gradcam_plus_plus")  # need a Keras model's layers
+# expected gradients: one uniform alpha per (image, reference) pair (the default), or the
+# --method rule per pair when --method is given
+RANDOM_ALPHA, QUADRATURE_ALPHA = EG_ALPHAS
 # one value per pixel, no path and no completeness axiom (attribution.methods.results.pixel_map)
 PIXEL_MAPS = (*CAMS, "occlusion", "rise")
-# the options each of issue 22's methods reads: in settings_hash only when that method runs
+# the options only these methods read: in settings_hash only when that method runs
 METHOD_OPTIONS = {
     "gradcam": ("layer",),
     "gradcam_plus_plus": ("layer",),
@@ -26,86 +30,61 @@ METHOD_OPTIONS = {
 }
 XRAI_BASELINES = ("black", "white")
 GUIDED_STEPS = 128  # Guided IG's steps when --steps is not given
+PIXEL_MAP_OPTIONS = tuple(dict.fromkeys(n for names in METHOD_OPTIONS.values() for n in names))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+@fields_from(
+    AttributionConfig,
+    (
+        "attribution",
+        "seed",
+        "noise_sigma",
+        "noise_samples",
+        "max_blur_sigma",
+        "guided_fraction",
+        *PIXEL_MAP_OPTIONS,
+    ),
+)
 class MethodConfig:
-    attribution: str = DEFAULTS.attribution
+    """What ``attribution.methods.explain`` computes: the method and its options (defaults:
+    AttributionConfig's). The options a user passes are validated by AttributionConfig;
+    here only what a direct caller could get wrong that the methods do not check when they
+    run (their messages name these parameters)."""
+
     baselines: tuple[str, ...] = tuple(DEFAULTS.baseline.split(","))
-    seed: int = DEFAULTS.seed
-    noise_sigma: float = DEFAULTS.noise_sigma
-    noise_samples: int = DEFAULTS.noise_samples
-    max_blur_sigma: float = DEFAULTS.max_blur_sigma
-    guided_fraction: float = DEFAULTS.guided_fraction
-    expected_gradients_alpha: str = "random"
-    layer: str | None = DEFAULTS.layer
-    occlusion_window: int = DEFAULTS.occlusion_window
-    occlusion_stride: int = DEFAULTS.occlusion_stride
-    rise_masks: int = DEFAULTS.rise_masks
-    rise_grid: int = DEFAULTS.rise_grid
-    rise_p: float = DEFAULTS.rise_p
+    expected_gradients_alpha: str = RANDOM_ALPHA
 
     def __post_init__(self):
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(
-                f"--attribution must be one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}"
+                f"attribution must be one of {', '.join(ATTRIBUTIONS)}, got {self.attribution!r}"
             )
-        parse_baselines(",".join(self.baselines))
-        if not self.noise_sigma > 0:
-            raise ValueError(f"--noise_sigma must be > 0, got {self.noise_sigma!r}")
-        if not 1 <= self.noise_samples <= MAX_SAMPLES:
-            raise ValueError(
-                f"--noise_samples must be from 1 to {MAX_SAMPLES}, got {self.noise_samples!r}"
-            )
-        if not self.max_blur_sigma > 0:
-            raise ValueError(f"--max_blur_sigma must be > 0, got {self.max_blur_sigma!r}")
-        if not 0 < self.guided_fraction <= 1:
-            raise ValueError(f"--guided_fraction must be in (0, 1], got {self.guided_fraction!r}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown or not self.baselines:
+            raise ValueError(f"baselines must name some of {', '.join(BASELINES)}, got {unknown}")
         if self.expected_gradients_alpha not in EG_ALPHAS:
-            raise ValueError(f"expected_gradients_alpha must be one of {EG_ALPHAS}")
-        self._check_issue22()
-
-    def _check_issue22(self) -> None:
-        """The options of gradcam, occlusion and rise (image-size limits: at model load)."""
-        if self.layer is not None and self.attribution not in CAMS:
             raise ValueError(
-                f"--layer is for --attribution {' or '.join(CAMS)}, not {self.attribution}"
+                f"expected_gradients_alpha must be one of {', '.join(EG_ALPHAS)}, "
+                f"got {self.expected_gradients_alpha!r}"
             )
-        if self.attribution in ("occlusion", "rise") and len(self.baselines) > 1:
-            raise ValueError(
-                f"--attribution {self.attribution} fills with one --baseline (the masked "
-                f"pixels' value), got {','.join(self.baselines)}"
-            )
-        if self.occlusion_window < 1:
-            raise ValueError(f"--occlusion_window must be >= 1 pixel, got {self.occlusion_window}")
-        if not 1 <= self.occlusion_stride <= self.occlusion_window:
-            raise ValueError(
-                f"--occlusion_stride must be from 1 to --occlusion_window "
-                f"({self.occlusion_window}: larger strides leave pixels no patch covers), "
-                f"got {self.occlusion_stride}"
-            )
-        if not 2 <= self.rise_masks <= MAX_RISE_MASKS or self.rise_masks % 2:
-            raise ValueError(
-                f"--rise_masks must be an even number from 2 to {MAX_RISE_MASKS} (two halves "
-                f"give split_half_correlation), got {self.rise_masks}"
-            )
-        if not 1 <= self.rise_grid <= MAX_RISE_GRID:
-            raise ValueError(f"--rise_grid must be from 1 to {MAX_RISE_GRID}, got {self.rise_grid}")
-        if not 0 < self.rise_p < 1:
-            raise ValueError(f"--rise_p must be in (0, 1), got {self.rise_p}")
+        for name, ok, rule in (  # past these the methods would average nothing or not end
+            ("noise_sigma", self.noise_sigma > 0, "> 0"),
+            ("noise_samples", self.noise_samples >= 1, ">= 1"),
+            ("rise_masks", self.rise_masks >= 2 and not self.rise_masks % 2, "even and >= 2"),
+            ("rise_grid", self.rise_grid >= 1, ">= 1"),
+            ("rise_p", 0 < self.rise_p < 1, "in (0, 1)"),
+        ):
+            if not ok:
+                raise ValueError(f"{name} must be {rule}, got {getattr(self, name)!r}")
 
     @classmethod
     def of(cls, options, **changes) -> MethodConfig:
         """The method settings of an AttributionConfig, a Settings or an options namespace."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"baselines"}
         return cls(
-            attribution=options.attribution,
+            **{name: getattr(options, name) for name in names if hasattr(options, name)},
             baselines=parse_baselines(options.baseline),
-            seed=options.seed,
-            noise_sigma=options.noise_sigma,
-            noise_samples=options.noise_samples,
-            max_blur_sigma=options.max_blur_sigma,
-            guided_fraction=options.guided_fraction,
-            **{name: getattr(options, name) for name in ISSUE22_OPTIONS},
             **changes,
         )
 
@@ -147,20 +126,3 @@ def check_layer(kind: str, layers: tuple[str, ...], layer: str | None, attributi
             f"ones are: {shown}"
         )
     return layer
-
-
-ISSUE22_OPTIONS = tuple(dict.fromkeys(n for names in METHOD_OPTIONS.values() for n in names))
-
-
-def parse_baselines(text: str) -> tuple[str, ...]:
-    """``black,white`` -> ('black', 'white'); unknown or repeated names are refused."""
-    names = tuple(part.strip() for part in str(text).split(","))
-    unknown = [n for n in names if n not in BASELINES]
-    if unknown or not names:
-        raise ValueError(
-            f"--baseline must be a comma list of {', '.join(BASELINES)}, "
-            f"e.g. black,white; got {text!r}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"--baseline lists a baseline twice: {text!r}")
-    return names

@@ -89,7 +89,7 @@ def _pixel_maps(engine, images, seed_keys, targets, config, cam) -> list[list[Ex
     name, label = config.attribution, config.baseline_label
     if name in CAMS:
         if cam is None:
-            raise ValueError(f"--attribution {name} needs the model's layers (a Keras model)")
+            raise ValueError(f"attribution {name!r} needs the model's layers (a Keras model)")
         groups = [[(r, None) for r in g] for g in gradcam(engine, cam, images, targets)]
     else:
         baselines = [

@@ -33,8 +33,10 @@ from attribution.methods.results import pixel_map
 
 def anchors(length: int, window: int, stride: int) -> np.ndarray:
     """Start offsets of the patches along one axis: 0, stride, ... and length - window."""
-    if not 1 <= window <= length:
-        raise ValueError(f"--occlusion_window ({window}) must be from 1 to the image side {length}")
+    if not 1 <= window <= length or stride < 1:
+        raise ValueError(
+            f"window ({window}) must be from 1 to the image side {length}, stride ({stride}) >= 1"
+        )
     starts = list(range(0, length - window + 1, stride))
     if starts[-1] != length - window:
         starts.append(length - window)

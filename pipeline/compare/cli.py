@@ -12,7 +12,7 @@ import logging
 import sys
 
 from pipeline.compare.thresholds import METRICS, check, parse_threshold
-from pipeline.launch import UsageError
+from pipeline.launch import UsageError, command_parser
 
 TOP_IMAGES = 12
 OUTPUTS = ("drift", "unmatched", "drift_summary.json", "drift.html")  # all a comparison writes
@@ -23,12 +23,10 @@ class CompareFailed(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m pipeline.compare",
-        description="Compare two runs of python -m pipeline image by image (matched by "
-        "content hash). Options not listed here are Beam's (--runner, ...).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        allow_abbrev=False,
+    p = command_parser(
+        "python -m pipeline.compare",
+        "Compare two runs of python -m pipeline image by image (matched by content hash). "
+        "Options not listed here are Beam's (--runner, ...).",
     )
     p.add_argument("run_a", help="The earlier run's output folder (local or gs://).")
     p.add_argument("run_b", help="The later run's output folder.")
