@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from attribution import faithfulness
 from attribution.baselines import BASELINES
 from attribution.faithfulness import (
     DEFAULT_FRACTION,
@@ -25,6 +26,7 @@ from attribution.faithfulness import (
 from attribution.precision import PRECISIONS
 from attribution.preprocessing import PREPROCESS
 from attribution.quadrature import METHODS, SCORE_GUIDED, base
+from attribution.targets import Targets
 
 SCORES = ("probability", "logit")
 MODEL_OUTPUTS = ("logits", "probabilities")
@@ -250,9 +252,6 @@ class AttributionConfig(Options):
                 "--score logit needs a model that outputs logits; with "
                 "--model_output probabilities use --score probability"
             )
-        from attribution import faithfulness
-        from attribution.targets import Targets
-
         Targets.parse(self.target)
         faithfulness.parse_kinds(self.faithfulness)
         faithfulness.fractions(self.faithfulness_points)

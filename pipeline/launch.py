@@ -114,12 +114,14 @@ def ship_package(pipeline_options) -> None:
         setup.setup_file = REPO_SETUP
 
 
-def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def command_parser(
+    prog: str, description: str, beam_examples: str = "--runner"
+) -> argparse.ArgumentParser:
     """The parser of one of this package's commands: every option's default shown in --help,
     and no abbreviated option names (a prefix of ours could be one of Beam's options)."""
     return argparse.ArgumentParser(
         prog=prog,
-        description=description,
+        description=f"{description} Options not listed here are Beam's ({beam_examples}, ...).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )

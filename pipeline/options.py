@@ -13,7 +13,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from attribution.config import MAX_BATCH, AttributionConfig
 from attribution.faithfulness import parse_kinds
-from attribution.methods.config import EG_ALPHAS, GUIDED_STEPS
+from attribution.methods.config import GUIDED_STEPS, QUADRATURE_ALPHA, RANDOM_ALPHA
 from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
 from pipeline.launch import UsageError, command_parser
@@ -121,11 +121,8 @@ def _refuse_unknown_keys(path: str, config: dict) -> None:
 
 
 def help_parser() -> argparse.ArgumentParser:
-    parser = command_parser(
-        "python -m pipeline",
-        "Integrated Gradients for every image matched by a pattern, on Apache Beam. "
-        "Options not listed here are Beam's (--runner, --direct_num_workers, ...).",
-    )
+    description = "Integrated Gradients for every image matched by a pattern, on Apache Beam."
+    parser = command_parser("python -m pipeline", description, "--runner, --direct_num_workers")
     parser.add_argument("--config", help="YAML profile (configs/NAME.yaml); flags override it.")
     parser.add_argument(
         "--labels", default=None, help="Text file with one class label a line (line i = class i)."
@@ -281,27 +278,22 @@ def settings_from_options(o: argparse.Namespace, model, labels: tuple[str, ...])
     Guided IG takes GUIDED_STEPS steps unless --steps is given; expected gradients uses one
     random alpha per (image, reference) pair unless --method is given (then that rule)."""
     given = set(getattr(o, "given_options", ()))
-    steps, max_steps = o.steps, o.max_steps
-    if o.attribution == "guided_ig" and "steps" not in given:
-        steps, max_steps = GUIDED_STEPS, max(o.max_steps, GUIDED_STEPS)
     named = {f.name for f in dataclasses.fields(Settings)} & set(vars(o))
-    values = {name: getattr(o, name) for name in named}
-    values.update(  # the model's facts, and the options the workers read in another form
-        image_size=model.image_size,
-        num_classes=model.num_classes,
-        model_fingerprint=model.fingerprint,
-        channels=model.channels,
-        labels=labels,
-        steps=steps,
-        max_steps=max_steps,
-        tolerance=o.tolerance or None,  # 0: no refinement
-        clip_percentile=o.clip_percentile if o.clip_high is None else o.clip_high,
-        artifacts=job_config.artifacts(o.artifacts, o.write_raw),
-        faithfulness=parse_kinds(o.faithfulness),
-        expected_gradients_alpha=EG_ALPHAS[1] if "method" in given else EG_ALPHAS[0],
-        strategy_config=strategy_config(o),
+    values = {name: getattr(o, name) for name in named - {"labels"}}  # o.labels: the file
+    if o.attribution == "guided_ig" and "steps" not in given:
+        values.update(steps=GUIDED_STEPS, max_steps=max(o.max_steps, GUIDED_STEPS))
+    values.update(
+        {name: getattr(model, name) for name in ("image_size", "num_classes", "channels")}
     )
-    return Settings(**values)
+    reshaped = {  # the options the workers read in another form than the option's
+        "tolerance": o.tolerance or None,  # 0: no refinement
+        "clip_percentile": o.clip_percentile if o.clip_high is None else o.clip_high,
+        "artifacts": job_config.artifacts(o.artifacts, o.write_raw),
+        "faithfulness": parse_kinds(o.faithfulness),
+        "expected_gradients_alpha": QUADRATURE_ALPHA if "method" in given else RANDOM_ALPHA,
+        "strategy_config": strategy_config(o),
+    }
+    return Settings(**(values | reshaped), model_fingerprint=model.fingerprint, labels=labels)
 
 
 # Most bytes of model input in one call: --batch_size rows of H x W x 3 float32.
@@ -333,7 +325,7 @@ def validate_with_model(
 
 
 def _validate_methods(o: argparse.Namespace, model, image_size: tuple[int, int]) -> None:
-    """Issue 22's methods against the model: its layers (gradcam), its input size."""
+    """Grad-CAM and occlusion against the model: its layers (gradcam), its input size."""
     from attribution.methods.config import CAMS, check_layer
 
     if o.attribution in CAMS:

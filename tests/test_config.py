@@ -11,15 +11,19 @@ from pathlib import Path
 import pytest
 
 from attribution.config import DEFAULTS, AttributionConfig
+from attribution.methods.config import GUIDED_STEPS
 from pipeline import options
+from transforms.job_config import JOB_DEFAULTS, JobConfig
 from transforms.settings import Settings
 
 FIELDS = dataclasses.fields(AttributionConfig)
+JOB_FIELDS = dataclasses.fields(JobConfig)
+REQUIRED = ["--input_pattern", "x", "--output_dir", "o", "--model", "m"]
 
 
 def test_every_field_is_an_option_with_its_default_choices_and_help():
     actions = {a.dest: a for a in options.help_parser()._actions}
-    for f in FIELDS:
+    for f in (*FIELDS, *JOB_FIELDS):
         action = actions[f.name]
         assert action.option_strings == [f"--{f.name}"]
         assert action.default == f.default, f.name
@@ -116,3 +120,119 @@ def test_a_switch_a_config_turns_on_is_turned_off_by_name_false_on_the_command_l
     assert ours.write_raw is False
     ours, _ = options.parse([*base, "--model", "m"])
     assert ours.write_raw is True
+
+
+# --- the job's options: transforms.job_config, and the Settings built from both configs ----
+def test_every_option_is_a_field_of_one_config_listed_once_in_help():
+    fields = [f.name for f in (*FIELDS, *JOB_FIELDS)]
+    assert sorted(options.OPTIONS) == sorted(fields)  # each once, none left out
+    ours, _ = options.parse(REQUIRED)
+    assert JobConfig.from_options(ours) == dataclasses.replace(
+        JOB_DEFAULTS, input_pattern="x", output_dir="o", model="m"
+    )
+
+
+def test_a_profile_sets_job_options_as_flags_do(tmp_path):
+    profile = tmp_path / "job.yaml"
+    profile.write_text("commit_interval: 5\nartifacts: masks\nmax_file_bytes: 1000\nresume: true\n")
+    ours, _ = options.parse(["--config", str(profile), *REQUIRED])
+    assert (ours.commit_interval, ours.artifacts, ours.max_file_bytes, ours.resume) == (
+        5.0,
+        "masks",
+        1000,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max_failure_fraction", "2"], "--max_failure_fraction must be in [0, 1], got 2.0"),
+        (["--lock_timeout", "0"], "--lock_timeout must be > 0 seconds, got 0.0"),
+        (["--commit_interval", "-1"], "--commit_interval must be >= 0 seconds, got -1.0"),
+        (["--max_file_bytes", "0"], "--max_file_bytes must be >= 1, got 0"),
+        (["--artifacts", "masks,pdf"], "--artifacts: unknown ['pdf']"),
+        (["--run_id", "../x"], "--run_id must be 1-128 letters"),
+        (["--id_key", "k"], "--id_key is for TFRecord input"),
+        (["--overwrite", "--resume"], "--overwrite and --resume exclude each other"),
+    ],
+)
+def test_job_options_are_refused_in_one_line_naming_the_flag(flags, message):
+    with pytest.raises(options.UsageError) as refused:
+        options.parse([*REQUIRED, *flags])
+    assert str(refused.value).startswith(message)
+    assert "\n" not in str(refused.value)
+
+
+def test_no_import_loop_between_the_configs():
+    code = (
+        "import sys, attribution.config\n"
+        "assert 'attribution.methods.config' not in sys.modules, 'config imports methods'\n"
+        "import transforms.job_config\n"
+        "assert 'apache_beam' not in sys.modules and 'tensorflow' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_engine_names_parameters_not_flags():
+    from attribution.methods import MethodConfig
+
+    for changes, message in (
+        ({"noise_samples": 0}, "noise_samples must be >= 1, got 0"),
+        ({"noise_sigma": 0.0}, "noise_sigma must be > 0, got 0.0"),
+        ({"rise_masks": 3}, "rise_masks must be even and >= 2, got 3"),
+        ({"rise_p": 1.0}, "rise_p must be in (0, 1), got 1.0"),
+        ({"expected_gradients_alpha": "x"}, "expected_gradients_alpha must be one of"),
+        ({"attribution": "lime"}, "attribution must be one of"),
+    ):
+        with pytest.raises(ValueError) as refused:
+            MethodConfig(**changes)
+        assert str(refused.value).startswith(message), refused.value
+    # the same values given as options are refused by the config, naming the flag
+    with pytest.raises(ValueError, match="^--noise_samples must be from 1 to"):
+        dataclasses.replace(DEFAULTS, noise_samples=0).validate()
+
+
+def test_settings_from_options_is_the_options_with_the_model_facts(tiny_model, tmp_path):
+    from attribution.models import load_model
+
+    model = load_model(str(tiny_model))
+    labels = ("a", "b")
+
+    def settings(*flags):
+        ours, _ = options.parse([*REQUIRED, *flags])
+        return ours, options.settings_from_options(ours, model, labels)
+
+    ours, s = settings()
+    parsed = ("labels", "image_size", "artifacts", "faithfulness")  # given in another form
+    for f in dataclasses.fields(Settings):  # every other option the workers read, as given
+        if hasattr(ours, f.name) and f.name not in parsed:
+            assert getattr(s, f.name) == getattr(ours, f.name), f.name
+    assert (s.image_size, s.num_classes, s.channels) == (
+        model.image_size,
+        model.num_classes,
+        model.channels,
+    )
+    assert (s.model_fingerprint, s.labels, s.faithfulness) == (
+        model.fingerprint,
+        labels,
+        ("deletion", "insertion"),
+    )
+    assert (s.artifacts, s.expected_gradients_alpha) == (("masks", "overlays"), "random")
+    base = Settings(
+        model="m",
+        output_dir="o",
+        image_size=model.image_size,
+        num_classes=model.num_classes,
+        model_fingerprint=model.fingerprint,
+        channels=model.channels,
+        labels=labels,
+    )
+    assert s == base and s.settings_hash == base.settings_hash  # the defaults are the same
+    _, s = settings("--attribution", "guided_ig", "--tolerance", "0", "--write_raw")
+    assert (s.steps, s.max_steps, s.tolerance) == (GUIDED_STEPS, 256, None)
+    assert s.artifacts == ("masks", "overlays", "raw")
+    _, s = settings("--attribution", "guided_ig", "--steps", "8", "--method", "riemann_trapezoid")
+    assert (s.steps, s.expected_gradients_alpha) == (8, "quadrature")
+    _, s = settings("--clip_percentile", "90", "--clip_high", "95", "--faithfulness", "none")
+    assert (s.clip_percentile, s.faithfulness) == (95.0, ())

@@ -137,7 +137,7 @@ def test_probability_model_is_not_softmaxed_twice():
     for ra, rb in zip(a, b):
         assert ra.target == rb.target and np.isclose(ra.target_score, rb.target_score)
         np.testing.assert_allclose(ra.attributions, rb.attributions, rtol=1e-5, atol=1e-8)
-    with pytest.raises(ValueError, match="--score logit needs a model that outputs logits"):
+    with pytest.raises(ValueError, match="^score 'logit' needs a model that outputs logits"):
         engine(probabilities, model_output="probabilities", score="logit")
 
 
@@ -355,12 +355,12 @@ def test_topk_results_come_in_rank_order_per_image():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"score": "margin"}, "--score"),
+        ({"score": "margin"}, "^score must"),
         ({"method": "simpson"}, "unknown method"),
-        ({"steps": 0}, "--steps"),
-        ({"tolerance": -1}, "--tolerance"),
-        ({"steps": 64, "max_steps": 8}, "--max_steps"),
-        ({"batch_size": 0}, "--batch_size"),
+        ({"steps": 0}, "^steps must"),
+        ({"tolerance": -1}, "^tolerance must"),
+        ({"steps": 64, "max_steps": 8}, r"^max_steps \(8\) must be >= steps \(64\)"),
+        ({"batch_size": 0}, "^batch_size must"),
         ({"model_output": "scores"}, "model_output"),
     ],
 )

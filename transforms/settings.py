@@ -21,7 +21,7 @@ from transforms.job_config import JOB_DEFAULTS, JobConfig, artifacts
 WORKER_JOB_OPTIONS = ("write_raw", "max_file_bytes", "commit_interval", "randomize")
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 @fields_from(AttributionConfig, exclude=("clip_high",))  # clip_high: folded into clip_percentile
 @fields_from(JobConfig, WORKER_JOB_OPTIONS)
 class Settings:

@@ -23,11 +23,8 @@ class CompareFailed(Exception):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "python -m pipeline.compare",
-        "Compare two runs of python -m pipeline image by image (matched by content hash). "
-        "Options not listed here are Beam's (--runner, ...).",
-    )
+    description = "Compare two runs of python -m pipeline image by image (matched by content hash)."
+    p = command_parser("python -m pipeline.compare", description)
     p.add_argument("run_a", help="The earlier run's output folder (local or gs://).")
     p.add_argument("run_b", help="The later run's output folder.")
     p.add_argument(
