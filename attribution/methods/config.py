@@ -52,7 +52,7 @@ class MethodConfig:
     here only what a direct caller could get wrong that the methods do not check when they
     run (their messages name these parameters)."""
 
-    baselines: tuple[str, ...] = tuple(DEFAULTS.baseline.split(","))
+    baselines: tuple[str, ...] = parse_baselines(DEFAULTS.baseline)
     expected_gradients_alpha: str = RANDOM_ALPHA
 
     def __post_init__(self):
