@@ -364,7 +364,7 @@ def execute(prepared: Prepared, claim: Claim) -> beam.runners.runner.PipelineRes
     (``_release_and_raise``)."""
     try:
         inputs, not_in_run = _list_inputs(prepared, claim.taken)
-        context = commit_context(prepared, claim, not_in_run)
+        context = _commit_context(prepared, claim, not_in_run)
         return _run_job(Job(prepared, claim, len(inputs), context))
     except BaseException as e:  # noqa: BLE001 - released, then raised again as main reports it
         _release_and_raise(e, prepared.opts.output_dir, claim.taken)
@@ -381,7 +381,7 @@ def _list_inputs(prepared: Prepared, taken: folder.Taken | None) -> tuple[list[s
     return prepared.matched, 0
 
 
-def commit_context(prepared: Prepared, claim: Claim, not_in_run: int) -> CommitContext:
+def _commit_context(prepared: Prepared, claim: Claim, not_in_run: int) -> CommitContext:
     """What the commit records in the manifest besides the parts it publishes."""
     opts, model, settings = prepared.opts, prepared.model, prepared.settings
     previous = prepared.previous
