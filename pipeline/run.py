@@ -252,15 +252,8 @@ def prepare(argv: list[str] | None, save_main_session: bool) -> Prepared:
         if options.input_format(opts) == "tfrecord"
         else None
     )
-    if previous and (
-        previous.get("model", {}).get("fingerprint") != model.fingerprint
-        or previous.get("settings_hash") != settings.settings_hash
-    ):
-        logging.warning(
-            "--reuse_from %s was made with another model or other settings: "
-            "every image is attributed again",
-            opts.reuse_from,
-        )
+    if previous:
+        _warn_if_not_reusable(opts.reuse_from, previous, model.fingerprint, settings.settings_hash)
     pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
     ship_package(pipeline_options)
     return Prepared(
@@ -288,6 +281,21 @@ def _previous_run(reuse_from: str) -> dict:
         return previous_run(reuse_from)
     except PreviousRunError as e:
         raise options.UsageError(str(e)) from None
+
+
+def _warn_if_not_reusable(
+    reuse_from: str, previous: dict, fingerprint: str, settings_hash: str
+) -> None:
+    """A --reuse_from run made with another model or other settings lends no row: said once."""
+    if (
+        previous.get("model", {}).get("fingerprint") != fingerprint
+        or previous.get("settings_hash") != settings_hash
+    ):
+        logging.warning(
+            "--reuse_from %s was made with another model or other settings: "
+            "every image is attributed again",
+            reuse_from,
+        )
 
 
 def _check_regions(opts, matched: list[str]) -> None:
