@@ -11,6 +11,7 @@ a part already moved is found in place.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 
@@ -53,7 +54,28 @@ def _count_files(folder: str) -> int:
     return len(FileSystems.match([f"{folder}/*"])[0].metadata_list)
 
 
-def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class CommitContext:
+    """What the commit records besides the parts: made by the launcher (pipeline/run.py)
+    before the job starts, pickled into the job's last step."""
+
+    config: dict  # the options (Beam's given ones too) and the resolved image size
+    model: dict  # the model's handle, kind, size, classes, output, fingerprint, ...
+    started_at: str
+    run_id: str
+    settings_hash: str
+    reuse_from: str | None
+    previous: dict | None  # --reuse_from's run: its run_id and finished_at
+    resumed: bool
+    not_in_run: int  # --resume: files matched now that the interrupted run's list lacks
+    definition: dict  # what defines the run: --resume compares it
+    no_report: bool
+    records: bool  # TFRecord input: the list holds shards, rows name their records
+    strategies: bool  # --strategies auto: strategies/ is one of the run's folders
+    lock_token: str | None  # the lock the commit releases (only if it is still this one)
+
+
+def commit(output_dir: str, parts: list[dict], context: CommitContext) -> dict:
     """Publish the run (see the module's doc); returns the manifest written."""
     out = output_dir.rstrip("/")
     reverified = {(p["uri"], p["rank"]) for p in parts if p.get("kind") == REVERIFIED_FAILED}
@@ -66,7 +88,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
         if part["folder"] in uris:
             uris[part["folder"]].extend(_uris(_located(out, part["folder"], part["name"])))
     listed = read_list(out) or []
-    if context.get("records"):  # TFRecord: the list holds shards, rows name their records
+    if context.records:  # TFRecord: the list holds shards, rows name their records
         listed = sorted(set(uris["summaries"]) | set(uris["errors"]))
     missing = sorted(set(listed) - set(uris["summaries"]) - set(uris["errors"]))
     if missing:  # never an anonymous count: each one is an error row
@@ -93,9 +115,9 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             }
         )
         uris["errors"].extend(missing)
-    # strategies/ exists when a class was clustered (no empty part: a run too small to
-    # cluster stays as it was before the stage); its files entry is there with auto
-    folders = FOLDERS + ((STRATEGIES,) if context.get("strategies") else ())
+    # strategies/ holds parts only when a class was clustered (it gets no empty part: a run
+    # too small to cluster has no strategies/ folder); its files entry is there with auto
+    folders = FOLDERS + ((STRATEGIES,) if context.strategies else ())
     for folder, schema in (("summaries", SUMMARY_SCHEMA), ("errors", ERROR_SCHEMA)):
         if not any(p["folder"] == folder for p in parts):  # readers find the folder, 0 rows
             buffer = io.BytesIO()
@@ -141,25 +163,23 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
     record = manifest.build(
         output_dir=out,
         matched=listed,
-        config=context["config"],
-        model=context["model"],
+        config=context.config,
+        model=context.model,
         job_metrics=metrics,
-        started_at=context["started_at"],
+        started_at=context.started_at,
         finished_at=manifest.now(),
-        run_id=context["run_id"],
-        settings_hash=context["settings_hash"],
-        reuse_from=context["reuse_from"],
-        previous=context["previous"],
+        run_id=context.run_id,
+        settings_hash=context.settings_hash,
+        reuse_from=context.reuse_from,
+        previous=context.previous,
         attributed_uris=uris["summaries"],
         failed_uris=uris["errors"],
     )
-    record["counts"].update(
-        not_in_run=int(context.get("not_in_run") or 0), reverified_failed=len(reverified)
-    )
-    record.update(files=files, resumed=context["resumed"], report=None, report_error=None)
-    record["definition"] = context.get("definition")  # what --resume compares (run.py)
+    record["counts"].update(not_in_run=context.not_in_run, reverified_failed=len(reverified))
+    record.update(files=files, resumed=context.resumed, report=None, report_error=None)
+    record["definition"] = context.definition  # what --resume compares
     manifest.write(out, record)
-    if not context["no_report"]:
+    if not context.no_report:
         try:
             from pipeline.report import write_report
 
@@ -171,7 +191,7 @@ def commit(output_dir: str, parts: list[dict], context: dict) -> dict:
             record["report_error"] = f"cannot write {out}/report.html: {type(e).__name__}: {e}"
         manifest.write(out, record)
     delete_tree(staging_dir(out))
-    locks.release(out, context["lock_token"])
+    locks.release(out, context.lock_token)
     return record
 
 
@@ -193,7 +213,7 @@ def _remove_orphans(out: str, summaries: list[str]) -> None:
 class CommitFn(beam.DoFn):
     """[part records] -> the manifest, after publishing the run (runs once, last)."""
 
-    def __init__(self, output_dir: str, context: dict):
+    def __init__(self, output_dir: str, context: CommitContext):
         self.output_dir, self.context = output_dir, context
 
     def process(self, parts):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.utils import shared
 
-from pipeline.commit import CommitFn
+from pipeline.commit import CommitContext, CommitFn
 from transforms.attribute import AttributeImages
 from transforms.read import ReadImages
 from transforms.regions import ReadRegions
@@ -28,7 +28,7 @@ def build(
     *,
     inputs_list: str | None = None,
     resume_parts: str | None = None,
-    commit_context: dict | None = None,
+    commit_context: CommitContext | None = None,
 ) -> None:
     """``regions``: a regions file, read and joined in the graph (never pickled into it);
     ``records``: TFRecord input (--input_format tfrecord) with its feature keys;

@@ -19,7 +19,7 @@ from attribution.targets import Targets
 from pipeline.launch import UsageError, command_parser
 from transforms import job_config
 from transforms.files import absolute
-from transforms.job_config import JobConfig, input_format  # noqa: F401 (pipeline.run reads it here)
+from transforms.job_config import JobConfig
 from transforms.settings import Settings
 
 # --help lists the options as runs of each config's fields, in their declared order, from the

@@ -1,8 +1,10 @@
-"""`python -m pipeline`: validate, load the model once to fail fast, take the run folder, list
-the inputs once, run the graph (whose last stage commits the folder), report."""
+"""`python -m pipeline`, in four steps: ``prepare`` (validate, load the model once to fail fast,
+make the settings), ``take`` the run folder, ``execute`` (list the inputs once, run the graph,
+whose last stage commits the folder) and read the ``outcome``, which ``main`` reports."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import logging
@@ -13,14 +15,21 @@ import signal
 import sys
 import tempfile
 import traceback
+from typing import NoReturn
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, TestOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    TestOptions,
+)
 
-from attribution.models import ModelLoadError, load_model
+from attribution.models import LoadedModel, ModelLoadError, load_model
 from pipeline import folder, graph, lock, manifest, options
+from pipeline.commit import CommitContext
 from pipeline.console import WorkerLog, worker_processes
 from pipeline.launch import (
     Interrupted,
@@ -32,6 +41,7 @@ from pipeline.launch import (
 )
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
+from transforms.job_config import input_format
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
@@ -124,8 +134,56 @@ def _write_error(error: BaseException) -> str | None:
     return f"{WRITE_ERROR} {match.group(1)}: {match.group(2).strip()}" if match else None
 
 
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What ``prepare`` checked and made, before the folder is touched."""
+
+    opts: argparse.Namespace  # the options, the paths in them made absolute
+    pipeline_options: PipelineOptions
+    runner: str
+    dry_run: bool  # a dry run or a template build: the graph is built, no job runs
+    started_at: str
+    model: LoadedModel  # loaded in the launcher to fail fast; each worker loads its own
+    settings: Settings
+    definition: dict  # what defines the run (attempt_definition); --resume compares it
+    records: RecordKeys | None  # TFRecord input's feature keys; None for image files
+    matched: list[str]  # what --input_pattern matches now (outside --output_dir)
+    previous: dict | None  # the manifest of --reuse_from's run
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What ``take`` returns: the run's id and the folder's lock (None on a dry run, which
+    leaves the folder alone)."""
+
+    run_id: str
+    taken: folder.Taken | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What ``_run_job`` runs: the prepared run in its folder, how many inputs the staged list
+    holds (the progress line's total) and what the commit records."""
+
+    prepared: Prepared
+    claim: Claim
+    inputs: int
+    context: CommitContext
+
+
 def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunResult:
-    """Run the job; see RunResult."""
+    """Run the job: prepare, take the folder, execute, read the outcome; see RunResult."""
+    prepared = prepare(argv, save_main_session)
+    claim = take(prepared)
+    result = execute(prepared, claim)
+    return outcome(prepared, claim, result)
+
+
+def prepare(argv: list[str] | None, save_main_session: bool) -> Prepared:
+    """Everything checked before the folder is touched: the options, the labels file, the
+    inputs, --reuse_from's run, the regions file, the model (loaded once here so a bad one
+    fails before any work), the settings and Beam's options. A problem raises UsageError
+    (or ModelLoadError)."""
     opts, pipeline_options = options.parse(sys.argv[1:] if argv is None else list(argv))
     opts.input_pattern, opts.output_dir = absolute(opts.input_pattern), absolute(opts.output_dir)
     folder.check_writable(opts.output_dir)  # before the model loads: nothing is left behind
@@ -136,40 +194,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     previous = None
     if opts.reuse_from:
         opts.reuse_from = absolute(opts.reuse_from)
-        try:
-            previous = previous_run(opts.reuse_from)
-        except PreviousRunError as e:
-            raise options.UsageError(str(e)) from None
-    try:
-        if opts.regions:  # streamed once to refuse a bad file now; the job reads it again
-            boxes = check_regions(opts.regions, opts.input_pattern)
-            if (
-                boxes
-                and options.input_format(opts) == "files"  # records are named in the job
-                and not names_any(opts.regions, opts.input_pattern, matched)
-            ):
-                logging.warning(
-                    "--regions %s: none of its %d boxes names an image --input_pattern "
-                    "matched (image is a full path, or relative to %s): no row gets regions",
-                    opts.regions,
-                    boxes,
-                    pattern_root(opts.input_pattern),
-                )
-    except ValueError as e:
-        raise options.UsageError(str(e)) from None
-    try:
-        model = load_model(
-            opts.model,
-            image_size=options.parse_image_size(opts.image_size),
-            model_output=opts.model_output,
-            output_key=opts.output_key,
-            preprocess=opts.preprocess,
-            precision=opts.precision,
-        )
-    except ModelLoadError as e:
-        if opts.image_size is not None and "--image_size" in str(e):
-            raise options.UsageError(str(e)) from None  # the option is wrong, not the model
-        raise
+        previous = _previous_run(opts.reuse_from)
+    _check_regions(opts, matched)
+    model = _load(opts)
     options.validate_with_model(opts, model.num_classes, model.image_size, model)
     if labels and len(labels) != model.num_classes:
         logging.warning(
@@ -179,131 +206,224 @@ def run(argv: list[str] | None = None, save_main_session: bool = True) -> RunRes
     opts.steps, opts.max_steps = settings.steps, settings.max_steps  # the manifest records these
     records = (
         RecordKeys(opts.image_key, opts.id_key, opts.label_key, opts.regions_from_record, labels)
-        if options.input_format(opts) == "tfrecord"
+        if input_format(opts) == "tfrecord"
         else None
     )
-    if previous and (
-        previous.get("model", {}).get("fingerprint") != model.fingerprint
-        or previous.get("settings_hash") != settings.settings_hash
+    if previous:
+        _warn_if_not_reusable(opts.reuse_from, previous, model.fingerprint, settings.settings_hash)
+    pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
+    ship_package(pipeline_options)
+    return Prepared(
+        opts=opts,
+        pipeline_options=pipeline_options,
+        runner=runner_name(pipeline_options),
+        # Building a template only stages the graph: no job runs, the folder is not touched.
+        dry_run=bool(
+            pipeline_options.view_as(TestOptions).dry_run
+            or pipeline_options.view_as(GoogleCloudOptions).template_location
+        ),
+        started_at=started_at,
+        model=model,
+        settings=settings,
+        definition=attempt_definition(opts, model.fingerprint, settings),
+        records=records,
+        matched=matched,
+        previous=previous,
+    )
+
+
+def _previous_run(reuse_from: str) -> dict:
+    """The manifest of --reuse_from's run, or UsageError saying why it cannot be reused."""
+    try:
+        return previous_run(reuse_from)
+    except PreviousRunError as e:
+        raise options.UsageError(str(e)) from None
+
+
+def _warn_if_not_reusable(
+    reuse_from: str, previous: dict, fingerprint: str, settings_hash: str
+) -> None:
+    """A --reuse_from run made with another model or other settings lends no row: said once."""
+    if (
+        previous.get("model", {}).get("fingerprint") != fingerprint
+        or previous.get("settings_hash") != settings_hash
     ):
         logging.warning(
             "--reuse_from %s was made with another model or other settings: "
             "every image is attributed again",
-            opts.reuse_from,
+            reuse_from,
         )
 
-    pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
-    runner = runner_name(pipeline_options)
-    ship_package(pipeline_options)
-    # Building a template only stages the graph: no job runs, the folder is not touched.
-    dry_run = bool(
-        pipeline_options.view_as(TestOptions).dry_run
-        or pipeline_options.view_as(GoogleCloudOptions).template_location
+
+def _check_regions(opts, matched: list[str]) -> None:
+    """--regions is streamed once to refuse a bad file now (the job reads it again); a file
+    none of whose boxes names a matched image is named in a warning."""
+    if not opts.regions:
+        return
+    try:
+        boxes = check_regions(opts.regions, opts.input_pattern)
+        if (
+            boxes
+            and input_format(opts) == "files"  # records are named in the job
+            and not names_any(opts.regions, opts.input_pattern, matched)
+        ):
+            logging.warning(
+                "--regions %s: none of its %d boxes names an image --input_pattern "
+                "matched (image is a full path, or relative to %s): no row gets regions",
+                opts.regions,
+                boxes,
+                pattern_root(opts.input_pattern),
+            )
+    except ValueError as e:
+        raise options.UsageError(str(e)) from None
+
+
+def _load(opts) -> LoadedModel:
+    """The model --model names, or ModelLoadError (UsageError when --image_size is what is
+    wrong, not the model)."""
+    try:
+        return load_model(
+            opts.model,
+            image_size=options.parse_image_size(opts.image_size),
+            model_output=opts.model_output,
+            output_key=opts.output_key,
+            preprocess=opts.preprocess,
+            precision=opts.precision,
+        )
+    except ModelLoadError as e:
+        if opts.image_size is not None and "--image_size" in str(e):
+            raise options.UsageError(str(e)) from None
+        raise
+
+
+def take(prepared: Prepared) -> Claim:
+    """The run's id and the folder locked for it (folder.take), or UsageError saying why
+    not. --resume first checks that it finishes the same run, and keeps that run's id
+    unless --run_id names one. A dry run takes nothing."""
+    opts = prepared.opts
+    stamp = datetime.datetime.fromisoformat(prepared.started_at).strftime("%Y%m%dT%H%M%SZ")
+    if prepared.dry_run:
+        return Claim(opts.run_id or stamp, None)
+    crashed = None
+    if opts.resume:
+        check_same_run(opts.output_dir, prepared.definition)
+        crashed = lock.read(opts.output_dir)
+    run_id = opts.run_id
+    if run_id is None and crashed is not None and crashed.run_id != "unknown":
+        run_id = crashed.run_id  # --resume finishes that run, under its name
+    run_id = run_id or stamp
+    taken = folder.take(
+        opts.output_dir,
+        run_id=run_id,
+        overwrite=opts.overwrite,
+        resume=opts.resume,
+        lock_timeout=opts.lock_timeout,
+        local="Direct" in prepared.runner,
+    )
+    return Claim(run_id, taken)
+
+
+def execute(prepared: Prepared, claim: Claim) -> beam.runners.runner.PipelineResult:
+    """List the inputs, run the graph (its last stage commits the folder) and wait for it.
+    Whatever stops it releases the lock and raises what ``main`` reports
+    (``_release_and_raise``)."""
+    try:
+        inputs, not_in_run = _list_inputs(prepared, claim.taken)
+        context = _commit_context(prepared, claim, not_in_run)
+        return _run_job(Job(prepared, claim, len(inputs), context))
+    except BaseException as e:  # noqa: BLE001 - released, then raised again as main reports it
+        _release_and_raise(e, prepared.opts.output_dir, claim.taken)
+
+
+def _list_inputs(prepared: Prepared, taken: folder.Taken | None) -> tuple[list[str], int]:
+    """The inputs this attempt reads, and how many files matched now are not among them.
+    The pattern's matches are staged for the job (folder.write_list); --resume reads the
+    interrupted attempt's list instead, the same inputs. A dry run stages nothing."""
+    if taken is not None and taken.listed:
+        return taken.listed, not_in_list(prepared.matched, taken.listed)
+    if taken is not None:
+        folder.write_list(prepared.opts.output_dir, prepared.matched, prepared.definition)
+    return prepared.matched, 0
+
+
+def _commit_context(prepared: Prepared, claim: Claim, not_in_run: int) -> CommitContext:
+    """What the commit records in the manifest besides the parts it publishes."""
+    opts, model, settings = prepared.opts, prepared.model, prepared.settings
+    previous = prepared.previous
+    return CommitContext(
+        config={
+            **vars(opts),
+            "run_id": claim.run_id,
+            **prepared.pipeline_options.get_all_options(drop_default=True),
+            "resolved_image_size": list(model.image_size),
+        },
+        model={
+            "handle": model.handle,
+            "kind": model.kind,
+            "input_size": list(model.image_size),
+            "num_classes": model.num_classes,
+            "output": model.output,
+            "fingerprint": model.fingerprint,
+            "channels": model.channels,
+            "preprocess": model.preprocess,
+        },
+        started_at=prepared.started_at,
+        run_id=claim.run_id,
+        settings_hash=settings.settings_hash,
+        reuse_from=opts.reuse_from,
+        previous={k: previous.get(k) for k in ("run_id", "finished_at")} if previous else None,
+        resumed=bool(opts.resume),
+        not_in_run=not_in_run,
+        definition=prepared.definition,
+        no_report=bool(opts.no_report),
+        records=prepared.records is not None,
+        strategies=settings.strategy_config.enabled,
+        lock_token=claim.taken.lock.token if claim.taken else None,
     )
 
-    definition = attempt_definition(opts, model.fingerprint, settings)
-    if opts.resume and not dry_run:
-        check_same_run(opts.output_dir, definition)
 
-    taken, not_in_run = None, 0
-    if not dry_run:
-        crashed = lock.read(opts.output_dir) if opts.resume else None
-        if opts.run_id is None and crashed is not None and crashed.run_id != "unknown":
-            opts.run_id = crashed.run_id  # --resume finishes that run, under its name
-        opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
-            "%Y%m%dT%H%M%SZ"
-        )
-        taken = folder.take(
-            opts.output_dir,
-            run_id=opts.run_id,
-            overwrite=opts.overwrite,
-            resume=opts.resume,
-            lock_timeout=opts.lock_timeout,
-            local="Direct" in runner,
-        )
-    else:
-        opts.run_id = opts.run_id or datetime.datetime.fromisoformat(started_at).strftime(
-            "%Y%m%dT%H%M%SZ"
-        )
-    try:
-        if taken is not None:
-            if taken.listed:
-                not_in_run = not_in_list(matched, taken.listed)
-                matched = taken.listed  # the interrupted run's list: the same inputs
-            else:
-                folder.write_list(opts.output_dir, matched, definition)
-        context = {
-            "config": {
-                **vars(opts),
-                **pipeline_options.get_all_options(drop_default=True),
-                "resolved_image_size": list(model.image_size),
-            },
-            "model": {
-                "handle": model.handle,
-                "kind": model.kind,
-                "input_size": list(model.image_size),
-                "num_classes": model.num_classes,
-                "output": model.output,
-                "fingerprint": model.fingerprint,
-                "channels": model.channels,
-                "preprocess": model.preprocess,
-            },
-            "started_at": started_at,
-            "run_id": opts.run_id,
-            "settings_hash": settings.settings_hash,
-            "reuse_from": opts.reuse_from,
-            "previous": (
-                {k: previous.get(k) for k in ("run_id", "finished_at")} if previous else None
-            ),
-            "resumed": bool(opts.resume),
-            "not_in_run": not_in_run,
-            "definition": definition,
-            "no_report": bool(opts.no_report),
-            "records": records is not None,
-            "strategies": settings.strategy_config.enabled,
-            "lock_token": taken.lock.token if taken else None,
-        }
-        result = _run_job(
-            pipeline_options,
-            settings,
-            opts,
-            records,
-            runner,
-            dry_run,
-            len(matched),
-            inputs_path(opts.output_dir),
-            taken,
-            context,
-        )
-    except BaseException as e:
-        signum = received()
-        if signum is not None or isinstance(e, KeyboardInterrupt):
-            stop_children()  # no worker writes into the folder once the lock is released
-        if taken is not None:
-            lock.release(opts.output_dir, taken.lock.token)
-        if signum is not None:
-            raise Interrupted(signum) from None
-        if isinstance(e, (options.UsageError, KeyboardInterrupt)):
-            raise
-        line = _write_error(e)
-        if line:
-            raise RunFailed(
-                f"{line}; the run was not committed: free space or fix the "
-                f"permission, then rerun with --resume"
-            ) from None
+def _release_and_raise(
+    error: BaseException, output_dir: str, taken: folder.Taken | None
+) -> NoReturn:
+    """After ``error`` stopped the job: stop the workers if interrupted (none writes into the
+    folder once the lock is released), release the lock, and raise what ``main`` reports:
+    Interrupted, the UsageError or KeyboardInterrupt itself, or RunFailed in one line."""
+    signum = received()
+    if signum is not None or isinstance(error, KeyboardInterrupt):
+        stop_children()
+    if taken is not None:
+        lock.release(output_dir, taken.lock.token)
+    if signum is not None:
+        raise Interrupted(signum) from None
+    if isinstance(error, (options.UsageError, KeyboardInterrupt)):
+        raise error
+    line = _write_error(error)
+    if line:
         raise RunFailed(
-            f"the job failed ({type(e).__name__}: "
-            f"{(str(e).strip().splitlines() or [''])[-1][:300]}); the run was "
-            f"not committed: rerun with --resume"
-        ) from e
-    if dry_run:
+            f"{line}; the run was not committed: free space or fix the "
+            f"permission, then rerun with --resume"
+        ) from None
+    raise RunFailed(
+        f"the job failed ({type(error).__name__}: "
+        f"{(str(error).strip().splitlines() or [''])[-1][:300]}); the run was "
+        f"not committed: rerun with --resume"
+    ) from error
+
+
+def outcome(
+    prepared: Prepared, claim: Claim, result: beam.runners.runner.PipelineResult
+) -> RunResult:
+    """The committed manifest with Beam's counters added, or RunFailed when the job ended
+    without committing this run; a dry run has no manifest."""
+    if prepared.dry_run:
         return RunResult(None, None, result)
-    record = manifest.read(opts.output_dir)
-    if record is None or record.get("run_id") != opts.run_id:
+    output_dir = prepared.opts.output_dir
+    record = manifest.read(output_dir)
+    if record is None or record.get("run_id") != claim.run_id:
         raise RunFailed(
-            f"the job ended without committing {opts.output_dir}/manifest.json: rerun with --resume"
+            f"the job ended without committing {output_dir}/manifest.json: rerun with --resume"
         )
-    record = _add_counters(opts.output_dir, record, result, records is not None)
+    record = _add_counters(output_dir, record, result, prepared.records is not None)
     return RunResult(record, record.get("report"), result)
 
 
@@ -330,7 +450,7 @@ def attempt_definition(opts, fingerprint: str, settings: Settings) -> dict:
     """The options that define this run, as recorded with its input list (--resume compares)."""
     return {
         "input_pattern": opts.input_pattern,
-        "input_format": options.input_format(opts),
+        "input_format": input_format(opts),
         "image_key": opts.image_key,
         "id_key": opts.id_key,
         "label_key": opts.label_key,
@@ -389,42 +509,39 @@ def not_in_list(matched: list[str], listed: list[str], shown: int = 5) -> int:
     return len(extra)
 
 
-def _run_job(
-    pipeline_options,
-    settings,
-    opts,
-    records,
-    runner,
-    dry_run,
-    matched_count,
-    inputs_list,
-    taken,
-    context,
-):
+def _run_job(job: Job) -> beam.runners.runner.PipelineResult:
+    """Build the graph, run it and wait, with the progress line and the workers' log."""
+    prepared, opts = job.prepared, job.prepared.opts
     show_progress = (
-        "Direct" in runner and opts.progress_interval > 0 and not dry_run and records is None
+        "Direct" in prepared.runner
+        and opts.progress_interval > 0
+        and not prepared.dry_run
+        and prepared.records is None
     )  # TFRecord: the image count is unknown up front
     progress_folder = tempfile.mkdtemp(prefix="ig-progress-") if show_progress else None
-    workers = WorkerLog(settings.output_dir, worker_processes(pipeline_options) and not dry_run)
+    workers = WorkerLog(
+        prepared.settings.output_dir,
+        worker_processes(prepared.pipeline_options) and not prepared.dry_run,
+    )
     reporter = (
         ProgressReporter(
-            progress_folder, matched_count, opts.progress_interval, stream=workers.console
+            progress_folder, job.inputs, opts.progress_interval, stream=workers.console
         )
         if show_progress
         else None
     )
     try:
-        p = beam.Pipeline(options=pipeline_options)
+        p = beam.Pipeline(options=prepared.pipeline_options)
         graph.build(
             p,
-            dataclasses.replace(settings, progress_folder=progress_folder),
+            dataclasses.replace(prepared.settings, progress_folder=progress_folder),
             opts.input_pattern,
             opts.regions,
             reuse_from=opts.reuse_from,
-            records=records,
-            inputs_list=inputs_list,
-            resume_parts=taken.resume_parts if taken else None,
-            commit_context=context,
+            records=prepared.records,
+            inputs_list=inputs_path(opts.output_dir),
+            resume_parts=job.claim.taken.resume_parts if job.claim.taken else None,
+            commit_context=job.context,
         )
         if reporter:
             reporter.start()

@@ -211,6 +211,28 @@ def test_a_changed_setting_recomputes_everything(audits):
     assert {r["steps"] for r in read(runs["steps"])} == {5}
 
 
+def test_reusing_a_run_of_other_settings_or_another_model_is_said_once(audits, caplog):
+    """The launcher warns before the job when --reuse_from's run can lend no row."""
+    _, runs = audits
+    previous, steps = manifest(runs["day2"]), manifest(runs["steps"])
+    fingerprint = previous["model"]["fingerprint"]
+    cases = {
+        "same": (fingerprint, previous["settings_hash"]),
+        "other settings": (fingerprint, steps["settings_hash"]),
+        "another model": ("0" * 64, previous["settings_hash"]),
+    }
+    said = {}
+    for name, (model, settings_hash) in cases.items():
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            job._warn_if_not_reusable(str(runs["day2"]), previous, model, settings_hash)
+        said[name] = [r.getMessage() for r in caplog.records]
+    assert said["same"] == []
+    for name in ("other settings", "another model"):
+        assert len(said[name]) == 1
+        assert said[name][0].startswith(f"--reuse_from {runs['day2']} was made with another")
+
+
 def test_reuse_usage_errors(tiny_model, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()
