@@ -33,6 +33,7 @@ from pipeline.launch import (
 )
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
+from transforms.inputs import InputSpec
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import METHOD_KEYS, Settings
@@ -462,12 +463,14 @@ def _run_job(
         graph.build(
             p,
             dataclasses.replace(settings, progress_folder=progress_folder),
-            opts.input_pattern,
-            opts.regions,
-            reuse_from=opts.reuse_from,
-            records=records,
-            inputs_list=inputs_list,
-            resume_parts=taken.resume_parts if taken else None,
+            InputSpec(
+                pattern=opts.input_pattern,
+                inputs_list=inputs_list,
+                records=records,
+                regions=opts.regions,
+                reuse_from=opts.reuse_from,
+                resume_parts=taken.resume_parts if taken else None,
+            ),
             commit_context=context,
         )
         if reporter:
