@@ -1,8 +1,10 @@
 """Incremental runs (``--reuse_from DIR``): copy forward what a previous run already computed.
 
-An image is identified by the sha256 of its bytes, not by its uri. The graph hashes every
-matched file (reading it, not decoding it), joins the hashes with the previous run's summary
-rows whose model fingerprint and settings hash equal this run's, and splits:
+An image is identified by the sha256 of its bytes, not by its uri. ``ReadInputs``
+(transforms/inputs.py) hashes every listed input (a file read, or a record's image bytes,
+not decoded); ``Reuse``, the filter between hashing and decoding, joins the hashes with the
+previous run's summary rows whose model fingerprint and settings hash equal this run's, and
+splits:
 
 - **reuse**: the previous rows of an identical image are copied forward with this run's
   uri, id and file names (a renamed file is reused under its new id), labels re-applied,
@@ -216,7 +218,7 @@ def recheck(row: dict, tolerance: float | None) -> str | None:
 
 
 class SplitFn(beam.DoFn):
-    """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
+    """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the ref to
     compute (tagged COMPUTE). Deleted images (no current ref) produce nothing. Rows whose
     arithmetic fails ``recheck`` are not reused: the image is computed and each failed row is
     reported (tagged REVERIFIED_FAILED, counted by the commit in counts.reverified_failed)."""
