@@ -64,8 +64,8 @@ class Inputs(NamedTuple):
 class ReadInputs(beam.PTransform):
     """PBegin -> ``Inputs``, for image files and TFRecord shards alike.
 
-    ``regions``: the rows of ``spec.regions`` (``ReadRegions``, a step of the graph's own,
-    None without --regions); the result's ``regions`` adds the records' own boxes under
+    ``regions``: the rows of ``spec.regions``, read by the caller (``ReadRegions``), None
+    without --regions; the result's ``regions`` adds the records' own boxes under
     --regions_from_record."""
 
     def __init__(self, spec: InputSpec, settings: Settings, regions=None):
@@ -90,11 +90,9 @@ class ReadInputs(beam.PTransform):
         regions = self.regions
         if spec.records is not None and spec.records.regions_from_record:
             boxes = inputs | "RecordRegions" >> beam.FlatMap(header_regions)
-            regions = (
-                boxes
-                if regions is None
-                else (regions, boxes) | "CollectRegions" >> (beam.Flatten())
-            )
+            if regions is not None:
+                boxes = (regions, boxes) | "CollectRegions" >> beam.Flatten()
+            regions = boxes
         reused = None
         if spec.previous:
             hashed = inputs | "Hash" >> beam.ParDo(hash_fn).with_outputs(ERRORS, main="hashes")
