@@ -41,6 +41,7 @@ from pipeline.launch import (
 )
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
+from transforms.inputs import InputSpec
 from transforms.job_config import input_format
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
@@ -535,12 +536,14 @@ def _run_job(job: Job) -> beam.runners.runner.PipelineResult:
         graph.build(
             p,
             dataclasses.replace(prepared.settings, progress_folder=progress_folder),
-            opts.input_pattern,
-            opts.regions,
-            reuse_from=opts.reuse_from,
-            records=prepared.records,
-            inputs_list=inputs_path(opts.output_dir),
-            resume_parts=job.claim.taken.resume_parts if job.claim.taken else None,
+            InputSpec(
+                pattern=opts.input_pattern,
+                inputs_list=inputs_path(opts.output_dir),
+                records=prepared.records,
+                regions=opts.regions,
+                reuse_from=opts.reuse_from,
+                resume_parts=job.claim.taken.resume_parts if job.claim.taken else None,
+            ),
             commit_context=job.context,
         )
         if reporter:

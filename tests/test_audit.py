@@ -15,7 +15,8 @@ from attribution import masks
 from attribution.images import pad_geometry
 from pipeline import options
 from pipeline import run as job
-from transforms.reuse import LOCATION_COLUMNS, ImageRef, SplitFn, reused_row
+from transforms.records import ImageRef
+from transforms.reuse import LOCATION_COLUMNS, SplitFn, reused_row
 from transforms.settings import Settings
 from transforms.write import SUMMARY_SCHEMA
 

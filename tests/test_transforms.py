@@ -19,8 +19,8 @@ from attribution.models import load_model
 from pipeline.progress import ProgressReporter
 from transforms.attribute import AttributeImages
 from transforms.ids import image_id
+from transforms.inputs import InputSpec, ReadInputs
 from transforms.progress import CountsProgress, tally
-from transforms.read import ReadImages
 from transforms.records import NAMESPACE, DecodedImage
 from transforms.regions import load_regions, pattern_root
 from transforms.settings import Settings
@@ -55,7 +55,15 @@ def test_read_images_decodes_good_files_and_dead_letters_the_rest(tmp_path):
     Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "red.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     pipeline = TestPipeline()
-    outputs = pipeline | ReadImages(f"{tmp_path}/*", (8, 8), max_pixels=10_000)
+    settings = Settings(
+        model="unused",
+        output_dir=str(tmp_path / "out"),
+        image_size=(8, 8),
+        num_classes=1,
+        model_fingerprint="unused",
+        max_pixels=10_000,
+    )
+    outputs = pipeline | ReadInputs(InputSpec(pattern=f"{tmp_path}/*"), settings)
     shapes = outputs.images | beam.Map(
         lambda d: (
             os.path.basename(d.uri),

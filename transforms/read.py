@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -24,7 +23,7 @@ from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
 from transforms.job_config import JOB_DEFAULTS
 from transforms.progress import CountsProgress
-from transforms.records import ERRORS, NAMESPACE, DecodedImage, error_row
+from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 
 DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
 
@@ -138,13 +137,13 @@ def hash_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> str:
 
 
 class DecodeFn(CountsProgress, beam.DoFn):
-    """uri (or FileMetadata) -> DecodedImage at model size, or an `errors` row tagged ERRORS."""
+    """uri (or FileMetadata) -> DecodedImage at model size, or an `errors` row tagged ERRORS.
+    Inputs are counted as matched where they are listed (``FirstOfIdFn``)."""
 
     def __init__(
         self,
         image_size: tuple[int, int],
         max_pixels: int,
-        count_matched: bool = True,
         progress_folder: str | None = None,
         channels: int = 3,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
@@ -154,14 +153,10 @@ class DecodeFn(CountsProgress, beam.DoFn):
         self.progress_folder = progress_folder
         self.max_pixels = max_pixels
         self.max_file_bytes = max_file_bytes
-        self.count_matched = count_matched  # False where an earlier step counted the input
-        self.matched = Metrics.counter(NAMESPACE, "matched")
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, metadata):
         uri = metadata if isinstance(metadata, str) else metadata.path  # FileMetadata or uri
-        if self.count_matched:
-            self.matched.inc()
         stage = "read"
         try:
             data = read_input(uri, self.max_file_bytes)
@@ -187,11 +182,35 @@ class DecodeFn(CountsProgress, beam.DoFn):
         )
 
 
+class HashFn(CountsProgress, beam.DoFn):
+    """uri -> (sha256, ImageRef), the file read but not decoded; an unreadable file is an
+    `errors` row (stage read) tagged ERRORS."""
+
+    def __init__(
+        self, progress_folder: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    ):
+        self.progress_folder = progress_folder
+        self.max_file_bytes = max_file_bytes
+        self.failed = Metrics.counter(NAMESPACE, "failed")
+
+    def process(self, uri):
+        try:
+            sha = hash_input(uri, self.max_file_bytes)
+        except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
+            self.failed.inc()
+            self.progress()
+            kind = e.error_type if isinstance(e, UnsafeInput) else None
+            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e, kind))
+            return
+        yield sha, ImageRef(uri, image_id(uri), sha)
+
+
 class FirstOfIdFn(beam.DoFn):
     """(image_id, uris with that id) -> the first uri in sorted order; each later one is an
     `errors` row (``DuplicateId``) naming it. Ids are derived from uris, so two listed uris
     share one only by a hash collision (12 hex digits); then one row is still written once
-    under its id, whatever the order or the number of workers. Uris out; rows tagged ERRORS."""
+    under its id, whatever the order or the number of workers. Uris out; rows tagged ERRORS.
+    Every listed uri is counted as matched here, once."""
 
     def __init__(self):
         self.matched = Metrics.counter(NAMESPACE, "matched")
@@ -200,9 +219,9 @@ class FirstOfIdFn(beam.DoFn):
     def process(self, element):
         key, uris = element
         first, *later = sorted(uris)
+        self.matched.inc(1 + len(later))
         yield first
         for uri in later:
-            self.matched.inc()
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(
                 ERRORS,
@@ -227,63 +246,25 @@ class ListedInputs(beam.PTransform):
         self.pattern, self.inputs_list = pattern, inputs_list
 
     def expand(self, pbegin):
-        if self.inputs_list:
-            uris = (
-                pbegin
-                | "ReadList"
-                >> beam.io.ReadFromParquet(self.inputs_list, validate=False, columns=["uri"])
-                | "Uri" >> beam.Map(lambda row: row["uri"])
-            )
-        else:
-            uris = (
-                pbegin
-                | "Match" >> fileio.MatchFiles(self.pattern)
-                | "Uri" >> beam.Map(lambda metadata: metadata.path)
-            )
         return (
-            uris
+            listed_uris(pbegin, self.pattern, self.inputs_list)
             | "KeyById" >> beam.Map(lambda uri: (image_id(uri), uri))
             | "GroupById" >> beam.GroupByKey()
             | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="uris")
         )
 
 
-class Read(NamedTuple):
-    """What ReadImages returns: decoded images and `errors` rows."""
-
-    images: beam.PCollection
-    errors: beam.PCollection
-
-
-class ReadImages(beam.PTransform):
-    """pattern or input list -> Read(DecodedImage, errors). Local paths and gs:// alike."""
-
-    def __init__(
-        self,
-        pattern: str | None,
-        image_size: tuple[int, int],
-        max_pixels: int,
-        progress_folder: str | None = None,
-        channels: int = 3,
-        inputs_list: str | None = None,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-    ):
-        super().__init__()
-        self.pattern, self.image_size, self.max_pixels = pattern, image_size, max_pixels
-        self.progress_folder = progress_folder
-        self.channels = channels
-        self.inputs_list, self.max_file_bytes = inputs_list, max_file_bytes
-
-    def expand(self, pbegin):
-        listed = pbegin | "List" >> ListedInputs(self.pattern, self.inputs_list)
-        decoded = listed.uris | "Decode" >> beam.ParDo(
-            DecodeFn(
-                self.image_size,
-                self.max_pixels,
-                progress_folder=self.progress_folder,
-                channels=self.channels,
-                max_file_bytes=self.max_file_bytes,
-            )
-        ).with_outputs(ERRORS, main="images")
-        errors = (listed[ERRORS], decoded[ERRORS]) | "CollectListErrors" >> beam.Flatten()
-        return Read(decoded.images, errors)
+def listed_uris(pbegin, pattern: str | None, inputs_list: str | None = None):
+    """The uris of the launcher's input list (a Parquet file with a ``uri`` column), else of
+    ``pattern`` matched here: image files, or the shards of TFRecord input."""
+    if inputs_list:
+        return (
+            pbegin
+            | "ReadList" >> beam.io.ReadFromParquet(inputs_list, validate=False, columns=["uri"])
+            | "Uri" >> beam.Map(lambda row: row["uri"])
+        )
+    return (
+        pbegin
+        | "Match" >> fileio.MatchFiles(pattern)
+        | "Uri" >> beam.Map(lambda metadata: metadata.path)
+    )

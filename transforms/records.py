@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from transforms.tfrecord import Record
 
 STAGES = ("read", "decode", "preprocess", "attribute", "write")
 ERRORS = "errors"  # the output tag of dead-letter rows, in every step that has one
@@ -23,6 +27,23 @@ class DecodedImage:
     )  # float32 [H, W, 3] (or [H, W, 1], gray models) at model input size, in [0, 1]
     true_class: int | None = None  # from a TFRecord's --label_key
     true_label: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An input hashed but not decoded (``--reuse_from``, ``--resume``): all that goes
+    through the join with the previous rows."""
+
+    uri: str
+    image_id: str
+    content_sha256: str
+    boxes: tuple | None = None  # its --regions boxes, joined in the graph by uri
+    record: Record | None = None  # TFRecord input: the record (image bytes) to compute from
+
+    @property
+    def source(self):
+        """What decoding reads: the record of TFRecord input, else the file's uri."""
+        return self.uri if self.record is None else self.record
 
 
 def error_row(

@@ -1,8 +1,10 @@
 """Incremental runs (``--reuse_from DIR``): copy forward what a previous run already computed.
 
-An image is identified by the sha256 of its bytes, not by its uri. The graph hashes every
-matched file (reading it, not decoding it), joins the hashes with the previous run's summary
-rows whose model fingerprint and settings hash equal this run's, and splits:
+An image is identified by the sha256 of its bytes, not by its uri. ``ReadInputs``
+(transforms/inputs.py) hashes every listed input (a file read, or a record's image bytes,
+not decoded); ``Reuse``, the filter between hashing and decoding, joins the hashes with the
+previous run's summary rows whose model fingerprint and settings hash equal this run's, and
+splits:
 
 - **reuse**: the previous rows of an identical image are copied forward with this run's
   uri, id and file names (a renamed file is reused under its new id), labels re-applied,
@@ -26,7 +28,8 @@ from __future__ import annotations
 import io
 import logging
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -44,10 +47,8 @@ from transforms.files import (
     read_run_file,
     verify_parts,
 )
-from transforms.ids import image_id
 from transforms.progress import CountsProgress
-from transforms.read import DEFAULT_MAX_FILE_BYTES, DecodeFn, ListedInputs, UnsafeInput, hash_input
-from transforms.records import ERRORS, NAMESPACE, error_row
+from transforms.records import NAMESPACE, ImageRef
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
 from transforms.summarize import artifact_name
@@ -126,42 +127,6 @@ def has_summaries(folder: str) -> bool:
     return bool(parquet_parts(folder, "summaries"))
 
 
-@dataclass(frozen=True)
-class ImageRef:
-    """A matched file, hashed but not decoded: all that goes through the join."""
-
-    uri: str
-    image_id: str
-    content_sha256: str
-    boxes: tuple | None = None  # its --regions boxes, joined in the graph by uri
-    record: object = None  # TFRecord input: the tfrecord.Record (image bytes) to compute from
-
-
-class HashFn(CountsProgress, beam.DoFn):
-    """uri (or FileMetadata) -> (sha256, ImageRef); unreadable files -> `errors` (stage read)."""
-
-    def __init__(
-        self, progress_folder: str | None = None, max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
-    ):
-        self.progress_folder = progress_folder
-        self.max_file_bytes = max_file_bytes
-        self.matched = Metrics.counter(NAMESPACE, "matched")
-        self.failed = Metrics.counter(NAMESPACE, "failed")
-
-    def process(self, metadata):
-        uri = metadata if isinstance(metadata, str) else metadata.path
-        self.matched.inc()
-        try:
-            sha = hash_input(uri, self.max_file_bytes)
-        except Exception as e:  # noqa: BLE001 - as DecodeFn: an unreadable input is a dead letter
-            self.failed.inc()
-            self.progress()
-            kind = e.error_type if isinstance(e, UnsafeInput) else None
-            yield beam.pvalue.TaggedOutput(ERRORS, error_row(uri, "read", e, kind))
-            return
-        yield sha, ImageRef(uri, image_id(uri), sha)
-
-
 def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     """Previous rows made by this model with these settings, keyed by content hash. Rows of
     an older schema (a column missing) are not reused: they could not be copied as they are.
@@ -169,7 +134,7 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
     if row.get("settings_hash") == settings_hash and "strategy" not in row:
-        row = {**row, "strategy": None}  # before issue 21: the stage assigns it again
+        row = {**row, "strategy": None}  # rows before the strategy column: assigned again
     if (
         row.get("model_fingerprint") == model_fingerprint
         and row.get("settings_hash") == settings_hash
@@ -253,7 +218,7 @@ def recheck(row: dict, tolerance: float | None) -> str | None:
 
 
 class SplitFn(beam.DoFn):
-    """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the uri to
+    """(sha256, {previous: rows, current: refs}) -> (ImageRef, rows) to reuse, or the ref to
     compute (tagged COMPUTE). Deleted images (no current ref) produce nothing. Rows whose
     arithmetic fails ``recheck`` are not reused: the image is computed and each failed row is
     reported (tagged REVERIFIED_FAILED, counted by the commit in counts.reverified_failed)."""
@@ -402,66 +367,37 @@ class CopyForwardFn(CountsProgress, beam.DoFn):
         yield from rows_out
 
 
-class ReadWithReuse(beam.PTransform):
-    """pattern -> {"images": DecodedImage to attribute, "reused": summary rows copied
-    forward, "errors": read/decode dead letters, "regions": the regions to join in
-    Summarize (``regions`` and, with ``records``, the boxes of the records)}.
+class Reused(NamedTuple):
+    """What ``Reuse`` returns."""
 
-    ``records``: TFRecord input (transforms/tfrecord.py): records are hashed by their image
-    bytes, and the ones to compute carry their bytes through the join."""
+    compute: beam.PCollection  # each input to decode: a file's uri or a TFRecord Record
+    rows: beam.PCollection  # summary rows copied forward
+    reverified_failed: beam.PCollection  # previous rows failing ``recheck`` (for the commit)
 
-    def __init__(
-        self,
-        pattern: str | None,
-        settings: Settings,
-        reuse_from: str | list[str],
-        regions=None,
-        records=None,
-        inputs_list: str | None = None,
-        roots: list[str] | None = None,
-    ):
-        """``reuse_from``: previous run folders (their ``summaries/`` are read), or folders
-        of part files (``--resume``: an interrupted attempt's parts); ``inputs_list``: the
-        launcher's list of input files (else ``pattern`` is matched); ``roots``: the run
-        folders whose masks/, overlays/ and raw/ previous files may be copied from (default:
-        the ``reuse_from`` folders; --resume adds the output folder)."""
+
+class Reuse(beam.PTransform):
+    """The filter between hashing and decoding: (sha256, ImageRef) of this run's inputs ->
+    ``Reused``: the inputs to decode (new, changed, previously failed, or whose previous
+    files are gone), and the summary rows copied forward for the others.
+
+    ``folders``: previous run folders (their ``summaries/`` are read), or folders of part
+    files (``--resume``: an interrupted attempt's parts); ``roots``: the run folders whose
+    masks/, overlays/ and raw/ previous files may be copied from; ``regions``: the boxes
+    of every input (``(region key, (index, name, box))``), carried by each ref through the
+    join so a reused row's region masses are recomputed."""
+
+    def __init__(self, settings: Settings, folders: list[str], roots: list[str], regions=None):
         super().__init__()
-        self.roots = list(roots) if roots is not None else None
-        self.pattern, self.settings, self.regions = pattern, settings, regions
-        folders = [reuse_from] if isinstance(reuse_from, str) else list(reuse_from)
+        self.settings, self.regions = settings, regions
         self.previous = [f"{f.rstrip('/')}/summaries/*.parquet" for f in folders]
-        if self.roots is None:
-            self.roots = folders
-        self.records, self.inputs_list = records, inputs_list
+        self.roots = list(roots)
 
-    def expand(self, pbegin):
-        from transforms import tfrecord
-
-        s, regions = self.settings, self.regions
-        if self.records is None:
-            listed = pbegin | "List" >> ListedInputs(self.pattern, self.inputs_list)
-            record_errors = listed[ERRORS]  # ids listed twice (DuplicateId)
-            hashed = listed.uris | "Hash" >> beam.ParDo(
-                HashFn(s.progress_folder, s.max_file_bytes)
-            ).with_outputs(ERRORS, main="hashes")
-        else:
-            found = tfrecord.unique_records(pbegin, self.pattern, self.records, self.inputs_list)
-            hashed = found.records | "Hash" >> beam.ParDo(
-                tfrecord.HashRecordsFn(self.records)
-            ).with_outputs(ERRORS, tfrecord.REGIONS, main="hashes")
-            record_errors = found[ERRORS]
-            if self.records.regions_from_record:
-                found = hashed[tfrecord.REGIONS]
-                regions = (
-                    found
-                    if regions is None
-                    else ((regions, found) | "CollectRegions" >> beam.Flatten())
-                )
-        hashes = hashed.hashes
-        if regions is not None:  # each ref carries its boxes through the content join
+    def expand(self, hashes):
+        s = self.settings
+        if self.regions is not None:
             hashes = join_boxes(
                 hashes | "KeyByUri" >> beam.Map(lambda pair: (region_key(pair[1].uri), pair)),
-                regions,
+                self.regions,
             ) | "WithBoxes" >> beam.Map(
                 lambda joined: (
                     joined[0][0],
@@ -469,12 +405,12 @@ class ReadWithReuse(beam.PTransform):
                 )
             )
         reads = [
-            pbegin | f"ReadPrevious{i or ''}" >> beam.io.ReadFromParquet(pattern)
+            hashes.pipeline | f"ReadPrevious{i or ''}" >> beam.io.ReadFromParquet(pattern)
             for i, pattern in enumerate(self.previous)
             if FileSystems.match([pattern])[0].metadata_list
         ]
         if not reads:  # the previous run attributed nothing
-            previous = pbegin | "ReadPrevious" >> beam.Create([])
+            previous = hashes.pipeline | "ReadPrevious" >> beam.Create([])
         elif len(reads) == 1:
             previous = reads[0]
         else:
@@ -491,34 +427,9 @@ class ReadWithReuse(beam.PTransform):
         copied = split.reuse | "CopyForward" >> beam.ParDo(
             CopyForwardFn(s, self.roots)
         ).with_outputs(COMPUTE, main="rows")
-        compute = (split[COMPUTE], copied[COMPUTE]) | "ToCompute" >> beam.Flatten()
-        if self.records is None:
-            decoded = (
-                compute
-                | "Uris" >> beam.Map(lambda ref: ref.uri)
-                | "Decode"
-                >> beam.ParDo(
-                    DecodeFn(
-                        s.image_size,
-                        s.max_pixels,
-                        count_matched=False,
-                        progress_folder=s.progress_folder,
-                        channels=s.channels,
-                        max_file_bytes=s.max_file_bytes,
-                    )
-                ).with_outputs(ERRORS, main="images")
-            )
-        else:
-            decoded = compute | "Decode" >> beam.ParDo(
-                tfrecord.DecodeRecordFn(self.records, s.image_size, s.max_pixels, s.channels)
-            ).with_outputs(ERRORS, main="images")
-        errors = (record_errors, hashed[ERRORS], decoded[ERRORS]) | "CollectReadErrors" >> (
-            beam.Flatten()
+        compute = (
+            (split[COMPUTE], copied[COMPUTE])
+            | "ToCompute" >> beam.Flatten()
+            | "Sources" >> beam.Map(lambda ref: ref.source)
         )
-        return {
-            "images": decoded.images,
-            "reused": copied.rows,
-            "errors": errors,
-            "regions": regions,
-            "reverified_failed": split[REVERIFIED_FAILED],
-        }
+        return Reused(compute, copied.rows, split[REVERIFIED_FAILED])

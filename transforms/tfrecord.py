@@ -26,17 +26,15 @@ import struct
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
-from transforms.records import NAMESPACE, DecodedImage, error_row
+from transforms.read import listed_uris
+from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 from transforms.regions import region_key
 
-ERRORS = "errors"
-REGIONS = "regions"
 BOX_KEYS = tuple(f"image/object/bbox/{k}" for k in ("xmin", "ymin", "xmax", "ymax"))
 CLASS_TEXT, CLASS_LABEL = "image/object/class/text", "image/object/class/label"
 
@@ -301,7 +299,7 @@ def unique_records(pbegin, pattern: str, keys: RecordKeys, inputs_list: str | No
 
 
 class DecodeRecordsFn(beam.DoFn):
-    """Record -> DecodedImage; errors tagged ERRORS; boxes tagged REGIONS."""
+    """Record -> DecodedImage; errors tagged ERRORS."""
 
     def __init__(self, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3):
         self.keys = keys
@@ -317,8 +315,6 @@ class DecodeRecordsFn(beam.DoFn):
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, error)
             return
-        for region in record_regions(record, image.width, image.height):
-            yield beam.pvalue.TaggedOutput(REGIONS, region)
         yield image
 
 
@@ -334,91 +330,36 @@ def header_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
+def header_regions(record: Record):
+    """``record_regions`` of a record, its size read from the image header (before and
+    without decoding); none when the header is unreadable (decoding says why)."""
+    if not record.boxes or record.data is None:
+        return
+    try:
+        width, height = header_size(record.data)
+    except Exception:  # noqa: BLE001 - not an image: decoding will say so
+        return
+    yield from record_regions(record, width, height)
+
+
 class HashRecordsFn(beam.DoFn):
-    """--reuse_from: Record -> (sha256 of the image bytes, ImageRef carrying the Record),
-    hashed but not decoded; errors tagged ERRORS; boxes tagged REGIONS."""
+    """Record -> (sha256 of the image bytes, ImageRef carrying the Record), hashed but not
+    decoded; a record without image bytes is an `errors` row tagged ERRORS."""
 
     def __init__(self, keys: RecordKeys):
         self.keys = keys
         self.failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(self, record):
-        from transforms.reuse import ImageRef
-
         if record.data is None:
             self.failed.inc()
             yield beam.pvalue.TaggedOutput(ERRORS, missing_image_row(record, self.keys))
             return
-        if record.boxes:
-            try:
-                width, height = header_size(record.data)
-            except Exception:  # noqa: BLE001 - not an image: decoding will say so
-                width = height = None
-            if width:
-                for region in record_regions(record, width, height):
-                    yield beam.pvalue.TaggedOutput(REGIONS, region)
         sha = hashlib.sha256(record.data).hexdigest()
         yield sha, ImageRef(record.uri, image_id(record.uri), sha, record=record)
-
-
-class DecodeRecordFn(beam.DoFn):
-    """--reuse_from: an ImageRef to compute (carrying its Record) -> DecodedImage or error."""
-
-    def __init__(self, keys: RecordKeys, image_size, max_pixels: int, channels: int = 3):
-        self.keys, self.image_size, self.max_pixels = keys, tuple(image_size), max_pixels
-        self.channels = channels
-        self.failed = Metrics.counter(NAMESPACE, "failed")
-
-    def process(self, ref):
-        image, error = decode_or_error(
-            ref.record, self.keys, self.image_size, self.max_pixels, self.channels
-        )
-        if error is None:
-            yield image
-            return
-        self.failed.inc()
-        yield beam.pvalue.TaggedOutput(ERRORS, error)
 
 
 def shard_paths(pbegin, pattern: str, inputs_list: str | None = None):
     """The shards of a pattern (or of the launcher's input list, so a resumed run reads the
     shards it listed), one per element, spread over workers."""
-    if inputs_list:
-        paths = (
-            pbegin
-            | "ReadList" >> beam.io.ReadFromParquet(inputs_list, validate=False, columns=["uri"])
-            | "Paths" >> beam.Map(lambda row: row["uri"])
-        )
-    else:
-        paths = (
-            pbegin
-            | "Match" >> fileio.MatchFiles(pattern)
-            | "Paths" >> beam.Map(lambda metadata: metadata.path)
-        )
-    return paths | "Reshuffle" >> beam.Reshuffle()
-
-
-class ReadRecords(beam.PTransform):
-    """shard pattern -> {"images": DecodedImage, "errors": rows,
-    "regions": (key, (index, name, box))}."""
-
-    def __init__(
-        self,
-        pattern: str,
-        keys: RecordKeys,
-        image_size,
-        max_pixels: int,
-        channels: int = 3,
-        inputs_list: str | None = None,
-    ):
-        super().__init__()
-        self.pattern, self.keys, self.inputs_list = pattern, keys, inputs_list
-        self.image_size, self.max_pixels, self.channels = image_size, max_pixels, channels
-
-    def expand(self, pbegin):
-        found = unique_records(pbegin, self.pattern, self.keys, self.inputs_list)
-        read = found.records | "DecodeRecords" >> beam.ParDo(
-            DecodeRecordsFn(self.keys, self.image_size, self.max_pixels, self.channels)
-        ).with_outputs(ERRORS, REGIONS, main="images")
-        errors = (found[ERRORS], read[ERRORS]) | "CollectRecordErrors" >> beam.Flatten()
-        return {"images": read.images, "errors": errors, "regions": read[REGIONS]}
+    return listed_uris(pbegin, pattern, inputs_list) | "Reshuffle" >> beam.Reshuffle()
