@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.files import parquet_parts, parquet_schema, read_parquet
+from transforms.layout import SUMMARIES
 
 COLUMNS = (
     "target_label",
@@ -38,10 +39,10 @@ LARGE_MASS = 0.10  # ...on a region holding at least this mass share: they disag
 def read_summaries(output_dir: str, columns=None) -> pa.Table:
     """The run's summaries (local or gs://): ``columns`` that every part has (all without)."""
     if columns is not None:
-        parts = parquet_parts(output_dir, "summaries")
+        parts = parquet_parts(output_dir, SUMMARIES)
         names = set.intersection(*(set(parquet_schema(p).names) for p in parts)) if parts else set()
         columns = [c for c in columns if c in names]
-    return read_parquet(output_dir, "summaries", columns)
+    return read_parquet(output_dir, SUMMARIES, columns)
 
 
 @dataclass

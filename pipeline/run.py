@@ -33,10 +33,10 @@ from pipeline.launch import (
 )
 from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
+from transforms.layout import inputs_path
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import METHOD_KEYS, Settings
-from transforms.staging import inputs_path
 from transforms.tfrecord import RecordKeys
 
 INTERRUPTED = "interrupted: nothing was committed; rerun with --resume"

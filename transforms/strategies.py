@@ -40,10 +40,10 @@ from attribution import strategies as st
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import decode_image, model_input
 from transforms.files import publish
+from transforms.layout import SUMMARIES, join, parts_dir
 from transforms.read import read_input
 from transforms.records import NAMESPACE
 from transforms.settings import Settings
-from transforms.staging import join, parts_dir
 from transforms.write import SUMMARY_SCHEMA
 
 STRATEGY_SCHEMA = pa.schema(
@@ -253,7 +253,7 @@ class StrategyRowFn(beam.DoFn):
     def _engine(self):
         if self.model is None:
             from transforms.attribute import _ProcessModel
-            from transforms.staging import mark_model_load
+            from transforms.files import mark_model_load
 
             loads = []
 
@@ -444,10 +444,10 @@ class FillStrategiesFn(beam.DoFn):
         self.output_dir = output_dir
 
     def process(self, part, models):
-        if part["folder"] != "summaries":
+        if part["folder"] != SUMMARIES:
             yield part
             return
-        folder = parts_dir(self.output_dir, "summaries")
+        folder = parts_dir(self.output_dir, SUMMARIES)
         path = join(folder, part["name"])
         with FileSystems.open(path, compression_type="uncompressed") as f:
             classes = pq.read_table(f, columns=["target_class"]).column("target_class")

@@ -16,7 +16,7 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.files import publish
-from transforms.staging import parts_dir
+from transforms.layout import parts_dir
 
 STATISTICS = (
     "positive_mass",

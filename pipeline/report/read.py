@@ -21,6 +21,7 @@ from transforms.files import (
     parquet_schema,
     read_manifest,
 )
+from transforms.layout import ERRORS, SUMMARIES
 
 ReportError = RunFolderError  # the folder cannot be reported on
 ALPHAS = np.linspace(0.0, 1.0, 101)  # common grid the saturation curves are averaged on
@@ -48,6 +49,7 @@ COLUMNS = (
     "path_alphas",
     "path_scores",
 )
+
 OPTIONAL_COLUMNS = ("regions", "content_sha256")  # older runs wrote neither
 EXAMPLE_COLUMNS = ("image_uri", "mask_uri", "overlay_uri", "target_score", "predicted_label")
 OPTIONAL_EXAMPLE_COLUMNS = ("content_sha256",)  # checks an original is the image attributed
@@ -156,9 +158,9 @@ def read_run(output_dir: str) -> Run:
     if not output_dir:
         raise RunFolderError("no run folder given: pass the --output_dir of a pipeline run")
     run = Run(output_dir, read_manifest(output_dir))
-    for path in parquet_parts(output_dir, "summaries"):
+    for path in parquet_parts(output_dir, SUMMARIES):
         _read_summaries(run, path)
-    for path in parquet_parts(output_dir, "errors"):
+    for path in parquet_parts(output_dir, ERRORS):
         _read_errors(run, path)
     return run
 

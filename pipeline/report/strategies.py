@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pipeline.html import artifact, data_uri, picture
 from pipeline.report.read import BATCH_ROWS, Run
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
+from transforms.layout import OVERLAYS, STRATEGIES, join
 
-FOLDER = "strategies"
 COLUMNS = (  # the contract's columns (DESIGN.md); any of them may be missing in a damaged run
     "target_class",
     "target_label",
@@ -225,8 +225,8 @@ def read_strategies(output_dir: str, manifest: dict | None = None) -> Strategies
     """``DIR/strategies/*.parquet`` per class; ``ran`` is False without parts unless the
     manifest lists the folder (the stage ran and clustered no class). Rows without a class or
     strategy number are skipped; a repeated (class, strategy) keeps its first row."""
-    parts = parquet_parts(output_dir, FOLDER)
-    listed = FOLDER in ((manifest or {}).get("files") or {})
+    parts = parquet_parts(output_dir, STRATEGIES)
+    listed = STRATEGIES in ((manifest or {}).get("files") or {})
     found = Strategies(ran=bool(parts) or listed)
     seen = set()
     for path in parts:
@@ -349,7 +349,7 @@ def _thumbnail(run: Run, image_id: str) -> tuple[bytes, str]:
 
     if not SAFE_ID.fullmatch(image_id):
         raise ValueError("the image id is not a plain file name; not read")
-    data = artifact(run.output_dir, "overlays", f"{run.output_dir}/overlays/{image_id}.png")
+    data = artifact(run.output_dir, OVERLAYS, join(run.output_dir, OVERLAYS, f"{image_id}.png"))
     return charts.compact(data, "image/png", THUMBNAIL, budget=0)
 
 
