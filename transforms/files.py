@@ -355,6 +355,9 @@ def check_part(path: str, schema: pa.Schema) -> pa.Schema:
     return schema
 
 
+BATCH_ROWS = 65_536  # rows per record batch a reader streams: memory bounded at any part size
+
+
 def parquet_parts(folder: str, kind: str) -> list[str]:
     """The Parquet files of ``folder/kind`` (``summaries``, ``errors``, ...), sorted."""
     pattern = join(folder, kind, "*.parquet")
@@ -378,7 +381,7 @@ def parquet_schema(path: str) -> pa.Schema:
     return check_part(path, schema)
 
 
-def parquet_batches(path: str, columns: list[str], batch_size: int):
+def parquet_batches(path: str, columns: list[str], batch_size: int = BATCH_ROWS):
     """Record batches of ``columns`` of one Parquet file, streamed."""
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:

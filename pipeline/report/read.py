@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from transforms.files import (
+    BATCH_ROWS,
     RunFolderError,
     parquet_batches,
     parquet_parts,
@@ -29,7 +30,6 @@ MAX_CLASSES = 12  # classes the methods page and the confusion view draw
 REPORT_CLASSES = 24  # classes the report draws (--report_classes), most suspicious first
 EXAMPLES = 2  # most and least concentrated images shown per class
 TABLE_ROWS = 200  # rows shown in the errors and classes tables
-BATCH_ROWS = 65_536
 COLUMNS = (
     "image_uri",
     "target_class",
@@ -132,7 +132,7 @@ class Run:
     error_count: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
     report_classes: int = REPORT_CLASSES  # classes the per-class sections draw
-    strategies: object = None  # pipeline.report.strategies.Strategies, read on first use
+    strategies: object = None  # pipeline.strategies.Strategies, read on first use
 
     def config(self, key: str, default=None):
         return (self.manifest.get("config") or {}).get(key, default)
