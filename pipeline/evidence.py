@@ -21,7 +21,7 @@ import pyarrow as pa
 from transforms.files import parquet_parts, parquet_schema, read_parquet
 from transforms.layout import SUMMARIES
 
-COLUMNS = (
+COLUMNS = (  # what the findings read
     "target_label",
     "target_score",
     "deletion_auc",
@@ -191,23 +191,10 @@ def ablation_sentence(table: pa.Table, label: str, region: str) -> str | None:
     return None
 
 
-SECTION_COLUMNS = (
-    "image_uri",
-    "image_id",
-    "overlay_uri",
-    "target_label",
-    "target_score",
-    "deletion_curve",
-    "insertion_curve",
-    "deletion_curve_random",
-    "insertion_curve_random",
-    "deletion_auc",
-    "deletion_auc_random",
-    "insertion_auc",
-    "insertion_auc_random",
-    "regions",
-    "mufidelity",
-)
+# What the report's Faithfulness section reads: the findings' columns, the curves it averages
+# per class, and what names a row it lists.
+CURVES = ("deletion_curve", "insertion_curve", "deletion_curve_random", "insertion_curve_random")
+SECTION_COLUMNS = ("image_uri", "image_id", "overlay_uri", *COLUMNS, *CURVES)
 
 
 def _mean_curve(curves: list) -> list[float] | None:
