@@ -36,6 +36,7 @@ PART_FOLDERS = (SUMMARIES, ERRORS)
 # Files a run writes next to its rows, one per row and kind, and the column naming each.
 ARTIFACT_FOLDERS = (MASKS, OVERLAYS, RAW)
 ARTIFACT_COLUMNS = {MASKS: "mask_uri", OVERLAYS: "overlay_uri", RAW: "raw_uri"}
+ARTIFACT_SUFFIXES = {MASKS: ".png", OVERLAYS: ".png", RAW: ".npy"}
 # The contract's folders, then its files: everything a run writes into its folder (besides
 # the lock). Nothing else in a folder is ever deleted.
 CONTRACT_FOLDERS = (*PART_FOLDERS, STRATEGIES, *ARTIFACT_FOLDERS)
@@ -57,6 +58,12 @@ def join(*parts: str) -> str:
     """``a/b/c`` from ``a/``, ``b``, ``c``: one slash between parts, local paths and
     ``gs://`` alike (os.path.join would use the local separator)."""
     return "/".join([parts[0].rstrip("/"), *parts[1:]])
+
+
+def artifact_uri(output_dir: str, folder: str, name: str) -> str:
+    """Where a row's mask, overlay or raw file is written: ``DIR/<folder>/<name><suffix>``
+    (``name``: transforms/ids.py ``artifact_name``, or an image id for a single target)."""
+    return join(output_dir, folder, name + ARTIFACT_SUFFIXES[folder])
 
 
 def staging_dir(output_dir: str) -> str:

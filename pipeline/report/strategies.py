@@ -26,7 +26,7 @@ from pipeline.strategies import (
     read_strategies,
     strategy_key,
 )
-from transforms.layout import OVERLAYS, join
+from transforms.layout import OVERLAYS, artifact_uri
 
 PROTOTYPES = 3  # prototype overlays shown per strategy
 THUMBNAIL = 112  # largest side of a prototype overlay in the page, pixels
@@ -136,7 +136,7 @@ def _thumbnail(run: Run, image_id: str) -> tuple[bytes, str]:
 
     if not SAFE_ID.fullmatch(image_id):
         raise ValueError("the image id is not a plain file name; not read")
-    data = artifact(run.output_dir, OVERLAYS, join(run.output_dir, OVERLAYS, f"{image_id}.png"))
+    data = artifact(run.output_dir, OVERLAYS, artifact_uri(run.output_dir, OVERLAYS, image_id))
     return charts.compact(data, "image/png", THUMBNAIL, budget=0)
 
 
