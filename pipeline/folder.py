@@ -23,7 +23,7 @@ from transforms.files import (
     RunFolderError,
     delete_matching,
     exists,
-    publish,
+    publish_table,
     read_manifest,
 )
 from transforms.layout import (
@@ -410,9 +410,7 @@ def write_list(output_dir: str, uris: list[str], definition: dict | None = None)
     table = pa.table({"uri": pa.array(uris, pa.string())})
     if definition is not None:
         table = table.replace_schema_metadata({ATTEMPT_KEY: json.dumps(definition).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    publish(path, sink.getvalue().to_pybytes())
+    publish_table(path, table)
     return path
 
 

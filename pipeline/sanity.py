@@ -36,7 +36,6 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.console import quiet_start_up
 
@@ -52,6 +51,7 @@ from transforms.files import (
     OutputWriteError,
     RunFolderError,
     absolute,
+    publish_table,
     read_artifact,
 )
 from transforms.files import publish as _write
@@ -322,9 +322,7 @@ def _check(args, rest: list[str], out: str, matched: list[str]) -> tuple[bool, s
     for row in rows:
         row["image"] = copies.get(row["image"], row["image"])
     table = pa.Table.from_pylist(rows, schema=SANITY_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    _write(f"{out}/sanity.parquet", buffer.getvalue())
+    publish_table(f"{out}/sanity.parquet", table)
     html = render_html(
         model=args.model,
         pattern=args.input_pattern,

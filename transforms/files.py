@@ -80,6 +80,14 @@ def publish(path: str, data: bytes) -> None:
         raise OutputWriteError(f"{WRITE_ERROR} {path}: {reason}") from None
 
 
+def publish_table(path: str, table: pa.Table) -> None:
+    """``table`` as one Parquet file (snappy-compressed, pyarrow's default), published whole
+    at ``path`` (``publish``): the job's parts, the input list, the sanity check's table."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    publish(path, sink.getvalue().to_pybytes())
+
+
 def exists(path: str) -> bool:
     return FileSystems.exists(path)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import uuid
 
@@ -39,7 +38,7 @@ from attribution import faithfulness
 from attribution import strategies as st
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import decode_image, model_input
-from transforms.files import publish
+from transforms.files import publish_table
 from transforms.layout import SUMMARIES, join, parts_dir
 from transforms.read import read_input
 from transforms.records import NAMESPACE
@@ -458,12 +457,8 @@ class FillStrategiesFn(beam.DoFn):
             rows = pq.read_table(f).to_pylist()
         for row in rows:
             row["strategy"] = assign_row(row, models)
-        buffer = io.BytesIO()
-        pq.write_table(
-            pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA), buffer, compression="snappy"
-        )
         name = f"{uuid.uuid4().hex}.parquet"
-        publish(join(folder, name), buffer.getvalue())
+        publish_table(join(folder, name), pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA))
         yield {**part, "name": name}
 
 
