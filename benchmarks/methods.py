@@ -20,11 +20,12 @@ import time
 
 import numpy as np
 
-from attribution.integrated_gradients import IntegratedGradients, Targets
+from attribution.integrated_gradients import IntegratedGradients
 from attribution.methods import ATTRIBUTIONS, GUIDED_STEPS, MethodConfig, explain
 from attribution.methods.cam import Cam
 from attribution.methods.config import CAMS, default_layer
 from attribution.models import load_model
+from attribution.targets import Targets
 from benchmarks import models
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "methods.json")
