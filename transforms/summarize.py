@@ -12,7 +12,6 @@ from attribution import masks
 from attribution.images import pad_geometry
 from attribution.methods import xrai
 from transforms.files import publish
-from transforms.layout import MASKS, OVERLAYS, RAW, artifact_uri
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
@@ -112,30 +111,30 @@ class SummarizeFn(beam.DoFn):
 
     def _summarize(self, image, result, rank, files, boxes=None):
         s = self.settings
-        out = s.output_dir
+        out = s.output_dir.rstrip("/")
         name = artifact_name(image.image_id, result.target, rank)
         a = result.attributions
         mask_uri = overlay_uri = raw_uri = None
         heatmap = getattr(result, "xrai_heatmap", None)
         if heatmap is None and s.default_style:
-            if MASKS in s.artifacts:  # --artifacts: which per-image files to write
-                mask_uri = artifact_uri(out, MASKS, name)
+            if "masks" in s.artifacts:  # --artifacts: which per-image files to write
+                mask_uri = f"{out}/masks/{name}.png"
                 files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
-            if OVERLAYS in s.artifacts:
-                overlay_uri = artifact_uri(out, OVERLAYS, name)
+            if "overlays" in s.artifacts:
+                overlay_uri = f"{out}/overlays/{name}.png"
                 files[overlay_uri] = masks.overlay_png(
                     image.image, a, clip_percentile=s.clip_percentile
                 )
-        elif MASKS in s.artifacts or OVERLAYS in s.artifacts:  # the drawing options, XRAI
+        elif "masks" in s.artifacts or "overlays" in s.artifacts:  # the drawing options, XRAI
             mask, overlay = draw(image.image, a, heatmap, s)
-            if MASKS in s.artifacts:
-                mask_uri = artifact_uri(out, MASKS, name)
+            if "masks" in s.artifacts:
+                mask_uri = f"{out}/masks/{name}.png"
                 files[mask_uri] = mask
-            if OVERLAYS in s.artifacts:
-                overlay_uri = artifact_uri(out, OVERLAYS, name)
+            if "overlays" in s.artifacts:
+                overlay_uri = f"{out}/overlays/{name}.png"
                 files[overlay_uri] = overlay
-        if s.write_raw or RAW in s.artifacts:
-            raw_uri = artifact_uri(out, RAW, name)
+        if s.write_raw or "raw" in s.artifacts:
+            raw_uri = f"{out}/raw/{name}.npy"
             buffer = io.BytesIO()
             np.save(buffer, a.astype(np.float32))
             files[raw_uri] = buffer.getvalue()

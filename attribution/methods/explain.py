@@ -85,8 +85,7 @@ def explain(
 
 
 def _pixel_maps(engine, images, seed_keys, targets, config, cam) -> list[list[Explanation]]:
-    """Grad-CAM(++), occlusion and RISE: a map per target without a path, so no completeness
-    check (attribution.methods.results.pixel_map)."""
+    """Issue 22's methods: no path, no completeness (attribution.methods.results.pixel_map)."""
     name, label = config.attribution, config.baseline_label
     if name in CAMS:
         if cam is None:
