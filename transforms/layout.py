@@ -61,8 +61,8 @@ def join(*parts: str) -> str:
 
 
 def artifact_uri(output_dir: str, folder: str, name: str) -> str:
-    """Where a row's mask, overlay or raw file is written: ``DIR/<folder>/<name><suffix>``
-    (``name``: transforms/ids.py ``artifact_name``, or an image id for a single target)."""
+    """Where a row's mask, overlay or raw file is: ``DIR/<folder>/<name><suffix>``, ``name``
+    the image id for an image's first target (transforms/summarize.py ``artifact_name``)."""
     return join(output_dir, folder, name + ARTIFACT_SUFFIXES[folder])
 
 
