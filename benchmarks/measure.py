@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from transforms.layout import MANIFEST, SUMMARIES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.join(REPO, "benchmarks")
 LADDER = (4, 8, 16, 32, 64, 128, 256)
@@ -205,9 +207,9 @@ def run_pipeline(argv: list[str], env: dict | None = None) -> dict:
         raise RuntimeError(f"pipeline failed ({proc['returncode']}): {proc['stderr'][-2000:]}")
     import pyarrow.parquet as pq
 
-    with open(os.path.join(output_dir, "manifest.json")) as f:
+    with open(os.path.join(output_dir, MANIFEST)) as f:
         manifest = json.load(f)
-    files = glob.glob(os.path.join(output_dir, "summaries", "*.parquet"))
+    files = glob.glob(os.path.join(output_dir, SUMMARIES, "*.parquet"))
     table = (
         pq.read_table(files, columns=["relative_completeness_error", "gradient_evaluations"])
         if len(files) == 1

@@ -15,7 +15,8 @@ README = os.path.join(REPO, "README.md")
 README_START = "<!-- generated: benchmarks.run -->"
 README_END = "<!-- /generated: benchmarks.run -->"
 STAND_IN = "`demo.model` was not available when this ran"
-# the section benchmarks.performance writes into RESULTS.md, kept when this one rewrites it
+# the section benchmarks.performance writes into RESULTS.md, between the markers it writes
+# (benchmarks/performance.py START, END), kept when this one rewrites the file
 PERFORMANCE_SECTION = re.compile(r"<!-- issue 13: .*?<!-- /issue 13 -->", re.S)
 SCALE_HEADER = "## Simulated large run"  # benchmarks.scale's section, from here to the end
 PROFILE_KEYS = (
@@ -212,17 +213,11 @@ def _engine_vs_captum_note(ab: dict | None) -> list[str]:
         f"of the bare model's rows/s where the Captum-style loop reaches "
         f"{v['captum']['ceiling_fraction']:.0%} at the same rule, steps and call size "
         f"({v['engine']['rows_per_s']:.0f} vs {v['captum']['rows_per_s']:.0f} rows/s). "
-        "Before issue 13 (commit e4c0365 and earlier) the engine did per call on the host, "
-        "serially with the model: a fancy-index copy "
-        "of the full image and baseline for every row, their numpy->tensor conversion, "
-        "`.numpy()` of the whole gradient batch, and the weighted sum of the batch's "
-        "gradients per job segment (a float32 `np.einsum` loop, kept off BLAS: a "
-        "`np.tensordot` there let OpenBLAS's threads spin against TensorFlow's on 2 "
-        "cores); the Captum-style loop passes the images once, gathers rows in the graph "
-        "and accumulates weighted gradients in the graph (`unsorted_segment_sum`). With "
-        f"OPENBLAS_NUM_THREADS=1 the engine reaches {v['engine+blas1']['rows_per_s']:.0f} "
-        "rows/s. Since issue 13 the engine also gathers and accumulates in the graph "
-        "(before/after: the Issue 13 section, benchmarks.performance)."
+        "Both pass the images once, gather the rows and accumulate the weighted gradients "
+        "in the graph (`unsorted_segment_sum`), so what separates them is per-call "
+        f"overhead. With OPENBLAS_NUM_THREADS=1 the engine reaches "
+        f"{v['engine+blas1']['rows_per_s']:.0f} rows/s (the engine gathering on the host "
+        "against in the graph, measured: benchmarks.performance's section)."
     ]
 
 
@@ -395,7 +390,7 @@ def _header(results: dict, profile_name: str) -> list[str]:
         else ""
     )
     return [
-        "# Benchmark results (issue 5)\n",
+        "# Benchmark results\n",
         f"Command: `{results['command']}` (profile `{profile_name}`), started "
         f"{results['started_at']}, took {results['elapsed_s'] / 60:.1f} min.  ",
         f"Machine: `nproc`={m['nproc']}, CPU `{m['cpu']}`, {m['memory_gb']} GB RAM, "

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from benchmarks import scale_data
+from transforms.layout import MANIFEST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "benchmarks", "RESULTS.md")
@@ -91,7 +92,7 @@ def run_once(count: int, work: str, model: str) -> dict:
         raise RuntimeError(
             f"the run of {count} images failed ({process.returncode}):\n{output[-3000:]}"
         )
-    with open(os.path.join(out, "manifest.json")) as f:
+    with open(os.path.join(out, MANIFEST)) as f:
         manifest = json.load(f)
     counts = manifest["counts"]
     shutil.rmtree(out, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Strategy discovery at scale (issue 21): clustering time and peak memory at 1,000 classes x
+"""Strategy discovery at scale (``--strategies auto``): clustering time and peak memory at 1,000 classes x
 100 rows and at one class x 100,000 rows (sample then assign), the way the Beam stage does it:
 
 - rows stream past once; per class a bounded heap keeps the ``--strategy_sample`` smallest

@@ -20,6 +20,8 @@ import os
 import sys
 import time
 
+from transforms.layout import REPORT
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if control:
         print(f"  - control: {control} (an object-sized box on the background)")
-    print(f"\nopen the report: {os.path.join(args.output_dir, 'report.html')}")
+    print(f"\nopen the report: {os.path.join(args.output_dir, REPORT)}")
     return without_boxes(args, data, saved_model, pipeline_args)
 
 
@@ -141,7 +143,7 @@ def without_boxes(args, data: str, saved_model, pipeline_args: list[str]) -> int
         args.strategies_output_dir, os.path.join(data, "truth.csv"), worst.label, worst.strategy
     )
     print(f"  - {recovery.sentence()}")
-    print(f"\nopen its report: {os.path.join(args.strategies_output_dir, 'report.html')}")
+    print(f"\nopen its report: {os.path.join(args.strategies_output_dir, REPORT)}")
     return 0
 
 

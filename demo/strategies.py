@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from transforms.files import read_parquet
+from transforms.layout import SUMMARIES
 
 COLUMNS = ["image_uri", "target_label", "target_rank", "strategy"]
 
@@ -63,7 +64,7 @@ def stamp_recovery(output_dir: str, truth_csv, label: str, strategy: int) -> Rec
     ``output_dir`` against the stamped images listed in ``truth_csv`` (each image's first
     target row; rows are matched to the truth by file name)."""
     truth = stamped(truth_csv)
-    table = read_parquet(output_dir, "summaries", COLUMNS)
+    table = read_parquet(output_dir, SUMMARIES, COLUMNS)
     table = table.filter(
         pc.and_(pc.equal(table["target_label"], label), pc.equal(table["target_rank"], 0))
     )

@@ -24,18 +24,20 @@ from pipeline import lock as locks
 from pipeline import manifest
 from pipeline.folder import delete_tree, make_dirs, read_list, remove_temporaries
 from transforms.files import OutputWriteError, file_digest, publish
+from transforms.layout import (
+    ARTIFACT_COLUMNS,
+    EMPTY_PART,
+    MISSING_PART,
+    STRATEGIES,
+    join,
+    loads_dir,
+    parts_dir,
+    staging_dir,
+)
+from transforms.layout import PART_FOLDERS as FOLDERS
 from transforms.records import error_row
 from transforms.reuse import REVERIFIED_FAILED
-from transforms.staging import join, loads_dir, parts_dir, staging_dir
 from transforms.write import ERROR_SCHEMA, REUSED, SUMMARY_SCHEMA
-
-FOLDERS = ("summaries", "errors")
-STRATEGIES = "strategies"  # one row per (class, strategy): --strategies auto (issue 21)
-MISSING_PART = "missing.parquet"
-EMPTY_PART = "empty.parquet"
-
-
-ARTIFACT_COLUMNS = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
 
 
 def _uris(path: str, columns=("image_uri",)) -> list[str]:

@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow as pa
 
 from transforms.files import parquet_parts, parquet_schema, read_parquet
+from transforms.layout import SUMMARIES
 
-COLUMNS = (
+COLUMNS = (  # what the findings read
     "target_label",
     "target_score",
     "deletion_auc",
@@ -38,10 +39,10 @@ LARGE_MASS = 0.10  # ...on a region holding at least this mass share: they disag
 def read_summaries(output_dir: str, columns=None) -> pa.Table:
     """The run's summaries (local or gs://): ``columns`` that every part has (all without)."""
     if columns is not None:
-        parts = parquet_parts(output_dir, "summaries")
+        parts = parquet_parts(output_dir, SUMMARIES)
         names = set.intersection(*(set(parquet_schema(p).names) for p in parts)) if parts else set()
         columns = [c for c in columns if c in names]
-    return read_parquet(output_dir, "summaries", columns)
+    return read_parquet(output_dir, SUMMARIES, columns)
 
 
 @dataclass
@@ -190,23 +191,10 @@ def ablation_sentence(table: pa.Table, label: str, region: str) -> str | None:
     return None
 
 
-SECTION_COLUMNS = (
-    "image_uri",
-    "image_id",
-    "overlay_uri",
-    "target_label",
-    "target_score",
-    "deletion_curve",
-    "insertion_curve",
-    "deletion_curve_random",
-    "insertion_curve_random",
-    "deletion_auc",
-    "deletion_auc_random",
-    "insertion_auc",
-    "insertion_auc_random",
-    "regions",
-    "mufidelity",
-)
+# What the report's Faithfulness section reads: the findings' columns, the curves it averages
+# per class, and what names a row it lists.
+CURVES = ("deletion_curve", "insertion_curve", "deletion_curve_random", "insertion_curve_random")
+SECTION_COLUMNS = ("image_uri", "image_id", "overlay_uri", *COLUMNS, *CURVES)
 
 
 def _mean_curve(curves: list) -> list[float] | None:

@@ -20,31 +20,33 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import lock as locks
 from pipeline.launch import UsageError
 from transforms.files import (
-    TEMPORARY_PREFIX,
     RunFolderError,
     delete_matching,
     exists,
-    publish,
+    publish_table,
     read_manifest,
 )
-from transforms.reuse import PreviousRunError, check_digests
-from transforms.staging import (
-    LOCK,
+from transforms.layout import (
+    ARTIFACT_FOLDERS,
+    CONTRACT_FOLDERS,
+    ERRORS,
+    MANIFEST,
+    MARKS,
+    OUTPUTS,
+    REPORT,
     STAGING,
+    STRATEGIES,
+    SUMMARIES,
+    TEMPORARY_PREFIX,
     inputs_path,
     join,
+    loads_dir,
     parts_dir,
     previous_dir,
     staging_dir,
 )
+from transforms.reuse import PreviousRunError, check_digests
 
-# The contract's folders, then its files: everything a run writes into its folder (besides
-# the lock). Nothing else in a folder is ever deleted.
-CONTRACT_FOLDERS = ("summaries", "errors", "strategies", "masks", "overlays", "raw")
-OUTPUTS = (*CONTRACT_FOLDERS, "manifest.json", "report.html", STAGING)
-# What marks a folder as written by this tool: a committed run's manifest, an unfinished run's
-# staging folder or a lock.
-MARKS = ("manifest.json", STAGING, LOCK)
 # The characters a part's name never holds (transforms/ids.py makes names of ASCII letters,
 # digits, '-', '_' and '.'): a name from the manifest with one of these is not ours.
 _NOT_IN_NAMES = ("/", "\\", "\0")
@@ -234,9 +236,9 @@ def removable(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
     the manifest last (until then the folder still shows it is a run folder). UsageError,
     naming the entry, for a manifest this tool did not write or one listing anything else:
     nothing is deleted then."""
-    path = join(output_dir, "manifest.json")
+    path = join(output_dir, MANIFEST)
     listed = []
-    if "manifest.json" in outputs and exists(path):
+    if MANIFEST in outputs and exists(path):
         try:
             record = read_manifest(output_dir)
         except RunFolderError as e:
@@ -273,8 +275,8 @@ def removable(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
             listed.extend(join(output_dir, folder, name) for name in names)
     paths = [
         *listed,
-        *(join(output_dir, n) for n in outputs if n != "manifest.json"),
-        *([path] if "manifest.json" in outputs else []),
+        *(join(output_dir, n) for n in outputs if n != MANIFEST),
+        *([path] if MANIFEST in outputs else []),
     ]
     for p in paths:
         _check_inside(output_dir, p)
@@ -322,7 +324,7 @@ def remove_outputs(
 
 def remove_temporaries(output_dir: str) -> None:
     """Delete leftovers of writes that died between create and rename (a killed worker)."""
-    for folder in ("masks", "overlays", "raw", None):
+    for folder in (*ARTIFACT_FOLDERS, None):
         delete_matching(join(output_dir, *([folder] if folder else []), f"{TEMPORARY_PREFIX}*"))
 
 
@@ -346,10 +348,10 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
     (errors, manifest, report, model-load marks, temporaries). Masks and overlays stay: the
     reused rows point at them."""
     _check_committed_parts(output_dir)
-    target = join(previous_dir(output_dir), "summaries")
+    target = join(previous_dir(output_dir), SUMMARIES)
     make_dirs(target)
-    for source in _parquet(join(output_dir, "summaries")) + _parquet(
-        parts_dir(output_dir, "summaries")
+    for source in _parquet(join(output_dir, SUMMARIES)) + _parquet(
+        parts_dir(output_dir, SUMMARIES)
     ):
         if _readable(source):
             FileSystems.rename([source], [f"{target}/{uuid.uuid4().hex}.parquet"])
@@ -359,14 +361,14 @@ def set_aside(output_dir: str) -> tuple[str | None, list[str] | None]:
             )
             FileSystems.delete([source])
     for path in (
-        join(output_dir, "summaries"),
-        join(output_dir, "errors"),
-        parts_dir(output_dir, "errors"),
-        join(output_dir, "strategies"),  # recomputed from every row (issue 21)
-        parts_dir(output_dir, "strategies"),
-        parts_dir(output_dir, "model_loads"),
-        join(output_dir, "manifest.json"),
-        join(output_dir, "report.html"),
+        join(output_dir, SUMMARIES),
+        join(output_dir, ERRORS),
+        parts_dir(output_dir, ERRORS),
+        join(output_dir, STRATEGIES),  # clustered again over all rows, reused ones too
+        parts_dir(output_dir, STRATEGIES),
+        loads_dir(output_dir),
+        join(output_dir, MANIFEST),
+        join(output_dir, REPORT),
     ):
         delete_tree(path)
     remove_temporaries(output_dir)
@@ -408,9 +410,7 @@ def write_list(output_dir: str, uris: list[str], definition: dict | None = None)
     table = pa.table({"uri": pa.array(uris, pa.string())})
     if definition is not None:
         table = table.replace_schema_metadata({ATTEMPT_KEY: json.dumps(definition).encode()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    publish(path, sink.getvalue().to_pybytes())
+    publish_table(path, table)
     return path
 
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.staging import LOCK, join
+from transforms.layout import LOCK, join
 
 
 class LockHeld(Exception):

@@ -10,6 +10,7 @@ import platform
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.files import RunFolderError, publish, read_manifest, read_parquet
+from transforms.layout import ERRORS, MANIFEST, SUMMARIES, join
 from transforms.records import NAMESPACE
 
 
@@ -73,9 +74,9 @@ def build(
     inputs to account for) are counted by the job. The uris of the run's summary and error
     rows are read from ``output_dir`` unless given."""
     if attributed_uris is None:
-        attributed_uris = read_column(output_dir, "summaries", "image_uri")
+        attributed_uris = read_column(output_dir, SUMMARIES, "image_uri")
     if failed_uris is None:
-        failed_uris = read_column(output_dir, "errors", "image_uri")
+        failed_uris = read_column(output_dir, ERRORS, "image_uri")
     attributed, failed = set(attributed_uris), set(failed_uris)
     expected = set(matched)
     accounted = attributed | failed
@@ -114,7 +115,7 @@ def build(
 def write(output_dir: str, manifest: dict) -> str:
     """Write ``manifest.json`` atomically (temporary name + rename): a reader sees the old
     manifest or the new one, never a part; a failed write raises OutputWriteError naming it."""
-    path = f"{output_dir.rstrip('/')}/manifest.json"
+    path = join(output_dir, MANIFEST)
     publish(path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     return path
 

@@ -43,10 +43,10 @@ from pipeline.progress import ProgressReporter
 from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.inputs import InputSpec
 from transforms.job_config import input_format
+from transforms.layout import inputs_path
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
-from transforms.staging import inputs_path
 from transforms.tfrecord import RecordKeys
 
 INTERRUPTED = "interrupted: nothing was committed; rerun with --resume"

@@ -36,7 +36,6 @@ import sys
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.console import quiet_start_up
 
@@ -52,10 +51,12 @@ from transforms.files import (
     OutputWriteError,
     RunFolderError,
     absolute,
+    publish_table,
     read_artifact,
 )
 from transforms.files import publish as _write
 from transforms.ids import image_id
+from transforms.layout import MASKS, RAW
 from transforms.read import DEFAULT_MAX_FILE_BYTES, UnsafeInput, read_input
 
 SANITY_SCHEMA = pa.schema(
@@ -67,6 +68,7 @@ SANITY_SCHEMA = pa.schema(
         ("ssim", pa.float64()),
     ]
 )
+
 THUMBNAILS = 8
 OUTPUTS = ("sample", "stages", "sanity.parquet", "sanity.html")  # all the check writes
 
@@ -146,7 +148,7 @@ def stage_maps(run_dir: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     maps, mask_uris = {}, {}
     for row in table.to_pylist():
         if row["target_rank"] == 0 and row["raw_uri"]:
-            raw = read_artifact(run_dir, "raw", row["raw_uri"])
+            raw = read_artifact(run_dir, RAW, row["raw_uri"])
             maps[row["image_uri"]] = np.load(io.BytesIO(raw), allow_pickle=False)
             mask_uris[row["image_uri"]] = row["mask_uri"]
     return maps, mask_uris
@@ -187,7 +189,7 @@ def _masks_data(source: dict) -> dict:
 
     def mask(stage, uri):
         folder = f"{source['output_dir']}/stages/{stage}"
-        return artifact_picture(folder, "masks", uri, stage, 96, True)
+        return artifact_picture(folder, MASKS, uri, stage, 96, True)
 
     return {
         "stages": stages,
@@ -320,9 +322,7 @@ def _check(args, rest: list[str], out: str, matched: list[str]) -> tuple[bool, s
     for row in rows:
         row["image"] = copies.get(row["image"], row["image"])
     table = pa.Table.from_pylist(rows, schema=SANITY_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    _write(f"{out}/sanity.parquet", buffer.getvalue())
+    publish_table(f"{out}/sanity.parquet", table)
     html = render_html(
         model=args.model,
         pattern=args.input_pattern,

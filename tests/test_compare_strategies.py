@@ -12,7 +12,7 @@ from run_folders import CELLS, make_run, strategy_row, write_strategies
 
 from pipeline import compare
 from pipeline.compare import strategies as drift
-from pipeline.report.strategies import Strategy
+from pipeline.strategies import Strategy
 
 MIDDLE = np.zeros(CELLS * CELLS)
 MIDDLE[[5, 6, 9, 10]] = 0.25

@@ -17,11 +17,11 @@ from attribution.methods.cam import Cam
 from attribution.methods.config import CAMS
 from attribution.models import load_model
 from attribution.targets import Targets
+from transforms.files import mark_model_load
 from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, error_row
 from transforms.regions import join_boxes, region_key
 from transforms.settings import Settings
-from transforms.staging import mark_model_load
 
 
 class _ProcessModel:

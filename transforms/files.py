@@ -2,14 +2,17 @@
 
 One home for what the job, the report, the comparison and ``--reuse_from`` all do with a run
 folder: publish a file by rename, read ``manifest.json`` (one error rule: ``RunFolderError``
-with a one-line message), list and read the Parquet parts of ``summaries/`` or ``errors/``.
-No TensorFlow is imported here, so the report and the comparison start without it.
+with a one-line message), list and read the Parquet parts of ``summaries/`` or ``errors/``,
+read a row's mask, overlay or raw file, count a model load. Where each of those lives in the
+folder is ``transforms/layout.py``'s to say. No TensorFlow is imported here, so the report and
+the comparison start without it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import stat
 import uuid
@@ -19,9 +22,18 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from attribution.hashing import CHUNK_BYTES
-
-TEMPORARY_PREFIX = ".tmp-"
-MANIFEST = "manifest.json"
+from transforms.layout import (
+    ARTIFACT_FOLDERS,
+    ERRORS,
+    MANIFEST,
+    MASKS,
+    OVERLAYS,
+    RAW,
+    SUMMARIES,
+    TEMPORARY_PREFIX,
+    join,
+    loads_dir,
+)
 
 
 class RunFolderError(ValueError):
@@ -68,6 +80,14 @@ def publish(path: str, data: bytes) -> None:
         raise OutputWriteError(f"{WRITE_ERROR} {path}: {reason}") from None
 
 
+def publish_table(path: str, table: pa.Table) -> None:
+    """``table`` as one Parquet file (snappy-compressed, pyarrow's default), published whole
+    at ``path`` (``publish``): the job's parts, the input list, the sanity check's table."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="snappy")
+    publish(path, sink.getvalue().to_pybytes())
+
+
 def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
@@ -77,10 +97,22 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-# Files a run writes next to its rows, one per row and kind: read back only from there.
-ARTIFACT_FOLDERS = ("masks", "overlays", "raw")
+def mark_model_load(output_dir: str) -> None:
+    """Count one model load for the manifest (the commit counts the files in
+    ``layout.loads_dir``): a job launched without a waiting launcher has no other way to
+    report it."""
+    try:
+        with FileSystems.create(join(loads_dir(output_dir), uuid.uuid4().hex)) as f:
+            f.write(b"1")  # not empty: a run folder never holds 0-byte files
+    except Exception:  # noqa: BLE001 - a metric, never a reason to fail the bundle
+        logging.debug("could not count a model load in %s", output_dir, exc_info=True)
+
+
+# A row's files (layout.ARTIFACT_FOLDERS) are read back only from their folder, and only if
+# they start as their kind does.
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024  # a mask, overlay or raw .npy is far smaller
-SIGNATURES = {"masks": b"\x89PNG\r\n\x1a\n", "overlays": b"\x89PNG\r\n\x1a\n", "raw": b"\x93NUMPY"}
+PNG, NPY = b"\x89PNG\r\n\x1a\n", b"\x93NUMPY"
+SIGNATURES = {MASKS: PNG, OVERLAYS: PNG, RAW: NPY}
 
 
 class NotRead(Exception):
@@ -99,7 +131,7 @@ def artifact_path(output_dir: str, folder: str, uri: str | None) -> str:
     name = parts[-1]
     if len(parts) < 2 or parts[-2] != folder or name in ("", ".", "..") or "\x00" in uri:
         raise NotRead(f"{uri} is not a file in a {folder}/ folder of a run: not read")
-    return f"{output_dir.rstrip('/')}/{folder}/{name}"
+    return join(output_dir, folder, name)
 
 
 def _read_local_artifact(path: str, max_bytes: int) -> bytes:
@@ -153,7 +185,7 @@ def read_artifact(
     if len(data) > max_bytes:
         raise NotRead(f"{path} has more than {max_bytes} bytes: not read")
     if not data.startswith(SIGNATURES[folder]):
-        kind = "a .npy array" if folder == "raw" else "a PNG"
+        kind = "a .npy array" if folder == RAW else "a PNG"
         raise NotRead(f"{path} is not {kind}: not shown")
     return data
 
@@ -170,7 +202,7 @@ def read_manifest(folder: str) -> dict:
     """``folder/manifest.json`` as a dict; RunFolderError when it is missing, unreadable, not
     JSON or not a JSON object."""
     folder = folder.rstrip("/")
-    path = f"{folder}/{MANIFEST}"
+    path = join(folder, MANIFEST)
     try:
         if not exists(path):
             raise RunFolderError(
@@ -313,7 +345,7 @@ def contract_schema(path: str) -> pa.Schema | None:
     from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA  # it imports this module
 
     folder = path.rsplit("/", 2)[-2] if path.count("/") >= 1 else ""
-    return {"summaries": SUMMARY_SCHEMA, "errors": ERROR_SCHEMA}.get(folder)
+    return {SUMMARIES: SUMMARY_SCHEMA, ERRORS: ERROR_SCHEMA}.get(folder)
 
 
 def check_part(path: str, schema: pa.Schema) -> pa.Schema:
@@ -331,9 +363,12 @@ def check_part(path: str, schema: pa.Schema) -> pa.Schema:
     return schema
 
 
+BATCH_ROWS = 65_536  # rows per record batch a reader streams: memory bounded at any part size
+
+
 def parquet_parts(folder: str, kind: str) -> list[str]:
     """The Parquet files of ``folder/kind`` (``summaries``, ``errors``, ...), sorted."""
-    pattern = f"{folder.rstrip('/')}/{kind}/*.parquet"
+    pattern = join(folder, kind, "*.parquet")
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
@@ -354,7 +389,7 @@ def parquet_schema(path: str) -> pa.Schema:
     return check_part(path, schema)
 
 
-def parquet_batches(path: str, columns: list[str], batch_size: int):
+def parquet_batches(path: str, columns: list[str], batch_size: int = BATCH_ROWS):
     """Record batches of ``columns`` of one Parquet file, streamed."""
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
@@ -392,7 +427,7 @@ def file_digest(path: str) -> dict:
     return {"size": size, "sha256": digest.hexdigest()}
 
 
-def verify_parts(folder: str, manifest: dict, kinds=("summaries",)) -> bool:
+def verify_parts(folder: str, manifest: dict, kinds=(SUMMARIES,)) -> bool:
     """Check the Parquet parts of ``folder/<kind>`` against ``manifest["files"]``: every part
     on disk is listed, every listed part is there with its size and sha256. RunFolderError
     names the first file that does not match. Returns False when the manifest lists plain

@@ -41,10 +41,10 @@ from attribution.integrated_gradients import (
     SCORES,
     IntegratedGradients,
     Request,
-    Targets,
     engine_for,
 )
 from attribution.quadrature import METHODS
+from attribution.targets import Targets
 
 
 class AttributionModel:

@@ -173,7 +173,7 @@ def join_boxes(keyed, regions, label: str = "JoinRegions"):
     """``keyed``: (region key, value) -> (value, boxes or None), boxes in file order.
 
     A CoGroupByKey by normalised uri: boxes without an image are dropped, images without
-    boxes get None (as before: no ``regions`` column)."""
+    boxes get None (their summary rows have no ``regions``)."""
 
     def attach(element):
         _, groups = element

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import logging
 import uuid
 
@@ -39,11 +38,11 @@ from attribution import faithfulness
 from attribution import strategies as st
 from attribution.baselines import make_baseline, seed_for
 from attribution.images import decode_image, model_input
-from transforms.files import publish
+from transforms.files import publish_table
+from transforms.layout import SUMMARIES, join, parts_dir
 from transforms.read import read_input
 from transforms.records import NAMESPACE
 from transforms.settings import Settings
-from transforms.staging import join, parts_dir
 from transforms.write import SUMMARY_SCHEMA
 
 STRATEGY_SCHEMA = pa.schema(
@@ -253,7 +252,7 @@ class StrategyRowFn(beam.DoFn):
     def _engine(self):
         if self.model is None:
             from transforms.attribute import _ProcessModel
-            from transforms.staging import mark_model_load
+            from transforms.files import mark_model_load
 
             loads = []
 
@@ -444,10 +443,10 @@ class FillStrategiesFn(beam.DoFn):
         self.output_dir = output_dir
 
     def process(self, part, models):
-        if part["folder"] != "summaries":
+        if part["folder"] != SUMMARIES:
             yield part
             return
-        folder = parts_dir(self.output_dir, "summaries")
+        folder = parts_dir(self.output_dir, SUMMARIES)
         path = join(folder, part["name"])
         with FileSystems.open(path, compression_type="uncompressed") as f:
             classes = pq.read_table(f, columns=["target_class"]).column("target_class")
@@ -458,12 +457,8 @@ class FillStrategiesFn(beam.DoFn):
             rows = pq.read_table(f).to_pylist()
         for row in rows:
             row["strategy"] = assign_row(row, models)
-        buffer = io.BytesIO()
-        pq.write_table(
-            pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA), buffer, compression="snappy"
-        )
         name = f"{uuid.uuid4().hex}.parquet"
-        publish(join(folder, name), buffer.getvalue())
+        publish_table(join(folder, name), pa.Table.from_pylist(rows, schema=SUMMARY_SCHEMA))
         yield {**part, "name": name}
 
 

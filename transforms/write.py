@@ -4,19 +4,17 @@ a killed job, and its shard names mix with an earlier run's)."""
 
 from __future__ import annotations
 
-import io
 import time
 import uuid
 
 import apache_beam as beam
 import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.files import publish
-from transforms.staging import parts_dir
+from transforms.files import publish_table
+from transforms.layout import parts_dir
 
 STATISTICS = (
     "positive_mass",
@@ -143,10 +141,9 @@ class WritePartsFn(beam.DoFn):
 
     def _publish(self) -> dict:
         rows, self.rows, self.since = self.rows, [], None
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pylist(rows, schema=self.schema), buffer, compression="snappy")
         name = f"{uuid.uuid4().hex}.parquet"
-        publish(f"{parts_dir(self.output_dir, self.folder)}/{name}", buffer.getvalue())
+        table = pa.Table.from_pylist(rows, schema=self.schema)
+        publish_table(f"{parts_dir(self.output_dir, self.folder)}/{name}", table)
         evaluations = int(sum(int(r.get("gradient_evaluations") or 0) for r in rows))
         return {
             "folder": self.folder,

@@ -14,7 +14,6 @@ from attribution.integrated_gradients import (
     Attribution,
     IntegratedGradients,
     Request,
-    Targets,
     checked,
 )
 from attribution.methods import guided, perturbation, xrai
@@ -23,6 +22,7 @@ from attribution.methods.cam import gradcam
 from attribution.methods.config import CAMS, PIXEL_MAPS, XRAI_BASELINES, MethodConfig
 from attribution.methods.paths import Curve, integrate, weighted_gradients
 from attribution.methods.results import Explanation, combine, explanation
+from attribution.targets import Targets
 
 
 def explain(

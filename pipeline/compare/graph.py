@@ -9,6 +9,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.compare.measures import compare_rows
 from transforms.files import RunFolderError, parquet_parts, parquet_schema
+from transforms.layout import SUMMARIES, join
 
 NAMESPACE = "drift"
 # What is read from each run's summaries (columns a run lacks are read as null).
@@ -86,7 +87,7 @@ UNMATCHED_SCHEMA = pa.schema(
 def summary_columns(run: str) -> list[str]:
     """The COLUMNS the run's summaries have; RunFolderError when it has no summaries, one of
     them is unreadable, or they predate content hashes."""
-    parts = parquet_parts(run, "summaries")
+    parts = parquet_parts(run, SUMMARIES)
     if not parts:
         raise RunFolderError(
             f"{run}: no summaries/*.parquet: pass the output folder of a "
@@ -144,7 +145,7 @@ def build(p: beam.Pipeline, runs: dict[str, tuple[str, list[str]]], output_dir: 
         keyed[name] = (
             p
             | f"Read{name.upper()}"
-            >> beam.io.ReadFromParquet(f"{run}/summaries/*.parquet", columns=columns)
+            >> beam.io.ReadFromParquet(join(run, SUMMARIES, "*.parquet"), columns=columns)
             | f"Key{name.upper()}" >> beam.FlatMap(key_first_target)
         )
     compared = (

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from transforms.files import read_artifact
+from transforms.layout import RAW
 
 TOP_FRACTION = 0.05  # the top-5% |IG| pixels (or grid cells) compared by IoU
 
@@ -79,7 +80,7 @@ def _load_raw(folder: str | None, uri: str | None):
     if not uri or not folder:
         return None
     try:
-        return np.load(io.BytesIO(read_artifact(folder, "raw", uri)), allow_pickle=False)
+        return np.load(io.BytesIO(read_artifact(folder, RAW, uri)), allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - a missing raw file falls back to the grid
         logging.warning("not reading %s (%s): comparing grids instead", uri, e)
         return None

@@ -4,13 +4,14 @@ how a section is a template plus a data function)."""
 from __future__ import annotations
 
 from pipeline.html import Sections, artifact_picture, render_page
+from transforms.layout import OVERLAYS
 
 SECTIONS = Sections()  # in page order: each data function below adds its own
 
 
 def _overlay(folder: str, uri: str | None, alt: str):
     """A row's overlay, from inside its run ``folder`` only."""
-    return artifact_picture(folder, "overlays", uri, alt, width=160, pixelated=True)
+    return artifact_picture(folder, OVERLAYS, uri, alt, width=160, pixelated=True)
 
 
 @SECTIONS.add("runs", "Runs", "Runs compared: A → B")

@@ -7,7 +7,7 @@ that went away, or a new one). The class's **shift** is the share of its rows th
 strategy: half the sum, over matched pairs and unmatched strategies, of |share in B - share in
 A| (0: the same strategies in the same proportions; 1: none in common). A class is flagged
 when its shift exceeds ``--max_strategy_shift`` or when it gained a suspicious strategy (one
-that ``pipeline.report.strategies.is_suspicious`` flags in B whose match in A was not flagged,
+that ``pipeline.strategies.is_suspicious`` flags in B whose match in A was not flagged,
 or that has no match).
 
 The metrics (``max_strategy_shift``, ``new_suspicious_strategies``, ...) join
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.report.strategies import Strategy, read_strategies
+from pipeline.strategies import Strategy, read_strategies
 
 MIN_MATCH = 0.5  # cosine similarity below which two strategies' layouts are not the same
 TABLE_ROWS = 200  # classes listed on the page

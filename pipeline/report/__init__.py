@@ -29,7 +29,7 @@ from attribution.lazy import lazy_attributes
 _EXPORTS = {  # submodule -> the names it defines
     "read": ("BATCH_ROWS", "ClassStats", "Example", "ReportError", "Run", "read_run"),
     "insights": ("Shortcut", "findings", "shortcuts"),
-    "page": ("REPORT_NAME", "render", "write_report"),
+    "page": ("render", "write_report"),
     "methods": ("METHODS_NAME", "write_methods"),
     "cli": ("main",),
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -34,8 +35,6 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 written, 1 the page could not be written, 2 a folder is not a readable
     run folder or --output cannot be a page. Each failure is one line."""
     args = parser().parse_args(argv)
-    import os
-
     if len(args.output_dir) > 1 and "://" not in args.output and os.path.isdir(args.output):
         print(
             f"error: --output {args.output} is a folder: name the page's file, e.g. "

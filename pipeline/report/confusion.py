@@ -15,6 +15,7 @@ import collections
 from pipeline.html import pct
 from pipeline.report.read import BATCH_ROWS, MAX_CLASSES, TABLE_ROWS, Run
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
+from transforms.layout import SUMMARIES
 
 COLUMNS = (
     "image_uri",
@@ -37,7 +38,7 @@ def confusion(output_dir: str) -> dict:
     """{(true label, predicted label): [images, sum of top5_share]} and the mistakes."""
     cells: dict = collections.defaultdict(lambda: [0, 0.0])
     mistakes = []
-    for path in parquet_parts(output_dir, "summaries"):
+    for path in parquet_parts(output_dir, SUMMARIES):
         if not set(COLUMNS) <= set(parquet_schema(path).names):
             continue  # a run written before the true_class column
         for batch in parquet_batches(path, list(COLUMNS), BATCH_ROWS):

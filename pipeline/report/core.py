@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.html import artifact, data_uri, pct, picture
 from pipeline.report.insights import findings, shortcuts
 from pipeline.report.read import ALPHAS, TABLE_ROWS, Example, Run
+from transforms.layout import MASKS, OVERLAYS
 
 
 def _size(value) -> str | None:
@@ -288,8 +289,8 @@ def _example(run: Run, e: Example, size: tuple[int, int] | None, originals: dict
 
     pictures = [
         picture(original, "original", shown, pixelated),
-        picture(lambda: shrunk("masks", e.mask_uri), "mask", shown, pixelated),
-        picture(lambda: shrunk("overlays", e.overlay_uri), "overlay", shown, pixelated),
+        picture(lambda: shrunk(MASKS, e.mask_uri), "mask", shown, pixelated),
+        picture(lambda: shrunk(OVERLAYS, e.overlay_uri), "overlay", shown, pixelated),
     ]
     return {
         "pictures": pictures,

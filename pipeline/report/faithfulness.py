@@ -14,6 +14,7 @@ import numpy as np
 from attribution.faithfulness import DEFAULT_FRACTION, DEFAULT_GRID, DEFAULT_SUBSETS
 from pipeline.html import artifact_picture, data_uri, pct
 from pipeline.report.read import Run
+from transforms.layout import OVERLAYS
 
 # --deletion_fill -> what the section says a removed pixel became
 FILL_WORDS = {
@@ -85,9 +86,7 @@ def faithfulness_section(run: Run) -> dict:
     ]
     worst = [
         {
-            "picture": artifact_picture(
-                run.output_dir, "overlays", r["overlay_uri"], "overlay", 160
-            ),
+            "picture": artifact_picture(run.output_dir, OVERLAYS, r["overlay_uri"], "overlay", 160),
             "uri": r["image_uri"],
             "label": r["label"],
             "gap": f"{r['gap']:.3f}",

@@ -54,7 +54,7 @@ def shortcuts(run: Run) -> list[Shortcut]:
 def findings(run: Run) -> list[str]:
     """Plain-text findings the data supports, most important first; `x` marks names.
     Faithfulness failures lead (pipeline/evidence.py); a shortcut quotes its ablation; a
-    suspicious strategy (pipeline/report/strategies.py) is one finding each."""
+    suspicious strategy (pipeline/strategies.py) is one finding each."""
     from pipeline import evidence
     from pipeline.report.strategies import strategy_findings
 

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.html import Sections, data_uri, pct, render_page
 from pipeline.report.read import MAX_CLASSES, Run, _batches, read_run
 from transforms.files import parquet_parts, parquet_schema, publish
+from transforms.layout import SUMMARIES
 
 METHODS_NAME = "methods.html"
 SECTIONS = Sections()
@@ -49,7 +50,7 @@ def _name(run: Run) -> str:
 def _mean_column(run: Run, column: str) -> float | None:
     values = [
         np.asarray(batch.column(column).to_numpy(zero_copy_only=False), np.float64)
-        for path in parquet_parts(run.output_dir, "summaries")
+        for path in parquet_parts(run.output_dir, SUMMARIES)
         if column in parquet_schema(path).names
         for batch in _batches(path, (column,))
     ]
@@ -107,7 +108,7 @@ def _by_row(run: Run, column: str) -> dict[tuple[str, int], float]:
     """(content_sha256, target_class) -> the column's finite value in the run's rows."""
     keys = ("content_sha256", "target_class", column)
     out = {}
-    for path in parquet_parts(run.output_dir, "summaries"):
+    for path in parquet_parts(run.output_dir, SUMMARIES):
         if not set(keys) <= set(parquet_schema(path).names):
             continue
         for batch in _batches(path, keys):

@@ -11,8 +11,7 @@ from pipeline.html import render_page
 from pipeline.report.read import REPORT_CLASSES, Run, read_run
 from pipeline.report.sections import SECTIONS
 from transforms.files import publish
-
-REPORT_NAME = "report.html"
+from transforms.layout import REPORT, join
 
 
 def render(run: Run) -> str:
@@ -32,6 +31,6 @@ def write_report(output_dir: str, report_classes: int | None = None) -> str:
     sections draw ``report_classes`` classes (default: the run's --report_classes)."""
     run = read_run(output_dir)
     run.report_classes = report_classes or run.config("report_classes") or REPORT_CLASSES
-    path = f"{run.output_dir}/{REPORT_NAME}"
+    path = join(run.output_dir, REPORT)
     publish(path, render(run).encode("utf-8"))
     return path

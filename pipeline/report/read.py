@@ -15,12 +15,14 @@ import numpy as np
 import pyarrow.compute as pc
 
 from transforms.files import (
+    BATCH_ROWS,
     RunFolderError,
     parquet_batches,
     parquet_parts,
     parquet_schema,
     read_manifest,
 )
+from transforms.layout import ERRORS, SUMMARIES
 
 ReportError = RunFolderError  # the folder cannot be reported on
 ALPHAS = np.linspace(0.0, 1.0, 101)  # common grid the saturation curves are averaged on
@@ -28,7 +30,6 @@ MAX_CLASSES = 12  # classes the methods page and the confusion view draw
 REPORT_CLASSES = 24  # classes the report draws (--report_classes), most suspicious first
 EXAMPLES = 2  # most and least concentrated images shown per class
 TABLE_ROWS = 200  # rows shown in the errors and classes tables
-BATCH_ROWS = 65_536
 COLUMNS = (
     "image_uri",
     "target_class",
@@ -48,6 +49,7 @@ COLUMNS = (
     "path_alphas",
     "path_scores",
 )
+
 OPTIONAL_COLUMNS = ("regions", "content_sha256")  # older runs wrote neither
 EXAMPLE_COLUMNS = ("image_uri", "mask_uri", "overlay_uri", "target_score", "predicted_label")
 OPTIONAL_EXAMPLE_COLUMNS = ("content_sha256",)  # checks an original is the image attributed
@@ -130,7 +132,7 @@ class Run:
     error_count: int = 0
     error_kinds: collections.Counter = field(default_factory=collections.Counter)
     report_classes: int = REPORT_CLASSES  # classes the per-class sections draw
-    strategies: object = None  # pipeline.report.strategies.Strategies, read on first use
+    strategies: object = None  # pipeline.strategies.Strategies, read on first use
 
     def config(self, key: str, default=None):
         return (self.manifest.get("config") or {}).get(key, default)
@@ -156,9 +158,9 @@ def read_run(output_dir: str) -> Run:
     if not output_dir:
         raise RunFolderError("no run folder given: pass the --output_dir of a pipeline run")
     run = Run(output_dir, read_manifest(output_dir))
-    for path in parquet_parts(output_dir, "summaries"):
+    for path in parquet_parts(output_dir, SUMMARIES):
         _read_summaries(run, path)
-    for path in parquet_parts(output_dir, "errors"):
+    for path in parquet_parts(output_dir, ERRORS):
         _read_errors(run, path)
     return run
 
