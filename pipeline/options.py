@@ -54,7 +54,7 @@ CONFIG_FIELDS = {
 
 
 class AttributionOptions(PipelineOptions):
-    """The contract's options (../shared/DESIGN.md). Anything else is a Beam option.
+    """The contract's options (README's option tables). Anything else is a Beam option.
 
     ``--labels`` is parsed by ``parse`` and kept away from Beam, whose Dataflow options use
     the same name for job labels.

@@ -15,9 +15,10 @@ import re
 from dataclasses import dataclass
 
 from attribution.config import Options, option
+from transforms.layout import ARTIFACT_FOLDERS
 
 INPUT_FORMATS = ("files", "tfrecord")
-ARTIFACTS = ("masks", "overlays", "raw")
+ARTIFACTS = ARTIFACT_FOLDERS  # what --artifacts may name: the per-image folders
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 
 

@@ -47,6 +47,7 @@ from transforms.files import (
     read_run_file,
     verify_parts,
 )
+from transforms.layout import ARTIFACT_COLUMNS
 from transforms.progress import CountsProgress
 from transforms.records import NAMESPACE, ImageRef
 from transforms.regions import join_boxes, region_key
@@ -60,7 +61,7 @@ PREVIOUS, CURRENT = "previous", "current"
 # Rewritten for the new run's location; every other column of a reused row is copied as is
 # (labels re-applied from this run's --labels, regions recomputed).
 LOCATION_COLUMNS = ("image_uri", "image_id", "mask_uri", "overlay_uri", "raw_uri")
-COLUMN_OF = {"masks": "mask_uri", "overlays": "overlay_uri", "raw": "raw_uri"}
+COLUMN_OF = ARTIFACT_COLUMNS
 FOLDER_OF = {column: folder for folder, column in COLUMN_OF.items()}
 
 
