@@ -418,8 +418,8 @@ def _mufidelity(item: Item, cells: np.ndarray, chosen: np.ndarray, scores: _Slot
 
 class _Removal:
     """Makers of an item's images with pixels removed, by the fill: the ``baseline`` fill
-    builds them exactly as before fills existed (deletion to the baseline, insertion on the
-    blurred image)."""
+    takes deletion's removed pixels from the row's baseline and starts insertion from the
+    blurred image."""
 
     def __init__(self, item: Item, fill: str, seed: int, noise: float):
         self.item, self.fill, self.seed, self.noise = item, fill, seed, noise

@@ -1,4 +1,4 @@
-"""Issue 23: ``--method score_guided`` against the adaptive rules it should beat, per model.
+"""``--method score_guided`` against the adaptive rules it should beat, per model.
 
     python -m benchmarks.score_guided            # full (make bench): ~5 min on a quiet machine
     python -m benchmarks.score_guided --quick    # 1% only, 16 demo images, MobileNetV2 ladder only
