@@ -356,7 +356,7 @@ def evaluate(
                     else:
                         curve.values[-1] = item.target_score
                         insertions.append(curve)
-                    point = removal.curve(kind, order, f"{kind}{suffix}")
+                    point = removal.curve(kind, order, f"{kind}{suffix}", n[points - 2])
                     rows.extend((i, curve, k, point(n[k], k)) for k in range(1, points - 1))
         mu = None
         if "mufidelity" in kinds:
@@ -445,10 +445,10 @@ class _Removal:
             return self._road(np.ones(self.item.image.shape[:2], bool), "all")
         return self.blurred
 
-    def curve(self, kind: str, order: np.ndarray, name: str):
+    def curve(self, kind: str, order: np.ndarray, name: str, last: int):
         """The maker of each point of a curve: ``point(count, k)`` makes the image with the
         first ``count`` pixels of ``order`` (flat indices) removed (deletion) or only those
-        kept (insertion); ``k`` tags ROAD's noise."""
+        kept (insertion); ``k`` tags ROAD's noise; ``last`` is the curve's largest count."""
         image = self.item.image
         if self.fill == "road":
 
@@ -463,9 +463,9 @@ class _Removal:
 
             return point
         if kind == "insertion":
-            sweep = _Sweep(self.blurred, image, order)
+            sweep = _Sweep(self.blurred, image, order, last)
         else:
-            sweep = _Sweep(image, self._source(), order)
+            sweep = _Sweep(image, self._source(), order, last)
         return lambda count, k: lambda: sweep.at(count)
 
     def _source(self) -> np.ndarray:
@@ -488,20 +488,25 @@ class _Sweep:
     """``start`` with the first pixels of ``order`` (flat indices) taken from ``fill``, for
     counts asked in rising order as a curve's rows are: each point copies only the pixels it
     adds to the previous one, the values copied exactly. ``at`` returns its own buffer:
-    ``_score_rows`` copies each row into the call's batch before making the next."""
+    ``_score_rows`` copies each row into the call's batch before making the next. The buffer
+    exists from the curve's first point to its last only (a curve's rows are consecutive),
+    so memory stays at a few images, not one per curve of the batch."""
 
-    def __init__(self, start: np.ndarray, fill: np.ndarray, order: np.ndarray):
+    def __init__(self, start: np.ndarray, fill: np.ndarray, order: np.ndarray, last: int):
         self.start, self.fill, self.order = start, fill.reshape(-1, fill.shape[-1]), order
-        self.image, self.count = start.copy(), 0
+        self.last, self.image, self.count = last, None, 0
 
     def at(self, count: int) -> np.ndarray:
-        if count < self.count:  # asked out of order: start over
+        if self.image is None or count < self.count:  # the first point, or out of order
             self.image, self.count = self.start.copy(), 0
-        flat = self.image.reshape(-1, self.image.shape[-1])
+        image = self.image
+        flat = image.reshape(-1, image.shape[-1])
         added = self.order[self.count : count]
         flat[added] = self.fill[added]
         self.count = count
-        return self.image  # the caller copies it before asking for the next point
+        if count >= self.last:
+            self.image = None
+        return image  # the caller copies it before asking for the next point
 
 
 def _score_rows(engine, items, rows) -> list[int]:
