@@ -356,15 +356,8 @@ def evaluate(
                     else:
                         curve.values[-1] = item.target_score
                         insertions.append(curve)
-                    rows.extend(
-                        (
-                            i,
-                            curve,
-                            k,
-                            removal.curve_point(kind, order[: n[k]], f"{kind}{suffix}:{k}"),
-                        )
-                        for k in range(1, points - 1)
-                    )
+                    point = removal.curve(kind, order, f"{kind}{suffix}", n[points - 2])
+                    rows.extend((i, curve, k, point(n[k], k)) for k in range(1, points - 1))
         mu = None
         if "mufidelity" in kinds:
             cells, count = cell_map(item.image.shape[:2], grid)
@@ -425,8 +418,8 @@ def _mufidelity(item: Item, cells: np.ndarray, chosen: np.ndarray, scores: _Slot
 
 class _Removal:
     """Makers of an item's images with pixels removed, by the fill: the ``baseline`` fill
-    builds them exactly as before fills existed (deletion to the baseline, insertion on the
-    blurred image)."""
+    takes deletion's removed pixels from the row's baseline and starts insertion from the
+    blurred image."""
 
     def __init__(self, item: Item, fill: str, seed: int, noise: float):
         self.item, self.fill, self.seed, self.noise = item, fill, seed, noise
@@ -452,21 +445,28 @@ class _Removal:
             return self._road(np.ones(self.item.image.shape[:2], bool), "all")
         return self.blurred
 
-    def curve_point(self, kind: str, pixels: np.ndarray, tag: str):
-        """Deletion: ``pixels`` (flat indices) removed; insertion: only ``pixels`` kept."""
+    def curve(self, kind: str, order: np.ndarray, name: str, last: int):
+        """The maker of each point of a curve: ``point(count, k)`` makes the image with the
+        first ``count`` pixels of ``order`` (flat indices) removed (deletion) or only those
+        kept (insertion); ``k`` tags ROAD's noise; ``last`` is the curve's largest count."""
         image = self.item.image
         if self.fill == "road":
 
-            def make():
-                removed = np.zeros(image.shape[0] * image.shape[1], bool)
-                removed[pixels] = True
-                removed = removed if kind == "deletion" else ~removed
-                return self._road(removed.reshape(image.shape[:2]), tag)
+            def point(count: int, k: int):
+                def make():
+                    removed = np.zeros(image.shape[0] * image.shape[1], bool)
+                    removed[order[:count]] = True
+                    removed = removed if kind == "deletion" else ~removed
+                    return self._road(removed.reshape(image.shape[:2]), f"{name}:{k}")
 
-            return make
+                return make
+
+            return point
         if kind == "insertion":
-            return lambda: _replace(self.blurred, image, pixels)()
-        return lambda: _replace(image, self._source(), pixels)()
+            sweep = _Sweep(self.blurred, image, order, last)
+        else:
+            sweep = _Sweep(image, self._source(), order, last)
+        return lambda count, k: lambda: sweep.at(count)
 
     def _source(self) -> np.ndarray:
         """Where removed pixels take their values from (fills baseline and blur)."""
@@ -484,16 +484,29 @@ class _Removal:
         return make
 
 
-def _replace(start: np.ndarray, fill: np.ndarray, pixels: np.ndarray):
-    """A maker of ``start`` with the given flat pixel indices taken from ``fill``."""
+class _Sweep:
+    """``start`` with the first pixels of ``order`` (flat indices) taken from ``fill``, for
+    counts asked in rising order as a curve's rows are: each point copies only the pixels it
+    adds to the previous one, the values copied exactly. ``at`` returns its own buffer:
+    ``_score_rows`` copies each row into the call's batch before making the next. The buffer
+    exists from the curve's first point to its last only (a curve's rows are consecutive),
+    so memory stays at a few images, not one per curve of the batch."""
 
-    def make():
-        image = start.copy()
-        flat, source = image.reshape(-1, image.shape[-1]), fill.reshape(-1, fill.shape[-1])
-        flat[pixels] = source[pixels]
-        return image
+    def __init__(self, start: np.ndarray, fill: np.ndarray, order: np.ndarray, last: int):
+        self.start, self.fill, self.order = start, fill.reshape(-1, fill.shape[-1]), order
+        self.last, self.image, self.count = last, None, 0
 
-    return make
+    def at(self, count: int) -> np.ndarray:
+        if self.image is None or count < self.count:  # the first point, or out of order
+            self.image, self.count = self.start.copy(), 0
+        image = self.image
+        flat = image.reshape(-1, image.shape[-1])
+        added = self.order[self.count : count]
+        flat[added] = self.fill[added]
+        self.count = count
+        if count >= self.last:
+            self.image = None
+        return image  # the caller copies it before asking for the next point
 
 
 def _score_rows(engine, items, rows) -> list[int]:
@@ -501,9 +514,13 @@ def _score_rows(engine, items, rows) -> list[int]:
     their slots; returns the forward rows spent per item."""
     spent = [0] * len(items)
     size = max(1, int(engine.batch_size))
+    shape = items[0].image.shape if items else ()
     for lo in range(0, len(rows), size):
         chunk = rows[lo : lo + size]
-        scores = engine.scores(np.stack([make() for *_, make in chunk]).astype(np.float32))
+        batch = np.empty((len(chunk), *shape), np.float32)
+        for j, (*_, make) in enumerate(chunk):
+            batch[j] = make()  # a copy: a curve's maker reuses its buffer
+        scores = engine.scores(batch)
         for (i, slots, k, _), row_scores in zip(chunk, scores):
             slots.values[k] = float(row_scores[items[i].target])
             spent[i] += 1

@@ -10,8 +10,9 @@ never retrace after warm-up and a short call computes only its own rows; under X
 (``jit_compile``), which compiles each shape anew, calls are padded to one fixed size instead.
 Identical baselines (the black one of every image) are scored once per request.
 ``--method score_guided`` first scans each image's path with forward rows (``quadrature``'s
-scan points, all classes at once, shared by the image's targets) and places each job's
-gradient points by its target's score curve (``quadrature.Density``).
+scan points, then bisections where the curves move; all classes at once, shared by the
+image's targets) and places each job's gradient points by its target's score curve
+(``quadrature.Density``).
 A request's images and baselines go to the device once; each call gathers its rows there and
 adds its weighted gradients to per-job float64 integrals there, so per call the host only
 sends two small arrays (each row's request, target, job, alpha and weight) and reads back the
@@ -317,22 +318,23 @@ class IntegratedGradients:
         image_scores, baseline_scores = both[:n], both[n:][of_request]
 
         pool = tf.constant(baselines), tf.constant(images - baselines)  # gathered per call
-        scan = quadrature.scan_alphas() if self.guided else np.zeros(0)
-        scanned = self._scan(*pool, n, scan)  # [n, len(scan), classes]
+        chosen = [targets.select(image_scores[i]) for i in range(n)]
+        paths = self._scan_paths(pool, chosen, image_scores, baseline_scores) if self.guided else []
         jobs = []
         for i in range(n):
-            for target in targets.select(image_scores[i]):
+            for target in chosen[i]:
                 job = _Job(i, target, self._rule, np.zeros(images.shape[1:], np.float64))
                 alphas, weights = job.rule.alphas, job.rule.weights
                 if self.guided:
+                    knots, scanned = paths[i]
                     curve = [
                         baseline_scores[i, target],
-                        *scanned[i, :, target],
+                        *scanned[:, target],
                         image_scores[i, target],
                     ]
-                    job.density = quadrature.Density.from_scores([0.0, *scan, 1.0], curve)
-                    job.forward = len(scan)
-                    job.path.update(zip(scan.tolist(), scanned[i, :, target].tolist()))
+                    job.density = quadrature.Density.from_scores([0.0, *knots, 1.0], curve)
+                    job.forward = len(knots)
+                    job.path.update(zip(knots.tolist(), scanned[:, target].tolist()))
                     alphas, weights = job.density.place(alphas, weights)
                 jobs.append((job, alphas, weights))
         finished = self.refine_until_complete(
@@ -406,11 +408,47 @@ class IntegratedGradients:
             )
         return array
 
-    def _scan(self, baselines, differences, n: int, alphas: np.ndarray) -> np.ndarray:
-        """Every class's score at ``alphas`` on each of the ``n`` paths, [n, len(alphas), C],
-        forward rows packed into calls of at most ``batch_size``."""
-        rows = np.repeat(np.arange(n, dtype=np.int32), len(alphas))
-        points = np.tile(alphas.astype(np.float32), n)
+    def _scan_paths(self, pool, chosen, image_scores, baseline_scores) -> list:
+        """score_guided's scan of each image's path: (inner knots, every class's score there
+        [K, C]) per image, knots rising. First ``quadrature.scan_alphas()``, then up to
+        ``quadrature.SCAN_LEVELS`` rounds bisecting the intervals where the curves of the
+        image's ``chosen`` targets move (``quadrature.scan_bisections``); each round's rows
+        of all images packed into the same calls. An image's knots depend on its own scores
+        only."""
+        n = len(chosen)
+        first = quadrature.scan_alphas()
+        knots = [first] * n
+        scanned = np.split(
+            self._scan(*pool, np.repeat(np.arange(n), len(first)), np.tile(first, n)), n
+        )
+        for _ in range(quadrature.SCAN_LEVELS):
+            new = []
+            for i, targets in enumerate(chosen):
+                t = list(targets)
+                curves = np.concatenate(
+                    [
+                        baseline_scores[i, t][:, None],
+                        scanned[i][:, t].T,
+                        image_scores[i, t][:, None],
+                    ],
+                    axis=1,
+                )
+                new.append(quadrature.scan_bisections([0.0, *knots[i], 1.0], curves))
+            sizes = [len(a) for a in new]
+            if not sum(sizes):
+                break
+            got = self._scan(*pool, np.repeat(np.arange(n), sizes), np.concatenate(new))
+            for i, more in enumerate(np.split(got, np.cumsum(sizes)[:-1])):
+                merged = np.concatenate([knots[i], new[i]])
+                order = np.argsort(merged, kind="stable")
+                knots[i], scanned[i] = merged[order], np.concatenate([scanned[i], more])[order]
+        return list(zip(knots, scanned))
+
+    def _scan(self, baselines, differences, rows: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+        """Every class's score at ``alphas`` on the paths of requests ``rows``,
+        [len(rows), C], forward rows packed into calls of at most ``batch_size``."""
+        rows = np.asarray(rows, np.int32)
+        points = np.asarray(alphas, np.float32)
         out, start = [], 0
         while start < len(rows):
             chunk = slice(start, start + self.batch_size)
@@ -422,9 +460,7 @@ class IntegratedGradients:
                 continue
             out.append(result[: len(rows[chunk])])
             start += len(rows[chunk])
-        if not out:
-            return np.zeros((n, 0, 0), np.float32)
-        return np.concatenate(out).reshape(n, len(alphas), -1)
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def _integrate(self, jobs, baselines: tf.Tensor, differences: tf.Tensor) -> None:
         """Evaluate every pending row, packed into calls of at most ``batch_size`` rows, into

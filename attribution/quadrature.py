@@ -8,8 +8,9 @@ Refinement reuses what was computed where the rule allows it: a refined integral
 rules nest (scale > 0, only new points are evaluated); Gauss-Legendre does not (scale 0).
 
 ``score_guided`` places the points by the path's score curve, scanned first with forward
-rows: a density ``p`` on [0, 1], piecewise linear through the scan's knots and proportional
-to the curve's slope |dF/dalpha| plus a floor, maps the base rule's points ``u`` to
+rows (alpha = k / 16, then up to two rounds bisecting the intervals where the curve moves,
+``scan_bisections``): a density ``p`` on [0, 1], piecewise linear through the scan's knots
+and proportional to the curve's slope |dF/dalpha| plus a floor, maps the base rule's points ``u`` to
 ``alpha = C^-1(u)`` (``C`` the density's CDF), with weights ``w / p(alpha)`` (the Jacobian of
 the change of variables, exact). It is the base rule applied to ``g(C^-1(u)) / p(C^-1(u))``
 on [0, 1], the same integral: consistent, nested when the base rule nests (the map is fixed
@@ -33,6 +34,8 @@ METHODS = (
 )
 GUIDED_BASE = "riemann_trapezoid"  # score_guided's rule in u: nested, measured best
 SCAN_INTERVALS = 16  # score_guided's scan: alpha = k / 16, the 15 inner points forward rows
+SCAN_LEVELS = 2  # then up to 2 rounds of bisecting where the curve moves: knots down to 1/64
+SCAN_SHARE = 0.05  # an interval is bisected when it or a neighbour holds 5% of the variation
 GUIDED_FLOOR = 0.25  # share of the density that is uniform (the curve may move between knots)
 
 
@@ -168,6 +171,26 @@ class Density:
 
 
 def scan_alphas(intervals: int | None = None) -> np.ndarray:
-    """The inner points of score_guided's scan (0 and 1 are scored anyway)."""
+    """The inner points of score_guided's first scan round (0 and 1 are scored anyway)."""
     intervals = SCAN_INTERVALS if intervals is None else intervals
     return np.arange(1, intervals) / intervals
+
+
+def scan_bisections(knots, curves, *, share: float = SCAN_SHARE) -> np.ndarray:
+    """The next scan round's points: the midpoints of the knot intervals where the curve
+    moves. ``knots`` rise from 0 to 1; ``curves`` [T, K] are the scores there of the targets
+    sharing the path. An interval is bisected when, for some target, it or an interval
+    beside it holds more than ``share`` of the curve's variation (sum of |dF| over the
+    intervals; the neighbours too, since a curve that rises and falls back inside one
+    interval shows little change across it), and it is wider than the finest scan
+    (1 / (SCAN_INTERVALS 2^SCAN_LEVELS)). Empty when nothing is left to bisect."""
+    knots = np.asarray(knots, np.float64)
+    changes = np.abs(np.diff(np.atleast_2d(np.asarray(curves, np.float64)), axis=1))
+    totals = changes.sum(axis=1, keepdims=True)
+    held = ((changes > share * totals) & (totals > 0) & np.isfinite(totals)).any(axis=0)
+    moving = held.copy()
+    moving[1:] |= held[:-1]
+    moving[:-1] |= held[1:]
+    finest = 1.0 / (SCAN_INTERVALS * 2**SCAN_LEVELS)
+    moving &= np.diff(knots) > 1.5 * finest
+    return (knots[:-1][moving] + knots[1:][moving]) / 2

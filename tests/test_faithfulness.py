@@ -204,7 +204,7 @@ REQUIRED = ["--input_pattern", "x/*.png", "--output_dir", "out", "--model", "m"]
         (["--faithfulness", "deletion,sideways"], "--faithfulness"),
         (["--faithfulness_points", "1"], "--faithfulness_points"),
         (["--faithfulness_points", "100000"], "at most 1025"),
-        # issue 22's options, at and past their edges
+        # MuFidelity's options, at and past their edges
         (["--mufidelity_subsets", "2"], "--mufidelity_subsets must be from 3 to 4096"),
         (["--mufidelity_subsets", "4097"], "--mufidelity_subsets"),
         (["--mufidelity_subsets", "0"], "--mufidelity_subsets"),

@@ -114,6 +114,25 @@ def test_on_the_sharp_step_the_guided_rule_beats_its_base_rule_at_equal_points()
         assert abs(weights @ g(alphas) - exact) < 0.2 * abs(base.weights @ g(base.alphas) - exact)
 
 
+def test_the_scan_bisects_where_the_curve_moves_down_to_the_finest_width():
+    knots = np.concatenate([[0.0], quadrature.scan_alphas(), [1.0]])
+    finest = 1 / (quadrature.SCAN_INTERVALS * 2**quadrature.SCAN_LEVELS)
+    for _ in range(quadrature.SCAN_LEVELS + 1):
+        new = quadrature.scan_bisections(knots, step_curve(knots)[None])
+        # only intervals at or beside the step's (the logistic moves within ~0.05 of it)
+        assert np.all(np.abs(new - STEP_AT) < 2 / quadrature.SCAN_INTERVALS)
+        knots = np.sort(np.concatenate([knots, new]))
+    assert len(new) == 0  # nothing wider than the finest scan is left to bisect near the step
+    widths = np.diff(knots)
+    assert widths.min() >= finest - 1e-15
+    assert widths[np.searchsorted(knots, STEP_AT) - 1] == finest
+    # a flat curve, or a broken one, asks for nothing; any target moving asks for its part
+    assert len(quadrature.scan_bisections([0, 0.5, 1], [[0.3, 0.3, 0.3]])) == 0
+    assert len(quadrature.scan_bisections([0, 0.5, 1], [[0.3, np.nan, 0.3]])) == 0
+    both = quadrature.scan_bisections(knots[:3], [[0.3, 0.3, 0.3], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(both, (knots[:2] + knots[1:3]) / 2)
+
+
 def test_refinement_nests_through_the_map():
     density = scanned(step_curve)
     g = lambda a: np.exp(2 * a) * np.cos(3 * a)
@@ -195,7 +214,9 @@ def test_exact_on_the_closed_form_logistic_and_fewer_rows_than_its_base_rule():
         assert r.converged and r.method == SCORE_GUIDED
         # the completeness tolerance bounds the error of this 1-D integral: 1e-3 (+ float32)
         assert np.abs(r.attributions - exact).max() / np.abs(exact).max() < 2e-3
-        assert r.forward_evaluations == len(quadrature.scan_alphas())
+        # the first scan round, then at most SCAN_LEVELS rounds of bisections near the step
+        first = len(quadrature.scan_alphas())
+        assert first < r.forward_evaluations <= first + 3 * 2 * quadrature.SCAN_LEVELS
         assert b.converged and r.gradient_evaluations < b.gradient_evaluations
 
 
