@@ -464,6 +464,93 @@ def fixed_costs(task):
     return out
 
 
+# --- job breakdown: where a many-image job's seconds go -----------------------------------
+def _timer(phases: dict, name: str, function, generator: bool = False):
+    """``function`` with its wall seconds added to ``phases[name]``; a generator's are the
+    seconds inside its own next() calls (Beam runs the fused steps downstream of a DoFn
+    between them)."""
+    clock = time.perf_counter
+
+    def plain(*args, **kwargs):
+        t = clock()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            phases[name] = phases.get(name, 0.0) + clock() - t
+
+    def stepped(*args, **kwargs):
+        iterator = function(*args, **kwargs)
+        while True:
+            t = clock()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                phases[name] = phases.get(name, 0.0) + clock() - t
+            yield item
+
+    return stepped if generator else plain
+
+
+def job_breakdown(task):
+    """Run ``python -m pipeline`` in this process with wall-clock timers on each step of the
+    job (imports, model load, decode, engine, faithfulness curves, PNG encoding, statistics,
+    Parquet, commit and report); what Beam's run spends outside the timed steps is its own
+    per-bundle and per-element work. Seconds, not cProfile (no profiler overhead)."""
+    clock = time.perf_counter
+    phases: dict[str, float] = {}
+    started = clock()
+    t = clock()
+    import tensorflow  # noqa: F401
+
+    phases["import tensorflow"] = clock() - t
+    t = clock()
+    import apache_beam as beam
+
+    phases["import apache_beam"] = clock() - t
+    t = clock()
+    from pipeline import commit, report
+    from pipeline import run as pipeline_run
+    from transforms import attribute, read, summarize, write
+
+    phases["import pipeline (ours + rest)"] = clock() - t
+    import gc
+
+    gc.freeze()  # as python -m pipeline does after its imports
+    patches = [
+        (pipeline_run, "load_model", "load model (launcher)", False),
+        (attribute, "load_model", "load model (worker)", False),
+        (read.DecodeFn, "process", "read + decode", True),
+        (attribute.AttributeFn, "_explain", "engine (IG)", False),
+        (attribute.AttributeFn, "_evidence", "faithfulness curves", False),
+        (attribute.AttributeFn, "process", "attribute step (total)", True),
+        (summarize.masks, "mask_png", "PNG: masks", False),
+        (summarize.masks, "overlay_png", "PNG: overlays", False),
+        (summarize.masks, "attribution_statistics", "statistics + grid", False),
+        (summarize.masks, "attribution_grid", "statistics + grid", False),
+        (summarize, "publish", "publish files (masks, overlays)", False),
+        (summarize.SummarizeFn, "process", "summarize step (total)", True),
+        (write.pq, "write_table", "Parquet parts (encode + publish)", False),
+        (write, "publish", "Parquet parts (encode + publish)", False),
+        (report, "write_report", "report (draw + write)", False),
+        (commit.CommitFn, "process", "commit (parts, manifest, report)", True),
+        (beam.Pipeline, "run", "beam Pipeline.run", False),
+    ]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _, _ in patches]
+    for owner, attr, name, generator in patches:
+        setattr(owner, attr, _timer(phases, name, getattr(owner, attr), generator))
+    try:
+        t = clock()
+        pipeline_run.run(task["pipeline_argv"], save_main_session=False)
+        phases["run() total"] = clock() - t
+    finally:
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+    phases["in-process total"] = clock() - started
+    return {"phases": phases, "images": task.get("images")}
+
+
 # --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
 def _png_arrays(pattern: str) -> np.ndarray:
     import glob
@@ -664,6 +751,7 @@ TASKS = {
     "efficiency": efficiency,
     "fixed_costs": fixed_costs,
     "engine_rate": engine_rate,
+    "job_breakdown": job_breakdown,
     "precision": precision,
 }
 
@@ -671,7 +759,7 @@ TASKS = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
-    if task["task"] != "fixed_costs":  # it times its own imports
+    if task["task"] not in ("fixed_costs", "job_breakdown"):  # they time their own imports
         _quiet()
     started = time.perf_counter()
     result = TASKS[task["task"]](task)

@@ -66,6 +66,8 @@ def with_evidence(row: dict, evidence) -> dict:
             "mufidelity": evidence.mufidelity if evidence is not None else None,
         }
     )
+    # the engine's forward rows for this row (score_guided's scan) and the evidence's
+    row["forward_evaluations"] += evidence.forward_rows if evidence is not None else 0
     ablations = evidence.ablations if evidence is not None else []
     for region, ablation in zip(row.get("regions") or [], ablations):
         region.update(
@@ -166,6 +168,7 @@ class SummarizeFn(beam.DoFn):
             "converged": result.converged,
             "steps": result.steps,
             "gradient_evaluations": result.gradient_evaluations,
+            "forward_evaluations": int(getattr(result, "forward_evaluations", 0)),
             "method": result.method,
             "baseline": getattr(result, "baseline", s.baseline),
             "score": s.score,
