@@ -466,67 +466,82 @@ def fixed_costs(task):
 
 # --- job breakdown: where a many-image job's seconds go -----------------------------------
 def _timer(phases: dict, name: str, function, generator: bool = False):
-    """``function`` with its wall seconds added to ``phases[name]``; a generator's are the
-    seconds inside its own next() calls (Beam runs the fused steps downstream of a DoFn
-    between them)."""
-    clock = time.perf_counter
+    """``function`` with its wall seconds added to ``phases[name]`` and its process CPU
+    seconds to ``phases[name + ' (cpu)']``; a generator's are the seconds inside its own
+    next() calls (Beam runs the fused steps downstream of a DoFn between them). The job's
+    steps run one at a time in one Beam thread, so process CPU is the step's own (TensorFlow's
+    threads included), and steadier than wall seconds on a loaded machine."""
+    clock, cpu = time.perf_counter, time.process_time
+
+    def add(t, c):
+        phases[name] = phases.get(name, 0.0) + clock() - t
+        phases[f"{name} (cpu)"] = phases.get(f"{name} (cpu)", 0.0) + cpu() - c
 
     def plain(*args, **kwargs):
-        t = clock()
+        t, c = clock(), cpu()
         try:
             return function(*args, **kwargs)
         finally:
-            phases[name] = phases.get(name, 0.0) + clock() - t
+            add(t, c)
 
     def stepped(*args, **kwargs):
         iterator = function(*args, **kwargs)
         while True:
-            t = clock()
+            t, c = clock(), cpu()
             try:
                 item = next(iterator)
             except StopIteration:
                 return
             finally:
-                phases[name] = phases.get(name, 0.0) + clock() - t
+                add(t, c)
             yield item
 
     return stepped if generator else plain
 
 
 def job_breakdown(task):
-    """Run ``python -m pipeline`` in this process with wall-clock timers on each step of the
-    job (imports, model load, decode, engine, faithfulness curves, PNG encoding, statistics,
-    Parquet, commit and report); what Beam's run spends outside the timed steps is its own
-    per-bundle and per-element work. Seconds, not cProfile (no profiler overhead)."""
-    clock = time.perf_counter
+    """Run ``python -m pipeline`` in this process with timers (wall and process CPU seconds)
+    on each step of the job: imports, model load, decode, engine, faithfulness curves, PNG
+    encoding, statistics, Parquet, commit and report. What Beam's run spends outside the
+    timed steps is its own per-bundle and per-element work. Timers, not cProfile (no profiler
+    overhead). Runs whichever tree is first on sys.path (a 'before' tree too): a name a tree
+    does not have is not timed."""
     phases: dict[str, float] = {}
-    started = clock()
-    t = clock()
-    import tensorflow  # noqa: F401
 
-    phases["import tensorflow"] = clock() - t
-    t = clock()
-    import apache_beam as beam
+    def imported(name, modules):
+        t, c = time.perf_counter(), time.process_time()
+        loaded = [__import__(m, fromlist=["_"]) for m in modules]
+        phases[name] = time.perf_counter() - t
+        phases[f"{name} (cpu)"] = time.process_time() - c
+        return loaded
 
-    phases["import apache_beam"] = clock() - t
-    t = clock()
-    from pipeline import commit, report
-    from pipeline import run as pipeline_run
-    from transforms import attribute, read, summarize, write
-
-    phases["import pipeline (ours + rest)"] = clock() - t
+    started = time.perf_counter()
+    imported("import tensorflow", ["tensorflow"])
+    (beam,) = imported("import apache_beam", ["apache_beam"])
+    commit, report, pipeline_run, attribute, read, summarize, write = imported(
+        "import pipeline (ours + rest)",
+        [
+            "pipeline.commit",
+            "pipeline.report",
+            "pipeline.run",
+            "transforms.attribute",
+            "transforms.read",
+            "transforms.summarize",
+            "transforms.write",
+        ],
+    )
     import gc
 
     gc.freeze()  # as python -m pipeline does after its imports
     patches = [
         (pipeline_run, "load_model", "load model (launcher)", False),
-        (attribute, "load_model", "load model (worker)", False),
         (read.DecodeFn, "process", "read + decode", True),
         (attribute.AttributeFn, "_explain", "engine (IG)", False),
         (attribute.AttributeFn, "_evidence", "faithfulness curves", False),
         (attribute.AttributeFn, "process", "attribute step (total)", True),
-        (summarize.masks, "mask_png", "PNG: masks", False),
-        (summarize.masks, "overlay_png", "PNG: overlays", False),
+        (summarize.masks, "mask_and_overlay_pngs", "PNG encoding", False),
+        (summarize.masks, "mask_png", "PNG encoding", False),
+        (summarize.masks, "overlay_png", "PNG encoding", False),
         (summarize.masks, "attribution_statistics", "statistics + grid", False),
         (summarize.masks, "attribution_grid", "statistics + grid", False),
         (summarize, "publish", "publish files (masks, overlays)", False),
@@ -537,18 +552,20 @@ def job_breakdown(task):
         (commit.CommitFn, "process", "commit (parts, manifest, report)", True),
         (beam.Pipeline, "run", "beam Pipeline.run", False),
     ]
+    patches = [p for p in patches if hasattr(p[0], p[1])]
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _, _ in patches]
     for owner, attr, name, generator in patches:
         setattr(owner, attr, _timer(phases, name, getattr(owner, attr), generator))
     try:
-        t = clock()
-        pipeline_run.run(task["pipeline_argv"], save_main_session=False)
-        phases["run() total"] = clock() - t
+        _timer(phases, "run() total", pipeline_run.run)(
+            task["pipeline_argv"], save_main_session=False
+        )
     finally:
         for owner, attr, original in saved:
             setattr(owner, attr, original)
-    phases["in-process total"] = clock() - started
-    return {"phases": phases, "images": task.get("images")}
+    phases["in-process total"] = time.perf_counter() - started
+    phases["in-process total (cpu)"] = time.process_time()
+    return {"phases": phases}
 
 
 # --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
@@ -575,17 +592,39 @@ def engine_rate(task):
     engine = _engine(model, task)
     engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
-    started = time.perf_counter()
+    calls = engine.model_calls
+    started, cpu = time.perf_counter(), time.process_time()
     results = engine.attribute(requests)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    calls = engine.model_calls - calls
     errors = np.array([r.relative_completeness_error for r in results])
     out = {
         "images": len(images),
         "seconds": seconds,
         "images_per_s": len(images) / seconds,
+        "cpu_seconds": cpu,  # every thread's CPU seconds: steadier than wall under load
         "rows": int(sum(r.gradient_evaluations for r in results)),
+        "model_calls": calls,
         "errors": _stats(errors),
     }
+    if task.get("image_batch_size"):  # as the job hands them over: refinement per batch
+        size, calls = task["image_batch_size"], engine.model_calls
+        started, cpu = time.perf_counter(), time.process_time()
+        batched = [
+            r
+            for i in range(0, len(requests), size)
+            for r in engine.attribute(requests[i : i + size])
+        ]
+        out["batched"] = {
+            "image_batch_size": size,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
+            "rows": int(sum(r.gradient_evaluations for r in batched)),
+            "model_calls": engine.model_calls - calls,
+            "max_difference": float(
+                max(np.abs(a.attributions - b.attributions).max() for a, b in zip(results, batched))
+            ),
+        }
     if task.get("faithfulness"):  # the pipeline's default checks, as AttributeFn runs them
         from attribution import faithfulness
 
@@ -593,7 +632,7 @@ def engine_rate(task):
             faithfulness.Item.of(r, x, np.zeros_like(x), str(i))
             for i, (r, x) in enumerate(zip(results, images))
         ]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         evidence = faithfulness.evaluate(
             engine,
             items,
@@ -603,6 +642,7 @@ def engine_rate(task):
         checks = time.perf_counter() - started
         out.update(
             checks_seconds=checks,
+            checks_cpu_seconds=time.process_time() - cpu,
             forward_rows=int(sum(e.forward_rows for e in evidence)),
             with_checks_images_per_s=len(images) / (seconds + checks),
         )
