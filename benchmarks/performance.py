@@ -174,6 +174,10 @@ STEPS = (
         ),
     ),
     (
+        "strategies (fit, describe, fill)",
+        lambda p, k: p.get(k("strategies (fit, describe, fill)"), 0),
+    ),
+    (
         "Beam's own work (bundles, elements, coders)",
         lambda p, k: (
             p[k("beam Pipeline.run")]
@@ -185,6 +189,7 @@ STEPS = (
                     "summarize step (total)",
                     "Parquet parts (encode + publish)",
                     "commit (parts, manifest, report)",
+                    "strategies (fit, describe, fill)",
                 )
             )
         ),
@@ -844,7 +849,7 @@ def findings(r: dict) -> list[str]:
                 "unconverged rows into the next batch would win at most that."
             )
         out.append(
-            "2,000 images: at the defaults most of the work is the faithfulness checks "
+            f"{p['images']} images: at the defaults most of the work is the faithfulness checks "
             f"({e['forward_rows']} forward rows against {e['rows']} gradient rows; engine "
             f"side {e['checks_seconds']:.1f} s of checks after {e['seconds']:.1f} s of IG). "
             "What is left beside the engine is the job's own work per image (decode, masks "
@@ -855,7 +860,8 @@ def findings(r: dict) -> list[str]:
             imports = float(np.median(f["imports_s"]))
             ig = p["images"] / p["engine_images_per_s"]["faithfulness none"]
             out.append(
-                f"2,000 images, bound: the process that only imports TensorFlow and Beam takes "
+                f"{p['images']} images, bound: the process that only imports TensorFlow and Beam "
+                "takes "
                 f"{imports:.1f} s here, so a job whose engine work takes {ig:.1f} s (IG alone) "
                 f"cannot pass {ig / (ig + imports):.0%} of the engine's rate however little it "
                 "does per image; the ratio is measured process start to exit against an engine "

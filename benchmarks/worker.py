@@ -518,7 +518,7 @@ def job_breakdown(task):
     started = time.perf_counter()
     imported("import tensorflow", ["tensorflow"])
     (beam,) = imported("import apache_beam", ["apache_beam"])
-    commit, report, pipeline_run, attribute, read, summarize, write = imported(
+    commit, report, pipeline_run, attribute, read, summarize, write, strategies = imported(
         "import pipeline (ours + rest)",
         [
             "pipeline.commit",
@@ -528,6 +528,7 @@ def job_breakdown(task):
             "transforms.read",
             "transforms.summarize",
             "transforms.write",
+            "transforms.strategies",
         ],
     )
     import gc
@@ -546,8 +547,11 @@ def job_breakdown(task):
         (summarize.masks, "attribution_grid", "statistics + grid", False),
         (summarize, "publish", "publish files (masks, overlays)", False),
         (summarize.SummarizeFn, "process", "summarize step (total)", True),
-        (write.pq, "write_table", "Parquet parts (encode + publish)", False),
-        (write, "publish", "Parquet parts (encode + publish)", False),
+        (write.WritePartsFn, "process", "Parquet parts (encode + publish)", True),
+        (write.WritePartsFn, "finish_bundle", "Parquet parts (encode + publish)", True),
+        (strategies.st, "fit", "strategies (fit, describe, fill)", False),
+        (strategies.StrategyRowFn, "process", "strategies (fit, describe, fill)", True),
+        (strategies.FillStrategiesFn, "process", "strategies (fit, describe, fill)", True),
         (report, "write_report", "report (draw + write)", False),
         (commit.CommitFn, "process", "commit (parts, manifest, report)", True),
         (beam.Pipeline, "run", "beam Pipeline.run", False),
