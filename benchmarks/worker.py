@@ -532,40 +532,52 @@ def job_breakdown(task):
         ],
     )
     import gc
+    import inspect
 
     gc.freeze()  # as python -m pipeline does after its imports
-    patches = [
-        (pipeline_run, "load_model", "load model (launcher)", False),
-        (read.DecodeFn, "process", "read + decode", True),
-        (attribute.AttributeFn, "_explain", "engine (IG)", False),
-        (attribute.AttributeFn, "_evidence", "faithfulness curves", False),
-        (attribute.AttributeFn, "process", "attribute step (total)", True),
-        (summarize.masks, "mask_and_overlay_pngs", "PNG encoding", False),
-        (summarize.masks, "mask_png", "PNG encoding", False),
-        (summarize.masks, "overlay_png", "PNG encoding", False),
-        (summarize.masks, "attribution_statistics", "statistics + grid", False),
-        (summarize.masks, "attribution_grid", "statistics + grid", False),
-        (summarize, "publish", "publish files (masks, overlays)", False),
-        (summarize.SummarizeFn, "process", "summarize step (total)", True),
-        (write.WritePartsFn, "process", "Parquet parts (encode + publish)", True),
-        (write.WritePartsFn, "finish_bundle", "Parquet parts (encode + publish)", True),
-        (strategies.st, "fit", "strategies (fit, describe, fill)", False),
-        (strategies.StrategyRowFn, "process", "strategies (fit, describe, fill)", True),
-        (strategies.FillStrategiesFn, "process", "strategies (fit, describe, fill)", True),
-        (report, "write_report", "report (draw + write)", False),
-        (commit.CommitFn, "process", "commit (parts, manifest, report)", True),
-        (beam.Pipeline, "run", "beam Pipeline.run", False),
+    masks = summarize.masks
+    timed = {  # label -> the functions and methods whose seconds it adds up
+        "load model (launcher)": [(pipeline_run, "load_model")],
+        "read + decode": [(read.DecodeFn, "process")],
+        "engine (IG)": [(attribute.AttributeFn, "_explain")],
+        "faithfulness curves": [(attribute.AttributeFn, "_evidence")],
+        "attribute step (total)": [(attribute.AttributeFn, "process")],
+        "PNG encoding": [
+            (masks, "mask_and_overlay_pngs"),
+            (masks, "mask_png"),
+            (masks, "overlay_png"),
+        ],
+        "statistics + grid": [(masks, "attribution_statistics"), (masks, "attribution_grid")],
+        "publish files (masks, overlays)": [(summarize, "publish")],
+        "summarize step (total)": [(summarize.SummarizeFn, "process")],
+        "Parquet parts (encode + publish)": [
+            (write.WritePartsFn, "process"),
+            (write.WritePartsFn, "finish_bundle"),
+        ],
+        "strategies (fit, describe, fill)": [
+            (strategies.st, "fit"),
+            (strategies.StrategyRowFn, "process"),
+            (strategies.FillStrategiesFn, "process"),
+        ],
+        "report (draw + write)": [(report, "write_report")],
+        "commit (parts, manifest, report)": [(commit.CommitFn, "process")],
+        "beam Pipeline.run": [(beam.Pipeline, "run")],
+    }
+    saved = [
+        (owner, attr, getattr(owner, attr), name)
+        for name, places in timed.items()
+        for owner, attr in places
+        if hasattr(owner, attr)  # a 'before' tree may not have it
     ]
-    patches = [p for p in patches if hasattr(p[0], p[1])]
-    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _, _ in patches]
-    for owner, attr, name, generator in patches:
-        setattr(owner, attr, _timer(phases, name, getattr(owner, attr), generator))
+    for owner, attr, original, name in saved:
+        generator = inspect.isgeneratorfunction(original)
+        setattr(owner, attr, _timer(phases, name, original, generator))
     try:
         _timer(phases, "run() total", pipeline_run.run)(
             task["pipeline_argv"], save_main_session=False
         )
     finally:
-        for owner, attr, original in saved:
+        for owner, attr, original, _ in saved:
             setattr(owner, attr, original)
     phases["in-process total"] = time.perf_counter() - started
     phases["in-process total (cpu)"] = time.process_time()
