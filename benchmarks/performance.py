@@ -837,6 +837,26 @@ def findings(r: dict) -> list[str]:
                 f"this tree): the engine {wall[engine]:.1f} s of {wall['total (process)']:.1f} s; "
                 "the largest other steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in top) + "."
             )
+        sides = p.get("breakdown", {}).get("faithfulness none", {})
+        if "before" in sides:
+            cpu = {
+                mode: {
+                    side: steps(d["phases"], cpu=True) for side, d in p["breakdown"][mode].items()
+                }
+                for mode in p["breakdown"]
+            }
+            out.append(
+                "before -> after, the job's whole process in CPU seconds ("
+                + "; ".join(
+                    f"{mode}: {c['before']['total (process)']:.1f} -> "
+                    f"{c['after']['total (process)']:.1f}, of which not the engine or the "
+                    f"curves {_outside(c['before']):.1f} -> {_outside(c['after']):.1f}"
+                    for mode, c in cpu.items()
+                )
+                + "): decoding without the same-size resize and one mask computation for "
+                "the mask and the overlay; the rest of the job's own work is its start "
+                "(imports, graph, report) and per-image work no step dominates."
+            )
         batched = p["engine"][0].get("batched")
         if batched:
             e = p["engine"][0]
@@ -872,6 +892,12 @@ def findings(r: dict) -> list[str]:
                 "timed without its imports."
             )
     return out
+
+
+def _outside(rows: dict) -> float:
+    """A breakdown's seconds outside the engine and the faithfulness curves."""
+    inside = ("engine (IG, refinement included)", "faithfulness curves")
+    return rows["total (process)"] - sum(rows[k] for k in inside)
 
 
 def main(argv=None) -> int:
