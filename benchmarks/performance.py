@@ -55,7 +55,8 @@ PARTS = ("efficiency", "fixed", "pipeline", "precision", "tutorial")
 START, END = "<!-- issue 13: benchmarks.performance -->", "<!-- /issue 13 -->"
 DEFAULTS = {"method": "gausslegendre", "steps": 16, "tolerance": 0.01, "max_steps": 256}
 TRAP = "riemann_trapezoid"
-# issue 23's whole-process targets: (model, the pipeline's extra arguments) -> the speedup
+# the whole-process targets against the tutorial's loop: (model, the pipeline's extra
+# arguments) -> the least speedup
 TUTORIAL_TARGETS = {
     ("small_cnn", "defaults"): 1.5,
     ("small_cnn", "--faithfulness none"): 2.5,
