@@ -221,7 +221,13 @@ def resize_with_pad(image: np.ndarray, target_size: tuple[int, int]) -> np.ndarr
     if image.ndim != 3:
         raise ValueError(f"image must be [height, width, channels], got shape {image.shape}")
     geometry = pad_geometry(image.shape[:2], target_size)
-    content = tf.image.resize(image, geometry.content_size, method="bilinear").numpy()
+    if geometry.content_size == image.shape[:2]:
+        # scale 1: bilinear sampling (half-pixel centres) lands on the pixels themselves, so
+        # TF's resize is the identity; skipping it saves an eager op per image (most of a
+        # decode when the images already have the model's size)
+        content = image
+    else:
+        content = tf.image.resize(image, geometry.content_size, method="bilinear").numpy()
     (top, left), (ch, cw) = geometry.offset, geometry.content_size
     padded = np.zeros(geometry.target_size + image.shape[2:], dtype=np.float32)
     padded[top : top + ch, left : left + cw] = content

@@ -67,12 +67,38 @@ def overlay_png(
     ``plt.imshow(image); plt.imshow(mask, alpha=0.4)``. ``image`` must be [H, W, 3] or, for a
     grayscale model, [H, W, 1] (drawn in gray) in [0, 1] at the attributions' H x W.
     """
+    return _encode_png(
+        _blend(image, _colorize(_mask_values(attributions, clip_percentile), cmap), alpha)
+    )
+
+
+def mask_and_overlay_pngs(
+    image,
+    attributions,
+    *,
+    clip_percentile: float = DEFAULTS.clip_percentile,
+    cmap: str = COLORMAP,
+    alpha: float = ALPHA,
+    mask: bool = True,
+    overlay: bool = True,
+) -> tuple[bytes | None, bytes | None]:
+    """(``mask_png``, ``overlay_png``) of one map, the same bytes, with the mask's values and
+    colours computed once for both (the job writes both for every row); None where not
+    asked."""
+    colours = _colorize(_mask_values(attributions, clip_percentile), cmap)
+    return (
+        _encode_png(colours) if mask else None,
+        _encode_png(_blend(image, colours, alpha)) if overlay else None,
+    )
+
+
+def _blend(image, colours: np.ndarray, alpha: float) -> np.ndarray:
+    """uint8 ``(1 - alpha) * image + alpha * colours`` (the overlay's pixels)."""
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    values = _mask_values(attributions, clip_percentile)
-    pixels = _validated_image(image, values.shape)
-    blended = (1 - alpha) * pixels + alpha * (_colorize(values, cmap) / 255.0)
-    return _encode_png(np.rint(blended * 255).astype(np.uint8))
+    pixels = _validated_image(image, colours.shape[:2])
+    blended = (1 - alpha) * pixels + alpha * (colours / 255.0)
+    return np.rint(blended * 255).astype(np.uint8)
 
 
 def signed_mask_png(

@@ -91,6 +91,7 @@ def run_process(cmd: list[str], timeout: float = 900, env: dict | None = None) -
         "wall_s": wall,
         "returncode": proc.returncode,
         "peak_rss_mb": usage.ru_maxrss / 1024.0,
+        "cpu_s": usage.ru_utime + usage.ru_stime,  # every thread's, whatever the load
         "stdout": stdout,
         "stderr": stderr,
     }
@@ -228,6 +229,7 @@ def run_pipeline(argv: list[str], env: dict | None = None) -> dict:
     evaluations = np.array(table.column("gradient_evaluations").to_pylist())
     return {
         "wall_s": proc["wall_s"],
+        "cpu_s": proc["cpu_s"],
         "peak_rss_mb": proc["peak_rss_mb"],
         "counts": manifest["counts"],
         "model_loads": manifest["metrics"].get("model_loads"),

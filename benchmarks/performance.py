@@ -6,12 +6,16 @@ ratio of things measured side by side in one run (the machine is shared and its 
   engine at ``--before``, default: main's) and after (this tree).
 - fixed: a 1-image ``python -m pipeline`` job vs a process that only imports TensorFlow and
   Beam, alternated; and where the job's own seconds go (benchmarks.worker fixed_costs).
-- pipeline: a 2,000-image job (small CNN, 64x64, default settings) vs the engine alone on the
-  same decoded images.
+- pipeline: a 2,000-image job (small CNN, 64x64; at the defaults and with --faithfulness
+  none) vs the engine alone doing the same math on the same decoded images, in wall and in
+  CPU seconds; the engine in the job's 16-image calls vs one call (refinement per batch);
+  and where a job's seconds go, step by step (``benchmarks.worker job_breakdown``), this
+  tree's job against the ``--before`` one on the same PNGs.
 - precision: images/s and completeness error per ``--precision`` on this CPU.
-- tutorial: whole processes, start to exit: the TF tutorial's loop vs ``python -m pipeline``
-  (small CNN at the defaults vs trapezoid 64 points, equal or lower error; MobileNetV2 224 at
-  trapezoid 51 points, no refinement, both).
+- tutorial: whole processes, start to exit: the TF tutorial's loop (trapezoid 32 points) vs
+  ``python -m pipeline`` on 800 small-CNN images (at the defaults, and with --faithfulness
+  none), and 24 MobileNetV2 224 images at trapezoid 51 points, no refinement, both; equal or
+  lower error. --quick: fewer images everywhere.
 
     .venv/bin/python -m benchmarks.performance [--parts efficiency,fixed,...] [--quick]
 
@@ -51,6 +55,13 @@ PARTS = ("efficiency", "fixed", "pipeline", "precision", "tutorial")
 START, END = "<!-- issue 13: benchmarks.performance -->", "<!-- /issue 13 -->"
 DEFAULTS = {"method": "gausslegendre", "steps": 16, "tolerance": 0.01, "max_steps": 256}
 TRAP = "riemann_trapezoid"
+# the whole-process targets against the tutorial's loop: (model, the pipeline's extra
+# arguments) -> the least speedup
+TUTORIAL_TARGETS = {
+    ("small_cnn", "defaults"): 1.5,
+    ("small_cnn", "--faithfulness none"): 2.5,
+    ("mobilenet_v2", f"--method {TRAP} --steps 51 --tolerance 0 --faithfulness none"): 1.2,
+}
 
 
 def before_engine(ref: str, folder: str) -> str | None:
@@ -69,6 +80,159 @@ def before_engine(ref: str, folder: str) -> str | None:
     with open(path, "w") as f:
         f.write(text.stdout)
     return path
+
+
+def before_tree(ref: str, folder: str) -> str | None:
+    """The job's code at the merge base of HEAD and ``ref``, unpacked in ``folder`` (git
+    archive: the repository's worktrees are left alone); None when git cannot give it."""
+    base = subprocess.run(
+        ["git", "merge-base", "HEAD", ref], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    tree = os.path.join(folder, "before-tree")
+    os.makedirs(tree, exist_ok=True)
+    archive = subprocess.run(
+        [
+            "git",
+            "archive",
+            base,
+            "attribution",
+            "pipeline",
+            "transforms",
+            "templates",
+            "benchmarks",
+        ],
+        cwd=REPO,
+        capture_output=True,
+    )
+    if not base or archive.returncode:
+        return None
+    subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+    return tree
+
+
+def breakdown_worker(task: dict, tree: str | None) -> dict:
+    """benchmarks.worker's task in a process whose imports come from ``tree`` (None: this
+    one): the worker's code is this tree's, the job's code the other's."""
+    if tree is None:
+        return worker(task, timeout=3600)
+    code = (
+        "import runpy, sys; tree, script, task = sys.argv[1:]; sys.path.insert(0, tree); "
+        "sys.argv = [script, task]; runpy.run_path(script, run_name='__main__')"
+    )
+    script = os.path.join(HERE, "worker.py")
+    proc = run_process([sys.executable, "-c", code, tree, script, json.dumps(task)], 3600)
+    lines = [line for line in proc["stdout"].splitlines() if line.startswith("RESULT ")]
+    if proc["returncode"] or not lines:
+        raise RuntimeError(f"breakdown in {tree} failed: {proc['stderr'][-2000:]}")
+    return {**json.loads(lines[-1][len("RESULT ") :]), "wall_s": proc["wall_s"]}
+
+
+# the breakdown's rows: (label, how to compute its seconds from the timed phases)
+STEPS = (
+    (
+        "imports (TensorFlow, Beam, ours)",
+        lambda p, k: sum(
+            p.get(k(n), 0)
+            for n in ("import tensorflow", "import apache_beam", "import pipeline (ours + rest)")
+        ),
+    ),
+    ("launcher: model load", lambda p, k: p.get(k("load model (launcher)"), 0)),
+    (
+        "launcher: options, listing, graph",
+        lambda p, k: (
+            p[k("run() total")] - p[k("beam Pipeline.run")] - p.get(k("load model (launcher)"), 0)
+        ),
+    ),
+    ("read + decode", lambda p, k: p.get(k("read + decode"), 0)),
+    ("engine (IG, refinement included)", lambda p, k: p.get(k("engine (IG)"), 0)),
+    ("faithfulness curves", lambda p, k: p.get(k("faithfulness curves"), 0)),
+    (
+        "attribute step, the rest",
+        lambda p, k: (
+            p.get(k("attribute step (total)"), 0)
+            - p.get(k("engine (IG)"), 0)
+            - p.get(k("faithfulness curves"), 0)
+        ),
+    ),
+    ("PNG encoding (masks, overlays)", lambda p, k: p.get(k("PNG encoding"), 0)),
+    ("statistics + grid", lambda p, k: p.get(k("statistics + grid"), 0)),
+    (
+        "publish files (masks, overlays)",
+        lambda p, k: p.get(k("publish files (masks, overlays)"), 0),
+    ),
+    (
+        "summarize step, the rest",
+        lambda p, k: (
+            p.get(k("summarize step (total)"), 0)
+            - sum(
+                p.get(k(n), 0)
+                for n in ("PNG encoding", "statistics + grid", "publish files (masks, overlays)")
+            )
+        ),
+    ),
+    ("Parquet parts", lambda p, k: p.get(k("Parquet parts (encode + publish)"), 0)),
+    ("commit: report", lambda p, k: p.get(k("report (draw + write)"), 0)),
+    (
+        "commit: the rest (parts, manifest)",
+        lambda p, k: (
+            p.get(k("commit (parts, manifest, report)"), 0) - p.get(k("report (draw + write)"), 0)
+        ),
+    ),
+    (
+        "strategies (fit, describe, fill)",
+        lambda p, k: p.get(k("strategies (fit, describe, fill)"), 0),
+    ),
+    (
+        "Beam's own work (bundles, elements, coders)",
+        lambda p, k: (
+            p[k("beam Pipeline.run")]
+            - sum(
+                p.get(k(n), 0)
+                for n in (
+                    "read + decode",
+                    "attribute step (total)",
+                    "summarize step (total)",
+                    "Parquet parts (encode + publish)",
+                    "commit (parts, manifest, report)",
+                    "strategies (fit, describe, fill)",
+                )
+            )
+        ),
+    ),
+)
+
+
+def steps(phases: dict, cpu: bool = False) -> dict[str, float]:
+    """The breakdown's rows (wall seconds, or process CPU seconds) from a job's phases."""
+    key = (lambda n: f"{n} (cpu)") if cpu else (lambda n: n)
+    out = {label: float(f(phases, key)) for label, f in STEPS}
+    out["total (process)"] = float(phases[key("in-process total")])
+    return out
+
+
+def breakdown(model: str, folder: str, work: str, tree: str | None) -> dict:
+    """Where a job's seconds go, per step, at the defaults and with --faithfulness none: this
+    tree and (``tree``) the one before it, alternated, in-process with timers."""
+    out = {}
+    for name, extra in (("defaults", []), ("faithfulness none", ["--faithfulness", "none"])):
+        out[name] = {}
+        for side, path in (("before", tree), ("after", None)) if tree else (("after", None),):
+            log(f"pipeline: breakdown, {name}, {side}")
+            argv = [
+                "--input_pattern",
+                f"{folder}/*.png",
+                "--output_dir",
+                os.path.join(work, f"breakdown-{side}-{len(out)}"),
+                "--model",
+                model,
+                "--progress_interval",
+                "0",
+                *extra,
+            ]
+            shutil.rmtree(argv[3], ignore_errors=True)
+            result = breakdown_worker({"task": "job_breakdown", "pipeline_argv": argv}, path)
+            out[name][side] = {"phases": result["phases"], "load_average": os.getloadavg()}
+    return out
 
 
 def efficiency(cache, before, quick):
@@ -142,13 +306,17 @@ def paired_overhead(imports, jobs) -> float:
     return float(np.median(np.array(jobs) - np.array(imports)))
 
 
-def pipeline(cache, work, quick):
+def pipeline(cache, work, quick, tree=None):
     """Two jobs on the same PNGs, each against the engine doing the same math in one process:
-    at the defaults (IG + the deletion/insertion checks) and with --faithfulness none (IG)."""
+    at the defaults (IG + the deletion/insertion checks) and with --faithfulness none (IG);
+    then where a job's seconds go (``breakdown``, on fewer images: this tree's and ``tree``'s
+    code, the 'before')."""
     info = models.build("small_cnn", cache)
     count = 400 if quick else 2000
     folder = os.path.join(work, f"png{count}")
     write_pngs(models.synthetic_images(count, 64, 21), folder)
+    shares = 200 if quick else 1000
+    write_pngs(models.synthetic_images(shares, 64, 21), os.path.join(work, f"png{shares}"))
     task = {
         "task": "engine_rate",
         "model_path": info.path,
@@ -158,8 +326,8 @@ def pipeline(cache, work, quick):
         **DEFAULTS,
     }
     engines, jobs = [], {}
-    log(f"pipeline: engine alone on {count} images (IG, then the checks)")
-    engines.append(worker(task, timeout=3600))
+    log(f"pipeline: engine alone on {count} images (IG, then the checks; IG in 16s)")
+    engines.append(worker({**task, "image_batch_size": 16}, timeout=3600))
     for name, extra in (("defaults", []), ("faithfulness none", ["--faithfulness", "none"])):
         log(f"pipeline: python -m pipeline on {count} PNGs ({name})")
         jobs[name] = run_pipeline(
@@ -181,7 +349,17 @@ def pipeline(cache, work, quick):
     ig = float(np.median([e["images_per_s"] for e in engines]))
     checked = float(np.median([e["with_checks_images_per_s"] for e in engines]))
     rates = {name: count / job["wall_s"] for name, job in jobs.items()}
+    # CPU seconds (every thread's): the job's whole process against the engine's timed part
+    ig_cpu = float(np.median([e["cpu_seconds"] for e in engines]))
+    checks_cpu = float(np.median([e["checks_cpu_seconds"] for e in engines]))
+    engine_cpu = {"defaults": ig_cpu + checks_cpu, "faithfulness none": ig_cpu}
+    shares_folder = os.path.join(work, f"png{shares}")
     return {
+        "breakdown_images": shares,
+        "breakdown": breakdown(info.path, shares_folder, work, tree),
+        "cpu_ratios": {name: engine_cpu[name] / job["cpu_s"] for name, job in jobs.items()},
+        "engine_cpu_s": engine_cpu,
+        "load_average_end": os.getloadavg(),
         "images": count,
         "engine": engines,
         "jobs": jobs,
@@ -223,14 +401,14 @@ def tutorial(cache, work, quick):
         (
             # the pipeline at its defaults (p95 up to its 1% tolerance) must have equal or lower
             # error: the tutorial at 32 points (p95 1.7% in the error ladder), not 64 (0.5%)
-            ("small_cnn", 32 if quick else 96, 32, []),
+            ("small_cnn", 96 if quick else 800, 32, []),
             # the same math as the tutorial's loop: IG only, without the faithfulness checks
-            ("small_cnn", 32 if quick else 96, 32, ["--faithfulness", "none"]),
+            ("small_cnn", 96 if quick else 800, 32, ["--faithfulness", "none"]),
             (
                 "mobilenet_v2",
-                4 if quick else 8,
+                4 if quick else 24,
                 51,
-                ["--method", TRAP, "--steps", "51", "--tolerance", "0"],
+                ["--method", TRAP, "--steps", "51", "--tolerance", "0", "--faithfulness", "none"],
             ),
         )
     ):
@@ -396,23 +574,39 @@ def markdown(r: dict) -> str:
             "job also draws the deletion/insertion curves (57 forward rows per row), so its "
             "engine side includes them; with `--faithfulness none` both sides are IG alone.\n"
         )
-        add("| job | wall s | images/s | p95 error | engine, same math, images/s | ratio |")
-        add("|---|---|---|---|---|---|")
+        cpu = p.get("cpu_ratios", {})
+        add(
+            "| job | wall s | images/s | p95 error | engine, same math, images/s | ratio | "
+            "CPU-seconds ratio |"
+        )
+        add("|---|---|---|---|---|---|---|")
         for name, job in p["jobs"].items():
             add(
                 f"| {name} | {job['wall_s']:.1f} | {p['job_images_per_s'][name]:.1f} | "
                 f"{job['errors']['p95']:.2%} | {p['engine_images_per_s'][name]:.1f} | "
-                f"**{pct(p['ratios'][name])}** |"
+                f"**{pct(p['ratios'][name])}** | "
+                + (f"{pct(cpu[name])} |" if name in cpu else "- |")
             )
         e = p["engine"][0]
         add(
             f"\nEngine side, first run: IG {e['seconds']:.1f} s ({e['rows']} gradient rows), "
-            f"the checks {e['checks_seconds']:.1f} s ({e['forward_rows']} forward rows).\n"
+            f"the checks {e['checks_seconds']:.1f} s ({e['forward_rows']} forward rows). "
+            "The CPU-seconds ratio is the engine's CPU seconds (every thread, the timed "
+            "part) over the job's whole process's (imports included): steadier than wall "
+            "seconds when other processes share the cores."
+            + (
+                f" Load average at the end: {', '.join(f'{x:.1f}' for x in p['load_average_end'])}."
+                if "load_average_end" in p
+                else ""
+            )
+            + "\n"
         )
+        if "breakdown" in p:
+            add(breakdown_table(p["breakdown"], p["breakdown_images"]))
         for name in p["jobs"]:
             targets.append(
                 (
-                    f"pipeline >= 90% of the engine's images/s, 2,000 images, {name}",
+                    f"pipeline >= 90% of the engine's images/s, {p['images']} images, {name}",
                     p["ratios"][name] >= 0.9,
                     f"{pct(p['ratios'][name])}: {p['job_images_per_s'][name]:.1f} vs "
                     f"{p['engine_images_per_s'][name]:.1f} images/s",
@@ -461,6 +655,20 @@ def markdown(r: dict) -> str:
                 f"{t['pipeline']['errors']['p95']:.2%} | {t['speedup']:.2f}x |"
             )
             lower = t["pipeline"]["errors"]["p95"] <= t["tutorial"]["errors"]["p95"] * 1.001
+            given = t["pipeline_args"]
+            goal = TUTORIAL_TARGETS.get(
+                (t["model"], given if isinstance(given, str) else " ".join(given))
+            )
+            if goal:
+                targets.append(
+                    (
+                        f"whole process >= {goal:.1f}x the tutorial's loop, {t['model']}, "
+                        f"{t['images']} images ({args}), error no higher",
+                        t["speedup"] >= goal and lower,
+                        f"{t['speedup']:.2f}x; p95 error {t['pipeline']['errors']['p95']:.2%} "
+                        f"vs {t['tutorial']['errors']['p95']:.2%}",
+                    )
+                )
             targets.append(
                 (
                     f"whole process vs the tutorial's loop, {t['model']} ({args}): the "
@@ -472,7 +680,7 @@ def markdown(r: dict) -> str:
             )
         add("")
     if targets:
-        add("### Targets (issue 13)\n")
+        add("### Targets (issues 13 and 23)\n")
 
         add("| target | result | numbers |")
         add("|---|---|---|")
@@ -488,7 +696,51 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-README_SECTIONS = ("Targets (issue 13)", "Whole process", "A 2,000-image job", "--precision")
+def breakdown_table(b: dict, images: int) -> str:
+    """Where a job's seconds go: one row per step, wall and CPU seconds and the share of the
+    process, before and after, at the defaults and with --faithfulness none."""
+    lines = [
+        f"**Where the job's seconds go ({images} images).** "
+        "`python -m pipeline` run in one process by `benchmarks.worker job_breakdown` with "
+        "wall-clock and process-CPU timers on each step (Beam runs the steps one at a time in "
+        "one thread, so a step's CPU seconds are its own, TensorFlow's threads included). "
+        "'before' is the job's code at the merge base with `--before`, 'after' this tree's, "
+        "run alternately on the same PNGs. Cells: wall s / CPU s (share of the process's "
+        "wall time).\n",
+    ]
+    lines = ["".join(lines[:2])]
+    modes = list(b)
+    sides = [side for side in ("before", "after") if side in b[modes[0]]]
+    header = [f"{mode}, {side}" for mode in modes for side in sides]
+    lines.append("| step | " + " | ".join(header) + " |")
+    lines.append("|---|" + "---|" * len(header))
+    tables = {
+        (mode, side): (steps(b[mode][side]["phases"]), steps(b[mode][side]["phases"], cpu=True))
+        for mode in modes
+        for side in sides
+    }
+    for label in [*[label for label, _ in STEPS], "total (process)"]:
+        cells = []
+        for mode in modes:
+            for side in sides:
+                wall, cpu = tables[mode, side]
+                total = wall["total (process)"]
+                cells.append(f"{wall[label]:.2f} / {cpu[label]:.2f} ({wall[label] / total:.0%})")
+        name = f"**{label}**" if label == "total (process)" else label
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    loads = ", ".join(
+        f"{mode} {side} {b[mode][side]['load_average'][0]:.1f}" for mode in modes for side in sides
+    )
+    lines.append(f"\nLoad average (1 min) after each run: {loads}.\n")
+    return "\n".join(lines)
+
+
+README_SECTIONS = (
+    "Targets (issues 13 and 23)",
+    "Whole process",
+    "A 2,000-image job",
+    "--precision",
+)
 
 
 def readme_tables(r: dict) -> str:
@@ -575,26 +827,78 @@ def findings(r: dict) -> list[str]:
     p = r.get("pipeline")
     if p and "ratios" in p:
         e = p["engine"][0]
+        if "breakdown" in p:
+            b = p["breakdown"]["faithfulness none"]["after"]["phases"]
+            wall = steps(b)
+            engine = "engine (IG, refinement included)"
+            rest = {k: v for k, v in wall.items() if k not in (engine, "total (process)")}
+            top = sorted(rest.items(), key=lambda kv: -kv[1])[:4]
+            out.append(
+                f"where the rest goes ({p['breakdown_images']} images, --faithfulness none, "
+                f"this tree): the engine {wall[engine]:.1f} s of {wall['total (process)']:.1f} s; "
+                "the largest other steps: " + ", ".join(f"{k} {v:.1f} s" for k, v in top) + "."
+            )
+        sides = p.get("breakdown", {}).get("faithfulness none", {})
+        if "before" in sides:
+            cpu = {
+                mode: {
+                    side: steps(d["phases"], cpu=True) for side, d in p["breakdown"][mode].items()
+                }
+                for mode in p["breakdown"]
+            }
+            out.append(
+                "before -> after, the job's whole process in CPU seconds ("
+                + "; ".join(
+                    f"{mode}: {c['before']['total (process)']:.1f} -> "
+                    f"{c['after']['total (process)']:.1f}, of which not the engine or the "
+                    f"curves {_outside(c['before']):.1f} -> {_outside(c['after']):.1f}"
+                    for mode, c in cpu.items()
+                )
+                + "): decoding without the same-size resize and one mask computation for "
+                "the mask and the overlay; the rest of the job's own work is its start "
+                "(imports, graph, report) and per-image work no step dominates."
+            )
+        batched = p["engine"][0].get("batched")
+        if batched:
+            e = p["engine"][0]
+            out.append(
+                "refinement per batch: the engine alone with every image in one call spent "
+                f"{e['rows']} gradient rows in {e['model_calls']} model calls "
+                f"({e['seconds']:.1f} s, {e['cpu_seconds']:.1f} CPU s); in the job's "
+                f"{batched['image_batch_size']}-image calls {batched['rows']} rows in "
+                f"{batched['model_calls']} calls ({batched['seconds']:.1f} s, "
+                f"{batched['cpu_seconds']:.1f} CPU s; attributions within "
+                f"{batched['max_difference']:.1e} of the one-call ones). The short refinement "
+                "calls cost "
+                f"{batched['model_calls'] / e['model_calls'] - 1:.0%} more calls, so carrying "
+                "unconverged rows into the next batch would win at most that."
+            )
         out.append(
-            "2,000 images: at the defaults most of the work is the faithfulness checks "
+            f"{p['images']} images: at the defaults most of the work is the faithfulness checks "
             f"({e['forward_rows']} forward rows against {e['rows']} gradient rows; engine "
             f"side {e['checks_seconds']:.1f} s of checks after {e['seconds']:.1f} s of IG). "
-            "The job hands the engine --image_batch_size 16 images at a time, where the "
-            "engine alone packs all 2,000 in one call: refinement rounds of a few "
-            "unconverged images run short calls. What is left is the job's own work per "
-            "image (decode, masks and overlays as PNGs, statistics, Parquet) and its start."
+            "What is left beside the engine is the job's own work per image (decode, masks "
+            "and overlays as PNGs, statistics, Beam's per-element work) and its start "
+            "(imports, model load, graph, report)."
         )
         if f:
             imports = float(np.median(f["imports_s"]))
             ig = p["images"] / p["engine_images_per_s"]["faithfulness none"]
             out.append(
-                f"2,000 images, bound: the process that only imports TensorFlow and Beam takes "
+                f"{p['images']} images, bound: the process that only imports TensorFlow and Beam "
+                "takes "
                 f"{imports:.1f} s here, so a job whose engine work takes {ig:.1f} s (IG alone) "
                 f"cannot pass {ig / (ig + imports):.0%} of the engine's rate however little it "
                 "does per image; the ratio is measured process start to exit against an engine "
                 "timed without its imports."
             )
     return out
+
+
+def _outside(rows: dict) -> float:
+    """A breakdown's seconds outside the engine and the faithfulness curves."""
+    inside = ("engine (IG, refinement included)", "faithfulness curves")
+    return rows["total (process)"] - sum(rows[k] for k in inside)
 
 
 def main(argv=None) -> int:
@@ -639,7 +943,10 @@ def main(argv=None) -> int:
             for part in [p.strip() for p in args.parts.split(",") if p.strip()]:
                 if part == "efficiency":
                     results[part] = efficiency(args.cache_dir, before, args.quick)
-                elif part in ("fixed", "pipeline", "tutorial"):
+                elif part == "pipeline":
+                    tree = before_tree(args.before, work) if args.before else None
+                    results[part] = pipeline(args.cache_dir, work, args.quick, tree)
+                elif part in ("fixed", "tutorial"):
                     results[part] = globals()[part](args.cache_dir, work, args.quick)
                 elif part == "precision":
                     results[part] = precision(args.cache_dir, args.quick)

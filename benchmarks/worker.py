@@ -464,6 +464,126 @@ def fixed_costs(task):
     return out
 
 
+# --- job breakdown: where a many-image job's seconds go -----------------------------------
+def _timer(phases: dict, name: str, function, generator: bool = False):
+    """``function`` with its wall seconds added to ``phases[name]`` and its process CPU
+    seconds to ``phases[name + ' (cpu)']``; a generator's are the seconds inside its own
+    next() calls (Beam runs the fused steps downstream of a DoFn between them). The job's
+    steps run one at a time in one Beam thread, so process CPU is the step's own (TensorFlow's
+    threads included), and steadier than wall seconds on a loaded machine."""
+    clock, cpu = time.perf_counter, time.process_time
+
+    def add(t, c):
+        phases[name] = phases.get(name, 0.0) + clock() - t
+        phases[f"{name} (cpu)"] = phases.get(f"{name} (cpu)", 0.0) + cpu() - c
+
+    def plain(*args, **kwargs):
+        t, c = clock(), cpu()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            add(t, c)
+
+    def stepped(*args, **kwargs):
+        iterator = function(*args, **kwargs)
+        while True:
+            t, c = clock(), cpu()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                add(t, c)
+            yield item
+
+    return stepped if generator else plain
+
+
+def job_breakdown(task):
+    """Run ``python -m pipeline`` in this process with timers (wall and process CPU seconds)
+    on each step of the job: imports, model load, decode, engine, faithfulness curves, PNG
+    encoding, statistics, Parquet, commit and report. What Beam's run spends outside the
+    timed steps is its own per-bundle and per-element work. Timers, not cProfile (no profiler
+    overhead). Runs whichever tree is first on sys.path (a 'before' tree too): a name a tree
+    does not have is not timed."""
+    phases: dict[str, float] = {}
+
+    def imported(name, modules):
+        t, c = time.perf_counter(), time.process_time()
+        loaded = [__import__(m, fromlist=["_"]) for m in modules]
+        phases[name] = time.perf_counter() - t
+        phases[f"{name} (cpu)"] = time.process_time() - c
+        return loaded
+
+    started = time.perf_counter()
+    imported("import tensorflow", ["tensorflow"])
+    (beam,) = imported("import apache_beam", ["apache_beam"])
+    commit, report, pipeline_run, attribute, read, summarize, write, strategies = imported(
+        "import pipeline (ours + rest)",
+        [
+            "pipeline.commit",
+            "pipeline.report",
+            "pipeline.run",
+            "transforms.attribute",
+            "transforms.read",
+            "transforms.summarize",
+            "transforms.write",
+            "transforms.strategies",
+        ],
+    )
+    import gc
+    import inspect
+
+    gc.freeze()  # as python -m pipeline does after its imports
+    masks = summarize.masks
+    timed = {  # label -> the functions and methods whose seconds it adds up
+        "load model (launcher)": [(pipeline_run, "load_model")],
+        "read + decode": [(read.DecodeFn, "process")],
+        "engine (IG)": [(attribute.AttributeFn, "_explain")],
+        "faithfulness curves": [(attribute.AttributeFn, "_evidence")],
+        "attribute step (total)": [(attribute.AttributeFn, "process")],
+        "PNG encoding": [
+            (masks, "mask_and_overlay_pngs"),
+            (masks, "mask_png"),
+            (masks, "overlay_png"),
+        ],
+        "statistics + grid": [(masks, "attribution_statistics"), (masks, "attribution_grid")],
+        "publish files (masks, overlays)": [(summarize, "publish")],
+        "summarize step (total)": [(summarize.SummarizeFn, "process")],
+        "Parquet parts (encode + publish)": [
+            (write.WritePartsFn, "process"),
+            (write.WritePartsFn, "finish_bundle"),
+        ],
+        "strategies (fit, describe, fill)": [
+            (strategies.st, "fit"),
+            (strategies.StrategyRowFn, "process"),
+            (strategies.FillStrategiesFn, "process"),
+        ],
+        "report (draw + write)": [(report, "write_report")],
+        "commit (parts, manifest, report)": [(commit.CommitFn, "process")],
+        "beam Pipeline.run": [(beam.Pipeline, "run")],
+    }
+    saved = [
+        (owner, attr, getattr(owner, attr), name)
+        for name, places in timed.items()
+        for owner, attr in places
+        if hasattr(owner, attr)  # a 'before' tree may not have it
+    ]
+    for owner, attr, original, name in saved:
+        generator = inspect.isgeneratorfunction(original)
+        setattr(owner, attr, _timer(phases, name, original, generator))
+    try:
+        _timer(phases, "run() total", pipeline_run.run)(
+            task["pipeline_argv"], save_main_session=False
+        )
+    finally:
+        for owner, attr, original, _ in saved:
+            setattr(owner, attr, original)
+    phases["in-process total"] = time.perf_counter() - started
+    phases["in-process total (cpu)"] = time.process_time()
+    return {"phases": phases}
+
+
 # --- engine images/s on PNG files, as the pipeline decodes them ---------------------------
 def _png_arrays(pattern: str) -> np.ndarray:
     import glob
@@ -488,17 +608,39 @@ def engine_rate(task):
     engine = _engine(model, task)
     engine.attribute([Request(-1, images[0], np.zeros_like(images[0]))])
     requests = [Request(i, x, np.zeros_like(x)) for i, x in enumerate(images)]
-    started = time.perf_counter()
+    calls = engine.model_calls
+    started, cpu = time.perf_counter(), time.process_time()
     results = engine.attribute(requests)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    calls = engine.model_calls - calls
     errors = np.array([r.relative_completeness_error for r in results])
     out = {
         "images": len(images),
         "seconds": seconds,
         "images_per_s": len(images) / seconds,
+        "cpu_seconds": cpu,  # every thread's CPU seconds: steadier than wall under load
         "rows": int(sum(r.gradient_evaluations for r in results)),
+        "model_calls": calls,
         "errors": _stats(errors),
     }
+    if task.get("image_batch_size"):  # as the job hands them over: refinement per batch
+        size, calls = task["image_batch_size"], engine.model_calls
+        started, cpu = time.perf_counter(), time.process_time()
+        batched = [
+            r
+            for i in range(0, len(requests), size)
+            for r in engine.attribute(requests[i : i + size])
+        ]
+        out["batched"] = {
+            "image_batch_size": size,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
+            "rows": int(sum(r.gradient_evaluations for r in batched)),
+            "model_calls": engine.model_calls - calls,
+            "max_difference": float(
+                max(np.abs(a.attributions - b.attributions).max() for a, b in zip(results, batched))
+            ),
+        }
     if task.get("faithfulness"):  # the pipeline's default checks, as AttributeFn runs them
         from attribution import faithfulness
 
@@ -506,7 +648,7 @@ def engine_rate(task):
             faithfulness.Item.of(r, x, np.zeros_like(x), str(i))
             for i, (r, x) in enumerate(zip(results, images))
         ]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         evidence = faithfulness.evaluate(
             engine,
             items,
@@ -516,6 +658,7 @@ def engine_rate(task):
         checks = time.perf_counter() - started
         out.update(
             checks_seconds=checks,
+            checks_cpu_seconds=time.process_time() - cpu,
             forward_rows=int(sum(e.forward_rows for e in evidence)),
             with_checks_images_per_s=len(images) / (seconds + checks),
         )
@@ -664,6 +807,7 @@ TASKS = {
     "efficiency": efficiency,
     "fixed_costs": fixed_costs,
     "engine_rate": engine_rate,
+    "job_breakdown": job_breakdown,
     "precision": precision,
 }
 
@@ -671,7 +815,7 @@ TASKS = {
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
-    if task["task"] != "fixed_costs":  # it times its own imports
+    if task["task"] not in ("fixed_costs", "job_breakdown"):  # they time their own imports
         _quiet()
     started = time.perf_counter()
     result = TASKS[task["task"]](task)

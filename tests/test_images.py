@@ -312,3 +312,17 @@ def test_pad_geometry_rejects_bad_sizes(source, target):
 def test_resize_with_pad_rejects_non_images():
     with pytest.raises(ValueError, match="height, width, channels"):
         resize_with_pad(np.zeros((4, 4), np.float32), (8, 8))
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 3), (16, 8, 3), (5, 16, 1)])
+def test_an_image_needing_no_scaling_is_tfs_resize_with_pad_bit_for_bit(shape):
+    """The model's size already (or only padding needed): the resize is skipped, and the result
+    is still exactly TF's."""
+    import tensorflow as tf
+
+    image = np.random.default_rng(3).random(shape, dtype=np.float32)
+    expected = tf.image.resize_with_pad(image, 16, 16).numpy()
+    result = resize_with_pad(image, (16, 16))
+    assert result.dtype == np.float32 and result.shape == expected.shape
+    assert np.array_equal(result, expected)
+    assert not np.shares_memory(result, image)

@@ -484,3 +484,17 @@ def test_masks_needs_neither_tensorflow_nor_pyplot():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_mask_and_overlay_together_are_the_same_bytes_as_each_alone(channels):
+    rng = np.random.default_rng(5)
+    attributions = rng.normal(size=(12, 10, channels)).astype(np.float32)
+    image = rng.random((12, 10, channels)).astype(np.float32)
+    mask, overlay = masks.mask_and_overlay_pngs(image, attributions, clip_percentile=95)
+    assert mask == masks.mask_png(attributions, clip_percentile=95)
+    assert overlay == masks.overlay_png(image, attributions, clip_percentile=95)
+    assert masks.mask_and_overlay_pngs(image, attributions, mask=False)[0] is None
+    assert masks.mask_and_overlay_pngs(image, attributions, overlay=False)[1] is None
+    with pytest.raises(ValueError, match="alpha"):
+        masks.mask_and_overlay_pngs(image, attributions, alpha=1.5)

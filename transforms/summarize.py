@@ -66,6 +66,8 @@ def with_evidence(row: dict, evidence) -> dict:
             "mufidelity": evidence.mufidelity if evidence is not None else None,
         }
     )
+    # the engine's forward rows for this row (score_guided's scan) and the evidence's
+    row["forward_evaluations"] += evidence.forward_rows if evidence is not None else 0
     ablations = evidence.ablations if evidence is not None else []
     for region, ablation in zip(row.get("regions") or [], ablations):
         region.update(
@@ -117,14 +119,20 @@ class SummarizeFn(beam.DoFn):
         mask_uri = overlay_uri = raw_uri = None
         heatmap = getattr(result, "xrai_heatmap", None)
         if heatmap is None and s.default_style:
-            if "masks" in s.artifacts:  # --artifacts: which per-image files to write
+            # --artifacts: which per-image files to write; both share the mask's colours
+            mask, overlay = masks.mask_and_overlay_pngs(
+                image.image,
+                a,
+                clip_percentile=s.clip_percentile,
+                mask="masks" in s.artifacts,
+                overlay="overlays" in s.artifacts,
+            )
+            if mask is not None:
                 mask_uri = f"{out}/masks/{name}.png"
-                files[mask_uri] = masks.mask_png(a, clip_percentile=s.clip_percentile)
-            if "overlays" in s.artifacts:
+                files[mask_uri] = mask
+            if overlay is not None:
                 overlay_uri = f"{out}/overlays/{name}.png"
-                files[overlay_uri] = masks.overlay_png(
-                    image.image, a, clip_percentile=s.clip_percentile
-                )
+                files[overlay_uri] = overlay
         elif "masks" in s.artifacts or "overlays" in s.artifacts:  # the drawing options, XRAI
             mask, overlay = draw(image.image, a, heatmap, s)
             if "masks" in s.artifacts:
@@ -166,6 +174,7 @@ class SummarizeFn(beam.DoFn):
             "converged": result.converged,
             "steps": result.steps,
             "gradient_evaluations": result.gradient_evaluations,
+            "forward_evaluations": int(getattr(result, "forward_evaluations", 0)),
             "method": result.method,
             "baseline": getattr(result, "baseline", s.baseline),
             "score": s.score,

@@ -50,6 +50,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("converged", pa.bool_()),
         ("steps", pa.int32()),
         ("gradient_evaluations", pa.int32()),
+        # forward-only model rows: score_guided's scan, the faithfulness curves, MuFidelity
+        # and region ablation of this row
+        ("forward_evaluations", pa.int32()),
         ("method", pa.string()),
         ("baseline", pa.string()),
         ("score", pa.string()),
