@@ -20,7 +20,7 @@ ratio of things measured side by side in one run (the machine is shared and its 
     .venv/bin/python -m benchmarks.performance [--parts efficiency,fixed,...] [--quick]
 
 Writes benchmarks/performance.json and its section of benchmarks/RESULTS.md (between START and
-END, headed "Issue 13"; the markers stay as they are: benchmarks.run keeps that section by them).
+END; benchmarks.run keeps that section by those markers when it rewrites the file).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from benchmarks.render import README, replace_between
 README_START = "<!-- generated: benchmarks.performance -->"
 README_END = "<!-- /generated: benchmarks.performance -->"
 PARTS = ("efficiency", "fixed", "pipeline", "precision", "tutorial")
-START, END = "<!-- issue 13: benchmarks.performance -->", "<!-- /issue 13 -->"
+START, END = "<!-- benchmarks.performance -->", "<!-- /benchmarks.performance -->"
 DEFAULTS = {"method": "gausslegendre", "steps": 16, "tolerance": 0.01, "max_steps": 256}
 TRAP = "riemann_trapezoid"
 # the whole-process targets against the tutorial's loop: (model, the pipeline's extra
@@ -479,7 +479,7 @@ def pct(x):
 def markdown(r: dict) -> str:
     lines = [
         START,
-        "## Issue 13: engine efficiency, fixed costs, precision, whole process\n",
+        "## Engine efficiency, fixed costs, precision, whole process (benchmarks.performance)\n",
         f"Last command: `python -m benchmarks.performance{r['args']}`, started "
         f"{r['started']}, took {r['elapsed_s'] / 60:.1f} min (performance.json keeps "
         "each part's latest results; parts not named ran in an earlier run of the same "
@@ -680,7 +680,7 @@ def markdown(r: dict) -> str:
             )
         add("")
     if targets:
-        add("### Targets (issues 13 and 23)\n")
+        add("### Targets of the engine and the job\n")
 
         add("| target | result | numbers |")
         add("|---|---|---|")
@@ -736,7 +736,7 @@ def breakdown_table(b: dict, images: int) -> str:
 
 
 README_SECTIONS = (
-    "Targets (issues 13 and 23)",
+    "Targets of the engine and the job",
     "Whole process",
     "A 2,000-image job",
     "--precision",

@@ -17,7 +17,9 @@ README_END = "<!-- /generated: benchmarks.run -->"
 STAND_IN = "`demo.model` was not available when this ran"
 # the section benchmarks.performance writes into RESULTS.md, between the markers it writes
 # (benchmarks/performance.py START, END), kept when this one rewrites the file
-PERFORMANCE_SECTION = re.compile(r"<!-- issue 13: .*?<!-- /issue 13 -->", re.S)
+PERFORMANCE_SECTION = re.compile(
+    r"<!-- benchmarks.performance -->.*?<!-- /benchmarks.performance -->", re.S
+)
 SCALE_HEADER = "## Simulated large run"  # benchmarks.scale's section, from here to the end
 PROFILE_KEYS = (
     "load_model",
