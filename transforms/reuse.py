@@ -128,14 +128,20 @@ def has_summaries(folder: str) -> bool:
     return bool(parquet_parts(folder, "summaries"))
 
 
+# Summary columns added after rows were first written, with the value an older row gets: its
+# strategy is assigned again by this run's strategy stage; the forward rows it used were not
+# counted then.
+LATER_COLUMNS = {"strategy": None, "forward_evaluations": None}
+
+
 def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     """Previous rows made by this model with these settings, keyed by content hash. Rows of
     an older schema (a column missing) are not reused: they could not be copied as they are.
     Rows from before the methods' columns were added are plain IG rows and are completed."""
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
-    if row.get("settings_hash") == settings_hash and "strategy" not in row:
-        row = {**row, "strategy": None}  # rows before the strategy column: assigned again
+    if row.get("settings_hash") == settings_hash:
+        row = {**LATER_COLUMNS, **row}
     if (
         row.get("model_fingerprint") == model_fingerprint
         and row.get("settings_hash") == settings_hash
