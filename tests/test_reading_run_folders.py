@@ -243,6 +243,21 @@ def test_the_methods_page_refuses_a_folder_as_its_output(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_one_runs_report_refuses_an_output_it_would_ignore(tmp_path):
+    """One DIR's report is always DIR/report.html: an --output there was silently ignored."""
+    folder = make_run(tmp_path / "run", rows=[summary_row(tmp_path / "run", 0, 0)])
+    elsewhere = tmp_path / "page.html"
+    result = cli("pipeline.report", folder, "--output", elsewhere)
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        f"error: --output is for the side-by-side page of several DIRs; one run's report is "
+        f"always {folder / 'report.html'}: drop --output"
+    )
+    assert not elsewhere.exists() and not (folder / "report.html").exists()
+    written = cli("pipeline.report", folder)
+    assert written.returncode == 0 and (folder / "report.html").is_file()
+
+
 @pytest.mark.parametrize("column", [*report_read.COLUMNS, "content_sha256", "regions"])
 def test_a_column_of_nulls_is_reported_or_refused_never_a_crash(tmp_path, column):
     """Whatever a typed column holds (here: nothing), the report is written or refused."""

@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from transforms.layout import REPORT
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -18,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--output",
-        default="methods.html",
+        default=None,
         help="with several DIRs: where the side-by-side page is written",
     )
     p.add_argument(
@@ -35,19 +37,28 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 written, 1 the page could not be written, 2 a folder is not a readable
     run folder or --output cannot be a page. Each failure is one line."""
     args = parser().parse_args(argv)
-    if len(args.output_dir) > 1 and "://" not in args.output and os.path.isdir(args.output):
+    if len(args.output_dir) == 1 and args.output is not None:
         print(
-            f"error: --output {args.output} is a folder: name the page's file, e.g. "
-            f"{os.path.join(args.output, 'methods.html')}",
+            f"error: --output is for the side-by-side page of several DIRs; one run's report "
+            f"is always {os.path.join(args.output_dir[0], REPORT)}: drop --output",
             file=sys.stderr,
         )
         return 2
     if args.report_classes is not None and args.report_classes < 1:
         print(f"error: --report_classes must be >= 1, got {args.report_classes}", file=sys.stderr)
         return 2
-    from pipeline.report.methods import write_methods
+    from pipeline.report.methods import METHODS_NAME, write_methods
     from pipeline.report.page import write_report
     from transforms.files import OutputWriteError, RunFolderError
+
+    args.output = args.output or METHODS_NAME
+    if len(args.output_dir) > 1 and "://" not in args.output and os.path.isdir(args.output):
+        print(
+            f"error: --output {args.output} is a folder: name the page's file, e.g. "
+            f"{os.path.join(args.output, METHODS_NAME)}",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         if len(args.output_dir) > 1:
