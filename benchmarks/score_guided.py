@@ -29,7 +29,10 @@ import time
 import numpy as np
 
 from benchmarks import models, worker
+from benchmarks.render import README, replace_between
 
+README_START = "<!-- generated: benchmarks.score_guided -->"
+README_END = "<!-- /generated: benchmarks.score_guided -->"
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "score_guided.json")
 RULES = {
     "trapezoid 17->257": {"method": "riemann_trapezoid", "steps": 17, "max_steps": 257},
@@ -217,7 +220,13 @@ def main(argv=None) -> int:
         help="where built models (and the demo's trained model) are kept",
     )
     parser.add_argument("--output", default=RESULTS)
+    parser.add_argument(
+        "--from_json", action="store_true", help="only re-render README's block from --output"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.output) as f:
+            return _render(json.load(f))
     worker._quiet()
     profile = PROFILES["quick" if args.quick else "full"]
     results = {
@@ -229,9 +238,16 @@ def main(argv=None) -> int:
         for name in [n.strip() for n in args.models.split(",") if n.strip()]:
             results["models"][name] = bench_model(name, profile, args.cache_dir, work)
     results["load_end"] = [round(x, 2) for x in os.getloadavg()]
-    print("\n".join(markdown(results)))
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)
+    return _render(results)
+
+
+def _render(results: dict) -> int:
+    """Print the tables and write them into README between their markers."""
+    text = "\n".join(markdown(results))
+    print(text)
+    replace_between(README, README_START, README_END, "\n" + text + "\n")
     return 0
 
 
