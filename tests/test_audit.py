@@ -301,7 +301,7 @@ def _row(uri, rank, target, **extra):
         mask_uri=f"/old/masks/{rank}.png",
         overlay_uri=f"/old/overlays/{rank}.png",
         raw_uri=f"/old/raw/{rank}.npy",
-        # arithmetic that holds: reuse re-checks it (issue 19)
+        # arithmetic that holds: reuse re-checks it
         target_score=0.9,
         baseline_score=0.1,
         attribution_sum=0.8,

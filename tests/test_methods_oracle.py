@@ -1,5 +1,5 @@
 """Every method against PAIR saliency (the authors' reference code) on a small Keras CNN and
-real photos, and completeness on closed-form models (issue 12).
+real photos, and completeness on closed-form models.
 
 Maps are compared by the L1 distance of their normalised versions,
 ``sum |a / sum|a| - b / sum|b||`` (0 = same map, 2 = disjoint): it is what a heat map

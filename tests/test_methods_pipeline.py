@@ -1,4 +1,4 @@
-"""The job end to end with every --attribution (issue 12), on real photos and a tiny model."""
+"""The job end to end with every --attribution, on real photos and a tiny model."""
 
 import os
 
@@ -39,7 +39,7 @@ def rows(out):
     return pq.read_table(os.path.join(out, "summaries")).to_pylist()
 
 
-# issue 22's pixel-map methods (no path, no completeness): tests/test_pixel_methods.py
+# the pixel-map methods (no path, no completeness): tests/test_pixel_methods.py
 @pytest.mark.parametrize("attribution", [a for a in ATTRIBUTIONS if a not in PIXEL_MAPS])
 def test_every_method_runs_end_to_end_and_reports_itself(attribution, tiny_model, photos, tmp_path):
     out = tmp_path / "out"

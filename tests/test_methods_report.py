@@ -1,4 +1,4 @@
-"""`python -m pipeline.report DIR_A DIR_B`: runs of different methods side by side (issue 12)."""
+"""`python -m pipeline.report DIR_A DIR_B`: runs of different methods side by side."""
 
 import os
 import re

@@ -1,4 +1,4 @@
-"""The visualization options (issue 12): defaults draw exactly the tutorial's mask and
+"""The visualization options: defaults draw exactly the tutorial's mask and
 overlay; polarity, clipping, overlays and outlines do what they say."""
 
 import io

@@ -1,4 +1,4 @@
-"""Issue 22's methods: gradcam, gradcam_plus_plus, occlusion, rise.
+"""The pixel-map methods: gradcam, gradcam_plus_plus, occlusion, rise.
 
 Each is checked against a closed form or an implementation written here (or PAIR saliency's,
 the authors' library for Grad-CAM and occlusion), sharing no code with the engine; then for

@@ -1,4 +1,4 @@
-"""Reading a run folder that someone tampered with (issue 19): the report, the comparison and
+"""Reading a run folder that someone tampered with: the report, the comparison and
 the sanity check read no file because a row names it, finish on FIFOs and devices, and
 refuse a malformed folder in one line (exit 2) leaving no temporary files behind."""
 

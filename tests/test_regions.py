@@ -68,7 +68,7 @@ def test_regions_joined_in_the_graph_give_the_rows_of_the_in_memory_lookup(
             )
             masses = [{k: r[k] for k in e} for r, e in zip(row["regions"], expected)]
             assert masses == expected  # same values, in file order
-            assert all(r["ablation_score"] is not None for r in row["regions"])  # issue 11
+            assert all(r["ablation_score"] is not None for r in row["regions"])
         other = before[row["image_uri"]]
         for column in ("target_class", "attribution_sum", "completeness_error", "grid"):
             assert row[column] == other[column], column
@@ -105,7 +105,7 @@ def test_a_million_boxes_do_not_travel_in_the_job_graph(tiny_model, mixed_folder
     size = len(result.beam_result.job.proto_pipeline.SerializeToString())
     proto = result.beam_result.job.proto_pipeline
     names = {t.unique_name for t in proto.components.transforms.values()}
-    # joined before the model since issue 11 (each box is ablated)
+    # joined before the model (each box is ablated)
     assert "ReadRegions" in names and "Attribute/JoinRegions" in names
     assert size < 1_000_000, size
     without = len(job.run(argv).beam_result.job.proto_pipeline.SerializeToString())

@@ -1,6 +1,6 @@
 """The run folder on real processes and files: exclusive (lock), clean (refused or
 overwritten), committed once by the job, resumable after kill -9, safe with special files,
-honest exits (issue 9)."""
+honest exits."""
 
 import datetime
 import json

@@ -1,4 +1,4 @@
-"""The run folder against a careless operator and an attacker (issue 19): --overwrite deletes
+"""The run folder against a careless operator and an attacker: --overwrite deletes
 only what a run wrote, inside the folder; locks that are links, folders or garbage; Ctrl-C
 and SIGTERM; and every failure that was a traceback is one line with its exit code. Each
 test hashes what lies beside the run folder before and after: nothing outside it changes."""
@@ -134,7 +134,7 @@ def test_overwrite_refuses_a_manifest_naming_anything_but_plain_parts(
 def test_overwrite_deletes_the_run_and_nothing_else_with_either_files_shape(
     tiny_model, world, committed, capsys, shape
 ):
-    """``files`` as {folder: [names]} (before issue 19) or {folder: {name: {size, sha256}}}."""
+    """``files`` as {folder: [names]} (the older form) or {folder: {name: {size, sha256}}}."""
     out = world / "runs" / "out"
     shutil.copytree(committed, out, symlinks=True)
     record = json.loads((out / "manifest.json").read_text())

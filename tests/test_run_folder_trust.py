@@ -1,4 +1,4 @@
-"""The run folder's records are true (issue 19): the manifest's digests are checked before a
+"""The run folder's records are true: the manifest's digests are checked before a
 folder is reused or resumed, every reused row's arithmetic is re-checked, no file a row names
 is copied from outside its run folder, and --resume finishes the same run or refuses. Each
 attack runs on real processes and real files."""

@@ -1,4 +1,4 @@
-"""Strategy discovery (issue 21): the clustering on planted layouts, the Beam stage's
+"""Strategy discovery: the clustering on planted layouts, the Beam stage's
 independence of row order and workers, and the job finding a planted cue without --regions."""
 
 import json

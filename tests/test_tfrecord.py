@@ -307,8 +307,8 @@ def test_dataflow_dry_run_reads_shards_one_per_element(tiny_model, shards):
     for label in (
         "ReadImages/Reshuffle",
         "ReadImages/ReadShards",
-        "ReadImages/GroupById",  # one record per id (DuplicateId), issue 19
-        "Attribute/JoinRegions",  # before the model since issue 11 (ablation)
+        "ReadImages/GroupById",  # one record per id (DuplicateId)
+        "Attribute/JoinRegions",  # before the model (ablation)
         "Attribute/IntegratedGradients",
     ):
         assert label in names, label
@@ -361,7 +361,7 @@ def test_a_repeated_record_id_is_one_row_and_the_later_ones_are_duplicate_id_err
 ):
     """ids a, b, same, same, same: the first `same` (by shard, record index) is attributed,
     the other two are DuplicateId errors naming it, whether the format was given or
-    detected; the manifest's counts agree with the rows (issue 19)."""
+    detected; the manifest's counts agree with the rows."""
     import hashlib
     import subprocess
     import sys
