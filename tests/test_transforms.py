@@ -115,6 +115,54 @@ def test_attribute_images_isolates_an_image_that_breaks_the_batch(tiny_model, tm
     pipeline.run().wait_until_finish()
 
 
+def test_attribute_images_over_many_batches_outputs_each_image_once(tiny_model, tmp_path):
+    """The model computes one batch while the previous one goes downstream: over batches of 2,
+    with a bad image in the third, every image comes out once, as a row or an error."""
+    settings = settings_for(tiny_model, tmp_path, image_batch_size=2)
+    good = [decoded(f"mem://{i}.png", i) for i in range(6)]
+    bad = decoded("mem://wrong-size.png", 9, size=12)
+    pipeline = TestPipeline()
+    outputs = pipeline | beam.Create([*good[:4], bad, *good[4:]]) | AttributeImages(settings)
+    assert_that(
+        outputs.attributed | beam.Map(lambda e: e[0].uri),
+        equal_to([d.uri for d in good]),
+        label="Good",
+    )
+    assert_that(outputs.errors | beam.Map(lambda e: e["image_uri"]), equal_to([bad.uri]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    c = counters(result)
+    assert (c["model_loads"], c["attributed"], c["rows"], c["failed"]) == (1, 6, 6, 1)
+
+
+def test_attribute_fn_hands_a_batch_downstream_while_the_next_one_computes(tiny_model, tmp_path):
+    """process(batch 2) yields batch 1's outputs; finish_bundle yields the last batch's, in
+    the window and at the timestamp of its input."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.shared import Shared
+    from apache_beam.utils.timestamp import Timestamp
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    from transforms.attribute import AttributeFn
+
+    fn = AttributeFn(settings_for(tiny_model, tmp_path), Shared())
+    fn.setup()
+    first, second = [decoded("mem://a.png", 1)], [decoded("mem://b.png", 2)]
+    window, stamp = GlobalWindow(), Timestamp(5)
+    try:
+        assert list(fn.process(first, window, stamp)) == []
+        out = list(fn.process(second, window, Timestamp(6)))
+        assert [(o.value[0].uri, o.timestamp, o.windows) for o in out] == [
+            ("mem://a.png", stamp, [window])
+        ]
+        last = list(fn.finish_bundle())
+        assert all(isinstance(o, WindowedValue) for o in last)
+        assert [(o.value[0].uri, o.timestamp) for o in last] == [("mem://b.png", Timestamp(6))]
+        assert list(fn.finish_bundle()) == []  # nothing is held after the bundle
+    finally:
+        fn.teardown()
+
+
 def _attribution(target, attributions):
     return Attribution(
         key=0,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gc
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.utils import shared
+from apache_beam.utils.windowed_value import WindowedValue
 
 from attribution import faithfulness, methods, randomization
 from attribution.baselines import make_baseline, seed_for
@@ -83,6 +85,16 @@ class AttributeFn(CountsProgress, beam.DoFn):
         self.model = None  # loaded at the first batch: a worker with nothing to compute never loads
         self.targets = Targets.parse(self.settings.target)
         self.config = self.settings.method_config
+        # One thread computes the batches in turn: while it runs the model on a batch, this
+        # thread hands the previous batch's images downstream (masks, overlays, statistics,
+        # Parquet rows, Beam's per-element work), which the model's calls would otherwise wait
+        # for. TensorFlow releases the GIL while it computes.
+        self.compute = ThreadPoolExecutor(1, thread_name_prefix="attribute")
+        self.pending = None  # (future, window, timestamp) of the batch being computed
+        self._loads = self._forward = 0  # counted on the compute thread, emitted by _emit
+
+    def teardown(self):
+        self.compute.shutdown(wait=True, cancel_futures=True)
 
     def _load(self):
         loads = []
@@ -94,7 +106,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
         self.model = self.shared_handle.acquire(load, tag=self.settings.model_fingerprint)
         gc.freeze()  # the model and TensorFlow's objects live as long as the worker: not
         # walked again by every full collection (0.2 s each in a worker holding TensorFlow)
-        self.model_loads.inc(len(loads))  # 0 when another DoFn in this process loaded it
+        self._loads += len(loads)  # 0 when another DoFn in this process loaded it
         if loads:
             mark_model_load(self.settings.output_dir)  # counted by the commit (manifest)
 
@@ -156,14 +168,17 @@ class AttributeFn(CountsProgress, beam.DoFn):
             )
         )
         out = [[next(evidence) for _ in group] for group in groups]
-        self.forward_rows.inc(sum(e.forward_rows for group in out for e in group))
+        self._forward += sum(e.forward_rows for group in out for e in group)
         return out
 
     def _attribute(self, images, boxes_list, references):
         groups = self._explain(images, references)
         return list(zip(groups, self._evidence(images, groups, boxes_list)))
 
-    def process(self, elements, references=None):
+    def _batch(self, elements, references):
+        """The batch's images and per image its (results, evidence) or the exception that
+        failed it; runs on the compute thread (no Beam metrics here: they count on the
+        bundle's thread)."""
         if self.model is None:
             self._load()
         joined = [isinstance(e, tuple) for e in elements]  # (image, boxes) after the join
@@ -178,19 +193,65 @@ class AttributeFn(CountsProgress, beam.DoFn):
                     groups.extend(self._attribute([image], [boxes], references))
                 except Exception as e:  # noqa: BLE001
                     groups.append(e)
-        self.progress(len(images))
-        for image, boxes, was_joined, done in zip(images, boxes_list, joined, groups):
-            if isinstance(done, Exception):
+        return list(zip(images, boxes_list, joined, groups))
+
+    def _emit(self, done):
+        """The outputs of one computed batch (the bundle's thread: metrics count here)."""
+        loads, forward_rows, batch = done
+        if loads is not None:  # this batch loaded the model: 0 when another DoFn had
+            self.model_loads.inc(loads)
+        if forward_rows:
+            self.forward_rows.inc(forward_rows)
+        self.progress(len(batch))
+        for image, boxes, was_joined, result in batch:
+            if isinstance(result, Exception):
                 self.failed.inc()
-                yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "attribute", done))
+                yield beam.pvalue.TaggedOutput(ERRORS, error_row(image.uri, "attribute", result))
                 continue
-            group, evidence = done
+            group, evidence = result
             self.attributed.inc()
             self.rows.inc(len(group))
             self.evaluations.inc(sum(r.gradient_evaluations for r in group))
             # converged is None for the methods without completeness (gradcam, occlusion, rise)
             self.unconverged.inc(sum(r.converged is False for r in group))
             yield ((image, group, evidence), boxes) if was_joined else (image, group, evidence)
+
+    def _counted(self, elements, references):
+        """_batch with the model loads and forward rows it caused, for _emit to count."""
+        loaded, forward = self.model is None, self._forward
+        batch = self._batch(elements, references)
+        return (self._loads if loaded else None), self._forward - forward, batch
+
+    def process(
+        self,
+        elements,
+        window=beam.DoFn.WindowParam,
+        timestamp=beam.DoFn.TimestampParam,
+        references=None,  # after Beam's parameters: Beam fills them by their place
+    ):
+        # this batch is queued behind the one being computed; that one's outputs go downstream
+        # while this one computes: at most two batches are held
+        queued = (self.compute.submit(self._counted, elements, references), window, timestamp)
+        previous, self.pending = self.pending, queued
+        if previous is not None:
+            yield from self._windowed(previous)
+
+    def finish_bundle(self):
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            yield from self._windowed(pending)
+        super().finish_bundle()
+
+    def _windowed(self, pending):
+        """A computed batch's outputs in the window and at the timestamp of its input."""
+        future, window, timestamp = pending
+        for out in self._emit(future.result()):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(
+                    out.tag, WindowedValue(out.value, timestamp, [window])
+                )
+            else:
+                yield WindowedValue(out, timestamp, [window])
 
 
 class AttributeImages(beam.PTransform):
