@@ -29,7 +29,7 @@ demo: install
 bench: install
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.methods --model small_cnn --images 16
-	$(PY) -m benchmarks.performance --before e4c0365  # 'before': the engine before on-device accumulation (e4c0365)
+	$(PY) -m benchmarks.performance --before e4c0365 --before_job e9357e4  # before: the engine before on-device accumulation (e4c0365), the job before its compute thread (e9357e4)
 	$(PY) -m benchmarks.faithfulness
 	$(PY) -m benchmarks.score_guided
 	$(PY) -m benchmarks.strategies

@@ -64,10 +64,15 @@ TUTORIAL_TARGETS = {
 }
 
 
-def before_engine(ref: str, folder: str) -> str | None:
-    base = subprocess.run(
+def merge_base(ref: str) -> str:
+    """The commit where HEAD and ``ref`` meet ('' when git cannot say)."""
+    return subprocess.run(
         ["git", "merge-base", "HEAD", ref], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
+
+
+def before_engine(ref: str, folder: str) -> str | None:
+    base = merge_base(ref)
     text = subprocess.run(
         ["git", "show", f"{base}:attribution/integrated_gradients.py"],
         cwd=REPO,
@@ -85,9 +90,7 @@ def before_engine(ref: str, folder: str) -> str | None:
 def before_tree(ref: str, folder: str) -> str | None:
     """The job's code at the merge base of HEAD and ``ref``, unpacked in ``folder`` (git
     archive: the repository's worktrees are left alone); None when git cannot give it."""
-    base = subprocess.run(
-        ["git", "merge-base", "HEAD", ref], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
+    base = merge_base(ref)
     tree = os.path.join(folder, "before-tree")
     os.makedirs(tree, exist_ok=True)
     archive = subprocess.run(
@@ -146,12 +149,18 @@ STEPS = (
     ("read + decode", lambda p, k: p.get(k("read + decode"), 0)),
     ("engine (IG, refinement included)", lambda p, k: p.get(k("engine (IG)"), 0)),
     ("faithfulness curves", lambda p, k: p.get(k("faithfulness curves"), 0)),
+    # a tree whose AttributeFn computes on its own thread: the engine and the curves overlap
+    # the steps below, and the bundle's thread waits for them only where it is ahead
+    ("waiting for the model (bundle's thread)", lambda p, k: p.get(k("waiting for the model"), 0)),
     (
         "attribute step, the rest",
         lambda p, k: (
             p.get(k("attribute step (total)"), 0)
-            - p.get(k("engine (IG)"), 0)
-            - p.get(k("faithfulness curves"), 0)
+            - (
+                p[k("waiting for the model")]
+                if k("waiting for the model") in p
+                else p.get(k("engine (IG)"), 0) + p.get(k("faithfulness curves"), 0)
+            )
         ),
     ),
     ("PNG encoding (masks, overlays)", lambda p, k: p.get(k("PNG encoding"), 0)),
@@ -602,7 +611,7 @@ def markdown(r: dict) -> str:
             + "\n"
         )
         if "breakdown" in p:
-            add(breakdown_table(p["breakdown"], p["breakdown_images"]))
+            add(breakdown_table(p["breakdown"], p["breakdown_images"], p.get("before_commit")))
         for name in p["jobs"]:
             targets.append(
                 (
@@ -696,17 +705,21 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def breakdown_table(b: dict, images: int) -> str:
+def breakdown_table(b: dict, images: int, before: str | None = None) -> str:
     """Where a job's seconds go: one row per step, wall and CPU seconds and the share of the
     process, before and after, at the defaults and with --faithfulness none."""
     lines = [
         f"**Where the job's seconds go ({images} images).** "
         "`python -m pipeline` run in one process by `benchmarks.worker job_breakdown` with "
-        "wall-clock and process-CPU timers on each step (Beam runs the steps one at a time in "
-        "one thread, so a step's CPU seconds are its own, TensorFlow's threads included). "
-        "'before' is the job's code at the merge base with `--before`, 'after' this tree's, "
-        "run alternately on the same PNGs. Cells: wall s / CPU s (share of the process's "
-        "wall time).\n",
+        "wall-clock and process-CPU timers on each step. Where the job computes a batch on "
+        "its own thread while the bundle's thread runs the steps downstream (the row 'waiting "
+        "for the model' has seconds), the engine and curve rows overlap the others: shares add "
+        "up to more than 100% and a step's CPU seconds include the other thread's; where the "
+        "steps run one at a time a step's CPU seconds are its own, TensorFlow's threads "
+        "included. "
+        f"'before' is the job's code at {before or 'the merge base with `--before`'}, 'after' "
+        "this tree's, run alternately on the same PNGs. Cells: wall s / CPU s (share of the "
+        "process's wall time).\n",
     ]
     lines = ["".join(lines[:2])]
     modes = list(b)
@@ -915,6 +928,12 @@ def main(argv=None) -> int:
         help="git ref whose merge base holds the 'before' engine ('' skips it)",
     )
     parser.add_argument(
+        "--before_job",
+        default=None,
+        help="git ref whose merge base holds the 'before' job of the pipeline part's "
+        "breakdown (default: --before)",
+    )
+    parser.add_argument(
         "--cache_dir", default=os.path.join(tempfile.gettempdir(), "beam-ig-bench-cache")
     )
     parser.add_argument("--output_dir", default=HERE)
@@ -944,8 +963,10 @@ def main(argv=None) -> int:
                 if part == "efficiency":
                     results[part] = efficiency(args.cache_dir, before, args.quick)
                 elif part == "pipeline":
-                    tree = before_tree(args.before, work) if args.before else None
+                    ref = args.before if args.before_job is None else args.before_job
+                    tree = before_tree(ref, work) if ref else None
                     results[part] = pipeline(args.cache_dir, work, args.quick, tree)
+                    results[part]["before_commit"] = merge_base(ref)[:7] if tree else None
                 elif part in ("fixed", "tutorial"):
                     results[part] = globals()[part](args.cache_dir, work, args.quick)
                 elif part == "precision":

@@ -8,6 +8,7 @@ setting: repeats, errors, traces), profile (cProfile of the engine and of the pi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -468,15 +469,17 @@ def fixed_costs(task):
 def _timer(phases: dict, name: str, function, generator: bool = False):
     """``function`` with its wall seconds added to ``phases[name]`` and its process CPU
     seconds to ``phases[name + ' (cpu)']``; a generator's are the seconds inside its own
-    next() calls (Beam runs the fused steps downstream of a DoFn between them). The job's
-    steps run one at a time in one Beam thread, so process CPU is the step's own (TensorFlow's
-    threads included), and steadier than wall seconds on a loaded machine."""
+    next() calls (Beam runs the fused steps downstream of a DoFn between them). Process CPU
+    counts every thread: a step's own (TensorFlow's threads included) where the steps run one
+    at a time, and also the compute thread's where they overlap it (AttributeFn computes the
+    next batch while the bundle's thread runs the steps downstream)."""
     clock, cpu = time.perf_counter, time.process_time
 
     def add(t, c):
         phases[name] = phases.get(name, 0.0) + clock() - t
         phases[f"{name} (cpu)"] = phases.get(f"{name} (cpu)", 0.0) + cpu() - c
 
+    @functools.wraps(function)  # Beam reads a DoFn's parameters from the signature
     def plain(*args, **kwargs):
         t, c = clock(), cpu()
         try:
@@ -484,6 +487,7 @@ def _timer(phases: dict, name: str, function, generator: bool = False):
         finally:
             add(t, c)
 
+    @functools.wraps(function)
     def stepped(*args, **kwargs):
         iterator = function(*args, **kwargs)
         while True:
@@ -541,7 +545,11 @@ def job_breakdown(task):
         "read + decode": [(read.DecodeFn, "process")],
         "engine (IG)": [(attribute.AttributeFn, "_explain")],
         "faithfulness curves": [(attribute.AttributeFn, "_evidence")],
-        "attribute step (total)": [(attribute.AttributeFn, "process")],
+        "attribute step (total)": [
+            (attribute.AttributeFn, "process"),
+            (attribute.AttributeFn, "finish_bundle"),
+        ],
+        "waiting for the model": [(attribute.AttributeFn, "_wait")],
         "PNG encoding": [
             (masks, "mask_and_overlay_pngs"),
             (masks, "mask_png"),

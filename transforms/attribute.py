@@ -242,10 +242,15 @@ class AttributeFn(CountsProgress, beam.DoFn):
             yield from self._windowed(pending)
         super().finish_bundle()
 
+    def _wait(self, future):
+        """The batch's outputs once the compute thread has them (the bundle's thread idles
+        here while the model works: benchmarks.worker times it)."""
+        return future.result()
+
     def _windowed(self, pending):
         """A computed batch's outputs in the window and at the timestamp of its input."""
         future, window, timestamp = pending
-        for out in self._emit(future.result()):
+        for out in self._emit(self._wait(future)):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(
                     out.tag, WindowedValue(out.value, timestamp, [window])
