@@ -2,6 +2,7 @@
 
 import io
 import os
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -322,3 +323,45 @@ def test_progress_tallies_across_workers_and_prints_rate_and_eta(tmp_path):
     line = ProgressReporter(str(tmp_path), matched=10, interval=1, stream=stream).line()
     assert line.startswith("progress: 7/10 images (70%)") and "images/s" in line
     assert "ETA" in line
+
+
+def test_the_compute_thread_does_not_hold_the_process_at_exit(tmp_path):
+    """An interrupted job exits within the model call it is in: a process whose compute
+    thread is busy for a minute, with a second call queued, ends as soon as its main thread
+    does (a ThreadPoolExecutor's thread would hold it until both calls ran)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import time; from transforms.attribute import ComputeThread; "
+        "c = ComputeThread('t'); c.submit(time.sleep, 60); c.submit(time.sleep, 60); "
+        "time.sleep(0.5); print('main thread done', flush=True)"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": repo},
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert done.returncode == 0 and "main thread done" in done.stdout, done.stderr[-2000:]
+    assert time.monotonic() - started < 55  # not the 120 s of the two queued calls
+
+
+def test_the_compute_thread_hands_results_and_errors_back_in_order():
+    from transforms.attribute import ComputeThread
+
+    compute = ComputeThread("t")
+    ok = compute.submit(lambda a, b: a + b, 2, 3)
+    bad = compute.submit(lambda: 1 / 0)
+    after = compute.submit(str.upper, "next")
+    assert ok.result(timeout=30) == 5
+    with pytest.raises(ZeroDivisionError):
+        bad.result(timeout=30)
+    assert after.result(timeout=30) == "NEXT"  # a failed call does not stop the thread
+    compute.shutdown()
+    compute.thread.join(timeout=30)
+    assert not compute.thread.is_alive()

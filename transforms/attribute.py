@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gc
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from concurrent.futures import Future
 
 import apache_beam as beam
 import numpy as np
@@ -57,6 +59,34 @@ class _ProcessModel:
             )
 
 
+class ComputeThread:
+    """One daemon thread that runs the submitted calls in turn. A daemon, unlike a
+    ThreadPoolExecutor's thread, does not hold the process at exit: an interrupted job stops
+    within the model call it is in, not after the batches it had queued."""
+
+    def __init__(self, name: str):
+        self.calls: queue.SimpleQueue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self.calls.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        self.calls.put(None)
+
+    def _run(self) -> None:
+        while (call := self.calls.get()) is not None:
+            future, fn, args = call
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the bundle's thread
+                    future.set_exception(e)
+
+
 class AttributeFn(CountsProgress, beam.DoFn):
     """[DecodedImage] or (DecodedImage, boxes) after the regions join -> (DecodedImage,
     [Attribution], [faithfulness.Evidence]) per image, with its boxes when joined; failures to
@@ -89,12 +119,12 @@ class AttributeFn(CountsProgress, beam.DoFn):
         # thread hands the previous batch's images downstream (masks, overlays, statistics,
         # Parquet rows, Beam's per-element work), which the model's calls would otherwise wait
         # for. TensorFlow releases the GIL while it computes.
-        self.compute = ThreadPoolExecutor(1, thread_name_prefix="attribute")
+        self.compute = ComputeThread("attribute")
         self.pending = None  # (future, window, timestamp) of the batch being computed
         self._loads = self._forward = 0  # counted on the compute thread, emitted by _emit
 
     def teardown(self):
-        self.compute.shutdown(wait=True, cancel_futures=True)
+        self.compute.shutdown()
 
     def _load(self):
         loads = []
