@@ -9,6 +9,7 @@ setting: repeats, errors, traces), profile (cProfile of the engine and of the pi
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -331,7 +332,16 @@ def _engine_class(module_path: str | None):
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    return module.IntegratedGradients
+    engine = module.IntegratedGradients
+    accepted = inspect.signature(engine.__init__).parameters
+
+    def older(fn, **kwargs):  # an older engine lacks the newer keywords (channels: RGB)
+        dropped = {k: v for k, v in kwargs.items() if k not in accepted}
+        if dropped.get("channels", 3) != 3 or set(dropped) - {"channels"}:
+            raise ValueError(f"the engine in {module_path} has no {sorted(dropped)}")
+        return engine(fn, **{k: v for k, v in kwargs.items() if k in accepted})
+
+    return older
 
 
 def efficiency(task):
@@ -536,7 +546,6 @@ def job_breakdown(task):
         ],
     )
     import gc
-    import inspect
 
     gc.freeze()  # as python -m pipeline does after its imports
     masks = summarize.masks
