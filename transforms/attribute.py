@@ -123,6 +123,9 @@ class AttributeFn(CountsProgress, beam.DoFn):
         self.pending = None  # (future, window, timestamp) of the batch being computed
         self._loads = self._forward = 0  # counted on the compute thread, emitted by _emit
 
+    def start_bundle(self):
+        self.pending = None  # a failed bundle's queued batch is not this bundle's
+
     def teardown(self):
         self.compute.shutdown()
 
