@@ -325,6 +325,30 @@ def test_progress_tallies_across_workers_and_prints_rate_and_eta(tmp_path):
     assert "ETA" in line
 
 
+def test_a_new_bundle_does_not_emit_a_failed_bundles_batch(tiny_model, tmp_path):
+    """A bundle that failed after queueing a batch leaves it pending; Beam may retry on the
+    same DoFn instance, and that bundle must emit only its own images."""
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.shared import Shared
+    from apache_beam.utils.timestamp import Timestamp
+
+    from transforms.attribute import AttributeFn
+
+    fn = AttributeFn(settings_for(tiny_model, tmp_path), Shared())
+    fn.setup()
+    try:
+        fn.start_bundle()
+        assert (
+            list(fn.process([decoded("mem://failed.png", 1)], GlobalWindow(), Timestamp(0))) == []
+        )
+        fn.start_bundle()  # the failed bundle never reached finish_bundle
+        retried = fn.process([decoded("mem://retried.png", 2)], GlobalWindow(), Timestamp(0))
+        assert list(retried) == []  # not the failed bundle's image
+        assert [o.value[0].uri for o in fn.finish_bundle()] == ["mem://retried.png"]
+    finally:
+        fn.teardown()
+
+
 def test_the_compute_thread_does_not_hold_the_process_at_exit(tmp_path):
     """An interrupted job exits within the model call it is in: a process whose compute
     thread is busy for a minute, with a second call queued, ends as soon as its main thread
