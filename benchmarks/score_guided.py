@@ -1,10 +1,10 @@
 """``--method score_guided`` against the adaptive rules it should beat, per model.
 
     python -m benchmarks.score_guided            # full (make bench): ~15 min on a quiet machine
-    python -m benchmarks.score_guided --quick    # 1% only, 16 demo images, MobileNetV2 ladder only
+    python -m benchmarks.score_guided --quick    # 1% only, 16 images, MobileNetV2 ladder only
 
-For each model (the demo's trained model, the MobileNetV2-shaped one: ``benchmarks.models``)
-the same images (``benchmarks.worker.prepare``: |F(x) - F(black)| >= 0.1, predicted class)
+For each model (the small CNN, the demo's trained model, the MobileNetV2-shaped one:
+``benchmarks.models``) the same images (``benchmarks.worker.prepare``: |F(x) - F(black)| >= 0.1, predicted class)
 go through the engine with each adaptive rule at the same tolerance: trapezoid 17 -> 257,
 Gauss-Legendre 16 -> 256 and score_guided (trapezoid 9 -> 257, and 16 -> 241 as --steps'
 default gives, each placed by a forward scan: 15 rows, then bisections where the curve
@@ -55,23 +55,26 @@ LADDER = {
 # ladder alone
 PROFILES = {
     "quick": {
+        "small_cnn": 16,
         "demo": 16,
         "mobilenet_v2": 6,
         "repeats": 1,
-        "levels": {"demo": (0.01,), "mobilenet_v2": ()},
-        "ladder": {"demo": False, "mobilenet_v2": True},
+        "levels": {"small_cnn": (0.01,), "demo": (0.01,), "mobilenet_v2": ()},
+        "ladder": {"small_cnn": False, "demo": False, "mobilenet_v2": True},
     },
     "full": {
         "demo": 48,
         # a p95 over 6 images is about the worst image's error, which draws a different rung
         # per rule (its gradient is rough below any scan's resolution): 24 images
         "mobilenet_v2": 24,
+        # the smooth small CNN, where the default (Gauss-Legendre 16) converges in ~20 rows
+        "small_cnn": 48,
         "repeats": 3,
-        "levels": {"demo": (0.01, 0.05), "mobilenet_v2": ()},
-        "ladder": {"demo": True, "mobilenet_v2": True},
+        "levels": {"small_cnn": (0.01, 0.05), "demo": (0.01, 0.05), "mobilenet_v2": ()},
+        "ladder": {"small_cnn": False, "demo": True, "mobilenet_v2": True},
     },
 }
-BATCH = {"demo": 32, "mobilenet_v2": 16}
+BATCH = {"small_cnn": 32, "demo": 32, "mobilenet_v2": 16}
 
 
 def run_rule(model, images, warmup, rule: dict, tolerance, batch_size: int) -> dict:
@@ -215,7 +218,7 @@ def equal_error(ladders: dict) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.score_guided")
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats, 1% only")
-    parser.add_argument("--models", default="demo,mobilenet_v2")
+    parser.add_argument("--models", default="small_cnn,demo,mobilenet_v2")
     parser.add_argument(
         "--cache_dir",
         default=os.path.join(tempfile.gettempdir(), "beam-ig-bench-cache"),
