@@ -121,7 +121,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
         # for. TensorFlow releases the GIL while it computes.
         self.compute = ComputeThread("attribute")
         self.pending = None  # (future, window, timestamp) of the batch being computed
-        self._loads = self._forward = 0  # counted on the compute thread, emitted by _emit
+        self._forward = 0  # forward rows, counted on the compute thread, emitted by _emit
 
     def start_bundle(self):
         self.pending = None  # a failed bundle's queued batch is not this bundle's
@@ -129,7 +129,9 @@ class AttributeFn(CountsProgress, beam.DoFn):
     def teardown(self):
         self.compute.shutdown()
 
-    def _load(self):
+    def _load(self) -> int:
+        """Acquire the process's model; the number of loads it took (0 when another DoFn in
+        this process had loaded it)."""
         loads = []
 
         def load():
@@ -139,9 +141,9 @@ class AttributeFn(CountsProgress, beam.DoFn):
         self.model = self.shared_handle.acquire(load, tag=self.settings.model_fingerprint)
         gc.freeze()  # the model and TensorFlow's objects live as long as the worker: not
         # walked again by every full collection (0.2 s each in a worker holding TensorFlow)
-        self._loads += len(loads)  # 0 when another DoFn in this process loaded it
         if loads:
             mark_model_load(self.settings.output_dir)  # counted by the commit (manifest)
+        return len(loads)
 
     def _explain(self, images, references):
         """One list of results per image, by the --attribution method (attribution/methods)."""
@@ -209,11 +211,11 @@ class AttributeFn(CountsProgress, beam.DoFn):
         return list(zip(groups, self._evidence(images, groups, boxes_list)))
 
     def _batch(self, elements, references):
-        """The batch's images and per image its (results, evidence) or the exception that
-        failed it; runs on the compute thread (no Beam metrics here: they count on the
-        bundle's thread)."""
-        if self.model is None:
-            self._load()
+        """(model loads or None, forward rows, [(image, boxes, joined, (results, evidence) or
+        the exception that failed it)]); runs on the compute thread (no Beam metrics here:
+        _emit counts them on the bundle's thread)."""
+        loads = self._load() if self.model is None else None
+        forward = self._forward
         joined = [isinstance(e, tuple) for e in elements]  # (image, boxes) after the join
         images = [e[0] if j else e for e, j in zip(elements, joined)]
         boxes_list = [e[1] if j else None for e, j in zip(elements, joined)]
@@ -226,7 +228,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
                     groups.extend(self._attribute([image], [boxes], references))
                 except Exception as e:  # noqa: BLE001
                     groups.append(e)
-        return list(zip(images, boxes_list, joined, groups))
+        return loads, self._forward - forward, list(zip(images, boxes_list, joined, groups))
 
     def _emit(self, done):
         """The outputs of one computed batch (the bundle's thread: metrics count here)."""
@@ -249,12 +251,6 @@ class AttributeFn(CountsProgress, beam.DoFn):
             self.unconverged.inc(sum(r.converged is False for r in group))
             yield ((image, group, evidence), boxes) if was_joined else (image, group, evidence)
 
-    def _counted(self, elements, references):
-        """_batch with the model loads and forward rows it caused, for _emit to count."""
-        loaded, forward = self.model is None, self._forward
-        batch = self._batch(elements, references)
-        return (self._loads if loaded else None), self._forward - forward, batch
-
     def process(
         self,
         elements,
@@ -264,7 +260,7 @@ class AttributeFn(CountsProgress, beam.DoFn):
     ):
         # this batch is queued behind the one being computed; that one's outputs go downstream
         # while this one computes: at most two batches are held
-        queued = (self.compute.submit(self._counted, elements, references), window, timestamp)
+        queued = (self.compute.submit(self._batch, elements, references), window, timestamp)
         previous, self.pending = self.pending, queued
         if previous is not None:
             yield from self._windowed(previous)
