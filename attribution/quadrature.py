@@ -37,6 +37,13 @@ SCAN_INTERVALS = 16  # score_guided's scan: alpha = k / 16, the 15 inner points 
 SCAN_LEVELS = 2  # then up to 2 rounds of bisecting where the curve moves: knots down to 1/64
 SCAN_SHARE = 0.05  # an interval is bisected when it or a neighbour holds 5% of the variation
 GUIDED_FLOOR = 0.25  # share of the density that is uniform (the curve may move between knots)
+# A rule's version, raised whenever the rule places its points differently for the same
+# options. settings_hash (transforms/settings.py) counts it, so --reuse_from and --resume never
+# lend rows an older placement computed to a run of this one. A rule at version 0 is left out
+# of the hash: hashes of runs made before versions existed stay valid while the rule is
+# unchanged. score_guided 1: the trapezoid base (ff1be2d) and the bisecting scan (5507dbb),
+# both changed after its first rows (5d2a85d) under the same hash.
+RULE_VERSIONS = {SCORE_GUIDED: 1}
 
 
 @dataclass(frozen=True)

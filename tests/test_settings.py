@@ -36,3 +36,22 @@ def test_settings_hash_is_computed_once_and_travels_with_the_value():
     assert vars(s)["settings_hash"] == first  # cached on the value, not recomputed per row
     copy = pickle.loads(pickle.dumps(s))  # what a worker receives
     assert vars(copy)["settings_hash"] == first and copy == s
+
+
+def test_a_changed_rule_changes_the_hash_of_its_runs_only(monkeypatch):
+    from attribution import quadrature
+
+    guided = settings(method="score_guided", steps=9).settings_hash
+    assert quadrature.RULE_VERSIONS["score_guided"] >= 1
+    monkeypatch.setattr(quadrature, "RULE_VERSIONS", {})
+    unversioned = settings(method="score_guided", steps=9).settings_hash
+    plain = settings().settings_hash
+    # rows of score_guided's first placement (made before versions) are not this run's
+    assert guided != unversioned
+    monkeypatch.setattr(quadrature, "RULE_VERSIONS", {"score_guided": 2})
+    assert settings(method="score_guided", steps=9).settings_hash not in (guided, unversioned)
+    # a rule that never changed (the default gausslegendre) keeps the hash runs made before
+    # versions recorded, whatever version another rule is at
+    monkeypatch.setattr(quadrature, "RULE_VERSIONS", {"riemann_trapezoid": 3})
+    assert settings().settings_hash == "b01a0c46b43c0795" == plain
+    assert settings(method="score_guided", steps=9).settings_hash == unversioned

@@ -13,6 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from attribution import quadrature
 from attribution.config import DEFAULTS, AttributionConfig, fields_from
 from attribution.methods.config import METHOD_OPTIONS, RANDOM_ALPHA, MethodConfig
 from attribution.strategies import StrategyConfig
@@ -76,7 +77,9 @@ class Settings:
         asked), max_pixels (checked on reuse), and batch sizes / jit_compile (how the same
         numbers are computed, equal to float rounding). ``preprocess`` counts only when it is
         not 'none', and ``precision`` only when not 'float32', so hashes of runs made before
-        these options existed stay valid.
+        these options existed stay valid. A rule whose placement changed since its first rows
+        adds its version (``attribution.quadrature.RULE_VERSIONS``), so rows an older placement
+        computed are never lent to this one.
 
         Computed once per Settings value (the job's, pickled to the workers with it), not once
         per row: hashing the whole value, 1001 ImageNet labels included, took ~10 ms a row.
@@ -119,6 +122,8 @@ class Settings:
             values[name] = getattr(self, name)
         if self.precision != _default("precision"):  # bfloat16/float16 change the numbers
             values["precision"] = self.precision
+        if quadrature.RULE_VERSIONS.get(self.method, 0):  # a rule changed since its first rows
+            values["rule_version"] = quadrature.RULE_VERSIONS[self.method]
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
