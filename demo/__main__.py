@@ -60,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=240, help="held-out images to audit")
     parser.add_argument("--seed", type=int, default=0)
     args, pipeline_args = parser.parse_known_args(argv)
+    for refused, message in (  # before anything is generated or trained
+        (args.count < 1, f"--count must be >= 1, got {args.count}"),
+        (
+            not 0 <= args.seed < 2**32,
+            f"--seed must be from 0 to 2**32 - 1 (Keras), got {args.seed}",
+        ),
+    ):
+        if refused:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from pipeline.console import quiet_start_up
