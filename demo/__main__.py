@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from pipeline.launch import Parser
 from transforms.layout import REPORT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def job_argv(data: str, saved_model, output_dir: str, *flags: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,

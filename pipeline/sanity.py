@@ -46,6 +46,7 @@ with quiet_start_up():  # TensorFlow's C++ start-up banners, written straight to
     from pipeline import folder, options, run
 from pipeline import lock as locks
 from pipeline.evidence import read_summaries
+from pipeline.launch import Parser
 from transforms.files import (
     NotRead,
     OutputWriteError,
@@ -90,7 +91,7 @@ def max_file_bytes(rest: list[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pipeline.sanity",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
