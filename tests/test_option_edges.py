@@ -251,3 +251,13 @@ def test_the_other_commands_refuse_their_own_edges_in_one_line_before_any_work(
         (said,) = capsys.readouterr().err.strip().splitlines()
         assert (code, said[: len(line)]) == (2, line), (module, argv)
         assert not (tmp_path / "out").exists(), (module, argv)  # no sample copied, no cache
+
+
+def test_a_model_input_too_large_for_one_call_says_so_not_a_batch_size_that_cannot_fit():
+    ours, _ = options.parse(REQUIRED)
+    with pytest.raises(options.UsageError) as refused:  # 4.5 GiB an image: no batch fits
+        options.validate_with_model(ours, 3, (20000, 20000))
+    assert str(refused.value).startswith("the model input 20000x20000 is 4.5 GiB an image")
+    assert "pass a smaller --image_size" in str(refused.value)
+    with pytest.raises(options.UsageError, match="pass --batch_size 10 or less"):
+        options.validate_with_model(ours, 3, (4096, 4096))  # 192 MiB an image
