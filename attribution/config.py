@@ -60,6 +60,9 @@ MAX_BATCH = 4096
 MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples: each sample is a whole IG
 MAX_RISE_MASKS = 65536  # --rise_masks: one forward row per mask and image (32x the default)
 MAX_RISE_GRID = 64  # --rise_grid: cells a side of a RISE mask (the paper uses 7)
+# --rise_masks x --rise_grid^2: every mask's grid is held in float64 (256 MB here, with as much
+# again while drawn; 65536 masks of 64 x 64 held 2 GB and drew 2 GB more)
+MAX_RISE_CELLS = 2**25
 # --grid_cells: the grid column holds G^2 shares a row, and the strategy stage's hotspot search
 # takes G^4 steps a strategy (64: 0.3 s, 128: 4 s, 1000: hours); --write_raw keeps every pixel
 MAX_GRID_CELLS = 64
@@ -353,6 +356,12 @@ class AttributionConfig(Options):
             )
         if not 1 <= self.rise_grid <= MAX_RISE_GRID:
             raise ValueError(f"--rise_grid must be from 1 to {MAX_RISE_GRID}, got {self.rise_grid}")
+        if self.rise_masks * self.rise_grid**2 > MAX_RISE_CELLS:
+            raise ValueError(
+                f"--rise_masks x --rise_grid^2 must be at most {MAX_RISE_CELLS} (each mask's "
+                f"grid is held in memory), got {self.rise_masks} x {self.rise_grid}^2: pass "
+                f"fewer masks or a coarser grid"
+            )
         if not 0 < self.rise_p < 1:
             raise ValueError(f"--rise_p must be in (0, 1), got {self.rise_p}")
 

@@ -12,7 +12,7 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from attribution.config import MAX_BATCH, AttributionConfig
-from attribution.faithfulness import parse_kinds
+from attribution.faithfulness import check_mufidelity_size, parse_kinds
 from attribution.methods.config import GUIDED_STEPS, QUADRATURE_ALPHA, RANDOM_ALPHA
 from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
@@ -314,6 +314,11 @@ def validate_with_model(
             f"--target {o.target}: the model has {num_classes} classes "
             f"(0 to {num_classes - 1}); pass one of them, or predicted"
         )
+    if "mufidelity" in parse_kinds(o.faithfulness):
+        try:
+            check_mufidelity_size(o.mufidelity_subsets, o.mufidelity_grid, image_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     row_bytes = image_size[0] * image_size[1] * 3 * 4
     if row_bytes > MAX_CALL_BYTES:  # "--batch_size 1 or less" would not fit either
         raise UsageError(

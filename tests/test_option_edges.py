@@ -74,6 +74,10 @@ REFUSED = [  # (flags, the message's start): the option's own check, before any 
     (["--mufidelity_grid", "1"], "--mufidelity_grid must be 0 (single-pixel subsets) or from 2"),
     (["--rise_masks", "0"], "--rise_masks must be an even number from 2 to 65536"),
     (["--rise_p", "nan"], "--rise_p must be in (0, 1), got nan"),
+    (
+        ["--rise_masks", "65536", "--rise_grid", "64"],
+        "--rise_masks x --rise_grid^2 must be at most",
+    ),
     (["--report_classes", "0"], "--report_classes must be >= 1, got 0"),
     (["--commit_interval", "nan"], "--commit_interval must be >= 0 seconds, got nan"),
     (["--lock_timeout", "nan"], "--lock_timeout must be > 0 seconds, got nan"),
@@ -144,6 +148,7 @@ ACCEPTED = [  # meaningful edges, kept as given (the job at these runs below)
     (["--max_blur_sigma", "1024"], "max_blur_sigma", 1024.0),
     (["--strategy_ablation_samples", "0"], "strategy_ablation_samples", 0),
     (["--lock_timeout=1e308"], "lock_timeout", 1e308),
+    (["--rise_masks", "65536", "--rise_grid", "22"], "rise_grid", 22),  # 32M cells
 ]
 
 
@@ -261,3 +266,16 @@ def test_a_model_input_too_large_for_one_call_says_so_not_a_batch_size_that_cann
     assert "pass a smaller --image_size" in str(refused.value)
     with pytest.raises(options.UsageError, match="pass --batch_size 10 or less"):
         options.validate_with_model(ours, 3, (4096, 4096))  # 192 MiB an image
+
+
+def test_mufidelity_subsets_that_draw_too_much_for_the_model_input_are_refused_at_model_load():
+    flags = ["--faithfulness", "mufidelity", "--mufidelity_subsets", "4096"]
+    ours, _ = options.parse([*REQUIRED, *flags, "--mufidelity_grid", "0"])  # single pixels
+    with pytest.raises(options.UsageError) as refused:  # 4096 x 50176 draws: 1.6 GB an image
+        options.validate_with_model(ours, 3, (224, 224))
+    assert str(refused.value).startswith("--mufidelity_subsets 4096 x 50176 cells of the 224x224")
+    assert str(refused.value).endswith("pass fewer subsets or a --mufidelity_grid from 2 to 128")
+    options.validate_with_model(ours, 3, (16, 16))  # 4096 x 256: fine
+    for grid in ("128", "9"):  # 2^26 draws exactly; the default grid
+        ours, _ = options.parse([*REQUIRED, *flags, "--mufidelity_grid", grid])
+        options.validate_with_model(ours, 3, (224, 224))
