@@ -60,6 +60,15 @@ MAX_BATCH = 4096
 MAX_SAMPLES = 1024  # --noise_samples, --baseline_samples: each sample is a whole IG
 MAX_RISE_MASKS = 65536  # --rise_masks: one forward row per mask and image (32x the default)
 MAX_RISE_GRID = 64  # --rise_grid: cells a side of a RISE mask (the paper uses 7)
+# --rise_masks x --rise_grid^2: every mask's grid is held in float64 (256 MB here, with as much
+# again while drawn; 65536 masks of 64 x 64 held 2 GB and drew 2 GB more)
+MAX_RISE_CELLS = 2**25
+# --grid_cells: the grid column holds G^2 shares a row, and the strategy stage's hotspot search
+# takes G^4 steps a strategy (64: 0.3 s, 128: 4 s, 1000: hours); --write_raw keeps every pixel
+MAX_GRID_CELLS = 64
+# --max_blur_sigma: blur_ig's FFTs are 4 sigma longer than the image (1e6 pixels: 20 GB)
+MAX_BLUR_SIGMA = 1024.0
+MAX_NOISE_SIGMA = 1.0  # --noise_sigma: the whole [0, 1] input range; inf made every row NaN
 
 
 def option(default, help: str, *, choices: tuple | None = None, type: type | None = None):
@@ -285,28 +294,41 @@ class AttributionConfig(Options):
                 "--method score_guided places points on straight paths by a scan of their "
                 "scores; blur_ig's path is not one: use another --method with blur_ig"
             )
-        if self.tolerance < 0:
+        if not 0 <= self.tolerance < float("inf"):  # nan failed every worker's engine
             raise ValueError(
-                f"--tolerance must be >= 0 (0 disables refinement), got {self.tolerance}"
+                f"--tolerance must be >= 0 (0 disables refinement) and finite, got {self.tolerance}"
             )
         if self.tolerance > 0 and self.max_steps < self.steps:
             raise ValueError(f"--max_steps ({self.max_steps}) must be >= --steps ({self.steps})")
         for name in ("batch_size", "image_batch_size", "max_pixels", "grid_cells"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.grid_cells > MAX_GRID_CELLS:
+            raise ValueError(
+                f"--grid_cells must be <= {MAX_GRID_CELLS} (the grid column holds its square "
+                f"a row and the strategy search grows with its 4th power; --write_raw keeps "
+                f"every pixel), got {self.grid_cells}"
+            )
 
     def _check_methods(self) -> None:
         """The options of --attribution's methods (image-size limits: at model load)."""
         baselines = parse_baselines(self.baseline)
-        if not self.noise_sigma > 0:
-            raise ValueError(f"--noise_sigma must be > 0, got {self.noise_sigma!r}")
+        if self.seed < 0:  # NumPy's generators (strategies, --randomize) refuse it mid-run
+            raise ValueError(f"--seed must be >= 0, got {self.seed}")
+        for name, limit, unit in (
+            ("noise_sigma", MAX_NOISE_SIGMA, " (the whole [0, 1] input range)"),
+            ("max_blur_sigma", MAX_BLUR_SIGMA, " pixels"),
+        ):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"--{name} must be > 0, got {value!r}")
+            if value > limit:
+                raise ValueError(f"--{name} must be at most {limit:g}{unit}, got {value!r}")
         for name in ("noise_samples", "baseline_samples"):
             if not 1 <= getattr(self, name) <= MAX_SAMPLES:
                 raise ValueError(
                     f"--{name} must be from 1 to {MAX_SAMPLES}, got {getattr(self, name)!r}"
                 )
-        if not self.max_blur_sigma > 0:
-            raise ValueError(f"--max_blur_sigma must be > 0, got {self.max_blur_sigma!r}")
         for name in ("guided_fraction", "xrai_top_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"--{name} must be in (0, 1], got {getattr(self, name)!r}")
@@ -334,6 +356,12 @@ class AttributionConfig(Options):
             )
         if not 1 <= self.rise_grid <= MAX_RISE_GRID:
             raise ValueError(f"--rise_grid must be from 1 to {MAX_RISE_GRID}, got {self.rise_grid}")
+        if self.rise_masks * self.rise_grid**2 > MAX_RISE_CELLS:
+            raise ValueError(
+                f"--rise_masks x --rise_grid^2 must be at most {MAX_RISE_CELLS} (each mask's "
+                f"grid is held in memory), got {self.rise_masks} x {self.rise_grid}^2: pass "
+                f"fewer masks or a coarser grid"
+            )
         if not 0 < self.rise_p < 1:
             raise ValueError(f"--rise_p must be in (0, 1), got {self.rise_p}")
 

@@ -50,6 +50,7 @@ row per region.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -127,6 +128,23 @@ def check_mufidelity(subsets: int, fraction: float, grid: int) -> None:
         raise ValueError(
             f"--mufidelity_grid must be 0 (single-pixel subsets) or from 2 to {MAX_GRID} "
             f"cells a side, got {grid!r}"
+        )
+
+
+# --mufidelity_subsets x the cells of the model input: one float64 draw each per image (512 MB
+# here; 4096 subsets of single pixels of a 224 x 224 input drew 1.6 GB and kept as much again)
+MAX_SUBSET_DRAWS = 2**26
+
+
+def check_mufidelity_size(subsets: int, grid: int, image_size: tuple[int, int]) -> None:
+    """ValueError when the subsets of a model input this size draw too much memory an image."""
+    cells = cell_map(image_size, grid)[1]
+    if subsets * cells > MAX_SUBSET_DRAWS:
+        raise ValueError(
+            f"--mufidelity_subsets {subsets} x {cells} cells of the {image_size[0]}x"
+            f"{image_size[1]} model input (--mufidelity_grid {grid}) is over {MAX_SUBSET_DRAWS} "
+            f"random draws an image: pass fewer subsets or a --mufidelity_grid from 2 to "
+            f"{math.isqrt(MAX_SUBSET_DRAWS // subsets)}"
         )
 
 

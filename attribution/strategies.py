@@ -46,6 +46,7 @@ KMEANS_RESTARTS = 10
 KMEANS_ITERATIONS = 100
 PROTOTYPES = 6  # image ids per strategy, most typical first
 MAX_STRATEGIES = 50  # --max_strategies 100000 chose k = 1,999 of 2,000 rows and never ended
+MAX_SAMPLE = 20000  # --strategy_sample, --strategy_ablation_samples: rows per class
 HOTSPOT_LIFT = 2.0  # a cell joins the hotspot when it holds more than this x its even share
 
 
@@ -94,10 +95,15 @@ class StrategyConfig:
                 f"jumps sit at the top of the spectrum: k-means then runs with nearly one "
                 f"strategy per row), got {self.max_strategies}"
             )
-        if self.strategy_sample > 20000:
+        if self.strategy_sample > MAX_SAMPLE:
             raise ValueError(
-                f"--strategy_sample must be <= 20000 (the clustering holds an n x n "
+                f"--strategy_sample must be <= {MAX_SAMPLE} (the clustering holds an n x n "
                 f"affinity), got {self.strategy_sample}"
+            )
+        if self.strategy_ablation_samples > MAX_SAMPLE:  # 2^63 failed the job in Beam
+            raise ValueError(
+                f"--strategy_ablation_samples must be <= {MAX_SAMPLE} (each member is re-read "
+                f"and ablated twice), got {self.strategy_ablation_samples}"
             )
         if self.strategy_min_rows > self.strategy_sample:
             raise ValueError(

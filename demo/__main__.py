@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from pipeline.launch import Parser
 from transforms.layout import REPORT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,7 @@ def job_argv(data: str, saved_model, output_dir: str, *flags: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m demo",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=240, help="held-out images to audit")
     parser.add_argument("--seed", type=int, default=0)
     args, pipeline_args = parser.parse_known_args(argv)
+    for refused, message in (  # before anything is generated or trained
+        (args.count < 1, f"--count must be >= 1, got {args.count}"),
+        (
+            not 0 <= args.seed < 2**32,
+            f"--seed must be from 0 to 2**32 - 1 (Keras), got {args.seed}",
+        ),
+    ):
+        if refused:
+            print(f"error: {message}", file=sys.stderr)
+            return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from pipeline.console import quiet_start_up

@@ -12,11 +12,11 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from attribution.config import MAX_BATCH, AttributionConfig
-from attribution.faithfulness import parse_kinds
+from attribution.faithfulness import check_mufidelity_size, parse_kinds
 from attribution.methods.config import GUIDED_STEPS, QUADRATURE_ALPHA, RANDOM_ALPHA
 from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
-from pipeline.launch import UsageError, command_parser
+from pipeline.launch import Parser, UsageError, command_parser
 from transforms import job_config
 from transforms.files import absolute
 from transforms.job_config import JobConfig
@@ -177,7 +177,7 @@ def _switch_values(flags: list[str]) -> list[str]:
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     """argv -> (validated contract options, PipelineOptions with everything)."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre = Parser(prog="python -m pipeline", add_help=False, allow_abbrev=False)
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     flags = _switch_values((_config_flags(known.config) if known.config else []) + rest)
@@ -314,9 +314,21 @@ def validate_with_model(
             f"--target {o.target}: the model has {num_classes} classes "
             f"(0 to {num_classes - 1}); pass one of them, or predicted"
         )
-    call_bytes = o.batch_size * image_size[0] * image_size[1] * 3 * 4
+    if "mufidelity" in parse_kinds(o.faithfulness):
+        try:
+            check_mufidelity_size(o.mufidelity_subsets, o.mufidelity_grid, image_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    row_bytes = image_size[0] * image_size[1] * 3 * 4
+    if row_bytes > MAX_CALL_BYTES:  # "--batch_size 1 or less" would not fit either
+        raise UsageError(
+            f"the model input {image_size[0]}x{image_size[1]} is {row_bytes / 1024**3:.1f} GiB "
+            f"an image, over the {MAX_CALL_BYTES / 1024**3:g} GiB a model call may hold: pass "
+            f"a smaller --image_size"
+        )
+    call_bytes = o.batch_size * row_bytes
     if call_bytes > MAX_CALL_BYTES:
-        fits = max(1, MAX_CALL_BYTES // (image_size[0] * image_size[1] * 3 * 4))
+        fits = MAX_CALL_BYTES // row_bytes
         raise UsageError(
             f"--batch_size {o.batch_size} puts {call_bytes / 1024**3:.1f} GiB "
             f"of {image_size[0]}x{image_size[1]} inputs in one model call: pass "

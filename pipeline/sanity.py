@@ -46,6 +46,7 @@ with quiet_start_up():  # TensorFlow's C++ start-up banners, written straight to
     from pipeline import folder, options, run
 from pipeline import lock as locks
 from pipeline.evidence import read_summaries
+from pipeline.launch import Parser
 from transforms.files import (
     NotRead,
     OutputWriteError,
@@ -90,7 +91,7 @@ def max_file_bytes(rest: list[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pipeline.sanity",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -243,6 +244,8 @@ def check(argv: list[str]) -> tuple[bool, str, str]:
         if any(r == flag or r.startswith(flag + "=") for r in rest):
             raise options.UsageError(f"{flag} is set by python -m pipeline.sanity itself: drop it")
     out = absolute(args.output_dir)
+    # the stages' options (--steps 0, --seed -1 ...) refused now, not after the sample is copied
+    options.parse(stage_argv(args, rest, out, randomization.STAGES[0]))
     matched = run.match_inputs(absolute(args.input_pattern), exclude=out)  # never our outputs
     taken = take_folder(out, args.overwrite, args.lock_timeout)
     try:
@@ -284,35 +287,38 @@ def take_folder(out: str, overwrite: bool, lock_timeout: float) -> folder.Taken:
         ) from None
 
 
+def stage_argv(args, rest: list[str], out: str, stage: str) -> list[str]:
+    """The command line of one stage's run (``original``: the model as it is)."""
+    argv = [
+        "--model",
+        args.model,
+        "--input_pattern",
+        f"{out}/sample/*",
+        "--output_dir",
+        f"{out}/stages/{stage}",
+        "--write_raw",
+        "--faithfulness",
+        "none",
+        "--strategies",  # the check compares maps; strategies would cost ablations
+        "none",
+        "--no_report",
+        "--overwrite",  # each stage's folder is this check's own, rewritten on a rerun
+        "--seed",
+        str(args.seed),
+        "--progress_interval",
+        "0",
+        *rest,
+    ]
+    return argv if stage == "original" else [*argv, "--randomize", stage]
+
+
 def _check(args, rest: list[str], out: str, matched: list[str]) -> tuple[bool, str, str]:
     chosen = sample(matched, args.sample, args.seed)
     copies = copy_sample(chosen, f"{out}/sample", max_file_bytes(rest))
     maps, masks = {}, {}
     for stage in ("original", *randomization.STAGES):
-        argv_stage = [
-            "--model",
-            args.model,
-            "--input_pattern",
-            f"{out}/sample/*",
-            "--output_dir",
-            f"{out}/stages/{stage}",
-            "--write_raw",
-            "--faithfulness",
-            "none",
-            "--strategies",  # the check compares maps; strategies would cost ablations
-            "none",
-            "--no_report",
-            "--overwrite",  # each stage's folder is this check's own, rewritten on a rerun
-            "--seed",
-            str(args.seed),
-            "--progress_interval",
-            "0",
-            *rest,
-        ]
-        if stage != "original":
-            argv_stage += ["--randomize", stage]
         print(f"sanity check: stage {stage}", flush=True)
-        result = run.run(argv_stage)
+        result = run.run(stage_argv(args, rest, out, stage))
         if result.manifest is not None and not result.manifest.get("complete", True):
             raise RuntimeError(
                 f"the {stage} run did not account for every input: {result.manifest['counts']}"

@@ -20,6 +20,9 @@ from transforms.layout import ARTIFACT_FOLDERS
 INPUT_FORMATS = ("files", "tfrecord")
 ARTIFACTS = ARTIFACT_FOLDERS  # what --artifacts may name: the per-image folders
 RUN_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
+# --progress_interval: a day; past threading's TIMEOUT_MAX (inf, 1e308) the progress thread
+# died with an OverflowError traceback in the middle of the run
+MAX_PROGRESS_INTERVAL = 86400.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,16 @@ class JobConfig(Options):
             raise ValueError(f"--lock_timeout must be > 0 seconds, got {self.lock_timeout}")
         if not self.commit_interval >= 0:
             raise ValueError(f"--commit_interval must be >= 0 seconds, got {self.commit_interval}")
+        if not 0 <= self.progress_interval <= MAX_PROGRESS_INTERVAL:
+            raise ValueError(
+                f"--progress_interval must be from 0 (no progress lines) to "
+                f"{MAX_PROGRESS_INTERVAL:g} seconds, got {self.progress_interval}"
+            )
+        if not self.image_key.strip():
+            raise ValueError(
+                f"--image_key must name the TFRecord feature holding the encoded image, e.g. "
+                f"{JOB_DEFAULTS.image_key}; got {self.image_key!r}"
+            )
 
 
 JOB_DEFAULTS = JobConfig()
@@ -168,6 +181,10 @@ JOB_DEFAULTS = JobConfig()
 def artifacts(text: str, write_raw: bool = False) -> tuple[str, ...]:
     """``masks,overlays`` -> ("masks", "overlays"); ``none`` -> (); --write_raw adds raw."""
     names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if not names:  # '' was none silently
+        raise ValueError(
+            f"--artifacts: empty ({text!r}); use a comma list of {', '.join(ARTIFACTS)}, or none"
+        )
     if names == ["none"]:
         names = []
     unknown = [n for n in names if n not in ARTIFACTS]

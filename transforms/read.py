@@ -26,6 +26,7 @@ from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 
 DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
+READ_CHUNK = 16 * 1024 * 1024  # most bytes one read of an input asks for
 
 
 class UnsafeInput(Exception):
@@ -107,11 +108,9 @@ def open_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
 def read_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     """The bytes of a listed input, never more than ``max_bytes`` (a file that grew past the
     limit after its size was checked is refused too)."""
-    with open_input(uri, max_bytes) as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {max_bytes} bytes: not read")
-    return data
+    with open_input(uri, max_bytes) as f:  # in chunks: read(max_bytes + 1) allocated that
+        bounded = _Bounded(f, max_bytes)  # much (a huge --max_file_bytes failed every file)
+        return b"".join(iter(lambda: bounded.read(READ_CHUNK), b""))
 
 
 class _Bounded:

@@ -72,6 +72,8 @@ def run(argv: list[str]) -> dict:
         parse_threshold(text)
     if args.max_strategy_shift is not None and not 0 <= args.max_strategy_shift <= 1:
         raise UsageError(f"--max_strategy_shift must be in [0, 1], got {args.max_strategy_shift}")
+    if args.top < 0:  # was shown as 0 silently
+        raise UsageError(f"--top must be >= 0 (0 shows no image), got {args.top}")
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -134,7 +136,7 @@ def run(argv: list[str]) -> dict:
     publish(
         f"{out}/drift_summary.json", json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
     )
-    html = page.render(result, classes, summary.most_changed(drift, max(0, args.top)))
+    html = page.render(result, classes, summary.most_changed(drift, args.top))
     publish(f"{out}/drift.html", html.encode("utf-8"))
     return result
 

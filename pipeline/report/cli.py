@@ -6,11 +6,12 @@ import argparse
 import os
 import sys
 
+from pipeline.launch import Parser
 from transforms.layout import REPORT
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m pipeline.report",
         description="Write DIR/report.html, a self-contained HTML report of a pipeline run; "
         "with several DIRs, a page putting their methods side by side (--output).",
