@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
-import json
 import platform
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.files import RunFolderError, publish, read_manifest, read_parquet
+from transforms.files import RunFolderError, json_bytes, publish, read_manifest, read_parquet
 from transforms.layout import ERRORS, MANIFEST, SUMMARIES, join
 from transforms.records import NAMESPACE
 
@@ -114,9 +113,10 @@ def build(
 
 def write(output_dir: str, manifest: dict) -> str:
     """Write ``manifest.json`` atomically (temporary name + rename): a reader sees the old
-    manifest or the new one, never a part; a failed write raises OutputWriteError naming it."""
+    manifest or the new one, never a part; a failed write raises OutputWriteError naming it.
+    Strict JSON: ``--lock_timeout inf`` is recorded as "inf" (``json_bytes``)."""
     path = join(output_dir, MANIFEST)
-    publish(path, json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
+    publish(path, json_bytes(manifest))
     return path
 
 

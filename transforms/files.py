@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import stat
 import uuid
@@ -78,6 +79,26 @@ def publish(path: str, data: bytes) -> None:
             pass
         reason = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
         raise OutputWriteError(f"{WRITE_ERROR} {path}: {reason}") from None
+
+
+def json_bytes(value) -> bytes:
+    """``value`` as strict JSON (RFC 8259: what jq, JavaScript and BigQuery read), indented
+    with sorted keys: a float that is not finite (``--lock_timeout inf``, a NaN measure) is
+    written as the string "inf", "-inf" or "nan" where ``json.dumps`` writes the bare
+    ``Infinity`` / ``NaN`` those readers refuse; other values it cannot encode as ``str``."""
+    return json.dumps(
+        _finite(value), indent=2, sort_keys=True, default=str, allow_nan=False
+    ).encode("utf-8")
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def publish_table(path: str, table: pa.Table) -> None:

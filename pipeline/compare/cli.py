@@ -7,7 +7,6 @@ Beam and pyarrow are imported after the arguments are parsed, so ``--help`` star
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -80,7 +79,7 @@ def run(argv: list[str]) -> dict:
     from pipeline.compare import graph, page, strategies, summary
     from pipeline.folder import delete_tree, make_dirs
     from pipeline.launch import ship_package
-    from transforms.files import absolute, publish, read_manifest, read_parquet
+    from transforms.files import absolute, json_bytes, publish, read_manifest, read_parquet
 
     out = absolute(args.output_dir)
     runs, records, manifests = {}, {}, {}
@@ -133,9 +132,7 @@ def run(argv: list[str]) -> dict:
         "strategies": strategy_drift,
         "max_strategy_shift": args.max_strategy_shift,
     }
-    publish(
-        f"{out}/drift_summary.json", json.dumps(result, indent=2, sort_keys=True).encode("utf-8")
-    )
+    publish(f"{out}/drift_summary.json", json_bytes(result))
     html = page.render(result, classes, summary.most_changed(drift, args.top))
     publish(f"{out}/drift.html", html.encode("utf-8"))
     return result
