@@ -353,9 +353,11 @@ def _commit_context(prepared: Prepared, claim: Claim, not_in_run: int) -> Commit
     previous = prepared.previous
     return CommitContext(
         config={
+            # Beam's options as given, then ours as resolved (absolute --input_pattern,
+            # --output_dir, --reuse_from): the report matches originals against the pattern
+            **prepared.pipeline_options.get_all_options(drop_default=True),
             **vars(opts),
             "run_id": claim.run_id,
-            **prepared.pipeline_options.get_all_options(drop_default=True),
             "resolved_image_size": list(model.image_size),
         },
         model={

@@ -297,6 +297,42 @@ def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
     assert (out / "manifest.json").exists()
 
 
+def test_relative_paths_are_recorded_resolved_so_the_report_shows_the_originals(
+    tiny_model, tmp_path
+):
+    """The README's example passes relative paths. The manifest's config records the
+    pattern the run matched (absolute): the report shows an original only if that pattern
+    matches its uri, so with the pattern as typed it showed every original as missing."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (9, 7), (120, 30 * i, 200)).save(folder / f"x{i}.png")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            *job_argv("in/*.png", "out", tiny_model),
+            *FAST,
+            "--faithfulness",
+            "none",
+            "--strategies",
+            "none",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    config = json.loads((out / "manifest.json").read_text())["config"]
+    assert (config["input_pattern"], config["output_dir"]) == (f"{folder}/*.png", str(out))
+    page = (out / "report.html").read_text()
+    assert "original missing" not in page and "does not match the run" not in page
+    assert 'alt="original"' in page  # drawn, not said missing
+
+
 def test_multi_process_direct_runner_gives_the_same_outputs(tiny_model, mixed_folder, tmp_path):
     folder, names, bad = mixed_folder
     outs = {}
