@@ -271,25 +271,24 @@ def test_cli_help_lists_options_with_defaults():
         assert text in result.stdout
 
 
+def cli_job(*argv, cwd=REPO) -> subprocess.CompletedProcess:
+    """``python -m pipeline ARGV`` in a process of its own, started in ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_cli_entry_point_runs_the_job(tiny_model, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     Image.new("RGB", (9, 7), (120, 30, 200)).save(folder / "x.png")
     out = tmp_path / "out"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            *job_argv(f"{folder}/*.png", str(out), tiny_model),
-            *FAST,
-            "--progress_interval",
-            "0.5",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = cli_job(
+        *job_argv(f"{folder}/*.png", str(out), tiny_model), *FAST, "--progress_interval", "0.5"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "attributed 1 of 1 images" in result.stdout
@@ -307,22 +306,11 @@ def test_relative_paths_are_recorded_resolved_so_the_report_shows_the_originals(
     folder.mkdir()
     for i in range(2):
         Image.new("RGB", (9, 7), (120, 30 * i, 200)).save(folder / f"x{i}.png")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline",
-            *job_argv("in/*.png", "out", tiny_model),
-            *FAST,
-            "--faithfulness",
-            "none",
-            "--strategies",
-            "none",
-        ],
+    result = cli_job(
+        *job_argv("in/*.png", "out", tiny_model),
+        *FAST,
+        *("--faithfulness", "none", "--strategies", "none"),
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "out"
