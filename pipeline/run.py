@@ -400,16 +400,17 @@ def _release_and_raise(
         raise Interrupted(signum) from None
     if isinstance(error, (options.UsageError, KeyboardInterrupt)):
         raise error
+    # a dry run takes no folder: nothing to resume
+    then = "rerun with --resume" if taken is not None else "a dry run writes nothing: rerun it"
     line = _write_error(error)
     if line:
         raise RunFailed(
-            f"{line}; the run was not committed: free space or fix the "
-            f"permission, then rerun with --resume"
+            f"{line}; the run was not committed: free space or fix the permission, then {then}"
         ) from None
     raise RunFailed(
         f"the job failed ({type(error).__name__}: "
         f"{(str(error).strip().splitlines() or [''])[-1][:300]}); the run was "
-        f"not committed: rerun with --resume"
+        f"not committed: {then}"
     ) from error
 
 

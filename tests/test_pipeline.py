@@ -376,6 +376,22 @@ def test_dataflow_dry_run_builds_the_job_graph_offline(tiny_model, mixed_folder)
     assert options["setup_file"].endswith("setup.py") and os.path.exists(options["setup_file"])
 
 
+def test_a_failed_dry_run_does_not_tell_to_resume_a_folder_it_never_took(
+    tiny_model, mixed_folder, monkeypatch, capsys
+):
+    folder, _, _ = mixed_folder
+
+    def fails(job_):
+        raise RuntimeError("the runner refused the graph")
+
+    monkeypatch.setattr(job, "_run_job", fails)
+    argv = [*job_argv(f"{folder}/*", "gs://no-such-bucket/ig/out", tiny_model), *DATAFLOW_DRY_RUN]
+    assert job.main(argv) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the runner refused the graph" in line and "a dry run writes nothing" in line
+    assert "--resume" not in line
+
+
 def test_a_step_that_fails_once_is_retried_without_duplicates_or_leftovers(
     tiny_model, mixed_folder, tmp_path, monkeypatch
 ):
