@@ -127,7 +127,7 @@ class AttributionConfig(Options):
     method: str = option(
         "gausslegendre",
         "Quadrature rule; score_guided places a trapezoid rule's points by a forward scan "
-        "of the path's scores (15 forward rows an image).",
+        "of the path's scores (15 to 63 forward rows an image: more where the curve moves).",
         choices=METHODS,
     )
     steps: int = option(16, "Points of the initial rule.")

@@ -73,6 +73,7 @@ def test_findings_state_the_planted_shortcut(run_dir):
     ) in found
     assert "class `square`: 60% of positive attribution falls on region `object`" in text
     assert "3 of 18 rows (16.7%) did not converge to the completeness tolerance 0.01" in text
+    assert "raise --max_steps (this run: 256)" in text
     assert "2 of 20 inputs (10.0%) failed; most common: UnsupportedFormat at decode (2)." in found
     assert [s.class_id for s in report.shortcuts(report.read_run(str(run_dir)))] == [0]
 
