@@ -44,6 +44,7 @@ from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.inputs import InputSpec
 from transforms.job_config import input_format
 from transforms.layout import inputs_path
+from transforms.read import listed_uri
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
@@ -81,6 +82,7 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
     if exclude:
         inside = exclude.rstrip("/") + "/"
         paths = [p for p in paths if not p.startswith(inside)]
+    paths = sorted({listed_uri(p) for p in paths})  # a name that is not UTF-8, escaped
     if not paths:
         raise options.UsageError(
             f"--input_pattern {pattern} matches no file: check the path "
@@ -97,7 +99,9 @@ def _match_local(pattern: str) -> list[str]:
     what it is and every entry the pattern names is accounted for."""
     if not re.search(r"[*?\[]", pattern):  # one path
         return [pattern] if os.path.lexists(pattern) else []
-    regex = re.compile(FileSystem.translate_pattern(pattern))
+    # Beam's ``*`` stops at a backslash too (a Windows separator); here it is a character a
+    # POSIX file name may hold, so ``dir/*`` lists every file in dir.
+    regex = re.compile(FileSystem.translate_pattern(pattern).replace(r"[^/\\]*", "[^/]*"))
     root = os.path.dirname(re.match(r"[^*?\[]*", pattern).group(0)) or "."
     walks_folders = "**" in pattern
     levels = pattern[len(root) :].strip("/").count("/")  # folders below root it reaches

@@ -1,0 +1,55 @@
+"""What a careless operator or an attacker puts in the input folder, the run folder or the
+previous run: each test is a defect found by trying it on real files and processes, fixed,
+and kept from coming back."""
+
+import os
+
+from job_argv import job_argv
+from test_run_folder import (
+    FAST,
+    assert_clean_and_committed,
+    images,
+    rows,
+    run_cli,
+)
+
+from pipeline import run as job
+
+
+def test_file_names_that_are_not_utf8_or_hold_a_backslash_are_attributed(tiny_model, tmp_path):
+    """A Latin-1 byte in a name crashed the job at listing (a uri is UTF-8 text in Parquet),
+    and Beam's ``*`` stops at a backslash, so ``dir/*`` left ``back\\slash.png`` out of the
+    run without a word. Both are POSIX file names: both are attributed, the first listed with
+    its byte written ``\\xe9``."""
+    folder = images(tmp_path / "in", 1)
+    data = (folder / "img000.png").read_bytes()
+    (folder / "back\\slash.png").write_bytes(data)
+    with open(os.fsencode(folder) + b"/latin1-\xe9.png", "wb") as f:
+        f.write(data)
+    out = tmp_path / "out"
+    done = run_cli(*job_argv(f"{folder}/*", out, tiny_model), *FAST, "--no_report")
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = assert_clean_and_committed(out)
+    assert (m["counts"]["matched"], m["counts"]["attributed"]) == (3, 3)
+    found = {r["image_uri"]: r for r in rows(out)}
+    assert set(found) == {
+        f"{folder}/img000.png",
+        f"{folder}/back\\slash.png",
+        f"{folder}/latin1-\\xe9.png",
+    }
+    assert len({r["content_sha256"] for r in found.values()}) == 1  # the same bytes were read
+    assert len({r["image_id"] for r in found.values()}) == 3
+
+
+def test_an_argument_that_is_not_utf8_is_refused_before_any_work(tiny_model, tmp_path, capsys):
+    """An --output_dir with a Latin-1 byte took the folder, then failed with a traceback in
+    Beam's options and said to rerun with --resume, which failed the same way."""
+    folder = images(tmp_path / "in", 1)
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/o\xe9ut")
+    assert job.main([*job_argv(f"{folder}/*", out, tiny_model), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: '{tmp_path}/o\\xe9ut' is not UTF-8 text: name the path in UTF-8 "
+        f"(rename it, or use a link whose name is)"
+    ), err
+    assert not os.path.lexists(out)
