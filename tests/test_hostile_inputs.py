@@ -12,6 +12,7 @@ from test_run_folder import (
     rows,
     run_cli,
 )
+from test_run_folder_trust import copy_run, first_run  # noqa: F401 - first_run is a fixture
 
 from pipeline import run as job
 
@@ -53,3 +54,32 @@ def test_an_argument_that_is_not_utf8_is_refused_before_any_work(tiny_model, tmp
         f"(rename it, or use a link whose name is)"
     ), err
     assert not os.path.lexists(out)
+
+
+def test_a_previous_mask_hard_linked_to_a_file_outside_is_not_copied(
+    tiny_model,
+    first_run,
+    tmp_path,  # noqa: F811 (the fixture)
+):
+    """A hard link is a regular file, not a symbolic link: masks/<name> hard linked to a
+    secret outside the run folder (and an overlay replaced by text) were copied into the new
+    run, which said complete. Only a PNG (.npy for raw) is copied; those images are computed
+    again."""
+    folder, previous = copy_run(first_run, tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:the secret\n")
+    masks, overlays = (sorted(os.listdir(previous / kind)) for kind in ("masks", "overlays"))
+    os.remove(previous / "masks" / masks[0])
+    os.link(secret, previous / "masks" / masks[0])
+    (previous / "overlays" / overlays[1]).write_bytes(b"not an overlay\n")
+    out = tmp_path / "out"
+    done = run_cli(
+        *job_argv(f"{folder}/*", out, tiny_model), *FAST, "--no_report", "--reuse_from", previous
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = assert_clean_and_committed(out)
+    assert (m["counts"]["reused"], m["counts"]["computed"]) == (2, 2)
+    for kind in ("masks", "overlays"):
+        for path in (out / kind).iterdir():
+            assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), path
+    assert secret.read_bytes() == b"root:x:0:0:the secret\n"

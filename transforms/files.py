@@ -185,9 +185,13 @@ def read_artifact(
     if len(data) > max_bytes:
         raise NotRead(f"{path} has more than {max_bytes} bytes: not read")
     if not data.startswith(SIGNATURES[folder]):
-        kind = "a .npy array" if folder == RAW else "a PNG"
-        raise NotRead(f"{path} is not {kind}: not shown")
+        raise NotRead(f"{path} is not {_kind(folder)}: not shown")
     return data
+
+
+def _kind(folder: str) -> str:
+    """What a file of an artifact folder must be (its SIGNATURES' start says so)."""
+    return "a .npy array" if folder == RAW else "a PNG"
 
 
 def delete_matching(pattern: str) -> int:
@@ -506,9 +510,19 @@ def run_file_path(roots: list[str], folder: str, uri: str) -> str:
 def read_run_file(roots: list[str], folder: str, uri: str, max_bytes: int) -> bytes:
     """The bytes of a mask, overlay or raw file named by a row, read only from inside
     ``<root>/<folder>/`` (``run_file_path``), only a regular file that is not a symbolic link,
-    at most ``max_bytes``. RunFolderError says why not (a missing file too); other storage
-    errors propagate."""
+    at most ``max_bytes``, starting as its kind does (PNG, .npy: a hard link in masks/ to
+    a file outside is not copied). RunFolderError says why not (a missing file too); other
+    storage errors propagate."""
     path = run_file_path(roots, folder, uri)
+    data = _read_run_file(path, max_bytes)
+    if not data.startswith(SIGNATURES[folder]):
+        raise RunFolderError(f"{path} is not {_kind(folder)}")
+    return data
+
+
+def _read_run_file(path: str, max_bytes: int) -> bytes:
+    """The bytes at ``path``: a regular file (not a link, never blocking), at most
+    ``max_bytes``; RunFolderError otherwise."""
     if "://" in path:
         found = FileSystems.match([path])[0].metadata_list
         if not found:
