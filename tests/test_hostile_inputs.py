@@ -2,9 +2,12 @@
 previous run: each test is a defect found by trying it on real files and processes, fixed,
 and kept from coming back."""
 
+import io
 import os
 
+import numpy as np
 from job_argv import job_argv
+from PIL import Image
 from test_run_folder import (
     FAST,
     assert_clean_and_committed,
@@ -58,8 +61,8 @@ def test_an_argument_that_is_not_utf8_is_refused_before_any_work(tiny_model, tmp
 
 def test_a_previous_mask_hard_linked_to_a_file_outside_is_not_copied(
     tiny_model,
-    first_run,
-    tmp_path,  # noqa: F811 (the fixture)
+    first_run,  # noqa: F811 (the fixture)
+    tmp_path,
 ):
     """A hard link is a regular file, not a symbolic link: masks/<name> hard linked to a
     secret outside the run folder (and an overlay replaced by text) were copied into the new
@@ -83,3 +86,56 @@ def test_a_previous_mask_hard_linked_to_a_file_outside_is_not_copied(
         for path in (out / kind).iterdir():
             assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), path
     assert secret.read_bytes() == b"root:x:0:0:the secret\n"
+
+
+def test_record_ids_that_are_empty_or_name_another_records_position_keep_rows_unique(
+    tiny_model, tmp_path
+):
+    """A record without an id is named by its position ``<shard>#<index>``, and so are the
+    errors rows of repeated ids and corrupt frames. An id that *was* such a position (a
+    forged or careless dataset) made two rows of one uri (in summaries and in errors), and
+    an empty id a row the commit did not count: both runs ended incomplete, exit 1, however
+    often rerun. Now an empty id is no id, and an id naming another record's position is an
+    errors row (``PositionId``) at the record's own position."""
+    from test_tfrecord import example, write
+
+    (tmp_path / "in").mkdir()
+    pixels = [
+        (np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8) for i in range(5)
+    ]
+    pngs = [_png(p) for p in pixels]
+    s, t = str(tmp_path / "in" / "s.tfrecord"), str(tmp_path / "in" / "t.tfrecord")
+    write(
+        s,
+        [
+            example(image__encoded=pngs[0], image__id=b""),
+            example(image__encoded=pngs[1], image__id=f"{s}#3".encode()),
+            example(image__encoded=pngs[2], image__id=f"{t}#1".encode()),
+            example(image__encoded=pngs[3]),
+        ],
+    )
+    write(t, [example(image__encoded=pngs[4], image__id=f"{t}#0".encode())] * 2)
+    with open(t, "r+b") as f:  # the second record cut short: a CorruptRecord at t#1
+        f.truncate(os.path.getsize(t) - 20)
+    out = tmp_path / "out"
+    done = run_cli(
+        *job_argv(f"{tmp_path}/in/*.tfrecord", out, tiny_model),
+        "--id_key",
+        "image/id",
+        *FAST,
+        "--no_report",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = assert_clean_and_committed(out)
+    assert sorted(r["image_uri"] for r in rows(out)) == [f"{s}#0", f"{s}#3", f"{t}#0"]
+    errors = {r["image_uri"]: r["error_type"] for r in rows(out, "errors")}
+    assert errors == {f"{s}#1": "PositionId", f"{s}#2": "PositionId", f"{t}#1": "CorruptRecord"}
+    counts = m["counts"]
+    assert (counts["matched"], counts["attributed"], counts["failed"]) == (6, 3, 3)
+    assert counts["in_both"] == 0 and counts["missing"] == 0
+
+
+def _png(pixels) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()

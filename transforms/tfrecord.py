@@ -5,7 +5,9 @@ masked crc32c of the data) from Beam's FileSystems, one record at a time, so a s
 held in memory whole. Work is split across shards: one shard per element after a Reshuffle.
 
 - the image bytes are under ``--image_key`` (default ``image/encoded``);
-- ``image_uri`` is the value of ``--id_key`` when given, else ``<shard uri>#<record index>``;
+- ``image_uri`` is the value of ``--id_key`` when given (and not empty), else the record's
+  position ``<shard uri>#<record index>``; an id that is another record's position is an
+  ``errors`` row (``PositionId``), so no two rows share a uri;
 - ``--label_key`` (an int64 class index, or bytes text looked up in ``--labels``) becomes
   ``true_class`` / ``true_label``;
 - with ``--regions_from_record``, boxes ``image/object/bbox/{xmin,ymin,xmax,ymax}``
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from dataclasses import dataclass
 
@@ -112,7 +115,8 @@ def parse_record(payload: bytes, default_uri: str, keys: RecordKeys) -> Record:
     uri = default_uri
     if keys.id_key and keys.id_key in features and _values(features[keys.id_key]):
         value = _values(features[keys.id_key])[0]
-        uri = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        named = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        uri = named or default_uri  # an empty id names no row: the record's position does
     image = _values(features[keys.image_key]) if keys.image_key in features else []
     record = Record(uri, image[0] if image and isinstance(image[0], bytes) else None)
     if keys.label_key and keys.label_key in features and _values(features[keys.label_key]):
@@ -231,18 +235,47 @@ def decode_or_error(
         return None, error_row(record.uri, "preprocess", e)
 
 
+# A record's position, ``<shard uri>#<index>``: the uri of a record without an id, and of
+# the errors row of a corrupt frame or a repeated id.
+_POSITION = re.compile(r"(.+)#(0|[1-9][0-9]*)")
+
+
+def names_another_position(record_id: str, position: str, shards) -> bool:
+    """An ``--id_key`` value that is the position of another record of this run's shards:
+    used as a uri it would be the uri of that record's row or errors row too."""
+    found = _POSITION.fullmatch(record_id)
+    return record_id != position and found is not None and found.group(1) in shards
+
+
+def position_id_row(record: Record, shard: str, index: int) -> dict:
+    return error_row(
+        f"{shard}#{index}",
+        "read",
+        f"record id {record.uri!r} names the position of another record of this run "
+        f"(<shard>#<index> names a record without an id): this record is not attributed",
+        "PositionId",
+    )
+
+
 class RecordsFn(beam.DoFn):
     """shard uri -> (image_id, (shard uri, index, Record or an `errors` row)) for each record,
-    every record counted as matched; a corrupt frame is an `errors` row in its place."""
+    every record counted as matched; a corrupt frame is an `errors` row in its place, and so
+    is a record whose id is another record's position (``names_another_position``; ``shards``
+    the run's shard uris)."""
 
     def __init__(self, keys: RecordKeys):
         self.keys = keys
         self.matched = Metrics.counter(NAMESPACE, "matched")
 
-    def process(self, uri):
+    def process(self, uri, shards=()):
         for index, record in read_shard(uri, self.keys):
             self.matched.inc()
-            item = corrupt_row(uri, index, record) if isinstance(record, CorruptRecord) else record
+            if isinstance(record, CorruptRecord):
+                item = corrupt_row(uri, index, record)
+            elif names_another_position(record.uri, f"{uri}#{index}", shards):
+                item = position_id_row(record, uri, index)
+            else:
+                item = record
             yield (
                 image_id(item.uri if isinstance(item, Record) else item["image_uri"]),
                 (
@@ -290,9 +323,10 @@ def unique_records(pbegin, pattern: str, keys: RecordKeys, inputs_list: str | No
     """The records of a shard pattern, one per id (``FirstOfIdFn``): main output Records,
     ERRORS the corrupt frames and repeated ids. Records are grouped by id in the graph,
     which moves their bytes through one shuffle."""
+    shards = shard_paths(pbegin, pattern, inputs_list)
     return (
-        shard_paths(pbegin, pattern, inputs_list)
-        | "ReadShards" >> beam.ParDo(RecordsFn(keys))
+        shards
+        | "ReadShards" >> beam.ParDo(RecordsFn(keys), beam.pvalue.AsList(shards))
         | "GroupById" >> beam.GroupByKey()
         | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="records")
     )
