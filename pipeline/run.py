@@ -80,8 +80,7 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
     if exclude:
-        inside = exclude.rstrip("/") + "/"
-        paths = [p for p in paths if not p.startswith(inside)]
+        paths = _outside(paths, exclude)
     paths = sorted({listed_uri(p) for p in paths})  # a name that is not UTF-8, escaped
     if not paths:
         raise options.UsageError(
@@ -89,6 +88,28 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
             f"and quote the pattern so the shell does not expand it"
         )
     return paths
+
+
+def _outside(paths: list[str], folder: str) -> list[str]:
+    """``paths`` without ``folder`` and what lies under it, also when a path reaches it
+    through a symbolic link on the way (``in/**`` where ``in`` links to the folder holding
+    the run folder): each path's folder is resolved (once per folder), its name is not."""
+    folder = folder.rstrip("/")
+    real = folder if "://" in folder else os.path.realpath(folder)
+    resolved: dict[str, str] = {}
+
+    def under(path: str) -> bool:
+        if path == folder or path.startswith(folder + "/"):
+            return True
+        if "://" in path:
+            return False
+        parent, name = os.path.split(path)
+        if parent not in resolved:
+            resolved[parent] = os.path.realpath(parent)
+        found = os.path.join(resolved[parent], name)
+        return found == real or found.startswith(real + "/")
+
+    return [p for p in paths if not under(p)]
 
 
 def _match_local(pattern: str) -> list[str]:

@@ -6,6 +6,7 @@ import io
 import os
 
 import numpy as np
+import pytest
 from job_argv import job_argv
 from PIL import Image
 from test_run_folder import (
@@ -139,3 +140,27 @@ def _png(pixels) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("through", ["a_link_to_the_inputs", "a_pattern_of_one_level"])
+def test_the_output_folder_is_never_an_input_however_the_pattern_reaches_it(
+    tiny_model, tmp_path, through
+):
+    """The output folder was left out of the inputs by comparing path strings: a pattern
+    reaching it through a link (``link/**``, link -> the folder holding it) read the first
+    run's masks, parts and manifest as inputs on the rerun (25 failed rows of 36), and
+    ``data/*`` listed the output folder itself as a failed input."""
+    data = images(tmp_path / "data", 3)
+    os.symlink(data, tmp_path / "link")
+    pattern = f"{tmp_path}/link/**" if through == "a_link_to_the_inputs" else f"{data}/*"
+    out = data / "out"
+    argv = [*job_argv(pattern, out, tiny_model), *FAST, "--no_report"]
+    assert job.main(argv) == 0
+    assert job.main(argv + ["--overwrite"]) == 0  # its masks and Parquet are there now
+    m = assert_clean_and_committed(out)
+    assert (m["counts"]["matched"], m["counts"]["failed"]) == (3, 0), m["counts"]
+    assert sorted(os.path.basename(r["image_uri"]) for r in rows(out)) == [
+        "img000.png",
+        "img001.png",
+        "img002.png",
+    ]
