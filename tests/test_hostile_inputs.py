@@ -16,7 +16,7 @@ from test_run_folder import (
     rows,
     run_cli,
 )
-from test_run_folder_trust import copy_run, first_run  # noqa: F401 - first_run is a fixture
+from test_run_folder_trust import copy_run, first_run, rewrite_rows  # noqa: F401 (fixture)
 
 from pipeline import run as job
 
@@ -164,3 +164,32 @@ def test_the_output_folder_is_never_an_input_however_the_pattern_reaches_it(
         "img001.png",
         "img002.png",
     ]
+
+
+def test_previous_rows_with_null_cells_are_not_reused_and_do_not_crash_the_job(
+    tiny_model,
+    first_run,  # noqa: F811 (the fixture)
+    tmp_path,
+):
+    """A previous part rewritten with its digest (a forger, or a tool that nulls a cell):
+    an extra copy of a row whose target_rank is null, and a row whose width is null. The
+    split sorted and multiplied them: TypeError, exit 1, and every --resume failed again.
+    Now such rows are not reused: the extra copy is dropped, the other image computed."""
+    folder, previous = copy_run(first_run, tmp_path)
+    changed = {}
+
+    def forge(table):
+        table.append({**table[0], "target_rank": None})
+        table[1]["width"] = None
+        changed["uri"] = table[1]["image_uri"]
+
+    rewrite_rows(previous, forge)
+    out = tmp_path / "out"
+    done = run_cli(
+        *job_argv(f"{folder}/*", out, tiny_model), *FAST, "--no_report", "--reuse_from", previous
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = assert_clean_and_committed(out)
+    assert (m["counts"]["reused"], m["counts"]["computed"], m["counts"]["rows"]) == (3, 1, 4)
+    recomputed = next(r for r in rows(out) if r["image_uri"] == changed["uri"])
+    assert recomputed["width"] == 12
