@@ -79,8 +79,11 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
             paths = _match_local(pattern)
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
-    if exclude:
-        paths = _outside(paths, exclude)
+    if exclude and paths and not (paths := _outside(paths, exclude)):
+        raise options.UsageError(
+            f"--input_pattern {pattern}: every file it matches is in --output_dir {exclude} "
+            f"(a run never reads its own folder): write the run to another folder"
+        )
     paths = sorted({listed_uri(p) for p in paths})  # a name that is not UTF-8, escaped
     if not paths:
         raise options.UsageError(

@@ -193,3 +193,21 @@ def test_previous_rows_with_null_cells_are_not_reused_and_do_not_crash_the_job(
     assert (m["counts"]["reused"], m["counts"]["computed"], m["counts"]["rows"]) == (3, 1, 4)
     recomputed = next(r for r in rows(out) if r["image_uri"] == changed["uri"])
     assert recomputed["width"] == 12
+
+
+def test_an_output_dir_linking_to_the_input_folder_is_refused_naming_why(
+    tiny_model, tmp_path, capsys
+):
+    """--output_dir a link to the folder the pattern lists: every input is inside the run
+    folder. It was run (masks and parts written among the images, read back as inputs by
+    the next run); then refused as a pattern that "matches no file"."""
+    data = images(tmp_path / "data", 2)
+    os.symlink(data, tmp_path / "out")
+    before = sorted(os.listdir(data))
+    assert job.main([*job_argv(f"{data}/*", tmp_path / "out", tiny_model), *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: --input_pattern {data}/*: every file it matches is in --output_dir "
+        f"{tmp_path}/out (a run never reads its own folder): write the run to another folder"
+    ), err
+    assert sorted(os.listdir(data)) == before
