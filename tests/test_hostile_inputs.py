@@ -4,6 +4,9 @@ and kept from coming back."""
 
 import io
 import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from job_argv import job_argv
 from PIL import Image
 from test_run_folder import (
     FAST,
+    REPO,
     assert_clean_and_committed,
     images,
     rows,
@@ -211,3 +215,49 @@ def test_an_output_dir_linking_to_the_input_folder_is_refused_naming_why(
         f"{tmp_path}/out (a run never reads its own folder): write the run to another folder"
     ), err
     assert sorted(os.listdir(data)) == before
+
+
+def _as_a_user(argv: list[str]) -> list[str]:
+    """``argv`` run without root's power to write anywhere (its capabilities dropped), so a
+    folder's permissions hold as for any user; as it is when not root."""
+    if os.geteuid() != 0:
+        return argv
+    if not shutil.which("setpriv"):
+        pytest.skip("root without setpriv: permissions cannot be made to hold")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", caps, "--inh-caps", caps, "--", *argv]
+
+
+def test_an_overwrite_that_cannot_delete_a_folder_is_refused_before_deleting_anything(
+    tiny_model, tmp_path
+):
+    """masks/ of the earlier run is not writable for this user: --overwrite deleted the
+    parts, then stopped with a PermissionError traceback (exit 1), the folder half deleted
+    and its manifest naming parts that were gone. Now the plan checks it can delete every
+    path first: exit 2, one line, nothing deleted."""
+    folder = images(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    argv = [*job_argv(f"{folder}/*", out, tiny_model), *FAST, "--no_report"]
+    assert job.main(argv) == 0
+    (out / "masks").chmod(0o555)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    try:
+        done = subprocess.run(
+            _as_a_user([sys.executable, "-m", "pipeline", *argv, "--overwrite"]),
+            env={**os.environ, "PYTHONPATH": REPO},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        after = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    finally:
+        (out / "masks").chmod(0o755)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line == (
+        f"error: --overwrite: cannot delete {out}/masks ({out}/masks is not writable for this "
+        f"user): nothing was deleted; fix the permission or choose another --output_dir"
+    ), line
+    assert after == before
