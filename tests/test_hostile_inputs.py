@@ -261,3 +261,29 @@ def test_an_overwrite_that_cannot_delete_a_folder_is_refused_before_deleting_any
         f"user): nothing was deleted; fix the permission or choose another --output_dir"
     ), line
     assert after == before
+
+
+def test_a_fifo_or_a_device_matched_as_a_tfrecord_shard_is_an_error_row_not_a_hang(
+    tiny_model, tmp_path
+):
+    """Image files were opened only if regular, TFRecord shards were not: a FIFO named
+    x.tfrecord blocked the job forever (a link to /dev/zero would have been read without
+    end had its zeros been frames). Each is one errors row now, the good shard attributed."""
+    from test_tfrecord import example, write
+
+    (tmp_path / "in").mkdir()
+    pixels = (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8)
+    write(tmp_path / "in" / "good.tfrecord", [example(image__encoded=_png(pixels))])
+    os.mkfifo(tmp_path / "in" / "fifo.tfrecord")
+    os.symlink("/dev/zero", tmp_path / "in" / "zero.tfrecord")
+    out = tmp_path / "out"
+    done = run_cli(
+        *job_argv(f"{tmp_path}/in/*.tfrecord", out, tiny_model), *FAST, "--no_report", timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_clean_and_committed(out)
+    assert [r["image_uri"] for r in rows(out)] == [f"{tmp_path}/in/good.tfrecord#0"]
+    errors = {r["image_uri"]: r["message"] for r in rows(out, "errors")}
+    assert sorted(errors) == [f"{tmp_path}/in/fifo.tfrecord#0", f"{tmp_path}/in/zero.tfrecord#0"]
+    assert "not a regular file (a FIFO)" in errors[f"{tmp_path}/in/fifo.tfrecord#0"]
+    assert "(a character device)" in errors[f"{tmp_path}/in/zero.tfrecord#0"]

@@ -27,6 +27,7 @@ from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 
 DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
+ANY_SIZE = 1 << 62  # open_input's limit for a file read as a stream (a TFRecord shard)
 
 
 class UnsafeInput(Exception):

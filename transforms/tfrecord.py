@@ -29,12 +29,11 @@ import struct
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
-from transforms.read import listed_uris
+from transforms.read import ANY_SIZE, listed_uris, open_input
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 from transforms.regions import region_key
 
@@ -179,8 +178,8 @@ def read_shard(uri: str, keys: RecordKeys):
     """(index, Record) for each record of a shard, streamed; a corrupt or truncated frame
     yields (index, CorruptRecord) and ends the shard."""
     index = 0
-    try:
-        f = FileSystems.open(uri, compression_type="uncompressed")
+    try:  # a regular file only, as an image file: a FIFO or a device would block or never end
+        f = open_input(uri, ANY_SIZE)
     except Exception as e:  # noqa: BLE001 - a shard that cannot be opened is one error row
         yield index, CorruptRecord(f"cannot open the shard: {type(e).__name__}: {e}")
         return
