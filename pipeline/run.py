@@ -115,6 +115,28 @@ def _outside(paths: list[str], folder: str) -> list[str]:
     return [p for p in paths if not under(p)]
 
 
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """What ``pattern`` matches, as a regular expression over whole paths. Beam's ``*`` stops
+    at a backslash too (a Windows separator); here it is a character a POSIX file name may
+    hold, so ``dir/*`` lists every file in dir."""
+    return re.compile(FileSystem.translate_pattern(pattern).replace(r"[^/\\]*", "[^/]*"))
+
+
+def check_listed(listed: list[str], pattern: str, output_dir: str) -> None:
+    """--resume reads the interrupted attempt's staged list, a file in the run folder: each
+    entry must be one the pattern covers, outside the folder, or UsageError (an edited list
+    would make the run read any file the job can, an image shown in its overlay)."""
+    regex = None if not re.search(r"[*?\[]", pattern) else _pattern_regex(pattern)
+    kept = set(_outside(listed, output_dir))
+    for uri in listed:
+        if uri not in kept or not (uri == pattern if regex is None else regex.match(uri)):
+            raise options.UsageError(
+                f"--resume: {inputs_path(output_dir)} lists {uri!r}, which --input_pattern "
+                f"{pattern} does not cover (or which is in the run folder): the list was "
+                f"changed; pass --overwrite to start again"
+            )
+
+
 def _match_local(pattern: str) -> list[str]:
     """Every local entry ``pattern`` names (Beam's pattern syntax: ``*`` within a folder,
     ``**`` across folders), in one walk that goes no deeper than the pattern reaches. Beam's
@@ -123,9 +145,7 @@ def _match_local(pattern: str) -> list[str]:
     what it is and every entry the pattern names is accounted for."""
     if not re.search(r"[*?\[]", pattern):  # one path
         return [pattern] if os.path.lexists(pattern) else []
-    # Beam's ``*`` stops at a backslash too (a Windows separator); here it is a character a
-    # POSIX file name may hold, so ``dir/*`` lists every file in dir.
-    regex = re.compile(FileSystem.translate_pattern(pattern).replace(r"[^/\\]*", "[^/]*"))
+    regex = _pattern_regex(pattern)
     root = os.path.dirname(re.match(r"[^*?\[]*", pattern).group(0)) or "."
     walks_folders = "**" in pattern
     levels = pattern[len(root) :].strip("/").count("/")  # folders below root it reaches
@@ -336,6 +356,7 @@ def take(prepared: Prepared) -> Claim:
     crashed = None
     if opts.resume:
         check_same_run(opts.output_dir, prepared.definition)
+        check_listed(folder.read_list(opts.output_dir) or [], opts.input_pattern, opts.output_dir)
         crashed = lock.read(opts.output_dir)
     run_id = opts.run_id
     if run_id is None and crashed is not None and crashed.run_id != "unknown":

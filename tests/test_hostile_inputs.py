@@ -9,16 +9,22 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from job_argv import job_argv
 from PIL import Image
 from test_run_folder import (
     FAST,
     REPO,
+    SLOW,
     assert_clean_and_committed,
     images,
+    kill_group,
     rows,
     run_cli,
+    spawn,
+    wait_for,
 )
 from test_run_folder_trust import copy_run, first_run, rewrite_rows  # noqa: F401 (fixture)
 
@@ -287,3 +293,31 @@ def test_a_fifo_or_a_device_matched_as_a_tfrecord_shard_is_an_error_row_not_a_ha
     assert sorted(errors) == [f"{tmp_path}/in/fifo.tfrecord#0", f"{tmp_path}/in/zero.tfrecord#0"]
     assert "not a regular file (a FIFO)" in errors[f"{tmp_path}/in/fifo.tfrecord#0"]
     assert "(a character device)" in errors[f"{tmp_path}/in/zero.tfrecord#0"]
+
+
+def test_resume_refuses_an_input_list_edited_to_name_files_outside_the_pattern(
+    tiny_model, tmp_path, capsys
+):
+    """--resume read the interrupted attempt's list (a file in the run folder) as it was: a
+    line added naming a private image outside --input_pattern was attributed, its overlay
+    (the picture itself) written into the run folder. Now the resume is refused before the
+    lock is taken, nothing moved."""
+    folder = images(tmp_path / "in", 4)
+    secret = images(tmp_path / "private", 1) / "img000.png"
+    out = tmp_path / "out"
+    argv = [*job_argv(f"{folder}/*", out, tiny_model), *SLOW]
+    proc = spawn(*argv)
+    assert wait_for(lambda: (out / ".staging" / "inputs.parquet").exists(), proc)
+    kill_group(proc)
+    listed = pq.read_table(out / ".staging" / "inputs.parquet")
+    uris = listed.column("uri").to_pylist() + [str(secret)]
+    forged = pa.table({"uri": uris}).replace_schema_metadata(listed.schema.metadata)
+    pq.write_table(forged, out / ".staging" / "inputs.parquet")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert job.main([str(a) for a in argv] + ["--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --resume: ") and f"lists '{secret}'" in err, err
+    assert "\n" not in err and "pass --overwrite" in err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert job.main([str(a) for a in argv] + ["--overwrite"]) == 0
+    assert str(secret) not in {r["image_uri"] for r in rows(out)}
