@@ -321,3 +321,35 @@ def test_resume_refuses_an_input_list_edited_to_name_files_outside_the_pattern(
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert job.main([str(a) for a in argv] + ["--overwrite"]) == 0
     assert str(secret) not in {r["image_uri"] for r in rows(out)}
+
+
+@pytest.mark.parametrize("reader", ["reuse_from", "report"])
+def test_a_fifo_named_like_a_part_is_refused_by_its_readers_never_waited_on(
+    tiny_model, tmp_path, reader
+):
+    """A FIFO named summaries/x.parquet in a folder being read (a run without manifest given
+    to --reuse_from, as a template run leaves; any run given to pipeline.report) blocked the
+    reader forever on open. Parts and manifests are opened as regular files only now."""
+    folder = images(tmp_path / "in", 1)
+    previous = tmp_path / "previous"
+    assert job.main([*job_argv(f"{folder}/*", previous, tiny_model), *FAST, "--no_report"]) == 0
+    os.mkfifo(previous / "summaries" / "zz.parquet")
+    if reader == "reuse_from":
+        os.remove(previous / "manifest.json")
+        argv = ["pipeline", *job_argv(f"{folder}/*", tmp_path / "out", tiny_model)]
+        argv += [*FAST, "--reuse_from", str(previous)]
+    else:
+        argv = ["pipeline.report", str(previous)]
+    done = subprocess.run(
+        [sys.executable, "-m", *argv],
+        env={**os.environ, "PYTHONPATH": REPO},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "Traceback" not in done.stderr
+    assert f"{previous}/summaries/zz.parquet cannot be read as Parquet" in line
+    assert "is not a regular file" in line, line

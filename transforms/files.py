@@ -92,8 +92,21 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def open_read(path: str):
+    """A run-folder file opened for reading: locally only a regular file (links followed),
+    opened without blocking, so a FIFO or a device named like a part or a manifest is an
+    OSError, never a reader waiting forever; elsewhere as Beam opens it."""
+    if "://" in path:
+        return FileSystems.open(path, compression_type="uncompressed")
+    f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"{path} is not a regular file")
+    return f
+
+
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_read(path) as f:
         return f.read()
 
 
@@ -180,7 +193,7 @@ def read_artifact(
             raise NotRead(f"{path} does not exist")
         if found[0].size_in_bytes > max_bytes:
             raise NotRead(f"{path} has {found[0].size_in_bytes} bytes, more than {max_bytes}")
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise NotRead(f"{path} has more than {max_bytes} bytes: not read")
@@ -386,7 +399,7 @@ def _unreadable(path: str, error: BaseException) -> RunFolderError:
 def parquet_schema(path: str) -> pa.Schema:
     """The schema of one Parquet file (its footer only)."""
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             schema = pq.read_schema(f)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise _unreadable(path, e) from None
@@ -396,7 +409,7 @@ def parquet_schema(path: str) -> pa.Schema:
 def parquet_batches(path: str, columns: list[str], batch_size: int = BATCH_ROWS):
     """Record batches of ``columns`` of one Parquet file, streamed."""
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             part = pq.ParquetFile(f)
             check_part(path, part.schema_arrow)
             yield from part.iter_batches(batch_size=batch_size, columns=columns)
@@ -412,7 +425,7 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
     tables = []
     for path in parquet_parts(folder, kind):
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
+            with open_read(path) as f:
                 tables.append(pq.read_table(f, columns=columns))
         except (OSError, ValueError, pa.ArrowException) as e:
             raise _unreadable(path, e) from None
@@ -424,7 +437,7 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
 def file_digest(path: str) -> dict:
     """``{"size": bytes, "sha256": hex}`` of one file, read in chunks."""
     digest, size = hashlib.sha256(), 0
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_read(path) as f:
         while chunk := f.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
@@ -468,7 +481,10 @@ def verify_parts(folder: str, manifest: dict, kinds=(SUMMARIES,)) -> bool:
             if not isinstance(expected, dict):
                 verifiable = False
                 continue
-            found = file_digest(path)
+            try:
+                found = file_digest(path)
+            except OSError as e:  # a FIFO or a device in the part's place
+                raise _unreadable(path, e) from None
             for key in ("size", "sha256"):
                 if found[key] != expected.get(key):
                     raise RunFolderError(
