@@ -353,3 +353,31 @@ def test_a_fifo_named_like_a_part_is_refused_by_its_readers_never_waited_on(
     assert line.startswith("error: ") and "Traceback" not in done.stderr
     assert f"{previous}/summaries/zz.parquet cannot be read as Parquet" in line
     assert "is not a regular file" in line, line
+
+
+def test_a_frame_claiming_a_huge_length_is_a_corrupt_record_read_in_bounded_memory(tmp_path):
+    """A TFRecord frame's length has its own checksum, so a forged shard can claim any
+    length: 2**40 bytes made the reader allocate it (MemoryError, the job failed), and 256
+    MB allocated 256 MB for a 100-byte shard. Now a claim over MAX_RECORD_BYTES is refused
+    unread, and a smaller one costs no more memory than the shard holds."""
+    import struct
+    import tracemalloc
+
+    from transforms.tfrecord import CorruptRecord, _masked_crc32c, read_frames
+
+    def shard(length):
+        head = struct.pack("<Q", length)
+        path = tmp_path / f"{length}.tfrecord"
+        path.write_bytes(head + struct.pack("<I", _masked_crc32c(head)) + b"x" * 100)
+        return path
+
+    with open(shard(2**40), "rb") as f, pytest.raises(CorruptRecord, match="more than"):
+        next(read_frames(f))
+    tracemalloc.start()
+    try:
+        with open(shard(2**28), "rb") as f, pytest.raises(CorruptRecord, match="truncated"):
+            next(read_frames(f))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, peak  # far below the 256 MB claimed

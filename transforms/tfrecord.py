@@ -57,6 +57,22 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+# The longest record read (an encoded image with its features); a frame claiming more is
+# refused before it is read.
+MAX_RECORD_BYTES = 1 << 30
+CHUNK_BYTES = 1 << 20
+
+
+def _read_at_most(stream, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream``, read in chunks: a length a frame only claims costs
+    no more memory than the shard holds."""
+    chunks, left = [], n
+    while left > 0 and (chunk := stream.read(min(left, CHUNK_BYTES))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_frames(stream):
     """Yield the payload of each TFRecord frame of a binary stream; CorruptRecord when a
     checksum fails or the stream ends inside a frame."""
@@ -69,7 +85,11 @@ def read_frames(stream):
         length, length_crc = struct.unpack("<QI", head)
         if _masked_crc32c(head[:8]) != length_crc:
             raise CorruptRecord("the length checksum does not match (corrupt frame)")
-        body = stream.read(length + 4)
+        if length > MAX_RECORD_BYTES:  # its length checksum holds: written so, not damaged
+            raise CorruptRecord(
+                f"a record of {length} bytes, more than {MAX_RECORD_BYTES} (not read)"
+            )
+        body = _read_at_most(stream, length + 4)
         if len(body) < length + 4:
             raise CorruptRecord(f"truncated: the shard ends inside a record of {length} bytes")
         data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
