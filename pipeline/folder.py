@@ -131,10 +131,8 @@ def take(
         )
     doomed = removable(output_dir, outputs) if overwrite and present else []
     mine = locks.Lock.new(run_id, local)
-    if owner is not None:
-        locks.remove_stale(output_dir)
     try:
-        locks.create(output_dir, mine)
+        locks.replace(output_dir, mine, stale=owner)
     except locks.LockHeld as e:
         raise UsageError(f"--output_dir {output_dir} is in use: {e}") from None
     try:

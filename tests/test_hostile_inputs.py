@@ -3,10 +3,12 @@ previous run: each test is a defect found by trying it on real files and process
 and kept from coming back."""
 
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -381,3 +383,53 @@ def test_a_frame_claiming_a_huge_length_is_a_corrupt_record_read_in_bounded_memo
     finally:
         tracemalloc.stop()
     assert peak < 16 * 2**20, peak  # far below the 256 MB claimed
+
+
+TAKE = """
+import sys, time
+from pipeline import folder
+from pipeline.launch import UsageError
+out, start, run_id = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+while time.time() < start:
+    pass
+try:
+    folder.take(out, run_id=run_id, overwrite=False, resume=True, lock_timeout=86400)
+    print("took")
+except UsageError as e:
+    print("refused" if "in use" in str(e) else f"refused otherwise: {e}")
+"""
+
+
+def test_two_resumes_of_one_stale_folder_at_once_take_it_once(tmp_path):
+    """Four processes --resume one folder whose lock is stale, at the same moment: each
+    judged the lock stale, then deleted whatever lock was there (another taker's fresh one
+    too) and created its own, so two or three took the folder, and others died deleting a
+    lock already gone (BeamIOError traceback). The stale lock is now deleted only if it is
+    still the one judged (one step among takers) and a lock is never seen half written:
+    exactly one takes it, the others are refused as in use."""
+    out = tmp_path / "out"
+    for trial in range(3):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        lock = {"run_id": "old", "host": os.uname().nodename, "pid": dead.pid}
+        lock.update(started_at="2026-01-01T00:00:00+00:00", token="x")
+        (out / ".lock").write_text(json.dumps(lock))
+        start = time.time() + 5  # after every process has imported
+        takers = [
+            subprocess.Popen(
+                [sys.executable, "-c", TAKE, str(out), str(start), f"run{i}"],
+                env={**os.environ, "PYTHONPATH": REPO},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        said = [p.communicate(timeout=120) for p in takers]
+        outcomes = sorted(stdout.strip() for stdout, _ in said)
+        assert outcomes == ["refused", "refused", "refused", "took"], (trial, said)
+        winner = json.loads((out / ".lock").read_text())["run_id"]
+        assert winner.startswith("run")
+        assert [n for n in os.listdir(out) if n.startswith(".lock")] == [".lock"]
