@@ -131,10 +131,8 @@ def take(
         )
     doomed = removable(output_dir, outputs) if overwrite and present else []
     mine = locks.Lock.new(run_id, local)
-    if owner is not None:
-        locks.remove_stale(output_dir)
     try:
-        locks.create(output_dir, mine)
+        locks.replace(output_dir, mine, stale=owner)
     except locks.LockHeld as e:
         raise UsageError(f"--output_dir {output_dir} is in use: {e}") from None
     try:
@@ -280,7 +278,24 @@ def removable(output_dir: str, outputs: tuple[str, ...] = OUTPUTS) -> list[str]:
     ]
     for p in paths:
         _check_inside(output_dir, p)
+        _check_deletable(p)
     return paths
+
+
+def _check_deletable(path: str) -> None:
+    """UsageError unless this process may delete ``path`` (locally: its folder, and every
+    folder inside it, writable): a plan that would stop half way is refused whole."""
+    if not _local(path) or not os.path.lexists(path):
+        return
+    folders = [os.path.dirname(path)]
+    if os.path.isdir(path) and not os.path.islink(path):
+        folders += [where for where, _, _ in os.walk(path)]
+    for folder in folders:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(
+                f"--overwrite: cannot delete {path} ({folder} is not writable for this "
+                f"user): nothing was deleted; fix the permission or choose another --output_dir"
+            )
 
 
 def _check_inside(output_dir: str, path: str, done: str = "nothing was deleted") -> None:
@@ -319,7 +334,12 @@ def remove_outputs(
     for path in removable(output_dir, outputs) if plan is None else plan:
         # checked again as it goes: a folder swapped for a link since the plan stops it
         _check_inside(output_dir, path, "the overwrite stopped there")
-        delete_tree(path)
+        try:
+            delete_tree(path)
+        except OSError as e:  # changed since the plan: one line, the lock is released
+            raise UsageError(
+                f"--overwrite: cannot delete {path} ({e.strerror}): the overwrite stopped there"
+            ) from None
 
 
 def remove_temporaries(output_dir: str) -> None:

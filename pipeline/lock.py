@@ -8,7 +8,9 @@ is tested with real processes (tests/test_run_folder.py).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
 import os
 import socket
@@ -148,17 +150,33 @@ def create(output_dir: str, lock: Lock) -> None:
         created = _create_gcs(path, data)
     else:
         os.makedirs(output_dir, exist_ok=True)
+        # written whole under a private name, then linked to .lock if absent: no reader ever
+        # sees a lock half written (it would be an unreadable lock, stale at once)
+        written = f"{path}.{lock.token}"
+        with open(written, "xb") as f:
+            f.write(data)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(written, path)
+            created = True
         except FileExistsError:
             created = False
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            created = True
+        except OSError:  # a filesystem without hard links: create in place, O_EXCL
+            created = _create_in_place(path, data)
+        finally:
+            os.remove(written)
     if not created:
         owner = read(output_dir)
         raise LockHeld(path, owner, False, f"locked by {owner.describe() if owner else 'a run'}")
+
+
+def _create_in_place(path: str, data: bytes) -> bool:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return True
 
 
 def _create_gcs(path: str, data: bytes) -> bool:  # pragma: no cover - needs Cloud Storage
@@ -181,6 +199,37 @@ def release(output_dir: str, token: str) -> bool:
         return False
     FileSystems.delete([lock_path(output_dir)])
     return True
+
+
+def replace(output_dir: str, lock: Lock, stale: Lock | None) -> None:
+    """Create ``lock``; when the folder had the lock ``stale`` (judged stale by the caller),
+    delete it first, only if it is still that one: LockHeld when another run replaced it
+    meanwhile (two --resume of one folder at once take it once). Locally the check, delete
+    and create are one step among takers (an flock on the folder)."""
+    if stale is None:
+        create(output_dir, lock)
+        return
+    with _takers_one_at_a_time(output_dir):
+        current = read(output_dir)
+        if current is not None and (current != stale or current.problem != stale.problem):
+            raise LockHeld(
+                lock_path(output_dir), current, False, f"taken by {current.describe()} meanwhile"
+            )
+        remove_stale(output_dir)
+        create(output_dir, lock)
+
+
+@contextlib.contextmanager
+def _takers_one_at_a_time(output_dir: str):
+    if "://" in output_dir:  # gs://: the generation precondition of create
+        yield
+        return
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def remove_stale(output_dir: str) -> None:

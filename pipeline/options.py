@@ -181,6 +181,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, PipelineOptions]:
     pre.add_argument("--config")
     known, rest = pre.parse_known_args(argv)
     flags = _switch_values((_config_flags(known.config) if known.config else []) + rest)
+    _refuse_undecodable(flags)
     flags, beam_flags = _split_labels(flags)
     ours, rest = help_parser().parse_known_args(flags)  # --help and type errors exit here
     _refuse_stray_values(rest)
@@ -202,6 +203,21 @@ def _refuse_stray_values(rest: list[str]) -> None:
                 f"none; a pattern the shell expanded must be quoted: --input_pattern "
                 f"'photos/*.png')"
             )
+
+
+def _refuse_undecodable(flags: list[str]) -> None:
+    """An argument that is not UTF-8 text (a path with a Latin-1 byte) cannot be recorded in
+    Beam's options, the manifest or the Parquet: refused now, not by a job that took the
+    folder and failed."""
+    for token in flags:
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = os.fsencode(token).decode("utf-8", "backslashreplace")
+            raise UsageError(
+                f"'{shown}' is not UTF-8 text: name the path in UTF-8 (rename it, or "
+                f"use a link whose name is)"
+            ) from None
 
 
 def given_options(flags: list[str]) -> list[str]:

@@ -44,6 +44,7 @@ from transforms.files import WRITE_ERROR, OutputWriteError, absolute
 from transforms.inputs import InputSpec
 from transforms.job_config import input_format
 from transforms.layout import inputs_path
+from transforms.read import listed_uri
 from transforms.regions import check_regions, names_any, pattern_root
 from transforms.reuse import PreviousRunError, previous_run
 from transforms.settings import Settings
@@ -78,15 +79,62 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
             paths = _match_local(pattern)
     except Exception as e:  # noqa: BLE001 - report any filesystem failure as a usage problem
         raise options.UsageError(f"--input_pattern {pattern}: cannot list it ({e})") from None
-    if exclude:
-        inside = exclude.rstrip("/") + "/"
-        paths = [p for p in paths if not p.startswith(inside)]
+    if exclude and paths and not (paths := _outside(paths, exclude)):
+        raise options.UsageError(
+            f"--input_pattern {pattern}: every file it matches is in --output_dir {exclude} "
+            f"(a run never reads its own folder): write the run to another folder"
+        )
+    paths = sorted({listed_uri(p) for p in paths})  # a name that is not UTF-8, escaped
     if not paths:
         raise options.UsageError(
             f"--input_pattern {pattern} matches no file: check the path "
             f"and quote the pattern so the shell does not expand it"
         )
     return paths
+
+
+def _outside(paths: list[str], folder: str) -> list[str]:
+    """``paths`` without ``folder`` and what lies under it, also when a path reaches it
+    through a symbolic link on the way (``in/**`` where ``in`` links to the folder holding
+    the run folder): each path's folder is resolved (once per folder), its name is not."""
+    folder = folder.rstrip("/")
+    real = folder if "://" in folder else os.path.realpath(folder)
+    resolved: dict[str, str] = {}
+
+    def under(path: str) -> bool:
+        if path == folder or path.startswith(folder + "/"):
+            return True
+        if "://" in path:
+            return False
+        parent, name = os.path.split(path)
+        if parent not in resolved:
+            resolved[parent] = os.path.realpath(parent)
+        found = os.path.join(resolved[parent], name)
+        return found == real or found.startswith(real + "/")
+
+    return [p for p in paths if not under(p)]
+
+
+def _pattern_regex(pattern: str) -> re.Pattern:
+    """What ``pattern`` matches, as a regular expression over whole paths. Beam's ``*`` stops
+    at a backslash too (a Windows separator); here it is a character a POSIX file name may
+    hold, so ``dir/*`` lists every file in dir."""
+    return re.compile(FileSystem.translate_pattern(pattern).replace(r"[^/\\]*", "[^/]*"))
+
+
+def check_listed(listed: list[str], pattern: str, output_dir: str) -> None:
+    """--resume reads the interrupted attempt's staged list, a file in the run folder: each
+    entry must be one the pattern covers, outside the folder, or UsageError (an edited list
+    would make the run read any file the job can, an image shown in its overlay)."""
+    regex = None if not re.search(r"[*?\[]", pattern) else _pattern_regex(pattern)
+    kept = set(_outside(listed, output_dir))
+    for uri in listed:
+        if uri not in kept or not (uri == pattern if regex is None else regex.match(uri)):
+            raise options.UsageError(
+                f"--resume: {inputs_path(output_dir)} lists {uri!r}, which --input_pattern "
+                f"{pattern} does not cover (or which is in the run folder): the list was "
+                f"changed; pass --overwrite to start again"
+            )
 
 
 def _match_local(pattern: str) -> list[str]:
@@ -97,7 +145,7 @@ def _match_local(pattern: str) -> list[str]:
     what it is and every entry the pattern names is accounted for."""
     if not re.search(r"[*?\[]", pattern):  # one path
         return [pattern] if os.path.lexists(pattern) else []
-    regex = re.compile(FileSystem.translate_pattern(pattern))
+    regex = _pattern_regex(pattern)
     root = os.path.dirname(re.match(r"[^*?\[]*", pattern).group(0)) or "."
     walks_folders = "**" in pattern
     levels = pattern[len(root) :].strip("/").count("/")  # folders below root it reaches
@@ -308,6 +356,7 @@ def take(prepared: Prepared) -> Claim:
     crashed = None
     if opts.resume:
         check_same_run(opts.output_dir, prepared.definition)
+        check_listed(folder.read_list(opts.output_dir) or [], opts.input_pattern, opts.output_dir)
         crashed = lock.read(opts.output_dir)
     run_id = opts.run_id
     if run_id is None and crashed is not None and crashed.run_id != "unknown":

@@ -113,8 +113,21 @@ def exists(path: str) -> bool:
     return FileSystems.exists(path)
 
 
+def open_read(path: str):
+    """A run-folder file opened for reading: locally only a regular file (links followed),
+    opened without blocking, so a FIFO or a device named like a part or a manifest is an
+    OSError, never a reader waiting forever; elsewhere as Beam opens it."""
+    if "://" in path:
+        return FileSystems.open(path, compression_type="uncompressed")
+    f = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"{path} is not a regular file")
+    return f
+
+
 def read_bytes(path: str) -> bytes:
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_read(path) as f:
         return f.read()
 
 
@@ -201,14 +214,18 @@ def read_artifact(
             raise NotRead(f"{path} does not exist")
         if found[0].size_in_bytes > max_bytes:
             raise NotRead(f"{path} has {found[0].size_in_bytes} bytes, more than {max_bytes}")
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise NotRead(f"{path} has more than {max_bytes} bytes: not read")
     if not data.startswith(SIGNATURES[folder]):
-        kind = "a .npy array" if folder == RAW else "a PNG"
-        raise NotRead(f"{path} is not {kind}: not shown")
+        raise NotRead(f"{path} is not {_kind(folder)}: not shown")
     return data
+
+
+def _kind(folder: str) -> str:
+    """What a file of an artifact folder must be (its SIGNATURES' start says so)."""
+    return "a .npy array" if folder == RAW else "a PNG"
 
 
 def delete_matching(pattern: str) -> int:
@@ -403,7 +420,7 @@ def _unreadable(path: str, error: BaseException) -> RunFolderError:
 def parquet_schema(path: str) -> pa.Schema:
     """The schema of one Parquet file (its footer only)."""
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             schema = pq.read_schema(f)
     except (OSError, ValueError, pa.ArrowException) as e:
         raise _unreadable(path, e) from None
@@ -413,7 +430,7 @@ def parquet_schema(path: str) -> pa.Schema:
 def parquet_batches(path: str, columns: list[str], batch_size: int = BATCH_ROWS):
     """Record batches of ``columns`` of one Parquet file, streamed."""
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_read(path) as f:
             part = pq.ParquetFile(f)
             check_part(path, part.schema_arrow)
             yield from part.iter_batches(batch_size=batch_size, columns=columns)
@@ -429,7 +446,7 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
     tables = []
     for path in parquet_parts(folder, kind):
         try:
-            with FileSystems.open(path, compression_type="uncompressed") as f:
+            with open_read(path) as f:
                 tables.append(pq.read_table(f, columns=columns))
         except (OSError, ValueError, pa.ArrowException) as e:
             raise _unreadable(path, e) from None
@@ -441,7 +458,7 @@ def read_parquet(folder: str, kind: str, columns: list[str] | None = None) -> pa
 def file_digest(path: str) -> dict:
     """``{"size": bytes, "sha256": hex}`` of one file, read in chunks."""
     digest, size = hashlib.sha256(), 0
-    with FileSystems.open(path, compression_type="uncompressed") as f:
+    with open_read(path) as f:
         while chunk := f.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
@@ -485,7 +502,10 @@ def verify_parts(folder: str, manifest: dict, kinds=(SUMMARIES,)) -> bool:
             if not isinstance(expected, dict):
                 verifiable = False
                 continue
-            found = file_digest(path)
+            try:
+                found = file_digest(path)
+            except OSError as e:  # a FIFO or a device in the part's place
+                raise _unreadable(path, e) from None
             for key in ("size", "sha256"):
                 if found[key] != expected.get(key):
                     raise RunFolderError(
@@ -527,9 +547,19 @@ def run_file_path(roots: list[str], folder: str, uri: str) -> str:
 def read_run_file(roots: list[str], folder: str, uri: str, max_bytes: int) -> bytes:
     """The bytes of a mask, overlay or raw file named by a row, read only from inside
     ``<root>/<folder>/`` (``run_file_path``), only a regular file that is not a symbolic link,
-    at most ``max_bytes``. RunFolderError says why not (a missing file too); other storage
-    errors propagate."""
+    at most ``max_bytes``, starting as its kind does (PNG, .npy: a hard link in masks/ to
+    a file outside is not copied). RunFolderError says why not (a missing file too); other
+    storage errors propagate."""
     path = run_file_path(roots, folder, uri)
+    data = _read_run_file(path, max_bytes)
+    if not data.startswith(SIGNATURES[folder]):
+        raise RunFolderError(f"{path} is not {_kind(folder)}")
+    return data
+
+
+def _read_run_file(path: str, max_bytes: int) -> bytes:
+    """The bytes at ``path``: a regular file (not a link, never blocking), at most
+    ``max_bytes``; RunFolderError otherwise."""
     if "://" in path:
         found = FileSystems.match([path])[0].metadata_list
         if not found:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 
 import apache_beam as beam
@@ -27,6 +28,7 @@ from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_
 
 DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
 READ_CHUNK = 16 * 1024 * 1024  # most bytes one read of an input asks for
+ANY_SIZE = 1 << 62  # open_input's limit for a file read as a stream (a TFRecord shard)
 
 
 class UnsafeInput(Exception):
@@ -40,8 +42,34 @@ class UnsafeInput(Exception):
         return self.message
 
 
+# A file name that is not UTF-8 cannot be a uri (Parquet and JSON hold UTF-8 text): it is
+# listed with each undecodable byte (always >= 0x80) as \\xNN, and read back from that form.
+_ESCAPED_BYTE = re.compile(r"\\x([89a-f][0-9a-f])")
+
+
+def listed_uri(path: str) -> str:
+    """``path`` as the run lists it: as it is when it is UTF-8 text, else with the bytes
+    that are not (``os.walk`` gives them as surrogates) written ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _local_path(uri: str) -> str:
+    """The local path a listed uri names: itself, or, when no such entry exists, the name
+    ``listed_uri`` escaped (only bytes >= 0x80 are unescaped: never a separator)."""
+    if "\\x" not in uri or os.path.lexists(uri):
+        return uri
+    # the surrogate U+DC80..U+DCFF is how Python's os functions name a byte 0x80..0xff
+    unescaped = _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), uri)
+    return unescaped if os.path.lexists(unescaped) else uri
+
+
 def _open_local(path: str, max_bytes: int):
     """A regular local file opened without ever blocking, after its size was checked."""
+    path = _local_path(path)
     try:
         info = os.stat(path)  # follows links: a link to /dev/zero is a character device
     except FileNotFoundError:

@@ -134,9 +134,22 @@ def has_summaries(folder: str) -> bool:
 LATER_COLUMNS = {"strategy": None, "forward_evaluations": None}
 
 
+# The cells the split reads from a previous row (to group, order and size its rows): a row
+# with any of them null or of another type (a damaged or forged part) is not reused.
+KEY_CELLS = {
+    "image_uri": str,
+    "target_rank": int,
+    "target_class": int,
+    "predicted_class": int,
+    "width": int,
+    "height": int,
+}
+
+
 def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
     """Previous rows made by this model with these settings, keyed by content hash. Rows of
-    an older schema (a column missing) are not reused: they could not be copied as they are.
+    an older schema (a column missing) are not reused: they could not be copied as they are;
+    nor are rows missing a ``KEY_CELLS`` value (their image is computed again).
     Rows from before the methods' columns were added are plain IG rows and are completed."""
     if row.get("settings_hash") == settings_hash and "attribution" not in row:
         row = {**row, "attribution": "ig", "xrai_region_ranks": None}
@@ -147,6 +160,7 @@ def key_reusable(row: dict, model_fingerprint: str, settings_hash: str):
         and row.get("settings_hash") == settings_hash
         and row.get("content_sha256")
         and all(name in row for name in SUMMARY_SCHEMA.names)
+        and all(isinstance(row[name], kind) for name, kind in KEY_CELLS.items())
     ):
         yield row["content_sha256"], row
 

@@ -5,7 +5,9 @@ masked crc32c of the data) from Beam's FileSystems, one record at a time, so a s
 held in memory whole. Work is split across shards: one shard per element after a Reshuffle.
 
 - the image bytes are under ``--image_key`` (default ``image/encoded``);
-- ``image_uri`` is the value of ``--id_key`` when given, else ``<shard uri>#<record index>``;
+- ``image_uri`` is the value of ``--id_key`` when given (and not empty), else the record's
+  position ``<shard uri>#<record index>``; an id that is another record's position is an
+  ``errors`` row (``PositionId``), so no two rows share a uri;
 - ``--label_key`` (an int64 class index, or bytes text looked up in ``--labels``) becomes
   ``true_class`` / ``true_label``;
 - with ``--regions_from_record``, boxes ``image/object/bbox/{xmin,ymin,xmax,ymax}``
@@ -22,16 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import struct
 from dataclasses import dataclass
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
-from transforms.read import listed_uris
+from transforms.read import ANY_SIZE, listed_uris, open_input
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 from transforms.regions import region_key
 
@@ -55,6 +57,22 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
+# The longest record read (an encoded image with its features); a frame claiming more is
+# refused before it is read.
+MAX_RECORD_BYTES = 1 << 30
+CHUNK_BYTES = 1 << 20
+
+
+def _read_at_most(stream, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream``, read in chunks: a length a frame only claims costs
+    no more memory than the shard holds."""
+    chunks, left = [], n
+    while left > 0 and (chunk := stream.read(min(left, CHUNK_BYTES))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
 def read_frames(stream):
     """Yield the payload of each TFRecord frame of a binary stream; CorruptRecord when a
     checksum fails or the stream ends inside a frame."""
@@ -67,7 +85,11 @@ def read_frames(stream):
         length, length_crc = struct.unpack("<QI", head)
         if _masked_crc32c(head[:8]) != length_crc:
             raise CorruptRecord("the length checksum does not match (corrupt frame)")
-        body = stream.read(length + 4)
+        if length > MAX_RECORD_BYTES:  # its length checksum holds: written so, not damaged
+            raise CorruptRecord(
+                f"a record of {length} bytes, more than {MAX_RECORD_BYTES} (not read)"
+            )
+        body = _read_at_most(stream, length + 4)
         if len(body) < length + 4:
             raise CorruptRecord(f"truncated: the shard ends inside a record of {length} bytes")
         data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
@@ -112,7 +134,8 @@ def parse_record(payload: bytes, default_uri: str, keys: RecordKeys) -> Record:
     uri = default_uri
     if keys.id_key and keys.id_key in features and _values(features[keys.id_key]):
         value = _values(features[keys.id_key])[0]
-        uri = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        named = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        uri = named or default_uri  # an empty id names no row: the record's position does
     image = _values(features[keys.image_key]) if keys.image_key in features else []
     record = Record(uri, image[0] if image and isinstance(image[0], bytes) else None)
     if keys.label_key and keys.label_key in features and _values(features[keys.label_key]):
@@ -175,8 +198,8 @@ def read_shard(uri: str, keys: RecordKeys):
     """(index, Record) for each record of a shard, streamed; a corrupt or truncated frame
     yields (index, CorruptRecord) and ends the shard."""
     index = 0
-    try:
-        f = FileSystems.open(uri, compression_type="uncompressed")
+    try:  # a regular file only, as an image file: a FIFO or a device would block or never end
+        f = open_input(uri, ANY_SIZE)
     except Exception as e:  # noqa: BLE001 - a shard that cannot be opened is one error row
         yield index, CorruptRecord(f"cannot open the shard: {type(e).__name__}: {e}")
         return
@@ -231,18 +254,47 @@ def decode_or_error(
         return None, error_row(record.uri, "preprocess", e)
 
 
+# A record's position, ``<shard uri>#<index>``: the uri of a record without an id, and of
+# the errors row of a corrupt frame or a repeated id.
+_POSITION = re.compile(r"(.+)#(0|[1-9][0-9]*)")
+
+
+def names_another_position(record_id: str, position: str, shards) -> bool:
+    """An ``--id_key`` value that is the position of another record of this run's shards:
+    used as a uri it would be the uri of that record's row or errors row too."""
+    found = _POSITION.fullmatch(record_id)
+    return record_id != position and found is not None and found.group(1) in shards
+
+
+def position_id_row(record: Record, shard: str, index: int) -> dict:
+    return error_row(
+        f"{shard}#{index}",
+        "read",
+        f"record id {record.uri!r} names the position of another record of this run "
+        f"(<shard>#<index> names a record without an id): this record is not attributed",
+        "PositionId",
+    )
+
+
 class RecordsFn(beam.DoFn):
     """shard uri -> (image_id, (shard uri, index, Record or an `errors` row)) for each record,
-    every record counted as matched; a corrupt frame is an `errors` row in its place."""
+    every record counted as matched; a corrupt frame is an `errors` row in its place, and so
+    is a record whose id is another record's position (``names_another_position``; ``shards``
+    the run's shard uris)."""
 
     def __init__(self, keys: RecordKeys):
         self.keys = keys
         self.matched = Metrics.counter(NAMESPACE, "matched")
 
-    def process(self, uri):
+    def process(self, uri, shards=()):
         for index, record in read_shard(uri, self.keys):
             self.matched.inc()
-            item = corrupt_row(uri, index, record) if isinstance(record, CorruptRecord) else record
+            if isinstance(record, CorruptRecord):
+                item = corrupt_row(uri, index, record)
+            elif names_another_position(record.uri, f"{uri}#{index}", shards):
+                item = position_id_row(record, uri, index)
+            else:
+                item = record
             yield (
                 image_id(item.uri if isinstance(item, Record) else item["image_uri"]),
                 (
@@ -290,9 +342,10 @@ def unique_records(pbegin, pattern: str, keys: RecordKeys, inputs_list: str | No
     """The records of a shard pattern, one per id (``FirstOfIdFn``): main output Records,
     ERRORS the corrupt frames and repeated ids. Records are grouped by id in the graph,
     which moves their bytes through one shuffle."""
+    shards = shard_paths(pbegin, pattern, inputs_list)
     return (
-        shard_paths(pbegin, pattern, inputs_list)
-        | "ReadShards" >> beam.ParDo(RecordsFn(keys))
+        shards
+        | "ReadShards" >> beam.ParDo(RecordsFn(keys), beam.pvalue.AsList(shards))
         | "GroupById" >> beam.GroupByKey()
         | "FirstOfId" >> beam.ParDo(FirstOfIdFn()).with_outputs(ERRORS, main="records")
     )

@@ -104,7 +104,7 @@ def _records(
     """{uri: the image bytes of the run's record with that uri, or NotRead}: the first record
     of the run's shards (in shard, then record order) whose uri matches and whose image
     hashes to the row's content_sha256 when it has one."""
-    from transforms.read import UnsafeInput, open_input
+    from transforms.read import ANY_SIZE, UnsafeInput, open_input
     from transforms.tfrecord import RecordKeys, parse_record, read_frames
 
     keys = RecordKeys(
@@ -117,7 +117,7 @@ def _records(
         if budget <= 0 or len(out) == len(wanted):
             break
         try:
-            with open_input(shard, 1 << 62) as stream:  # a regular file: never a FIFO
+            with open_input(shard, ANY_SIZE) as stream:  # a regular file: never a FIFO
                 for index, payload in enumerate(read_frames(stream)):
                     budget -= len(payload)
                     record = parse_record(payload, f"{shard}#{index}", keys)
