@@ -250,6 +250,13 @@ def strategy_config(o: argparse.Namespace) -> StrategyConfig:
     return config
 
 
+def _same_folder(a: str, b: str) -> bool:
+    """Whether two folder options name one folder, also through a symbolic link."""
+    if "://" in a or "://" in b:
+        return absolute(a) == absolute(b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def validate(o: argparse.Namespace) -> None:
     for name, example in (
         ("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
@@ -265,7 +272,7 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     parse_image_size(o.image_size)
-    if o.reuse_from and absolute(o.reuse_from) == absolute(o.output_dir):
+    if o.reuse_from and _same_folder(o.reuse_from, o.output_dir):
         raise UsageError(
             "--reuse_from must be a previous run's folder, not --output_dir "
             "itself: write each run to its own folder, e.g. "

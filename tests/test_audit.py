@@ -282,6 +282,9 @@ def test_reuse_usage_errors(tiny_model, tmp_path, capsys):
     assert "manifest.json" in capsys.readouterr().err
     assert run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from", tmp_path / "out") == 2
     assert "not --output_dir itself" in capsys.readouterr().err
+    (tmp_path / "link").symlink_to(tmp_path / "out")  # the same folder under another name
+    assert run_job(*base, "--output_dir", tmp_path / "out", "--reuse_from", tmp_path / "link") == 2
+    assert "not --output_dir itself" in capsys.readouterr().err
     assert run_job(*base, "--output_dir", tmp_path / "out", "--run_id", "a/b") == 2
     assert "--run_id" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
