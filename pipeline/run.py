@@ -84,13 +84,29 @@ def match_inputs(pattern: str, exclude: str | None = None) -> list[str]:
             f"--input_pattern {pattern}: every file it matches is in --output_dir {exclude} "
             f"(a run never reads its own folder): write the run to another folder"
         )
-    paths = sorted({listed_uri(p) for p in paths})  # a name that is not UTF-8, escaped
+    paths = _listed(paths, pattern)
     if not paths:
         raise options.UsageError(
             f"--input_pattern {pattern} matches no file: check the path "
             f"and quote the pattern so the shell does not expand it"
         )
     return paths
+
+
+def _listed(paths: list[str], pattern: str) -> list[str]:
+    """The uris of ``paths`` (a name that is not UTF-8 with its bytes written ``\\xNN``),
+    sorted; UsageError when two files would list as one uri (such a name and one spelled with
+    those four characters), so that neither is left out of the run."""
+    uris: dict[str, str] = {}
+    for path in paths:
+        uri = listed_uri(path)
+        if uris.setdefault(uri, path) != path:
+            raise options.UsageError(
+                f"--input_pattern {pattern}: two files list as '{uri}' (a name that is not "
+                f"UTF-8, its bytes written \\xNN, and one spelled with those characters): "
+                f"rename one of them"
+            )
+    return sorted(uris)
 
 
 def _outside(paths: list[str], folder: str) -> list[str]:

@@ -58,6 +58,19 @@ def test_file_names_that_are_not_utf8_or_hold_a_backslash_are_attributed(tiny_mo
     assert len({r["image_id"] for r in found.values()}) == 3
 
 
+def test_two_files_that_would_list_as_one_uri_are_refused_not_merged(tmp_path):
+    """``latin1-\\xe9.png`` spelled in UTF-8 and ``latin1-<byte 0xe9>.png`` both list as the
+    first: one of them would have left the run without a row."""
+    folder = images(tmp_path / "in", 1)
+    data = (folder / "img000.png").read_bytes()
+    (folder / "latin1-\\xe9.png").write_bytes(data)
+    with open(os.fsencode(folder) + b"/latin1-\xe9.png", "wb") as f:
+        f.write(data)
+    with pytest.raises(job.options.UsageError, match="two files list as") as refused:
+        job.match_inputs(f"{folder}/*")
+    assert f"'{folder}/latin1-\\xe9.png'" in str(refused.value)  # as summaries would list it
+
+
 def test_an_argument_that_is_not_utf8_is_refused_before_any_work(tiny_model, tmp_path, capsys):
     """An --output_dir with a Latin-1 byte took the folder, then failed with a traceback in
     Beam's options and said to rerun with --resume, which failed the same way."""
