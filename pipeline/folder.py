@@ -298,12 +298,20 @@ def _check_deletable(path: str) -> None:
             )
 
 
+def within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it, both resolved locally (symbolic links,
+    ``..``); on object stores compared as written."""
+    if _local(path) and _local(folder):
+        root, where = os.path.realpath(folder), os.path.realpath(path)
+        return where == root or where.startswith(root.rstrip(os.sep) + os.sep)
+    root, where = folder.rstrip("/"), path.rstrip("/")
+    return ".." not in where.split("/") and (where == root or where.startswith(root + "/"))
+
+
 def _check_inside(output_dir: str, path: str, done: str = "nothing was deleted") -> None:
     """UsageError unless ``path``'s folder, resolved, is ``output_dir`` or below it."""
     if _local(path):
-        root = os.path.realpath(output_dir)
-        where = os.path.realpath(os.path.dirname(path))
-        inside = where == root or where.startswith(root.rstrip(os.sep) + os.sep)
+        inside = within(os.path.dirname(path), output_dir)
     else:
         inside = path.startswith(output_dir.rstrip("/") + "/") and ".." not in path.split("/")
     if not inside:

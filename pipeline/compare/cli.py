@@ -62,6 +62,34 @@ def _run_record(folder: str, manifest: dict) -> dict:
     }
 
 
+def _check_output_dir(out: str, folders: dict[str, str]) -> None:
+    """UsageError, before anything is read or written, when the comparison would write into
+    a run folder (--output_dir is a run, or inside one of the two) or replace one (a run lies
+    in a folder the comparison deletes and rewrites: ``OUTPUT_DIR/drift`` ...); folders are
+    compared resolved, so a symbolic link is no way around it."""
+    from pipeline.folder import within
+    from transforms.files import exists
+    from transforms.layout import MANIFEST
+
+    for name, folder in folders.items():
+        if within(out, folder):
+            raise UsageError(
+                f"--output_dir {out} is inside run {name.upper()} {folder}: the comparison "
+                f"would write into a run folder; choose a folder outside both runs"
+            )
+        for output in OUTPUTS:
+            if within(folder, f"{out}/{output}"):
+                raise UsageError(
+                    f"--output_dir {out}: run {name.upper()} {folder} is in {out}/{output}, "
+                    f"which the comparison replaces; choose another --output_dir"
+                )
+    if exists(f"{out}/{MANIFEST}"):
+        raise UsageError(
+            f"--output_dir {out} is a run folder (it has {MANIFEST}): the comparison does not "
+            f"write into a run; choose another folder"
+        )
+
+
 def run(argv: list[str]) -> dict:
     """Compare, write everything, return drift_summary.json's content. UsageError for a bad
     argument, RunFolderError for a folder that is not a readable finished run, both before
@@ -82,8 +110,10 @@ def run(argv: list[str]) -> dict:
     from transforms.files import absolute, json_bytes, publish, read_manifest, read_parquet
 
     out = absolute(args.output_dir)
+    folders = {"a": absolute(args.run_a), "b": absolute(args.run_b)}
+    _check_output_dir(out, folders)
     runs, records, manifests = {}, {}, {}
-    for name, folder in (("a", absolute(args.run_a)), ("b", absolute(args.run_b))):
+    for name, folder in folders.items():
         runs[name] = (folder, graph.summary_columns(folder))
         manifests[name] = read_manifest(folder)
         records[name] = _run_record(folder, manifests[name])

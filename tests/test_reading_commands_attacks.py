@@ -1,0 +1,81 @@
+"""The reading commands (compare, report, sanity) attacked as an operator would by mistake: an
+output folder that is, holds or lies inside one of the runs they read. A run folder is never
+written into nor deleted; the refusal is one line, exit 2, before anything is read or written."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from run_folders import make_run, summary_row
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below ``folder`` (links not followed) with its sha256."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file() and not p.is_symlink()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def _run(folder: Path) -> Path:
+    return make_run(folder, rows=[summary_row(folder, i, 0) for i in range(2)])
+
+
+# (run A, run B, --output_dir), relative to the test's folder; "link" is a link to "a"
+LAYOUTS = {
+    # the comparison deletes OUTPUT_DIR/drift and OUTPUT_DIR/unmatched before it writes: both
+    # runs were deleted whole
+    "runs named like its outputs": ("out/drift", "out/unmatched", "out"),
+    "one of the runs": ("a", "b", "a"),
+    "inside a run": ("a", "b", "a/drift"),
+    "a link to a run": ("a", "b", "link"),
+    "another run": ("a", "b", "c"),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compare_never_writes_into_or_deletes_a_run_folder(tmp_path, layout):
+    run_a, run_b, out = (tmp_path / p for p in LAYOUTS[layout])
+    for folder in {run_a, run_b, tmp_path / "a", tmp_path / "c"}:
+        _run(folder)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    runs = [tmp_path / "a", tmp_path / "c", run_a, run_b]
+    before = {str(r): snapshot(r) for r in runs}
+    result = cli("pipeline.compare", run_a, run_b, "--output_dir", out, timeout=180)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_error_line(result)
+    assert line.startswith(f"error: --output_dir {out}"), line
+    assert {str(r): snapshot(r) for r in runs} == before
+    assert not (run_a / "drift.html").exists() and not (out / "drift_summary.json").exists()
+
+
+def test_compare_into_a_folder_beside_the_runs_still_works(tmp_path):
+    """Runs below --output_dir, but not where the comparison writes, are compared as before."""
+    run_a, run_b = _run(tmp_path / "runs" / "a"), _run(tmp_path / "runs" / "b")
+    result = cli("pipeline.compare", run_a, run_b, "--output_dir", tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "drift.html").is_file() and (run_a / "manifest.json").is_file()
+    assert sorted(os.listdir(run_a)) == sorted(os.listdir(run_b))
