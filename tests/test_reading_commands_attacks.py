@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,47 @@ def test_compare_into_a_folder_beside_the_runs_still_works(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "drift.html").is_file() and (run_a / "manifest.json").is_file()
     assert sorted(os.listdir(run_a)) == sorted(os.listdir(run_b))
+
+
+def test_a_second_comparison_into_a_folder_in_use_is_refused(tmp_path):
+    """Two comparisons into one folder at once each deleted the other's parts and mixed their
+    own in; now the folder is locked as a run folder is, and the second is refused."""
+    from pipeline import lock
+
+    run_a, run_b, out = _run(tmp_path / "a"), _run(tmp_path / "b"), tmp_path / "drift"
+    first = cli("pipeline.compare", run_a, run_b, "--output_dir", out, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    written = snapshot(out)
+    lock.create(str(out), lock.Lock.new("compare-elsewhere"))  # this live process holds it
+    try:
+        second = cli("pipeline.compare", run_a, run_b, "--output_dir", out, timeout=180)
+    finally:
+        held = lock.read(str(out))
+        lock.release(str(out), held.token)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"is in use by run 'compare-elsewhere' (host {held.host}, pid {os.getpid()}" in (
+        one_error_line(second)
+    )
+    assert snapshot(out) == written
+
+
+def test_a_comparison_killed_mid_write_is_replaced_by_the_rerun(tmp_path):
+    """kill -9 once the job has begun writing: the rerun takes the dead process's lock and
+    leaves only its own outputs (no beam-temp-* folder, no lock)."""
+    run_a, run_b, out = _run(tmp_path / "a"), _run(tmp_path / "b"), tmp_path / "drift"
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.compare", run_a, run_b, "--output_dir", out],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while killed.poll() is None and not (out / "drift").exists():
+            time.sleep(0.05)
+    finally:
+        killed.kill()
+        killed.wait()
+    rerun = cli("pipeline.compare", run_a, run_b, "--output_dir", out, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ["drift", "drift.html", "drift_summary.json", "unmatched"]
+    assert [p.name for p in (out / "drift").iterdir()] == ["part-00000-of-00001.parquet"]

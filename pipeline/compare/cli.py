@@ -7,6 +7,7 @@ Beam and pyarrow are imported after the arguments are parsed, so ``--help`` star
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import sys
 
@@ -15,6 +16,7 @@ from pipeline.launch import UsageError, command_parser
 
 TOP_IMAGES = 12
 OUTPUTS = ("drift", "unmatched", "drift_summary.json", "drift.html")  # all a comparison writes
+LOCK_SECONDS = 86400.0  # another host's comparison lock counts as stale after this
 
 
 class CompareFailed(Exception):
@@ -101,13 +103,13 @@ def run(argv: list[str]) -> dict:
         raise UsageError(f"--max_strategy_shift must be in [0, 1], got {args.max_strategy_shift}")
     if args.top < 0:  # was shown as 0 silently
         raise UsageError(f"--top must be >= 0 (0 shows no image), got {args.top}")
-    import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipeline.compare import graph, page, strategies, summary
-    from pipeline.folder import delete_tree, make_dirs
+    from pipeline.compare import graph
+    from pipeline.folder import make_dirs, take
     from pipeline.launch import ship_package
-    from transforms.files import absolute, json_bytes, publish, read_manifest, read_parquet
+    from pipeline.lock import release
+    from transforms.files import absolute, read_manifest
 
     out = absolute(args.output_dir)
     folders = {"a": absolute(args.run_a), "b": absolute(args.run_b)}
@@ -125,8 +127,25 @@ def run(argv: list[str]) -> dict:
         raise UsageError(
             f"--output_dir {out}: cannot create it ({e.strerror}): choose another folder"
         ) from None
-    for name in OUTPUTS:  # a rerun must not mix in, or leave beside it, an earlier comparison
-        delete_tree(f"{out}/{name}")
+    # one comparison at a time in a folder (a second one would mix its parts in): the run
+    # folder's lock; a rerun, or one after a killed comparison, replaces the earlier outputs
+    run_id = datetime.datetime.now(datetime.timezone.utc).strftime("compare-%Y%m%dT%H%M%SZ")
+    taken = take(
+        out, run_id=run_id, overwrite=True, resume=False, lock_timeout=LOCK_SECONDS, outputs=OUTPUTS
+    )
+    try:
+        return _compare(args, out, runs, records, manifests, options)
+    finally:
+        release(out, taken.lock.token)
+
+
+def _compare(args, out: str, runs: dict, records: dict, manifests: dict, options) -> dict:
+    import apache_beam as beam
+
+    from pipeline.compare import graph, page, strategies, summary
+    from pipeline.folder import delete_tree
+    from transforms.files import json_bytes, publish, read_parquet
+
     beam_log = logging.getLogger("apache_beam")
     level = beam_log.level
     beam_log.setLevel(logging.CRITICAL)  # a failing step's traceback: said in one line below
