@@ -1,6 +1,7 @@
-"""The reading commands (compare, report, sanity) attacked as an operator would by mistake: an
-output folder that is, holds or lies inside one of the runs they read. A run folder is never
-written into nor deleted; the refusal is one line, exit 2, before anything is read or written."""
+"""The reading commands (compare, the report's methods page) attacked as an operator would by
+mistake: an output that is, holds or lies inside one of the runs they read, two comparisons
+into one folder at once, a comparison killed mid-write. A run folder is never written into
+nor deleted; a refusal is one line, exit 2, before anything is read or written."""
 
 import hashlib
 import os
@@ -124,3 +125,17 @@ def test_a_comparison_killed_mid_write_is_replaced_by_the_rerun(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["drift", "drift.html", "drift_summary.json", "unmatched"]
     assert [p.name for p in (out / "drift").iterdir()] == ["part-00000-of-00001.parquet"]
+
+
+@pytest.mark.parametrize("target", ["a/manifest.json", "b/report.html", "link/masks/page.html"])
+def test_the_methods_page_is_never_written_into_a_run_it_reads(tmp_path, target):
+    """``--output A/manifest.json`` replaced run A's manifest by the page: the run was gone."""
+    runs = [_run(tmp_path / "a"), _run(tmp_path / "b")]
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    before = [snapshot(r) for r in runs]
+    result = cli("pipeline.report", *runs, "--output", tmp_path / target)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert one_error_line(result).startswith(f"error: --output {tmp_path / target} is inside ")
+    assert [snapshot(r) for r in runs] == before
+    beside = cli("pipeline.report", *runs, "--output", tmp_path / "methods.html")
+    assert beside.returncode == 0 and (tmp_path / "methods.html").is_file(), beside.stderr

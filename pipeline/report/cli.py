@@ -60,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from pipeline.folder import within
+
+    inside = [d for d in args.output_dir if len(args.output_dir) > 1 and within(args.output, d)]
+    if inside:  # it replaced whatever file it named there: a run's manifest.json, a part
+        print(
+            f"error: --output {args.output} is inside {inside[0]}, a run folder the page reads: "
+            f"name a file outside the runs, e.g. {METHODS_NAME}",
+            file=sys.stderr,
+        )
+        return 2
 
     try:
         if len(args.output_dir) > 1:
