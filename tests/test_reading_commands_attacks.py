@@ -4,6 +4,7 @@ into one folder at once, a comparison killed mid-write. A run folder is never wr
 nor deleted; a refusal is one line, exit 2, before anything is read or written."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,40 @@ def test_the_methods_page_is_never_written_into_a_run_it_reads(tmp_path, target)
     assert [snapshot(r) for r in runs] == before
     beside = cli("pipeline.report", *runs, "--output", tmp_path / "methods.html")
     assert beside.returncode == 0 and (tmp_path / "methods.html").is_file(), beside.stderr
+
+
+def test_the_comparison_page_lists_a_bounded_number_of_classes(tmp_path):
+    """A run of as many classes as rows made drift.html grow one table row per class (15 MB
+    at 20,000 classes); the page shows TABLE_ROWS, those whose predictions changed most,
+    and says how many more drift_summary.json holds."""
+    import re
+
+    from pipeline.compare.strategies import TABLE_ROWS
+
+    classes = TABLE_ROWS + 40
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        rows = []
+        for i in range(classes):
+            row = summary_row(folder, i, 0)
+            changed = name == "b" and i == classes - 1  # the last class's prediction changes
+            row.update(
+                predicted_class=classes if changed else i,
+                predicted_label=f"class {classes if changed else i}",
+                target_class=i,
+                target_label=f"class {i}",
+            )
+            rows.append(row)
+        runs.append(make_run(folder, rows=rows))
+    out = tmp_path / "drift"
+    result = cli("pipeline.compare", *runs, "--output_dir", out, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (out / "drift.html").read_text()
+    section = re.search(r'<section id="classes">(.*?)</section>', page, re.S).group(1)
+    shown = re.findall(r'<tr><td class="num">(\d+)</td>', section)
+    assert len(shown) == TABLE_ROWS
+    assert str(classes - 1) in shown and shown == sorted(shown, key=int)
+    assert "40 more classes not shown" in section
+    summary = json.loads((out / "drift_summary.json").read_text())
+    assert len(summary["per_class"]) == classes

@@ -50,7 +50,20 @@ def overall_section(drift: dict) -> dict:
 
 @SECTIONS.add("classes", "Per class", "Per class (predicted class in A)")
 def classes_section(drift: dict) -> dict:
+    """At most TABLE_ROWS classes (a run of 20,000 classes made a 15 MB page): with more, those
+    whose predictions changed most, then whose maps correlate least, in class order."""
+    from pipeline.compare.strategies import TABLE_ROWS
+
+    classes = drift["classes"]
+    if len(classes) > TABLE_ROWS:
+
+        def changed_most(c):
+            correlation = c["median_grid_correlation"]
+            return (-c["changed_prediction_fraction"], 2.0 if correlation is None else correlation)
+
+        classes = sorted(sorted(classes, key=changed_most)[:TABLE_ROWS], key=lambda c: c["class"])
     return {
+        "more": len(drift["classes"]) - len(classes),
         "rows": [
             [
                 c["class"],
@@ -61,8 +74,8 @@ def classes_section(drift: dict) -> dict:
                 c["median_top5_iou"],
                 c["mean_abs_target_score_delta"],
             ]
-            for c in drift["classes"]
-        ]
+            for c in classes
+        ],
     }
 
 
