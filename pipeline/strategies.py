@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from attribution.config import MAX_GRID_CELLS
 from transforms.files import parquet_batches, parquet_parts, parquet_schema
 from transforms.layout import STRATEGIES
 
@@ -183,7 +184,9 @@ def _strategy(row: dict) -> Strategy | None:
         return None
     label = row.get("target_label")
     grid = _floats(row.get("mean_grid"))
-    if grid is not None and math.isqrt(len(grid)) ** 2 != len(grid):
+    if grid is not None and (
+        math.isqrt(len(grid)) ** 2 != len(grid) or len(grid) > MAX_GRID_CELLS**2
+    ):  # not a square, or larger than any run writes: not drawn
         grid = None
     prototypes = row.get("prototypes")
     return Strategy(

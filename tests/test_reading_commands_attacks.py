@@ -177,3 +177,42 @@ def test_the_comparison_page_lists_a_bounded_number_of_classes(tmp_path):
     assert "40 more classes not shown" in section
     summary = json.loads((out / "drift_summary.json").read_text())
     assert len(summary["per_class"]) == classes
+
+
+def _map_widths(html: str) -> list[int]:
+    """The pixel widths of the page's heat maps and strategy maps."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    found = re.findall(
+        r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="(?:heatmap|mean map of[^"]*)"',
+        html,
+    )
+    return [Image.open(io.BytesIO(base64.b64decode(data))).width for data in found]
+
+
+def test_the_report_draws_no_grid_larger_than_any_run_writes(tmp_path):
+    """Rows (and a strategy) with grids of 200 x 200 cells, more than --grid_cells allows
+    (MAX_GRID_CELLS): such a map was drawn at its size (six rows of 1000 x 1000 cells made a
+    24 MB page); it is now left out, the other classes' maps are drawn as before."""
+    import numpy as np
+    from run_folders import strategy_row, write_strategies
+
+    from attribution.config import MAX_GRID_CELLS
+
+    forged = MAX_GRID_CELLS + 136
+    noise = np.random.default_rng(0).random(forged**2).tolist()
+    folder = tmp_path / "run"
+    rows = [summary_row(folder, i, c) for c in range(3) for i in range(2)]
+    for row in rows[:4]:  # classes 0 and 1
+        row.update(grid_cells=forged, grid=noise)
+    make_run(folder, rows=rows)
+    write_strategies(folder, [strategy_row(0, 0, mean_grid=noise), strategy_row(2, 0)])
+    result = cli("pipeline.report", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    widths = _map_widths((folder / "report.html").read_text())
+    assert len(widths) == 2, widths  # class 2's heat map and its strategy's map
+    assert max(widths) < forged

@@ -247,10 +247,15 @@ def _list_parts(array) -> tuple[np.ndarray, object, np.ndarray]:
 
 
 def _add_grids(stats: list[ClassStats], groups: list[np.ndarray], batch) -> None:
-    """Sum each class's grids; a class keeps the grid size of its first row."""
+    """Sum each class's grids; a class keeps the grid size of its first row. A grid larger
+    than any run writes (--grid_cells <= MAX_GRID_CELLS) is not drawn: six forged rows of
+    1000 x 1000 cells made a 24 MB page."""
+    from attribution.config import MAX_GRID_CELLS
+
     offsets, values, valid = _list_parts(batch.column("grid"))
     values = np.asarray(values.to_numpy(zero_copy_only=False), np.float64)
     cells = np.nan_to_num(_floats(batch.column("grid_cells"))).astype(np.int64)
+    cells[(cells < 0) | (cells > MAX_GRID_CELLS)] = 0
     usable = valid & (cells > 0) & (np.diff(offsets) == cells**2)
     for s, rows in zip(stats, groups):
         rows = rows[usable[rows]]
