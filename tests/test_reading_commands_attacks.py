@@ -216,3 +216,42 @@ def test_the_report_draws_no_grid_larger_than_any_run_writes(tmp_path):
     widths = _map_widths((folder / "report.html").read_text())
     assert len(widths) == 2, widths  # class 2's heat map and its strategy's map
     assert max(widths) < forged
+
+
+def _magenta_pictures(html: str) -> int:
+    """How many embedded pictures are the test's magenta secret (JPEG-shrunk or not)."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    count = 0
+    for data in re.findall(r"data:image/(?:png|jpeg);base64,([A-Za-z0-9+/=]+)", html):
+        image = Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+        r, g, b = image.getpixel((image.width // 2, image.height // 2))
+        count += r > 240 and g < 15 and b > 240
+    return count
+
+
+def test_the_report_shows_no_original_a_row_gives_no_hash_for(tmp_path):
+    """A forged folder whose rows name a file the reader can read (matched by the recorded
+    --input_pattern) and give no content_sha256 (the job always writes one) had that file
+    embedded as the row's original; now the picture says why it is not shown."""
+    from PIL import Image
+    from run_folders import images_of
+
+    folder = tmp_path / "run"
+    secret = images_of(folder) / "private.png"
+    secret.parent.mkdir(parents=True)
+    Image.new("RGB", (16, 16), (255, 0, 255)).save(secret)
+    rows = [
+        {**summary_row(folder, i, 0), "image_uri": str(secret), "content_sha256": None}
+        for i in range(3)
+    ]
+    make_run(folder, rows=rows)
+    result = cli("pipeline.report", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (folder / "report.html").read_text()
+    assert _magenta_pictures(page) == 0
+    assert "records no content_sha256 to check it against: not shown" in page

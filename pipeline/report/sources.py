@@ -5,9 +5,10 @@ inside its run folder (``pipeline.html.artifact``: ``DIR/masks/<name>`` and so o
 file, no symbolic link, size-capped). An original image is read only if it is
 one of the run's inputs: for files, a path that the run's ``--input_pattern`` matches,
 outside the run folder, read as the job reads inputs (regular file, ``--max_file_bytes``)
-and, when the row has its ``content_sha256``, only if the bytes still hash to it; for
-TFRecord input, the image bytes of the record itself, found in the shards the pattern
-matches (a record's id is never opened as a path). Anything else raises ``NotRead`` with
+and only if the bytes still hash to the row's ``content_sha256`` (a row without one, which
+the job never writes, shows no original: else a forged folder could have any image the
+reader can read embedded); for TFRecord input, the image bytes of the record itself, found
+in the shards the pattern matches (a record's id is never opened as a path). Anything else raises ``NotRead`` with
 the reason the page shows in the picture's place.
 """
 
@@ -64,7 +65,9 @@ def listed_file(output_dir: str, manifest: dict, uri: str | None) -> str:
 
 
 def _checked(uri: str, data: bytes, sha256: str | None) -> bytes:
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+    if not sha256:
+        raise NotRead(f"{uri}: the row records no content_sha256 to check it against: not shown")
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise NotRead(f"{uri} changed since the run (its sha256 differs): not shown")
     return data
 
@@ -103,7 +106,7 @@ def _records(
 ) -> dict[str, bytes | NotRead]:
     """{uri: the image bytes of the run's record with that uri, or NotRead}: the first record
     of the run's shards (in shard, then record order) whose uri matches and whose image
-    hashes to the row's content_sha256 when it has one."""
+    hashes to the row's content_sha256 (a row without one shows none)."""
     from transforms.read import ANY_SIZE, UnsafeInput, open_input
     from transforms.tfrecord import RecordKeys, parse_record, read_frames
 
@@ -123,7 +126,7 @@ def _records(
                     record = parse_record(payload, f"{shard}#{index}", keys)
                     if record.uri in wanted and record.uri not in out and record.data:
                         sha = wanted[record.uri]
-                        if not sha or hashlib.sha256(record.data).hexdigest() == sha:
+                        if sha and hashlib.sha256(record.data).hexdigest() == sha:
                             out[record.uri] = record.data
                     if budget <= 0 or len(out) == len(wanted):
                         break
