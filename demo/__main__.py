@@ -61,7 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=240, help="held-out images to audit")
     parser.add_argument("--seed", type=int, default=0)
     args, pipeline_args = parser.parse_known_args(argv)
+    from pipeline.folder import within
+
+    first, second = args.output_dir, args.strategies_output_dir
     for refused, message in (  # before anything is generated or trained
+        (
+            within(first, second) or within(second, first),
+            f"--output_dir {first} and --strategies_output_dir {second} are one folder or one "
+            f"inside the other (also through a symbolic link): the second run would replace "
+            f"or write into the first; pass two separate folders",
+        ),
         (args.count < 1, f"--count must be >= 1, got {args.count}"),
         (
             not 0 <= args.seed < 2**32,

@@ -255,3 +255,28 @@ def test_the_report_shows_no_original_a_row_gives_no_hash_for(tmp_path):
     page = (folder / "report.html").read_text()
     assert _magenta_pictures(page) == 0
     assert "records no content_sha256 to check it against: not shown" in page
+
+
+@pytest.mark.parametrize("second", ["out", "link", "out/strategies"])
+def test_the_demo_refuses_one_folder_for_both_runs(tmp_path, second):
+    """`python -m demo --strategies_output_dir` naming --output_dir (itself, through a link,
+    or its strategies/ folder) made the second run replace or write into the first, whose
+    report the demo had just pointed at. Refused before any data is generated."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "out")
+    cache = tmp_path / "cache"
+    result = cli(
+        "demo",
+        "--output_dir",
+        tmp_path / "out",
+        "--strategies_output_dir",
+        tmp_path / second,
+        "--cache_dir",
+        cache,
+        "--count",
+        "2",
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "are one folder or one inside the other" in one_error_line(result)
+    assert not cache.exists() and os.listdir(tmp_path / "out") == []
