@@ -3,6 +3,8 @@ manifest), for the report and the comparison page tests."""
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,30 @@ from PIL import Image
 
 from transforms.strategies import STRATEGY_SCHEMA  # DIR/strategies' columns
 from transforms.write import ERROR_SCHEMA, SUMMARY_SCHEMA
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(module: str, *args, timeout: int = 300, **options) -> subprocess.CompletedProcess:
+    """``python -m module args`` from the repository, output captured; ``options``: more
+    ``subprocess.run`` arguments (``preexec_fn`` ...)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **options,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The only line on stderr, which must start with ``error: ``."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
 
 CLASSES = ("circle", "square", "triangle")
 ROWS_PER_CLASS = 6

@@ -1,7 +1,9 @@
-"""The reading commands (compare, the report's methods page) attacked as an operator would by
-mistake: an output that is, holds or lies inside one of the runs they read, two comparisons
-into one folder at once, a comparison killed mid-write. A run folder is never written into
-nor deleted; a refusal is one line, exit 2, before anything is read or written."""
+"""The reading commands (compare, report, demo) attacked as an attacker and a careless operator
+would: an output that is, holds or lies inside a run they read (also through a link), two
+comparisons into one folder at once, one killed mid-write, forged runs with 240 classes, grids
+larger than any run writes, rows that give no content hash, a 3 GB manifest. A run folder is
+never written into nor deleted; a page stays bounded; a refusal is one line, exit 2, before
+anything is read or written."""
 
 import hashlib
 import json
@@ -12,25 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from run_folders import make_run, summary_row
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
+from run_folders import REPO, cli, make_run, one_error_line, summary_row
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -280,3 +264,30 @@ def test_the_demo_refuses_one_folder_for_both_runs(tmp_path, second):
     assert result.returncode == 2, result.stderr[-3000:]
     assert "are one folder or one inside the other" in one_error_line(result)
     assert not cache.exists() and os.listdir(tmp_path / "out") == []
+
+
+def test_a_huge_manifest_is_refused_without_being_read_whole(tmp_path):
+    """A sparse manifest.json of 3 GB (no disk used) took 6.5 GB of memory and 20 s to be
+    refused by the report; it is read no further than MAX_MANIFEST_BYTES. The promise is
+    about memory: RLIMIT_AS caps the command at 2 GB, so reading it whole would fail with
+    MemoryError instead of this one line."""
+    import resource
+
+    from transforms.files import MAX_MANIFEST_BYTES
+
+    folder = _run(tmp_path / "run")
+    with open(folder / "manifest.json", "r+b") as f:
+        f.truncate(3 * 1024**3)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3, 2 * 1024**3))
+
+    compare = ["pipeline.compare", folder, folder, "--output_dir", tmp_path / "drift"]
+    for argv in (["pipeline.report", folder], compare):
+        result = cli(*argv, preexec_fn=cap)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert one_error_line(result) == (
+            f"error: {folder / 'manifest.json'} is larger than {MAX_MANIFEST_BYTES} bytes, "
+            f"which no manifest of `python -m pipeline` is: pass the output folder of a "
+            f"finished run"
+        )

@@ -6,8 +6,6 @@ import base64
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 from markupsafe import escape
 from PIL import Image, PngImagePlugin
-from run_folders import images_of, make_run, summary_row
+from run_folders import cli, images_of, make_run, one_error_line, summary_row
 
 from pipeline import report, sanity
 from pipeline.report import read as report_read
 from transforms import files
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET = b"TOP-SECRET-c0ffee-do-not-leak"
-
-
-def cli(module: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    """The only line on stderr, which must start with ``error: ``."""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def secret_png(path: Path) -> bytes:

@@ -236,6 +236,11 @@ def delete_matching(pattern: str) -> int:
     return len(stale)
 
 
+# a manifest is a few KB (plus ~150 bytes a listed part); a larger file is read no further
+# (a 3 GB sparse manifest.json took 6.5 GB of memory to refuse)
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+
+
 def read_manifest(folder: str) -> dict:
     """``folder/manifest.json`` as a dict; RunFolderError when it is missing, unreadable, not
     JSON or not a JSON object."""
@@ -247,7 +252,14 @@ def read_manifest(folder: str) -> dict:
                 f"{path} not found: {folder} is not the output folder of a "
                 f"finished `python -m pipeline` run"
             )
-        manifest = json.loads(read_bytes(path).decode("utf-8"))
+        with open_read(path) as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise RunFolderError(
+                f"{path} is larger than {MAX_MANIFEST_BYTES} bytes, which no manifest of "
+                f"`python -m pipeline` is: pass the output folder of a finished run"
+            )
+        manifest = json.loads(data.decode("utf-8"))
     except RunFolderError:
         raise
     except Exception as e:  # noqa: BLE001 - any storage or decoding failure: unreadable
