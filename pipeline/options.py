@@ -18,7 +18,6 @@ from attribution.strategies import StrategyConfig
 from attribution.targets import Targets
 from pipeline.launch import Parser, UsageError, command_parser
 from transforms import job_config
-from transforms.files import absolute
 from transforms.job_config import JobConfig
 from transforms.settings import Settings
 
@@ -250,13 +249,6 @@ def strategy_config(o: argparse.Namespace) -> StrategyConfig:
     return config
 
 
-def _same_folder(a: str, b: str) -> bool:
-    """Whether two folder options name one folder, also through a symbolic link."""
-    if "://" in a or "://" in b:
-        return absolute(a) == absolute(b)
-    return os.path.realpath(a) == os.path.realpath(b)
-
-
 def validate(o: argparse.Namespace) -> None:
     for name, example in (
         ("input_pattern", "'photos/*.jpg' or 'gs://bucket/images/**'"),
@@ -272,7 +264,9 @@ def validate(o: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     parse_image_size(o.image_size)
-    if o.reuse_from and _same_folder(o.reuse_from, o.output_dir):
+    from pipeline.folder import within  # resolved: a symbolic link to it is it
+
+    if o.reuse_from and within(o.reuse_from, o.output_dir) and within(o.output_dir, o.reuse_from):
         raise UsageError(
             "--reuse_from must be a previous run's folder, not --output_dir "
             "itself: write each run to its own folder, e.g. "

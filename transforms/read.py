@@ -27,7 +27,6 @@ from transforms.progress import CountsProgress
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 
 DEFAULT_MAX_FILE_BYTES = JOB_DEFAULTS.max_file_bytes
-READ_CHUNK = 16 * 1024 * 1024  # most bytes one read of an input asks for
 ANY_SIZE = 1 << 62  # open_input's limit for a file read as a stream (a TFRecord shard)
 
 
@@ -136,9 +135,22 @@ def open_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES):
 def read_input(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
     """The bytes of a listed input, never more than ``max_bytes`` (a file that grew past the
     limit after its size was checked is refused too)."""
-    with open_input(uri, max_bytes) as f:  # in chunks: read(max_bytes + 1) allocated that
-        bounded = _Bounded(f, max_bytes)  # much (a huge --max_file_bytes failed every file)
-        return b"".join(iter(lambda: bounded.read(READ_CHUNK), b""))
+    with open_input(uri, max_bytes) as f:
+        data = read_at_most(f, max_bytes + 1)
+    if len(data) > max_bytes:
+        raise UnsafeInput("FileTooLarge", f"more than --max_file_bytes {max_bytes} bytes: not read")
+    return data
+
+
+def read_at_most(stream, n: int) -> bytes:
+    """Up to ``n`` bytes of ``stream`` (fewer at its end), read in chunks: a limit or a
+    length a file only claims costs no more memory than the file holds (``read(n)`` asks for
+    all ``n`` at once: a huge --max_file_bytes failed every file)."""
+    chunks, left = [], n
+    while left > 0 and (chunk := stream.read(min(left, hashing.CHUNK_BYTES))):
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 class _Bounded:

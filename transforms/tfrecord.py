@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 
 from attribution.images import ImageError, decode_image, model_input
 from transforms.ids import image_id
-from transforms.read import ANY_SIZE, listed_uris, open_input
+from transforms.read import ANY_SIZE, listed_uris, open_input, read_at_most
 from transforms.records import ERRORS, NAMESPACE, DecodedImage, ImageRef, error_row
 from transforms.regions import region_key
 
@@ -60,17 +60,6 @@ def _masked_crc32c(data: bytes) -> int:
 # The longest record read (an encoded image with its features); a frame claiming more is
 # refused before it is read.
 MAX_RECORD_BYTES = 1 << 30
-CHUNK_BYTES = 1 << 20
-
-
-def _read_at_most(stream, n: int) -> bytes:
-    """Up to ``n`` bytes of ``stream``, read in chunks: a length a frame only claims costs
-    no more memory than the shard holds."""
-    chunks, left = [], n
-    while left > 0 and (chunk := stream.read(min(left, CHUNK_BYTES))):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
 
 
 def read_frames(stream):
@@ -89,7 +78,7 @@ def read_frames(stream):
             raise CorruptRecord(
                 f"a record of {length} bytes, more than {MAX_RECORD_BYTES} (not read)"
             )
-        body = _read_at_most(stream, length + 4)
+        body = read_at_most(stream, length + 4)  # in chunks: a claimed length costs nothing
         if len(body) < length + 4:
             raise CorruptRecord(f"truncated: the shard ends inside a record of {length} bytes")
         data, (data_crc,) = body[:length], struct.unpack("<I", body[length:])
